@@ -1,0 +1,245 @@
+//! Application wiring: [`App::build`] turns a [`Config`] into bound listeners (port 0 works)
+//! and a ready database; [`App::run`] serves until the shutdown future resolves.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::os::unix::fs::PermissionsExt;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use tokio::net::{TcpListener, UnixListener};
+use tokio::sync::watch;
+use tokio_stream::wrappers::{TcpListenerStream, UnixListenerStream};
+use tonic::transport::Server;
+
+use crate::auth::Authenticator;
+use crate::config::{Config, ListenAddr, SchemaMode};
+use crate::embedded::{EmbeddedError, EmbeddedOptions, EmbeddedPostgres};
+use crate::grpc::{self, AgentAuthService};
+use crate::http::admin::{self, AdminState};
+use crate::identity::aws::{AwsTrust, TrustError};
+use crate::store::{Store, StoreError, migrate};
+
+/// The database name the embedded cluster serves.
+pub const EMBEDDED_DATABASE: &str = "agent_auth";
+
+#[derive(Debug, thiserror::Error)]
+pub enum AppError {
+    #[error("trust material: {0}")]
+    Trust(#[from] TrustError),
+    #[error(transparent)]
+    Embedded(#[from] EmbeddedError),
+    #[error("database: {0}")]
+    Store(#[from] StoreError),
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        addr: String,
+        source: std::io::Error,
+    },
+    #[error("server: {0}")]
+    Serve(String),
+}
+
+enum GrpcListener {
+    Tcp(TcpListener),
+    Unix(UnixListener),
+}
+
+/// A built application, listening but not yet serving.
+pub struct App {
+    config: Config,
+    grpc_listener: GrpcListener,
+    admin_listener: TcpListener,
+    auth: Authenticator,
+    embedded: Option<EmbeddedPostgres>,
+}
+
+/// The database an app uses: a URL, and the embedded cluster when it started one.
+pub struct Database {
+    pub url: String,
+    pub embedded: Option<EmbeddedPostgres>,
+}
+
+/// Starts the embedded cluster when no URL is configured, then migrates (`owned`) or checks
+/// (`coder`) the schema.
+pub async fn prepare_database(config: &Config) -> Result<Database, AppError> {
+    let (url, embedded) = match &config.postgres_url {
+        Some(url) => (url.clone(), None),
+        None => {
+            let cluster = EmbeddedPostgres::start(EmbeddedOptions::new(&config.data_dir)).await?;
+            cluster.ensure_database(EMBEDDED_DATABASE).await?;
+            tracing::info!(data_dir = %config.data_dir.display(), "embedded PostgreSQL started");
+            (cluster.connection_string(EMBEDDED_DATABASE), Some(cluster))
+        }
+    };
+    let pg_config: tokio_postgres::Config = url
+        .parse()
+        .map_err(|e| StoreError::Internal(format!("invalid postgres url: {e}")))?;
+    match config.schema {
+        SchemaMode::Owned => {
+            let applied = migrate::run_migrations(&pg_config).await?;
+            tracing::info!(?applied, "owned schema is up to date");
+        }
+        SchemaMode::Coder => {
+            migrate::check_coder_schema(&pg_config).await?;
+            tracing::info!("control-plane schema has every table and column agent-auth reads");
+        }
+    }
+    Ok(Database { url, embedded })
+}
+
+impl App {
+    pub async fn build(config: Config) -> Result<Self, AppError> {
+        let aws = AwsTrust::load(&config.aws)?;
+        let database = prepare_database(&config).await?;
+        let store = Store::connect(&database.url, &config.store)?;
+        let auth = Authenticator::new(aws, store);
+        let grpc_listener = match &config.grpc_listen {
+            ListenAddr::Tcp(addr) => GrpcListener::Tcp(bind(*addr).await?),
+            ListenAddr::Unix(path) => GrpcListener::Unix(bind_unix(path)?),
+        };
+        let admin_listener = bind(config.admin_listen).await?;
+        Ok(Self {
+            config,
+            grpc_listener,
+            admin_listener,
+            auth,
+            embedded: database.embedded,
+        })
+    }
+
+    /// The bound gRPC address (TCP only).
+    pub fn grpc_addr(&self) -> Option<SocketAddr> {
+        match &self.grpc_listener {
+            GrpcListener::Tcp(l) => l.local_addr().ok(),
+            GrpcListener::Unix(_) => None,
+        }
+    }
+
+    /// The bound admin address.
+    pub fn admin_addr(&self) -> Option<SocketAddr> {
+        self.admin_listener.local_addr().ok()
+    }
+
+    /// The use case, for callers embedding the service.
+    pub fn authenticator(&self) -> &Authenticator {
+        &self.auth
+    }
+
+    /// Serves until `shutdown` resolves, then: readiness and health flip to not serving, the
+    /// listeners stop accepting, in-flight requests get `shutdown_grace` to finish, the pool
+    /// closes and an embedded database stops.
+    pub async fn run(self, shutdown: impl Future<Output = ()> + Send + 'static) -> Result<(), AppError> {
+        let App {
+            config,
+            grpc_listener,
+            admin_listener,
+            auth,
+            embedded,
+        } = self;
+        let store = auth.store().clone();
+        let draining = Arc::new(AtomicBool::new(false));
+        let (health, health_service) = tonic_health::server::health_reporter();
+        health
+            .set_service_status("", tonic_health::ServingStatus::Serving)
+            .await;
+        health
+            .set_service_status(grpc::SERVICE_NAME, tonic_health::ServingStatus::Serving)
+            .await;
+        let reflection_v1 = reflection().build_v1().map_err(|e| AppError::Serve(e.to_string()))?;
+        let reflection_v1alpha = reflection()
+            .build_v1alpha()
+            .map_err(|e| AppError::Serve(e.to_string()))?;
+
+        let (stop_tx, stop_rx) = watch::channel(false);
+        let stopped = |mut rx: watch::Receiver<bool>| async move {
+            let _ = rx.wait_for(|stop| *stop).await;
+        };
+        let router = Server::builder()
+            .add_service(health_service)
+            .add_service(reflection_v1)
+            .add_service(reflection_v1alpha)
+            .add_service(AgentAuthService::new(auth, config.max_concurrent_requests).into_server());
+        let grpc_task = match grpc_listener {
+            GrpcListener::Tcp(listener) => tokio::spawn(router.serve_with_incoming_shutdown(
+                TcpListenerStream::new(listener),
+                stopped(stop_rx.clone()),
+            )),
+            GrpcListener::Unix(listener) => tokio::spawn(router.serve_with_incoming_shutdown(
+                UnixListenerStream::new(listener),
+                stopped(stop_rx.clone()),
+            )),
+        };
+        let admin_router = admin::router(AdminState {
+            store: store.clone(),
+            draining: draining.clone(),
+        });
+        let admin_task = tokio::spawn(
+            axum::serve(admin_listener, admin_router)
+                .with_graceful_shutdown(stopped(stop_rx.clone()))
+                .into_future(),
+        );
+        tracing::info!(grpc = ?config.grpc_listen, admin = %config.admin_listen, "serving");
+
+        shutdown.await;
+        tracing::info!("shutting down: not serving, draining in-flight requests");
+        draining.store(true, Ordering::SeqCst);
+        health
+            .set_service_status("", tonic_health::ServingStatus::NotServing)
+            .await;
+        health
+            .set_service_status(grpc::SERVICE_NAME, tonic_health::ServingStatus::NotServing)
+            .await;
+        let _ = stop_tx.send(true);
+        let drained = tokio::time::timeout(config.shutdown_grace, async {
+            let grpc = grpc_task.await;
+            let admin = admin_task.await;
+            (grpc, admin)
+        })
+        .await;
+        let result = match drained {
+            Ok((Ok(Ok(())), Ok(Ok(())))) => Ok(()),
+            Ok((grpc, admin)) => Err(AppError::Serve(format!("grpc: {grpc:?}, admin: {admin:?}"))),
+            Err(_) => {
+                tracing::warn!(grace = ?config.shutdown_grace, "in-flight requests did not finish within the grace period");
+                Ok(())
+            }
+        };
+        store.close();
+        if let ListenAddr::Unix(path) = &config.grpc_listen {
+            let _ = std::fs::remove_file(path);
+        }
+        if let Some(cluster) = embedded {
+            cluster.stop().await?;
+            tracing::info!("embedded PostgreSQL stopped");
+        }
+        result
+    }
+}
+
+fn reflection() -> tonic_reflection::server::Builder<'static> {
+    tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(grpc::pb::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+}
+
+async fn bind(addr: SocketAddr) -> Result<TcpListener, AppError> {
+    TcpListener::bind(addr).await.map_err(|source| AppError::Bind {
+        addr: addr.to_string(),
+        source,
+    })
+}
+
+/// Binds a unix socket readable and writable by our own user only (mode 0600).
+fn bind_unix(path: &std::path::Path) -> Result<UnixListener, AppError> {
+    let err = |source: std::io::Error| AppError::Bind {
+        addr: format!("unix:{}", path.display()),
+        source,
+    };
+    if path.exists() {
+        std::fs::remove_file(path).map_err(err)?;
+    }
+    let listener = UnixListener::bind(path).map_err(err)?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).map_err(err)?;
+    Ok(listener)
+}

@@ -1,0 +1,362 @@
+//! The use case: check the request's shape, verify the evidence, run the one SQL statement,
+//! choose the agent.
+//!
+//! Ordering rule (DESIGN.md 3.1): the evidence is verified before any database call, so an
+//! unverifiable request never costs a query. Transport layers (gRPC, HTTP) only translate their
+//! messages into [`AuthRequest`] and [`AuthError`] into their status codes; there is no second
+//! implementation of these rules.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use crate::identity::aws::{AwsIdentity, AwsProof, AwsTrust};
+use crate::identity::{Cloud, IdentityError, InstanceId};
+use crate::store::{Candidate, Resolution, Store, StoreError};
+
+/// The largest accepted string field (DESIGN.md 3.1: "a field over 64 KiB" is malformed).
+pub const MAX_FIELD_BYTES: usize = 64 * 1024;
+
+/// Evidence as the caller sent it, not yet checked.
+#[derive(Debug, Clone)]
+pub enum Evidence {
+    Aws {
+        document: String,
+        signature: String,
+        rsa2048: String,
+    },
+    Google {
+        json_web_token: String,
+    },
+    Azure {
+        signature: String,
+        encoding: String,
+    },
+}
+
+/// One authentication request, independent of the transport.
+#[derive(Debug, Clone)]
+pub struct AuthRequest {
+    pub evidence: Option<Evidence>,
+    pub agent_name: String,
+}
+
+/// A successful authentication.
+pub struct Authenticated {
+    pub cloud: Cloud,
+    pub instance_id: InstanceId,
+    pub agent: Candidate,
+}
+
+/// Every way an authentication can fail. `message()` is what the caller may see.
+#[derive(Debug, thiserror::Error)]
+pub enum AuthError {
+    #[error("malformed request: {0}")]
+    Malformed(String),
+    #[error("invalid {cloud} identity: {cause}")]
+    InvalidIdentity { cloud: Cloud, cause: IdentityError },
+    #[error("{0} instance identity is not implemented yet")]
+    Unimplemented(Cloud),
+    #[error("instance not found")]
+    InstanceNotFound { instance_id: InstanceId },
+    #[error("agent name not found")]
+    AgentNameNotFound {
+        instance_id: InstanceId,
+        name: String,
+    },
+    #[error("ambiguous agent")]
+    AmbiguousAgent {
+        instance_id: InstanceId,
+        names: Vec<String>,
+    },
+    #[error("not on the latest build")]
+    NotLatestBuild { instance_id: InstanceId },
+    #[error("{0}")]
+    DatabaseUnavailable(String),
+    #[error("internal: {0}")]
+    Internal(String),
+}
+
+impl AuthError {
+    /// The `google.rpc.ErrorInfo` reason (contract), also the metrics outcome in lower case.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            AuthError::Malformed(_) => "MALFORMED_REQUEST",
+            AuthError::InvalidIdentity { .. } => "INVALID_IDENTITY",
+            AuthError::Unimplemented(_) => "UNIMPLEMENTED",
+            AuthError::InstanceNotFound { .. } => "INSTANCE_NOT_FOUND",
+            AuthError::AgentNameNotFound { .. } => "AGENT_NAME_NOT_FOUND",
+            AuthError::AmbiguousAgent { .. } => "AMBIGUOUS_AGENT",
+            AuthError::NotLatestBuild { .. } => "NOT_LATEST_BUILD",
+            AuthError::DatabaseUnavailable(_) => "DATABASE_UNAVAILABLE",
+            AuthError::Internal(_) => "INTERNAL",
+        }
+    }
+
+    /// The caller-visible message. Verifier and database internals never appear here.
+    pub fn message(&self) -> String {
+        match self {
+            AuthError::Malformed(what) => format!("Malformed request: {what}."),
+            AuthError::InvalidIdentity { cloud, .. } => cloud.invalid_identity_message().into(),
+            AuthError::Unimplemented(cloud) => format!(
+                "{} instance identity is not supported by this server yet.",
+                match cloud {
+                    Cloud::Aws => "AWS",
+                    Cloud::Google => "GCP",
+                    Cloud::Azure => "Azure",
+                }
+            ),
+            AuthError::InstanceNotFound { instance_id } => {
+                format!("Instance with id {} not found.", go_quote(instance_id.as_str()))
+            }
+            AuthError::AgentNameNotFound { instance_id, name } => format!(
+                "No agent found with instance ID {} and name {}.",
+                go_quote(instance_id.as_str()),
+                go_quote(name)
+            ),
+            AuthError::AmbiguousAgent { instance_id, names } => format!(
+                "Multiple agents found with instance ID {}. Set CODER_AGENT_NAME to one of: {}",
+                go_quote(instance_id.as_str()),
+                names.join(", ")
+            ),
+            AuthError::NotLatestBuild { instance_id } => format!(
+                "Resource found for id {}, but isn't registered on the latest history.",
+                go_quote(instance_id.as_str())
+            ),
+            AuthError::DatabaseUnavailable(_) => {
+                "The database is unavailable. Retry later.".into()
+            }
+            AuthError::Internal(_) => "Internal error.".into(),
+        }
+    }
+}
+
+impl From<StoreError> for AuthError {
+    fn from(e: StoreError) -> Self {
+        match e {
+            StoreError::Unavailable(cause) => AuthError::DatabaseUnavailable(cause),
+            StoreError::Internal(cause) => AuthError::Internal(cause),
+        }
+    }
+}
+
+/// Verifies evidence and resolves agents. Shared by every transport.
+#[derive(Clone)]
+pub struct Authenticator {
+    aws: Arc<AwsTrust>,
+    store: Store,
+}
+
+impl Authenticator {
+    pub fn new(aws: AwsTrust, store: Store) -> Self {
+        Self {
+            aws: Arc::new(aws),
+            store,
+        }
+    }
+
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    /// Authenticates one request and logs one line about it (never the evidence or token).
+    pub async fn authenticate(&self, request: AuthRequest) -> Result<Authenticated, AuthError> {
+        let started = Instant::now();
+        let cloud = request.evidence.as_ref().map(evidence_cloud);
+        let result = self.run(request).await;
+        let outcome = match &result {
+            Ok(_) => "ok",
+            Err(e) => e.reason(),
+        };
+        let detail = match &result {
+            Err(
+                e @ (AuthError::InvalidIdentity { .. }
+                | AuthError::DatabaseUnavailable(_)
+                | AuthError::Internal(_)),
+            ) => e.to_string(),
+            _ => String::new(),
+        };
+        tracing::info!(
+            cloud = cloud.map(Cloud::label).unwrap_or("none"),
+            outcome,
+            detail,
+            duration_ms = started.elapsed().as_secs_f64() * 1000.0,
+            "authentication"
+        );
+        result
+    }
+
+    async fn run(&self, request: AuthRequest) -> Result<Authenticated, AuthError> {
+        let name = agent_name(&request.agent_name)?;
+        let evidence = request
+            .evidence
+            .ok_or_else(|| AuthError::Malformed("no identity is set".into()))?;
+        let (cloud, instance_id) = match evidence {
+            Evidence::Aws {
+                document,
+                signature,
+                rsa2048,
+            } => {
+                let identity = self.verify_aws(&document, &signature, &rsa2048)?;
+                (Cloud::Aws, identity.instance_id)
+            }
+            Evidence::Google { json_web_token } => {
+                check_field("json_web_token", &json_web_token, true)?;
+                return Err(AuthError::Unimplemented(Cloud::Google));
+            }
+            Evidence::Azure { signature, encoding } => {
+                check_field("signature", &signature, true)?;
+                check_field("encoding", &encoding, false)?;
+                return Err(AuthError::Unimplemented(Cloud::Azure));
+            }
+        };
+        let resolution = self.store.resolve(instance_id.as_str()).await?;
+        let agent = select(&instance_id, name, resolution)?;
+        Ok(Authenticated {
+            cloud,
+            instance_id,
+            agent,
+        })
+    }
+
+    fn verify_aws(
+        &self,
+        document: &str,
+        signature: &str,
+        rsa2048: &str,
+    ) -> Result<AwsIdentity, AuthError> {
+        check_field("document", document, true)?;
+        check_field("signature", signature, false)?;
+        check_field("rsa2048", rsa2048, false)?;
+        let proof = match (signature.is_empty(), rsa2048.is_empty()) {
+            (false, true) => AwsProof::Signature(signature),
+            (true, false) => AwsProof::Rsa2048(rsa2048),
+            (true, true) => {
+                return Err(AuthError::Malformed("one of signature or rsa2048 is required".into()));
+            }
+            (false, false) => {
+                return Err(AuthError::Malformed("set signature or rsa2048, not both".into()));
+            }
+        };
+        self.aws
+            .verify(document, proof)
+            .map_err(|cause| AuthError::InvalidIdentity {
+                cloud: Cloud::Aws,
+                cause,
+            })
+    }
+}
+
+fn evidence_cloud(evidence: &Evidence) -> Cloud {
+    match evidence {
+        Evidence::Aws { .. } => Cloud::Aws,
+        Evidence::Google { .. } => Cloud::Google,
+        Evidence::Azure { .. } => Cloud::Azure,
+    }
+}
+
+fn check_field(name: &str, value: &str, required: bool) -> Result<(), AuthError> {
+    if required && value.is_empty() {
+        return Err(AuthError::Malformed(format!("{name} is required")));
+    }
+    if value.len() > MAX_FIELD_BYTES {
+        return Err(AuthError::Malformed(format!(
+            "{name} is larger than {MAX_FIELD_BYTES} bytes"
+        )));
+    }
+    Ok(())
+}
+
+/// The trimmed agent name; `None` when empty or only whitespace (DESIGN.md 2).
+fn agent_name(raw: &str) -> Result<Option<&str>, AuthError> {
+    check_field("agent_name", raw, false)?;
+    let trimmed = raw.trim();
+    Ok(if trimmed.is_empty() { None } else { Some(trimmed) })
+}
+
+/// Chooses the agent from the statement's result (DESIGN.md 2, resolution semantics):
+/// no candidate → NOT_LATEST_BUILD if a stale agent exists, else INSTANCE_NOT_FOUND; a name →
+/// exactly that candidate or AGENT_NAME_NOT_FOUND; no name → the only candidate or
+/// AMBIGUOUS_AGENT listing the sorted names.
+pub fn select(
+    instance_id: &InstanceId,
+    name: Option<&str>,
+    resolution: Resolution,
+) -> Result<Candidate, AuthError> {
+    let Resolution {
+        mut candidates,
+        stale_agents,
+    } = resolution;
+    if candidates.is_empty() {
+        return Err(if stale_agents > 0 {
+            AuthError::NotLatestBuild {
+                instance_id: instance_id.clone(),
+            }
+        } else {
+            AuthError::InstanceNotFound {
+                instance_id: instance_id.clone(),
+            }
+        });
+    }
+    if let Some(name) = name {
+        return candidates
+            .into_iter()
+            .find(|c| c.name == name)
+            .ok_or_else(|| AuthError::AgentNameNotFound {
+                instance_id: instance_id.clone(),
+                name: name.to_owned(),
+            });
+    }
+    if candidates.len() == 1 {
+        return candidates.pop().ok_or_else(|| AuthError::Internal("no candidate".into()));
+    }
+    let mut names: Vec<String> = candidates.into_iter().map(|c| c.name).collect();
+    names.sort();
+    Err(AuthError::AmbiguousAgent {
+        instance_id: instance_id.clone(),
+        names,
+    })
+}
+
+/// Quotes like Go's `%q`, which the incumbent's messages use: `"` and `\` escaped, control and
+/// non-printable characters as escapes.
+pub fn go_quote(s: &str) -> String {
+    let mut out = String::with_capacity(s.len() + 2);
+    out.push('"');
+    for c in s.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\t' => out.push_str("\\t"),
+            c if (c as u32) < 0x20 || c == '\u{7f}' => out.push_str(&format!("\\x{:02x}", c as u32)),
+            c if c.is_control() => out.push_str(&format!("\\u{:04x}", c as u32)),
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn go_quote_escapes_like_go() {
+        assert_eq!(go_quote("i-1"), "\"i-1\"");
+        assert_eq!(go_quote("a\"b\\c\n\u{1}"), "\"a\\\"b\\\\c\\n\\x01\"");
+    }
+
+    #[test]
+    fn whitespace_only_name_means_not_given() {
+        assert!(matches!(agent_name("  \t "), Ok(None)));
+        assert!(matches!(agent_name(" main "), Ok(Some("main"))));
+    }
+
+    #[test]
+    fn oversized_name_is_malformed() {
+        let long = "x".repeat(MAX_FIELD_BYTES + 1);
+        assert!(matches!(agent_name(&long), Err(AuthError::Malformed(_))));
+    }
+}

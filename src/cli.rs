@@ -1,0 +1,197 @@
+//! Command-line definitions (DESIGN.md 3.4, contract for the flags listed there).
+//!
+//! `serve` and `migrate` flags are all optional strings: clap reads the flag or its
+//! `AGENT_AUTH_*` env var (flag wins), and [`crate::config`] lays them over the TOML file and
+//! the defaults, then parses and validates everything in one place, so every bad value gets
+//! the same one-line error naming its key.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+use serde::Serialize;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "agent-auth",
+    version,
+    about = "Authenticates cloud workspace agents by their signed instance identity"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Serve gRPC (and admin HTTP) until SIGINT or SIGTERM.
+    Serve(ServeArgs),
+    /// Apply the owned schema's migrations and exit.
+    Migrate(ServeArgs),
+    /// Probe a running server's gRPC health; exit 0 when SERVING, 1 otherwise.
+    Healthcheck(HealthcheckArgs),
+    /// Send one authentication to a server and print the result.
+    Authenticate(AuthenticateArgs),
+    /// Run the whole loop on a private embedded database with the recorded AWS document.
+    Demo(DemoArgs),
+}
+
+/// Settings shared by `serve` and `migrate`. Every flag also reads `AGENT_AUTH_<FLAG>` and the
+/// key `<flag>` (with `_`) in the `--config` TOML file; precedence flag > env > file > default.
+#[derive(Debug, Default, Clone, Args, Serialize)]
+pub struct ServeArgs {
+    /// TOML file with any of the keys below (flag names with `-` → `_`).
+    #[arg(long, env = "AGENT_AUTH_CONFIG")]
+    #[serde(skip)]
+    pub config: Option<PathBuf>,
+
+    /// Validate the configuration, print it, and exit.
+    #[arg(long)]
+    #[serde(skip)]
+    pub check_config: bool,
+
+    /// gRPC listener: HOST:PORT, or unix:/path for a socket created with mode 0600
+    /// [default: 127.0.0.1:50051]
+    #[arg(long, env = "AGENT_AUTH_GRPC_LISTEN", value_name = "ADDR")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub grpc_listen: Option<String>,
+
+    /// Admin HTTP listener (/healthz, /readyz) [default: 127.0.0.1:9090]
+    #[arg(long, env = "AGENT_AUTH_ADMIN_LISTEN", value_name = "ADDR")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub admin_listen: Option<String>,
+
+    /// Coder-compatible HTTP listener (off unless set; not served yet)
+    #[arg(long, env = "AGENT_AUTH_HTTP_LISTEN", value_name = "ADDR")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub http_listen: Option<String>,
+
+    /// PostgreSQL URL or key=value string. Without it, an embedded PostgreSQL is started
+    /// in --data-dir.
+    #[arg(long, env = "AGENT_AUTH_POSTGRES_URL", value_name = "URL")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub postgres_url: Option<String>,
+
+    /// Embedded database directory [default: $XDG_DATA_HOME/agent-auth, or
+    /// /var/lib/agent-auth as root]
+    #[arg(long, env = "AGENT_AUTH_DATA_DIR", value_name = "DIR")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub data_dir: Option<String>,
+
+    /// owned (run migrations) or coder (read an existing control-plane schema, write
+    /// nothing) [default: owned]
+    #[arg(long, env = "AGENT_AUTH_SCHEMA", value_name = "MODE")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub schema: Option<String>,
+
+    /// Maximum pooled database connections [default: 10]
+    #[arg(long, env = "AGENT_AUTH_DB_POOL_SIZE", value_name = "N")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub db_pool_size: Option<String>,
+
+    /// Longest wait for a pooled connection [default: 1s]
+    #[arg(long, env = "AGENT_AUTH_DB_CHECKOUT_TIMEOUT", value_name = "DURATION")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub db_checkout_timeout: Option<String>,
+
+    /// Longest wait to open a database connection [default: 5s]
+    #[arg(long, env = "AGENT_AUTH_DB_CONNECT_TIMEOUT", value_name = "DURATION")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub db_connect_timeout: Option<String>,
+
+    /// Server-side statement_timeout for every statement [default: 2s]
+    #[arg(long, env = "AGENT_AUTH_DB_STATEMENT_TIMEOUT", value_name = "DURATION")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub db_statement_timeout: Option<String>,
+
+    /// Process-wide limit of concurrent authentications; more are shed at once with
+    /// RESOURCE_EXHAUSTED [default: 256]
+    #[arg(long, env = "AGENT_AUTH_MAX_CONCURRENT_REQUESTS", value_name = "N")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_concurrent_requests: Option<String>,
+
+    /// REGION=PEM_PATH: replaces the built-in AWS `signature` key for REGION (or `default`).
+    /// Repeatable; comma-separated in the env var.
+    #[arg(long, env = "AGENT_AUTH_AWS_CERTIFICATE", value_name = "REGION=PEM", value_delimiter = ',')]
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub aws_certificate: Vec<String>,
+
+    /// REGION=PEM_PATH: the AWS RSA-2048 certificate for the `rsa2048` PKCS#7 form.
+    /// Repeatable; comma-separated in the env var.
+    #[arg(long, env = "AGENT_AUTH_AWS_RSA2048_CERTIFICATE", value_name = "REGION=PEM", value_delimiter = ',')]
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub aws_rsa2048_certificate: Vec<String>,
+
+    /// Only AWS accounts listed here pass (all when none). Repeatable.
+    #[arg(long, env = "AGENT_AUTH_AWS_ALLOWED_ACCOUNT", value_name = "ID", value_delimiter = ',')]
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub aws_allowed_account: Vec<String>,
+
+    /// Verify certificates and expiry as of this RFC 3339 instant instead of now. For replaying
+    /// recorded documents in tests only.
+    #[arg(long, env = "AGENT_AUTH_INSECURE_VERIFY_TIME", value_name = "RFC3339")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub insecure_verify_time: Option<String>,
+
+    /// json or text [default: json]
+    #[arg(long, env = "AGENT_AUTH_LOG_FORMAT", value_name = "FORMAT")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub log_format: Option<String>,
+
+    /// A tracing filter such as `info` or `agent_auth=debug` [default: info]
+    #[arg(long, env = "AGENT_AUTH_LOG_LEVEL", value_name = "FILTER")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub log_level: Option<String>,
+
+    /// How long in-flight requests may run after SIGTERM [default: 10s]
+    #[arg(long, env = "AGENT_AUTH_SHUTDOWN_GRACE", value_name = "DURATION")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub shutdown_grace: Option<String>,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct HealthcheckArgs {
+    /// The server's gRPC address.
+    #[arg(long, env = "AGENT_AUTH_HEALTHCHECK_SERVER", default_value = "http://127.0.0.1:50051")]
+    pub server: String,
+    /// The service to ask about; empty for the whole server.
+    #[arg(long, default_value = "agentauth.v1.AgentAuth")]
+    pub service: String,
+    /// Give up after this long.
+    #[arg(long, default_value = "2s", value_parser = humantime::parse_duration)]
+    pub timeout: std::time::Duration,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct AuthenticateArgs {
+    /// The server's gRPC address.
+    #[arg(long, env = "AGENT_AUTH_SERVER", default_value = "http://127.0.0.1:50051")]
+    pub server: String,
+    /// File with the exact bytes of the AWS instance identity document.
+    #[arg(long, value_name = "FILE", requires = "aws_proof")]
+    pub aws_document: Option<PathBuf>,
+    /// File with the base64 AWS `signature`.
+    #[arg(long, value_name = "FILE", group = "aws_proof")]
+    pub aws_signature: Option<PathBuf>,
+    /// File with the base64 AWS `rsa2048` PKCS#7.
+    #[arg(long, value_name = "FILE", group = "aws_proof")]
+    pub aws_rsa2048: Option<PathBuf>,
+    /// File with a GCP instance identity JWT.
+    #[arg(long, value_name = "FILE")]
+    pub gcp_token: Option<PathBuf>,
+    /// File with the base64 Azure attested-document PKCS#7.
+    #[arg(long, value_name = "FILE")]
+    pub azure_signature: Option<PathBuf>,
+    /// Select this agent when several share the instance.
+    #[arg(long, value_name = "NAME", default_value = "")]
+    pub agent_name: String,
+    /// Give up after this long.
+    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+    pub timeout: std::time::Duration,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct DemoArgs {
+    /// Keep the demo database here instead of a temporary directory.
+    #[arg(long, value_name = "DIR")]
+    pub data_dir: Option<PathBuf>,
+}

@@ -1,0 +1,393 @@
+//! One configuration tree, layered defaults < TOML file < env < flag (DESIGN.md 3.4).
+//!
+//! clap yields the flag or env value as a string; figment merges those over the file and the
+//! defaults; [`Config::from_raw`] parses and validates. Every error names its key, and `main`
+//! prints it on one line and exits 64 (EX_USAGE).
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime};
+
+use figment::Figment;
+use figment::providers::{Format, Serialized, Toml};
+use serde::{Deserialize, Serialize};
+
+use crate::cli::ServeArgs;
+use crate::identity::aws::AwsTrustConfig;
+use crate::store::StoreConfig;
+
+/// Exit code for bad configuration (sysexits EX_USAGE).
+pub const EXIT_CONFIG: i32 = 64;
+
+/// A configuration error: the key and what is wrong with it.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("invalid configuration: {key}: {message}")]
+pub struct ConfigError {
+    pub key: String,
+    pub message: String,
+}
+
+impl ConfigError {
+    fn new(key: &str, message: impl Into<String>) -> Self {
+        Self {
+            key: key.to_owned(),
+            message: message.into(),
+        }
+    }
+}
+
+/// The raw layered values, as written by people. Unknown keys in the file are an error.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawConfig {
+    pub grpc_listen: String,
+    pub admin_listen: String,
+    pub http_listen: Option<String>,
+    pub postgres_url: Option<String>,
+    pub data_dir: Option<String>,
+    pub schema: String,
+    pub db_pool_size: usize,
+    pub db_checkout_timeout: String,
+    pub db_connect_timeout: String,
+    pub db_statement_timeout: String,
+    pub max_concurrent_requests: usize,
+    pub aws_certificate: Vec<String>,
+    pub aws_rsa2048_certificate: Vec<String>,
+    pub aws_allowed_account: Vec<String>,
+    pub insecure_verify_time: Option<String>,
+    pub log_format: String,
+    pub log_level: String,
+    pub shutdown_grace: String,
+}
+
+impl Default for RawConfig {
+    fn default() -> Self {
+        Self {
+            grpc_listen: "127.0.0.1:50051".into(),
+            admin_listen: "127.0.0.1:9090".into(),
+            http_listen: None,
+            postgres_url: None,
+            data_dir: None,
+            schema: "owned".into(),
+            db_pool_size: 10,
+            db_checkout_timeout: "1s".into(),
+            db_connect_timeout: "5s".into(),
+            db_statement_timeout: "2s".into(),
+            max_concurrent_requests: 256,
+            aws_certificate: Vec::new(),
+            aws_rsa2048_certificate: Vec::new(),
+            aws_allowed_account: Vec::new(),
+            insecure_verify_time: None,
+            log_format: "json".into(),
+            log_level: "info".into(),
+            shutdown_grace: "10s".into(),
+        }
+    }
+}
+
+/// Where the gRPC listener binds.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ListenAddr {
+    Tcp(SocketAddr),
+    Unix(PathBuf),
+}
+
+/// `--schema`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SchemaMode {
+    /// The service's own migrations create the tables.
+    Owned,
+    /// The control plane's tables; no migrations, no writes, a start-up check.
+    Coder,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    Json,
+    Text,
+}
+
+/// The validated configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub grpc_listen: ListenAddr,
+    pub admin_listen: SocketAddr,
+    pub http_listen: Option<SocketAddr>,
+    /// `None`: start the embedded database in `data_dir`.
+    pub postgres_url: Option<String>,
+    pub data_dir: PathBuf,
+    pub schema: SchemaMode,
+    pub store: StoreConfig,
+    pub max_concurrent_requests: usize,
+    pub aws: AwsTrustConfig,
+    pub insecure_verify_time: Option<SystemTime>,
+    pub log_format: LogFormat,
+    pub log_level: String,
+    pub shutdown_grace: Duration,
+}
+
+impl Config {
+    /// Layers defaults, the `--config` file and the flags/env from clap, then validates.
+    pub fn load(args: &ServeArgs) -> Result<Self, ConfigError> {
+        let mut figment = Figment::from(Serialized::defaults(RawConfig::default()));
+        if let Some(path) = &args.config {
+            if !path.is_file() {
+                return Err(ConfigError::new(
+                    "config",
+                    format!("{} is not a readable file", path.display()),
+                ));
+            }
+            figment = figment.merge(Toml::file_exact(path));
+        }
+        figment = figment.merge(Serialized::defaults(args));
+        let raw: RawConfig = figment.extract_lossy().map_err(figment_error)?;
+        Self::from_raw(raw)
+    }
+
+    /// Parses and validates raw values.
+    pub fn from_raw(raw: RawConfig) -> Result<Self, ConfigError> {
+        let grpc_listen = parse_listen("grpc_listen", &raw.grpc_listen)?;
+        let admin_listen = parse_socket("admin_listen", &raw.admin_listen)?;
+        let http_listen = match raw.http_listen.as_deref() {
+            None | Some("") => None,
+            Some(addr) => Some(parse_socket("http_listen", addr)?),
+        };
+        let schema = match raw.schema.as_str() {
+            "owned" => SchemaMode::Owned,
+            "coder" => SchemaMode::Coder,
+            other => {
+                return Err(ConfigError::new(
+                    "schema",
+                    format!("expected owned or coder, found {other:?}"),
+                ));
+            }
+        };
+        let postgres_url = raw.postgres_url.filter(|u| !u.trim().is_empty());
+        if schema == SchemaMode::Coder && postgres_url.is_none() {
+            return Err(ConfigError::new(
+                "schema",
+                "coder reads an existing control-plane database: set postgres_url",
+            ));
+        }
+        if let Some(url) = &postgres_url {
+            url.parse::<tokio_postgres::Config>()
+                .map_err(|e| ConfigError::new("postgres_url", e.to_string()))?;
+        }
+        if raw.db_pool_size == 0 {
+            return Err(ConfigError::new("db_pool_size", "must be at least 1"));
+        }
+        if raw.max_concurrent_requests == 0 {
+            return Err(ConfigError::new("max_concurrent_requests", "must be at least 1"));
+        }
+        let store = StoreConfig {
+            pool_size: raw.db_pool_size,
+            checkout_timeout: parse_duration("db_checkout_timeout", &raw.db_checkout_timeout)?,
+            connect_timeout: parse_duration("db_connect_timeout", &raw.db_connect_timeout)?,
+            statement_timeout: parse_duration("db_statement_timeout", &raw.db_statement_timeout)?,
+        };
+        let aws = AwsTrustConfig {
+            signature_certificates: parse_region_files("aws_certificate", &raw.aws_certificate)?,
+            rsa2048_certificates: parse_region_files(
+                "aws_rsa2048_certificate",
+                &raw.aws_rsa2048_certificate,
+            )?,
+            allowed_accounts: parse_accounts(&raw.aws_allowed_account)?,
+        };
+        let insecure_verify_time = match raw.insecure_verify_time.as_deref() {
+            None | Some("") => None,
+            Some(t) => Some(
+                humantime::parse_rfc3339_weak(t)
+                    .map_err(|e| ConfigError::new("insecure_verify_time", e.to_string()))?,
+            ),
+        };
+        let log_format = match raw.log_format.as_str() {
+            "json" => LogFormat::Json,
+            "text" => LogFormat::Text,
+            other => {
+                return Err(ConfigError::new(
+                    "log_format",
+                    format!("expected json or text, found {other:?}"),
+                ));
+            }
+        };
+        tracing_subscriber::EnvFilter::try_new(&raw.log_level)
+            .map_err(|e| ConfigError::new("log_level", e.to_string()))?;
+        Ok(Self {
+            grpc_listen,
+            admin_listen,
+            http_listen,
+            postgres_url,
+            data_dir: match raw.data_dir.filter(|d| !d.is_empty()) {
+                Some(dir) => PathBuf::from(dir),
+                None => default_data_dir(),
+            },
+            schema,
+            store,
+            max_concurrent_requests: raw.max_concurrent_requests,
+            aws,
+            insecure_verify_time,
+            log_format,
+            log_level: raw.log_level,
+            shutdown_grace: parse_duration("shutdown_grace", &raw.shutdown_grace)?,
+        })
+    }
+}
+
+fn figment_error(e: figment::Error) -> ConfigError {
+    let key = if e.path.is_empty() {
+        "config".to_owned()
+    } else {
+        e.path.join(".")
+    };
+    ConfigError::new(&key, e.kind.to_string())
+}
+
+fn parse_socket(key: &str, value: &str) -> Result<SocketAddr, ConfigError> {
+    value
+        .parse()
+        .map_err(|_| ConfigError::new(key, format!("expected HOST:PORT with an IP host, found {value:?}")))
+}
+
+fn parse_listen(key: &str, value: &str) -> Result<ListenAddr, ConfigError> {
+    match value.strip_prefix("unix:") {
+        Some(path) if path.starts_with('/') => Ok(ListenAddr::Unix(PathBuf::from(path))),
+        Some(_) => Err(ConfigError::new(key, "a unix socket path must be absolute (unix:/path)")),
+        None => parse_socket(key, value).map(ListenAddr::Tcp),
+    }
+}
+
+fn parse_duration(key: &str, value: &str) -> Result<Duration, ConfigError> {
+    let duration = humantime::parse_duration(value)
+        .map_err(|e| ConfigError::new(key, format!("{e} (use a duration such as 500ms or 2s)")))?;
+    if duration.is_zero() {
+        return Err(ConfigError::new(key, "must be longer than zero"));
+    }
+    Ok(duration)
+}
+
+fn parse_region_files(key: &str, values: &[String]) -> Result<Vec<(String, PathBuf)>, ConfigError> {
+    values
+        .iter()
+        .filter(|v| !v.trim().is_empty())
+        .map(|value| {
+            let (region, path) = value
+                .split_once('=')
+                .ok_or_else(|| ConfigError::new(key, format!("expected REGION=PEM_PATH, found {value:?}")))?;
+            let region = region.trim();
+            if region.is_empty() || path.trim().is_empty() {
+                return Err(ConfigError::new(key, format!("expected REGION=PEM_PATH, found {value:?}")));
+            }
+            let path = Path::new(path.trim());
+            if !path.is_file() {
+                return Err(ConfigError::new(key, format!("{} is not a readable file", path.display())));
+            }
+            Ok((region.to_owned(), path.to_owned()))
+        })
+        .collect()
+}
+
+fn parse_accounts(values: &[String]) -> Result<Vec<String>, ConfigError> {
+    values
+        .iter()
+        .map(|v| v.trim())
+        .filter(|v| !v.is_empty())
+        .map(|account| {
+            if account.len() == 12 && account.bytes().all(|b| b.is_ascii_digit()) {
+                Ok(account.to_owned())
+            } else {
+                Err(ConfigError::new(
+                    "aws_allowed_account",
+                    format!("expected a 12-digit account id, found {account:?}"),
+                ))
+            }
+        })
+        .collect()
+}
+
+/// `$XDG_DATA_HOME/agent-auth` (or `~/.local/share/agent-auth`); `/var/lib/agent-auth` as root,
+/// since the unprivileged account that runs PostgreSQL cannot enter `/root`.
+pub fn default_data_dir() -> PathBuf {
+    if nix::unistd::geteuid().is_root() {
+        return PathBuf::from("/var/lib/agent-auth");
+    }
+    if let Some(xdg) = std::env::var_os("XDG_DATA_HOME").filter(|v| !v.is_empty()) {
+        return PathBuf::from(xdg).join("agent-auth");
+    }
+    match std::env::var_os("HOME") {
+        Some(home) => PathBuf::from(home).join(".local/share/agent-auth"),
+        None => PathBuf::from("agent-auth-data"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn with(edit: impl FnOnce(&mut RawConfig)) -> Result<Config, ConfigError> {
+        let mut raw = RawConfig::default();
+        edit(&mut raw);
+        Config::from_raw(raw)
+    }
+
+    #[test]
+    fn defaults_are_valid() {
+        let config = with(|_| {}).map_err(|e| e.to_string());
+        assert!(config.is_ok(), "{config:?}");
+    }
+
+    #[test]
+    fn bad_values_name_their_key() {
+        let key = |edit: fn(&mut RawConfig)| with(edit).err().map(|e| e.key);
+        assert_eq!(key(|r| r.grpc_listen = "nowhere".into()), Some("grpc_listen".into()));
+        assert_eq!(key(|r| r.schema = "theirs".into()), Some("schema".into()));
+        assert_eq!(key(|r| r.db_checkout_timeout = "soon".into()), Some("db_checkout_timeout".into()));
+        assert_eq!(key(|r| r.db_pool_size = 0), Some("db_pool_size".into()));
+        assert_eq!(key(|r| r.aws_certificate = vec!["nokey".into()]), Some("aws_certificate".into()));
+        assert_eq!(key(|r| r.aws_allowed_account = vec!["12".into()]), Some("aws_allowed_account".into()));
+        assert_eq!(key(|r| r.log_format = "xml".into()), Some("log_format".into()));
+        assert_eq!(key(|r| r.schema = "coder".into()), Some("schema".into()));
+    }
+
+    #[test]
+    fn unix_listeners_need_an_absolute_path() {
+        assert_eq!(
+            parse_listen("grpc_listen", "unix:/run/a.sock").ok(),
+            Some(ListenAddr::Unix("/run/a.sock".into()))
+        );
+        assert!(parse_listen("grpc_listen", "unix:run/a.sock").is_err());
+    }
+
+    #[test]
+    fn flags_beat_the_file_which_beats_defaults() {
+        let dir = tempfile::tempdir().map_err(|e| e.to_string());
+        let Ok(dir) = dir else { return assert!(dir.is_ok()) };
+        let path = dir.path().join("agent-auth.toml");
+        let written = std::fs::write(&path, "db_pool_size = 7\nmax_concurrent_requests = 9\n");
+        assert!(written.is_ok());
+        let args = ServeArgs {
+            config: Some(path),
+            max_concurrent_requests: Some("11".into()),
+            ..ServeArgs::default()
+        };
+        let config = Config::load(&args).map_err(|e| e.to_string());
+        assert_eq!(
+            config.map(|c| (c.store.pool_size, c.max_concurrent_requests, c.schema)),
+            Ok((7, 11, SchemaMode::Owned))
+        );
+    }
+
+    #[test]
+    fn unknown_and_mistyped_file_keys_are_errors() {
+        let dir = tempfile::tempdir().map_err(|e| e.to_string());
+        let Ok(dir) = dir else { return assert!(dir.is_ok()) };
+        for (text, key) in [("db_pool_sise = 7\n", "config"), ("db_pool_size = \"many\"\n", "db_pool_size")] {
+            let path = dir.path().join("c.toml");
+            assert!(std::fs::write(&path, text).is_ok());
+            let args = ServeArgs {
+                config: Some(path),
+                ..ServeArgs::default()
+            };
+            assert_eq!(Config::load(&args).err().map(|e| e.key), Some(key.to_owned()), "{text}");
+        }
+    }
+}

@@ -1,0 +1,109 @@
+//! `agent-auth demo`: the whole loop on a private embedded database with the real recorded AWS
+//! document (instance `i-076e9b91f7c420782`, us-east-1), through a real gRPC client.
+
+use std::time::Duration;
+
+use crate::app::{App, EMBEDDED_DATABASE};
+use crate::cli::DemoArgs;
+use crate::config::{Config, ListenAddr, RawConfig};
+use crate::embedded::{EmbeddedOptions, EmbeddedPostgres};
+use crate::grpc::pb;
+use crate::store::{migrate, seed};
+
+/// The recorded document and signature (exact bytes; see tests/fixtures/aws).
+pub const RECORDED_DOCUMENT: &str = include_str!("../tests/fixtures/aws/us-east-1-document.json");
+pub const RECORDED_SIGNATURE: &str = include_str!("../tests/fixtures/aws/us-east-1-signature.txt");
+pub const RECORDED_INSTANCE_ID: &str = "i-076e9b91f7c420782";
+
+/// Runs the demo, printing each step. Returns an error message on failure.
+pub async fn run(args: DemoArgs) -> Result<(), String> {
+    let temp;
+    let data_dir = match args.data_dir {
+        Some(dir) => dir,
+        None => {
+            temp = tempfile::Builder::new()
+                .prefix("agent-auth-demo-")
+                .tempdir()
+                .map_err(|e| format!("cannot create a temporary directory: {e}"))?;
+            temp.path().to_owned()
+        }
+    };
+    println!("1. Starting a private PostgreSQL in {}", data_dir.display());
+    let mut options = EmbeddedOptions::new(&data_dir);
+    options.ephemeral = true;
+    let cluster = EmbeddedPostgres::start(options).await.map_err(|e| e.to_string())?;
+    let outcome = with_cluster(&cluster).await;
+    println!("6. Stopping PostgreSQL");
+    cluster.stop().await.map_err(|e| e.to_string())?;
+    outcome
+}
+
+async fn with_cluster(cluster: &EmbeddedPostgres) -> Result<(), String> {
+    cluster
+        .ensure_database(EMBEDDED_DATABASE)
+        .await
+        .map_err(|e| e.to_string())?;
+    let url = cluster.connection_string(EMBEDDED_DATABASE);
+    let pg_config: tokio_postgres::Config = url.parse().map_err(|e| format!("{e}"))?;
+    migrate::run_migrations(&pg_config).await.map_err(|e| e.to_string())?;
+    println!("2. Applied the owned schema's migrations");
+
+    let mut client = migrate::dedicated(&pg_config).await.map_err(|e| e.to_string())?;
+    let seeded = seed::seed_agent(&mut client, RECORDED_INSTANCE_ID, "main")
+        .await
+        .map_err(|e| e.to_string())?;
+    println!(
+        "3. Seeded workspace {} with latest build {} and agent \"main\" bound to {RECORDED_INSTANCE_ID}",
+        seeded.workspace_id, seeded.build_id
+    );
+
+    let mut raw = RawConfig {
+        grpc_listen: "127.0.0.1:0".into(),
+        admin_listen: "127.0.0.1:0".into(),
+        postgres_url: Some(url),
+        ..RawConfig::default()
+    };
+    raw.log_level = "warn".into();
+    let config = Config::from_raw(raw).map_err(|e| e.to_string())?;
+    debug_assert_eq!(config.grpc_listen, ListenAddr::Tcp(([127, 0, 0, 1], 0).into()));
+    let app = App::build(config).await.map_err(|e| e.to_string())?;
+    let addr = app.grpc_addr().ok_or("the gRPC listener has no address")?;
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(app.run(async {
+        let _ = stop_rx.await;
+    }));
+    println!("4. Serving gRPC on {addr}");
+
+    let server_url = format!("http://{addr}");
+    let result = async {
+        let channel = crate::client::connect(&server_url, Duration::from_secs(5))
+            .await
+            .map_err(|e| e.to_string())?;
+        crate::client::authenticate(
+            channel,
+            pb::AuthenticateRequest {
+                identity: Some(pb::authenticate_request::Identity::Aws(pb::AwsInstanceIdentity {
+                    document: RECORDED_DOCUMENT.into(),
+                    signature: RECORDED_SIGNATURE.into(),
+                    rsa2048: String::new(),
+                })),
+                agent_name: String::new(),
+            },
+        )
+        .await
+        .map_err(|s| crate::client::describe(&s))
+    }
+    .await;
+    let _ = stop_tx.send(());
+    let _ = server.await;
+    let response = result?;
+    println!(
+        "5. Authenticated the recorded AWS document over gRPC: agent {} ({}) of workspace {}\n   session token: {}",
+        response.agent_name, response.agent_id, response.workspace_id, response.session_token
+    );
+    if response.session_token != seeded.auth_token.to_string() {
+        return Err("the token received differs from the seeded agent's token".into());
+    }
+    println!("   (matches workspace_agents.auth_token of the seeded agent)");
+    Ok(())
+}

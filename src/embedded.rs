@@ -1,0 +1,369 @@
+//! A private PostgreSQL cluster run from the local server binaries: the default database of
+//! `serve`, the demo's, and the test harness's.
+//!
+//! - Binaries: `initdb` and `postgres` from PATH, else the newest `/usr/lib/postgresql/*/bin`.
+//! - The cluster lives in `<data_dir>/pgdata` (created on first run, reused after) and listens
+//!   only on a unix socket in `<data_dir>/run` (mode 0700), never on TCP, with trust auth.
+//! - `initdb` and `postgres` refuse to run as root: as root they run as the unprivileged
+//!   `postgres` account, which owns the data directory.
+//! - The server is a child of a supervisor thread that lives exactly as long as it does. It
+//!   gets SIGINT (fast shutdown) if that thread, and so this process, dies; it has its own
+//!   process group so a terminal's Ctrl-C reaches only us, and we stop it after draining.
+
+use std::fs::{self, File, OpenOptions};
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitStatus, Stdio};
+use std::time::Duration;
+
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::{Pid, User};
+use tokio::sync::watch;
+
+/// The superuser the embedded cluster is initialised with.
+pub const SUPERUSER: &str = "agent_auth";
+
+#[derive(Debug, thiserror::Error)]
+pub enum EmbeddedError {
+    #[error(
+        "PostgreSQL server binaries (initdb, postgres) were not found on PATH or under \
+         /usr/lib/postgresql/*/bin: install PostgreSQL (Debian: apt-get install postgresql) \
+         or pass --postgres-url"
+    )]
+    BinariesMissing,
+    #[error(
+        "running as root needs the unprivileged `postgres` account to own the embedded \
+         database: install PostgreSQL (Debian: apt-get install postgresql) or pass --postgres-url"
+    )]
+    NoUnprivilegedUser,
+    #[error("embedded database: {0}")]
+    Io(String),
+    #[error("embedded database did not start: {0}")]
+    Start(String),
+}
+
+/// How to run the cluster.
+#[derive(Debug, Clone)]
+pub struct EmbeddedOptions {
+    pub data_dir: PathBuf,
+    /// Port number; with a private socket directory it only names the socket file.
+    pub port: u16,
+    /// Trade durability for speed (tests and the demo): no fsync at all.
+    pub ephemeral: bool,
+    /// Extra `-c name=value` server settings.
+    pub settings: Vec<(String, String)>,
+}
+
+impl EmbeddedOptions {
+    pub fn new(data_dir: impl Into<PathBuf>) -> Self {
+        Self {
+            data_dir: data_dir.into(),
+            port: 5432,
+            ephemeral: false,
+            settings: Vec::new(),
+        }
+    }
+}
+
+/// A running cluster. Call [`EmbeddedPostgres::stop`] to shut it down cleanly.
+pub struct EmbeddedPostgres {
+    socket_dir: PathBuf,
+    port: u16,
+    pid: Pid,
+    exited: watch::Receiver<Option<ExitStatus>>,
+    log_path: PathBuf,
+}
+
+struct Account {
+    uid: u32,
+    gid: u32,
+}
+
+impl EmbeddedPostgres {
+    /// Initialises the cluster if needed, starts it, and waits until it accepts connections.
+    pub async fn start(options: EmbeddedOptions) -> Result<Self, EmbeddedError> {
+        let bin = find_binaries()?;
+        let account = unprivileged_account()?;
+        let data_dir = options.data_dir.clone();
+        let pgdata = data_dir.join("pgdata");
+        let socket_dir = data_dir.join("run");
+        private_dir(&data_dir, account.as_ref())?;
+        private_dir(&socket_dir, account.as_ref())?;
+        let log_path = data_dir.join("postgres.log");
+        if !pgdata.join("PG_VERSION").is_file() {
+            let mut initdb = Command::new(bin.join("initdb"));
+            initdb
+                .arg("-D")
+                .arg(&pgdata)
+                .args(["-U", SUPERUSER, "-A", "trust", "-E", "UTF8", "--locale=C"]);
+            if options.ephemeral {
+                initdb.arg("--no-sync");
+            }
+            as_account(&mut initdb, account.as_ref());
+            let status = initdb
+                .stdout(log_file(&log_path)?)
+                .stderr(log_file(&log_path)?)
+                .stdin(Stdio::null())
+                .status()
+                .map_err(|e| EmbeddedError::Start(format!("cannot run initdb: {e}")))?;
+            if !status.success() {
+                return Err(EmbeddedError::Start(format!(
+                    "initdb failed ({status}); see {}",
+                    log_path.display()
+                )));
+            }
+        }
+        let mut postgres = Command::new(bin.join("postgres"));
+        postgres
+            .arg("-D")
+            .arg(&pgdata)
+            .arg("-k")
+            .arg(&socket_dir)
+            .args(["-p", &options.port.to_string()])
+            .args(["-c", "listen_addresses="])
+            .args(["-c", "unix_socket_permissions=0700"]);
+        if options.ephemeral {
+            for setting in ["fsync=off", "synchronous_commit=off", "full_page_writes=off"] {
+                postgres.args(["-c", setting]);
+            }
+        }
+        for (name, value) in &options.settings {
+            postgres.arg("-c").arg(format!("{name}={value}"));
+        }
+        as_account(&mut postgres, account.as_ref());
+        postgres
+            .stdout(log_file(&log_path)?)
+            .stderr(log_file(&log_path)?)
+            .stdin(Stdio::null())
+            .process_group(0);
+        let (pid, exited) = supervise(postgres)?;
+        let cluster = Self {
+            socket_dir,
+            port: options.port,
+            pid,
+            exited,
+            log_path,
+        };
+        cluster.wait_ready().await?;
+        Ok(cluster)
+    }
+
+    /// A libpq key=value connection string for `dbname`.
+    pub fn connection_string(&self, dbname: &str) -> String {
+        let quote = |s: &str| format!("'{}'", s.replace('\\', "\\\\").replace('\'', "\\'"));
+        format!(
+            "host={} port={} user={} dbname={}",
+            quote(&self.socket_dir.to_string_lossy()),
+            self.port,
+            SUPERUSER,
+            quote(dbname)
+        )
+    }
+
+    /// Creates `dbname` unless it exists.
+    pub async fn ensure_database(&self, dbname: &str) -> Result<(), EmbeddedError> {
+        if dbname.is_empty()
+            || !dbname
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
+        {
+            return Err(EmbeddedError::Io(format!("unusable database name {dbname:?}")));
+        }
+        let client = self.admin_client().await?;
+        let sql_error = |e: tokio_postgres::Error| EmbeddedError::Io(e.to_string());
+        let exists = client
+            .query_opt("SELECT 1 FROM pg_database WHERE datname = $1", &[&dbname])
+            .await
+            .map_err(sql_error)?
+            .is_some();
+        if !exists {
+            client
+                .batch_execute(&format!("CREATE DATABASE \"{dbname}\""))
+                .await
+                .map_err(sql_error)?;
+        }
+        Ok(())
+    }
+
+    /// A superuser connection to the `postgres` database.
+    pub async fn admin_client(&self) -> Result<tokio_postgres::Client, EmbeddedError> {
+        let (client, connection) = tokio_postgres::connect(
+            &self.connection_string("postgres"),
+            tokio_postgres::NoTls,
+        )
+        .await
+        .map_err(|e| EmbeddedError::Io(format!("cannot connect: {e}")))?;
+        tokio::spawn(async move {
+            let _ = connection.await;
+        });
+        Ok(client)
+    }
+
+    /// Where the server writes its log.
+    pub fn log_path(&self) -> &Path {
+        &self.log_path
+    }
+
+    /// True while the server process runs.
+    pub fn is_running(&self) -> bool {
+        self.exited.borrow().is_none()
+    }
+
+    /// Fast shutdown (SIGINT), waiting up to 30 s, then SIGKILL.
+    pub async fn stop(mut self) -> Result<(), EmbeddedError> {
+        if !self.is_running() {
+            return Ok(());
+        }
+        let _ = kill(self.pid, Signal::SIGINT);
+        let timed_out = tokio::time::timeout(
+            Duration::from_secs(30),
+            self.exited.wait_for(Option::is_some),
+        )
+        .await
+        .is_err();
+        if timed_out {
+            let _ = kill(self.pid, Signal::SIGKILL);
+            let _ = self.exited.wait_for(Option::is_some).await;
+        }
+        Ok(())
+    }
+
+    async fn wait_ready(&self) -> Result<(), EmbeddedError> {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+        loop {
+            if let Some(status) = *self.exited.borrow() {
+                return Err(EmbeddedError::Start(format!(
+                    "postgres exited ({status}); see {}",
+                    self.log_path.display()
+                )));
+            }
+            match self.admin_client().await {
+                Ok(client) if client.simple_query("").await.is_ok() => return Ok(()),
+                _ if tokio::time::Instant::now() > deadline => {
+                    return Err(EmbeddedError::Start(format!(
+                        "postgres did not accept connections within 60 s; see {}",
+                        self.log_path.display()
+                    )));
+                }
+                _ => tokio::time::sleep(Duration::from_millis(50)).await,
+            }
+        }
+    }
+}
+
+impl Drop for EmbeddedPostgres {
+    fn drop(&mut self) {
+        if self.is_running() {
+            let _ = kill(self.pid, Signal::SIGINT);
+        }
+    }
+}
+
+/// Spawns the server from a thread that waits on it, so the parent-death signal fires when
+/// (and only when) this process goes away.
+fn supervise(mut command: Command) -> Result<(Pid, watch::Receiver<Option<ExitStatus>>), EmbeddedError> {
+    set_parent_death_signal(&mut command);
+    let (pid_tx, pid_rx) = std::sync::mpsc::channel();
+    let (exit_tx, exit_rx) = watch::channel(None);
+    std::thread::Builder::new()
+        .name("postgres-supervisor".into())
+        .spawn(move || match command.spawn() {
+            Ok(mut child) => {
+                let _ = pid_tx.send(Ok(child.id()));
+                let status = child.wait();
+                let _ = exit_tx.send(Some(status.unwrap_or_else(|_| failed_status())));
+            }
+            Err(e) => {
+                let _ = pid_tx.send(Err(e.to_string()));
+            }
+        })
+        .map_err(|e| EmbeddedError::Start(format!("cannot start a supervisor thread: {e}")))?;
+    let pid = pid_rx
+        .recv()
+        .map_err(|_| EmbeddedError::Start("supervisor thread ended".into()))?
+        .map_err(|e| EmbeddedError::Start(format!("cannot run postgres: {e}")))?;
+    let pid = i32::try_from(pid).map_err(|_| EmbeddedError::Start("pid out of range".into()))?;
+    Ok((Pid::from_raw(pid), exit_rx))
+}
+
+fn failed_status() -> ExitStatus {
+    use std::os::unix::process::ExitStatusExt;
+    ExitStatus::from_raw(1 << 8)
+}
+
+#[allow(unsafe_code)]
+fn set_parent_death_signal(command: &mut Command) {
+    // SAFETY: the closure runs in the forked child before exec and only calls prctl(2), which
+    // is async-signal-safe. It runs after std has switched uid/gid, which would otherwise
+    // clear the setting.
+    unsafe {
+        command.pre_exec(|| {
+            nix::sys::prctl::set_pdeathsig(Signal::SIGINT).map_err(std::io::Error::from)
+        });
+    }
+}
+
+fn as_account(command: &mut Command, account: Option<&Account>) {
+    if let Some(account) = account {
+        command.uid(account.uid).gid(account.gid);
+    }
+}
+
+/// `Some(postgres account)` when running as root; `None` otherwise (run as ourselves).
+fn unprivileged_account() -> Result<Option<Account>, EmbeddedError> {
+    if !nix::unistd::geteuid().is_root() {
+        return Ok(None);
+    }
+    match User::from_name("postgres") {
+        Ok(Some(user)) => Ok(Some(Account {
+            uid: user.uid.as_raw(),
+            gid: user.gid.as_raw(),
+        })),
+        _ => Err(EmbeddedError::NoUnprivilegedUser),
+    }
+}
+
+fn private_dir(dir: &Path, account: Option<&Account>) -> Result<(), EmbeddedError> {
+    let io = |e: std::io::Error| EmbeddedError::Io(format!("{}: {e}", dir.display()));
+    fs::create_dir_all(dir).map_err(io)?;
+    if let Some(account) = account {
+        std::os::unix::fs::chown(dir, Some(account.uid), Some(account.gid)).map_err(io)?;
+    }
+    fs::set_permissions(dir, fs::Permissions::from_mode(0o700)).map_err(io)
+}
+
+fn log_file(path: &Path) -> Result<File, EmbeddedError> {
+    OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .map_err(|e| EmbeddedError::Io(format!("{}: {e}", path.display())))
+}
+
+/// The directory holding both `initdb` and `postgres`.
+pub fn find_binaries() -> Result<PathBuf, EmbeddedError> {
+    let has_both = |dir: &Path| dir.join("initdb").is_file() && dir.join("postgres").is_file();
+    if let Some(path) = std::env::var_os("PATH") {
+        if let Some(dir) = std::env::split_paths(&path).find(|d| has_both(d)) {
+            return Ok(dir);
+        }
+    }
+    let mut versions: Vec<(u32, PathBuf)> = fs::read_dir("/usr/lib/postgresql")
+        .map(|entries| {
+            entries
+                .filter_map(Result::ok)
+                .filter_map(|e| {
+                    let version = e.file_name().to_string_lossy().parse::<u32>().ok()?;
+                    Some((version, e.path().join("bin")))
+                })
+                .filter(|(_, bin)| has_both(bin))
+                .collect()
+        })
+        .unwrap_or_default();
+    versions.sort();
+    versions
+        .pop()
+        .map(|(_, bin)| bin)
+        .ok_or(EmbeddedError::BinariesMissing)
+}

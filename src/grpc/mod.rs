@@ -1,0 +1,159 @@
+//! gRPC: the only module naming tonic and prost types.
+//!
+//! - [`pb`]: code generated from `proto/agentauth/v1/agent_auth.proto` (contract).
+//! - [`AgentAuthService`]: translates messages to [`crate::auth`] and back, sheds load and
+//!   honours the caller's deadline.
+//! - [`status`]: the one mapping of errors to status codes and `ErrorInfo` reasons.
+//! - [`codec`]: answers INVALID_ARGUMENT for a message that does not decode.
+
+pub mod codec;
+pub mod status;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::Semaphore;
+use tonic::{Request, Response, Status};
+
+use crate::auth::{AuthRequest, Authenticated, Authenticator, Evidence};
+use crate::identity::Cloud;
+
+#[allow(clippy::all, clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+pub mod pb {
+    tonic::include_proto!("agentauth.v1");
+
+    /// Encoded descriptors, for server reflection.
+    pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("agentauth_descriptor");
+}
+
+/// The fully-qualified service name, as health checks name it.
+pub const SERVICE_NAME: &str = "agentauth.v1.AgentAuth";
+
+/// `agentauth.v1.AgentAuth`.
+#[derive(Clone)]
+pub struct AgentAuthService {
+    auth: Authenticator,
+    /// Process-wide: one semaphore shared by every connection (tonic's own limit is per
+    /// connection). A request that finds no permit is shed at once, never queued.
+    permits: Arc<Semaphore>,
+}
+
+impl AgentAuthService {
+    pub fn new(auth: Authenticator, max_concurrent_requests: usize) -> Self {
+        Self {
+            auth,
+            permits: Arc::new(Semaphore::new(max_concurrent_requests)),
+        }
+    }
+
+    pub fn into_server(self) -> pb::agent_auth_server::AgentAuthServer<Self> {
+        pb::agent_auth_server::AgentAuthServer::new(self)
+    }
+}
+
+#[tonic::async_trait]
+impl pb::agent_auth_server::AgentAuth for AgentAuthService {
+    async fn authenticate(
+        &self,
+        request: Request<pb::AuthenticateRequest>,
+    ) -> Result<Response<pb::AuthenticateResponse>, Status> {
+        let Ok(_permit) = self.permits.clone().try_acquire_owned() else {
+            return Err(status::overloaded());
+        };
+        let deadline = grpc_timeout(request.metadata());
+        let work = self.auth.authenticate(into_auth_request(request.into_inner()));
+        let result = match deadline {
+            Some(limit) => match tokio::time::timeout(limit, work).await {
+                Ok(result) => result,
+                Err(_) => return Err(Status::deadline_exceeded("The deadline expired.")),
+            },
+            None => work.await,
+        };
+        match result {
+            Ok(authenticated) => Ok(Response::new(into_response(authenticated))),
+            Err(e) => Err(status::to_status(&e)),
+        }
+    }
+}
+
+fn into_auth_request(message: pb::AuthenticateRequest) -> AuthRequest {
+    use pb::authenticate_request::Identity;
+    let evidence = message.identity.map(|identity| match identity {
+        Identity::Aws(aws) => Evidence::Aws {
+            document: aws.document,
+            signature: aws.signature,
+            rsa2048: aws.rsa2048,
+        },
+        Identity::Google(google) => Evidence::Google {
+            json_web_token: google.json_web_token,
+        },
+        Identity::Azure(azure) => Evidence::Azure {
+            signature: azure.signature,
+            encoding: azure.encoding,
+        },
+    });
+    AuthRequest {
+        evidence,
+        agent_name: message.agent_name,
+    }
+}
+
+fn into_response(authenticated: Authenticated) -> pb::AuthenticateResponse {
+    let Authenticated {
+        cloud,
+        instance_id,
+        agent,
+    } = authenticated;
+    pb::AuthenticateResponse {
+        session_token: agent.token.expose(),
+        agent_id: agent.agent_id.to_string(),
+        agent_name: agent.name,
+        workspace_id: agent.workspace_id.to_string(),
+        workspace_build_id: agent.build_id.to_string(),
+        instance_id: instance_id.to_string(),
+        cloud: match cloud {
+            Cloud::Aws => pb::Cloud::Aws,
+            Cloud::Google => pb::Cloud::Google,
+            Cloud::Azure => pb::Cloud::Azure,
+        } as i32,
+    }
+}
+
+/// Parses the `grpc-timeout` header (gRPC over HTTP/2: digits and a unit H, M, S, m, u, n).
+fn grpc_timeout(metadata: &tonic::metadata::MetadataMap) -> Option<Duration> {
+    let value = metadata.get("grpc-timeout")?.to_str().ok()?;
+    if value.len() < 2 || value.len() > 9 {
+        return None;
+    }
+    let (digits, unit) = value.split_at(value.len() - 1);
+    let amount: u64 = digits.parse().ok()?;
+    Some(match unit {
+        "H" => Duration::from_secs(amount.saturating_mul(3600)),
+        "M" => Duration::from_secs(amount.saturating_mul(60)),
+        "S" => Duration::from_secs(amount),
+        "m" => Duration::from_millis(amount),
+        "u" => Duration::from_micros(amount),
+        "n" => Duration::from_nanos(amount),
+        _ => return None,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn timeout_of(value: &str) -> Option<Duration> {
+        let mut metadata = tonic::metadata::MetadataMap::new();
+        metadata.insert("grpc-timeout", value.parse().ok()?);
+        grpc_timeout(&metadata)
+    }
+
+    #[test]
+    fn grpc_timeout_units_parse() {
+        assert_eq!(timeout_of("2S"), Some(Duration::from_secs(2)));
+        assert_eq!(timeout_of("150m"), Some(Duration::from_millis(150)));
+        assert_eq!(timeout_of("1H"), Some(Duration::from_secs(3600)));
+        assert_eq!(timeout_of("5x"), None);
+        assert_eq!(timeout_of("S"), None);
+    }
+}

@@ -1,0 +1,137 @@
+//! Pure verifiers of cloud instance-identity evidence.
+//!
+//! Each verifier is a function of `(evidence, trust material, now)` and returns either the
+//! verified instance or an [`IdentityError`]. The error carries the real cause for logs and
+//! metrics; callers only ever see the cloud's fixed "Invalid ... identity." message.
+//! Nothing in this module touches the database or the network.
+
+pub mod aws;
+
+use std::fmt;
+
+/// The cloud a piece of evidence came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Cloud {
+    Aws,
+    Google,
+    Azure,
+}
+
+impl Cloud {
+    /// The bounded label used in metrics and logs.
+    pub fn label(self) -> &'static str {
+        match self {
+            Cloud::Aws => "aws",
+            Cloud::Google => "gcp",
+            Cloud::Azure => "azure",
+        }
+    }
+
+    /// The only message a caller sees when this cloud's evidence fails (DESIGN.md 3.1).
+    pub fn invalid_identity_message(self) -> &'static str {
+        match self {
+            Cloud::Aws => "Invalid AWS identity.",
+            Cloud::Google => "Invalid GCP identity.",
+            Cloud::Azure => "Invalid Azure identity.",
+        }
+    }
+}
+
+impl fmt::Display for Cloud {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.label())
+    }
+}
+
+/// An instance whose evidence verified.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VerifiedInstance {
+    pub cloud: Cloud,
+    pub instance_id: InstanceId,
+}
+
+/// A cloud instance id that came out of verified evidence. It is never empty.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct InstanceId(String);
+
+impl InstanceId {
+    /// Wraps a verified id; `None` for an empty one, which must never be looked up.
+    pub fn new(id: impl Into<String>) -> Option<Self> {
+        let id = id.into();
+        if id.is_empty() { None } else { Some(Self(id)) }
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for InstanceId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// Why evidence failed. The `Display` text is for logs only, never for the caller.
+#[derive(Debug, thiserror::Error)]
+pub enum IdentityError {
+    #[error("evidence does not decode: {0}")]
+    Malformed(String),
+    #[error("signature does not verify: {0}")]
+    BadSignature(String),
+    #[error("no trusted key for {0}")]
+    NoTrustedKey(String),
+    #[error("evidence is not acceptable: {0}")]
+    Rejected(String),
+    #[error("account or project is not allowed: {0}")]
+    NotAllowed(String),
+}
+
+impl IdentityError {
+    /// A bounded label for metrics and logs.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            IdentityError::Malformed(_) => "malformed",
+            IdentityError::BadSignature(_) => "bad_signature",
+            IdentityError::NoTrustedKey(_) => "no_trusted_key",
+            IdentityError::Rejected(_) => "rejected",
+            IdentityError::NotAllowed(_) => "not_allowed",
+        }
+    }
+}
+
+/// Decodes standard base64 after removing all ASCII whitespace, as every cloud's evidence may
+/// carry line breaks (IMDS returns the AWS signature on several lines).
+pub fn decode_base64(input: &str) -> Result<Vec<u8>, IdentityError> {
+    use base64::Engine as _;
+    let compact: Vec<u8> = input
+        .bytes()
+        .filter(|b| !b.is_ascii_whitespace())
+        .collect();
+    base64::engine::general_purpose::STANDARD
+        .decode(compact)
+        .map_err(|e| IdentityError::Malformed(format!("base64: {e}")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn base64_with_embedded_newlines_decodes() {
+        assert_eq!(decode_base64("aGVs\nbG8=\r\n").ok(), Some(b"hello".to_vec()));
+    }
+
+    #[test]
+    fn base64_garbage_is_malformed() {
+        assert!(matches!(
+            decode_base64("not base64!"),
+            Err(IdentityError::Malformed(_))
+        ));
+    }
+
+    #[test]
+    fn empty_instance_id_is_refused() {
+        assert!(InstanceId::new("").is_none());
+    }
+}

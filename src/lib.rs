@@ -1,0 +1,31 @@
+//! agent-auth: authenticates cloud workspace agents by their signed instance identity.
+//!
+//! # Layout
+//!
+//! A request travels down this list and its answer back up:
+//!
+//! - [`grpc`]: the only module naming tonic/prost types. The service, the codec that turns an
+//!   undecodable message into INVALID_ARGUMENT, and the one mapping of errors to status codes.
+//! - [`auth`]: the use case. Check the request's shape, verify the evidence, run the one SQL
+//!   statement, choose the agent.
+//! - [`identity`]: pure verifiers of cloud evidence, `(evidence, trust, now) -> instance`.
+//! - [`store`]: the only module that issues SQL: the pool, migrations, the schema check and
+//!   the resolver's single statement.
+//!
+//! Around them: [`config`] (one typed tree from flags, env and a TOML file), [`app`] (binds the
+//! listeners and runs until shutdown), [`http`] (admin endpoints), [`embedded`] (a private
+//! PostgreSQL cluster for the default `serve`, the demo and the tests), [`client`] (the gRPC client
+//! behind `authenticate` and `demo`), [`demo`], and [`telemetry`].
+
+pub mod app;
+pub mod auth;
+pub mod cli;
+pub mod client;
+pub mod config;
+pub mod demo;
+pub mod embedded;
+pub mod grpc;
+pub mod http;
+pub mod identity;
+pub mod store;
+pub mod telemetry;

@@ -1,0 +1,181 @@
+//! Thin entry point: parse the command line, load configuration, run.
+
+use std::process::ExitCode;
+
+use agent_auth::app::App;
+use agent_auth::cli::{AuthenticateArgs, Cli, Command, ServeArgs};
+use agent_auth::config::{Config, EXIT_CONFIG};
+use agent_auth::grpc::pb;
+use agent_auth::{client, demo, telemetry};
+use clap::Parser;
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("agent-auth: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    runtime.block_on(async move {
+        match cli.command {
+            Command::Serve(args) => serve(args).await,
+            Command::Migrate(args) => migrate(args).await,
+            Command::Healthcheck(args) => {
+                match client::is_serving(&args.server, &args.service, args.timeout).await {
+                    Ok(true) => ExitCode::SUCCESS,
+                    Ok(false) => {
+                        eprintln!("agent-auth: {} is not serving", args.server);
+                        ExitCode::FAILURE
+                    }
+                    Err(e) => {
+                        eprintln!("agent-auth: {e}");
+                        ExitCode::FAILURE
+                    }
+                }
+            }
+            Command::Authenticate(args) => authenticate(args).await,
+            Command::Demo(args) => {
+                telemetry::init(agent_auth::config::LogFormat::Text, "warn");
+                match demo::run(args).await {
+                    Ok(()) => ExitCode::SUCCESS,
+                    Err(e) => {
+                        eprintln!("agent-auth: demo failed: {e}");
+                        ExitCode::FAILURE
+                    }
+                }
+            }
+        }
+    })
+}
+
+fn load(args: &ServeArgs) -> Result<Config, ExitCode> {
+    Config::load(args).map_err(|e| {
+        eprintln!("agent-auth: {e}");
+        ExitCode::from(EXIT_CONFIG as u8)
+    })
+}
+
+async fn serve(args: ServeArgs) -> ExitCode {
+    let config = match load(&args) {
+        Ok(config) => config,
+        Err(code) => return code,
+    };
+    if args.check_config {
+        println!("{config:#?}");
+        return ExitCode::SUCCESS;
+    }
+    telemetry::init(config.log_format, &config.log_level);
+    if let Some(at) = config.insecure_verify_time {
+        tracing::warn!(verify_time = %humantime::format_rfc3339(at), "--insecure-verify-time is set: evidence is verified as of a fixed instant; for tests only");
+    }
+    let app = match App::build(config).await {
+        Ok(app) => app,
+        Err(e) => {
+            tracing::error!(error = %e, "start-up failed");
+            eprintln!("agent-auth: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match app.run(shutdown_signal()).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("agent-auth: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn migrate(args: ServeArgs) -> ExitCode {
+    let config = match load(&args) {
+        Ok(config) => config,
+        Err(code) => return code,
+    };
+    telemetry::init(config.log_format, &config.log_level);
+    match agent_auth::app::prepare_database(&config).await {
+        Ok(database) => {
+            if let Some(cluster) = database.embedded {
+                let _ = cluster.stop().await;
+            }
+            println!("agent-auth: schema is up to date");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("agent-auth: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn authenticate(args: AuthenticateArgs) -> ExitCode {
+    let read = |path: &std::path::Path| {
+        std::fs::read_to_string(path).map_err(|e| format!("cannot read {}: {e}", path.display()))
+    };
+    let identity = (|| -> Result<pb::authenticate_request::Identity, String> {
+        use pb::authenticate_request::Identity;
+        if let Some(document) = &args.aws_document {
+            return Ok(Identity::Aws(pb::AwsInstanceIdentity {
+                document: read(document)?,
+                signature: args.aws_signature.as_deref().map(read).transpose()?.unwrap_or_default(),
+                rsa2048: args.aws_rsa2048.as_deref().map(read).transpose()?.unwrap_or_default(),
+            }));
+        }
+        if let Some(token) = &args.gcp_token {
+            return Ok(Identity::Google(pb::GoogleInstanceIdentity {
+                json_web_token: read(token)?.trim().to_owned(),
+            }));
+        }
+        if let Some(signature) = &args.azure_signature {
+            return Ok(Identity::Azure(pb::AzureInstanceIdentity {
+                signature: read(signature)?,
+                encoding: "pkcs7".into(),
+            }));
+        }
+        Err("give --aws-document with --aws-signature or --aws-rsa2048, --gcp-token, or --azure-signature".into())
+    })();
+    let identity = match identity {
+        Ok(identity) => identity,
+        Err(e) => {
+            eprintln!("agent-auth: {e}");
+            return ExitCode::from(EXIT_CONFIG as u8);
+        }
+    };
+    let channel = match client::connect(&args.server, args.timeout).await {
+        Ok(channel) => channel,
+        Err(e) => {
+            eprintln!("agent-auth: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let request = pb::AuthenticateRequest {
+        identity: Some(identity),
+        agent_name: args.agent_name,
+    };
+    match client::authenticate(channel, request).await {
+        Ok(response) => {
+            println!("session_token: {}", response.session_token);
+            println!("agent: {} ({})", response.agent_name, response.agent_id);
+            println!("workspace: {}  build: {}", response.workspace_id, response.workspace_build_id);
+            println!("instance: {}", response.instance_id);
+            ExitCode::SUCCESS
+        }
+        Err(status) => {
+            eprintln!("agent-auth: authentication failed: {}", client::describe(&status));
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
+        // Without signal handlers, fall back to Ctrl-C only.
+        let _ = tokio::signal::ctrl_c().await;
+        return;
+    };
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+}

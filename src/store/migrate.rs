@@ -1,0 +1,143 @@
+//! Schema management: the owned schema's migrations, and the check of Coder's schema.
+
+use tokio_postgres::{Client, NoTls};
+
+use super::StoreError;
+
+refinery::embed_migrations!("migrations");
+
+/// Key of the session advisory lock held while migrating, so that replicas starting together
+/// do not race on `refinery_schema_history` (refinery takes no lock of its own).
+/// Session locks do not survive a transaction-pooling proxy: migrate through a direct connection.
+pub const MIGRATION_LOCK_KEY: i64 = 0x6167_656e_7461_7574; // "agentaut"
+
+/// Tables and columns the resolver reads (DESIGN.md section 2).
+pub const REQUIRED_COLUMNS: &[(&str, &[&str])] = &[
+    (
+        "workspace_agents",
+        &[
+            "id",
+            "name",
+            "resource_id",
+            "auth_token",
+            "auth_instance_id",
+            "parent_id",
+            "deleted",
+            "created_at",
+        ],
+    ),
+    ("workspace_resources", &["id", "job_id"]),
+    ("provisioner_jobs", &["id", "type"]),
+    (
+        "workspace_builds",
+        &["id", "workspace_id", "build_number", "job_id"],
+    ),
+    ("workspaces", &["id", "deleted"]),
+];
+
+/// Opens a dedicated connection (not from the pool) for schema work.
+pub async fn dedicated(config: &tokio_postgres::Config) -> Result<Client, StoreError> {
+    let (client, connection) = config
+        .connect(NoTls)
+        .await
+        .map_err(|e| StoreError::Unavailable(format!("cannot connect: {e}")))?;
+    tokio::spawn(async move {
+        if let Err(e) = connection.await {
+            tracing::debug!(error = %e, "schema connection ended");
+        }
+    });
+    Ok(client)
+}
+
+/// Applies the owned schema's pending migrations under [`MIGRATION_LOCK_KEY`].
+/// Returns the versions applied by this call.
+pub async fn run_migrations(config: &tokio_postgres::Config) -> Result<Vec<i32>, StoreError> {
+    let mut client = dedicated(config).await?;
+    let internal = |e: tokio_postgres::Error| StoreError::Internal(format!("migration lock: {e}"));
+    client
+        .execute("SELECT pg_advisory_lock($1)", &[&MIGRATION_LOCK_KEY])
+        .await
+        .map_err(internal)?;
+    let outcome = migrations::runner().run_async(&mut client).await;
+    client
+        .execute("SELECT pg_advisory_unlock($1)", &[&MIGRATION_LOCK_KEY])
+        .await
+        .map_err(internal)?;
+    let report = outcome.map_err(|e| StoreError::Internal(format!("migration failed: {e}")))?;
+    Ok(report
+        .applied_migrations()
+        .iter()
+        .map(|m| m.version())
+        .collect())
+}
+
+/// `--schema coder`: reads only the catalog and names every missing table or column.
+/// Writes nothing; needs only the rights a read-only role has.
+pub async fn check_coder_schema(config: &tokio_postgres::Config) -> Result<(), StoreError> {
+    let client = dedicated(config).await?;
+    let tables: Vec<&str> = REQUIRED_COLUMNS.iter().map(|(t, _)| *t).collect();
+    let rows = client
+        .query(
+            "SELECT table_name::text, column_name::text FROM information_schema.columns \
+             WHERE table_schema = current_schema() AND table_name = ANY($1)",
+            &[&tables],
+        )
+        .await
+        .map_err(|e| StoreError::Unavailable(format!("cannot read the catalog: {e}")))?;
+    let present: std::collections::HashSet<(String, String)> = rows
+        .iter()
+        .map(|r| (r.get::<_, String>(0), r.get::<_, String>(1)))
+        .collect();
+    let missing = missing_columns(&present);
+    if missing.is_empty() {
+        Ok(())
+    } else {
+        Err(StoreError::Internal(format!(
+            "the control-plane schema lacks what agent-auth reads: {}",
+            missing.join(", ")
+        )))
+    }
+}
+
+fn missing_columns(present: &std::collections::HashSet<(String, String)>) -> Vec<String> {
+    let mut missing = Vec::new();
+    for (table, columns) in REQUIRED_COLUMNS {
+        if !present.iter().any(|(t, _)| t == table) {
+            missing.push(format!("table {table}"));
+            continue;
+        }
+        for column in *columns {
+            if !present.contains(&((*table).to_owned(), (*column).to_owned())) {
+                missing.push(format!("column {table}.{column}"));
+            }
+        }
+    }
+    missing
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn missing_tables_and_columns_are_each_named() {
+        let mut present = std::collections::HashSet::new();
+        for (table, columns) in REQUIRED_COLUMNS {
+            if *table == "workspaces" {
+                continue;
+            }
+            for column in *columns {
+                if *column != "parent_id" {
+                    present.insert(((*table).to_owned(), (*column).to_owned()));
+                }
+            }
+        }
+        assert_eq!(
+            missing_columns(&present),
+            vec![
+                "column workspace_agents.parent_id".to_owned(),
+                "table workspaces".to_owned()
+            ]
+        );
+    }
+}

@@ -1,0 +1,157 @@
+//! The only module that issues SQL.
+//!
+//! - [`Store::resolve`] runs the resolver's single statement ([`resolve::RESOLVE_SQL`]) per
+//!   authentication: one statement, one round trip, no transaction, no SET, no validation query.
+//! - [`migrate`] applies the owned schema under an advisory lock, or checks Coder's schema.
+//!
+//! Pool rules (DESIGN.md 5), each learnt the hard way elsewhere:
+//! - deadpool has no timeouts unless set, and needs `Runtime::Tokio1` to honour them;
+//! - recycling is `Fast` (no query on checkout, which would double the round trips); a pooled
+//!   connection found dead is replaced and the statement retried once on a fresh one;
+//! - `statement_timeout` travels in the startup packet (`options`), never as a `SET`.
+
+pub mod migrate;
+pub mod resolve;
+pub mod seed;
+
+use std::str::FromStr;
+use std::time::Duration;
+
+use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
+use tokio_postgres::NoTls;
+
+pub use resolve::{Candidate, Resolution};
+
+/// Pool and connection settings.
+#[derive(Debug, Clone)]
+pub struct StoreConfig {
+    pub pool_size: usize,
+    pub checkout_timeout: Duration,
+    pub connect_timeout: Duration,
+    pub statement_timeout: Duration,
+}
+
+/// Why the database could not answer. Callers see UNAVAILABLE or INTERNAL; the text is for logs.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("database unavailable: {0}")]
+    Unavailable(String),
+    #[error("database error: {0}")]
+    Internal(String),
+}
+
+/// A handle on the pool. Cheap to clone.
+#[derive(Clone)]
+pub struct Store {
+    pool: Pool,
+    pg_config: tokio_postgres::Config,
+}
+
+impl Store {
+    /// Builds the pool. No connection is made until the first checkout.
+    pub fn connect(url: &str, config: &StoreConfig) -> Result<Self, StoreError> {
+        let mut pg_config = tokio_postgres::Config::from_str(url)
+            .map_err(|e| StoreError::Internal(format!("invalid postgres url: {e}")))?;
+        pg_config.connect_timeout(config.connect_timeout);
+        let statement_ms = config.statement_timeout.as_millis().max(1);
+        let mut options = pg_config.get_options().unwrap_or_default().to_owned();
+        if !options.is_empty() {
+            options.push(' ');
+        }
+        options.push_str(&format!("-c statement_timeout={statement_ms}"));
+        pg_config.options(&options);
+        if pg_config.get_application_name().is_none() {
+            pg_config.application_name("agent-auth");
+        }
+        let manager = Manager::from_config(
+            pg_config.clone(),
+            NoTls,
+            ManagerConfig {
+                recycling_method: RecyclingMethod::Fast,
+            },
+        );
+        let pool = Pool::builder(manager)
+            .max_size(config.pool_size)
+            .wait_timeout(Some(config.checkout_timeout))
+            .create_timeout(Some(config.connect_timeout))
+            .recycle_timeout(Some(config.checkout_timeout))
+            .runtime(Runtime::Tokio1)
+            .build()
+            .map_err(|e| StoreError::Internal(format!("cannot build the pool: {e}")))?;
+        Ok(Self { pool, pg_config })
+    }
+
+    /// The connection settings, for dedicated connections (migrations, schema checks).
+    pub fn pg_config(&self) -> &tokio_postgres::Config {
+        &self.pg_config
+    }
+
+    /// Checks out a connection, mapping pool failures to [`StoreError`].
+    async fn checkout(&self) -> Result<deadpool_postgres::Object, StoreError> {
+        self.pool.get().await.map_err(pool_error)
+    }
+
+    /// Readiness: the database answers a trivial statement within the checkout timeout.
+    pub async fn ping(&self) -> Result<(), StoreError> {
+        let client = self.checkout().await?;
+        client.simple_query("SELECT 1").await.map_err(query_error)?;
+        Ok(())
+    }
+
+    /// Pool occupancy, for metrics and benchmarks.
+    pub fn pool_status(&self) -> deadpool_postgres::Status {
+        self.pool.status()
+    }
+
+    /// Closes every pooled connection (used at shutdown).
+    pub fn close(&self) {
+        self.pool.close();
+    }
+}
+
+fn pool_error(e: deadpool_postgres::PoolError) -> StoreError {
+    use deadpool_postgres::PoolError;
+    match e {
+        PoolError::Timeout(kind) => StoreError::Unavailable(format!("pool timeout ({kind:?})")),
+        PoolError::Backend(e) => StoreError::Unavailable(format!("cannot connect: {e}")),
+        PoolError::Closed => StoreError::Unavailable("pool closed".into()),
+        other => StoreError::Internal(other.to_string()),
+    }
+}
+
+/// Connection-level failures and server shutdown or overload are retryable (UNAVAILABLE);
+/// anything else (a schema mismatch, a type error) is a bug or misconfiguration (INTERNAL).
+fn query_error(e: tokio_postgres::Error) -> StoreError {
+    if is_connection_lost(&e) {
+        return StoreError::Unavailable(format!("connection lost: {e}"));
+    }
+    match e.code().map(|c| c.code()) {
+        // query_canceled (statement_timeout), admin/crash shutdown, cannot_connect_now,
+        // too_many_connections, connection_exception class, insufficient_resources class.
+        Some(code)
+            if code == "57014"
+                || code.starts_with("57P")
+                || code.starts_with("08")
+                || code.starts_with("53") =>
+        {
+            StoreError::Unavailable(format!("database refused: {e}"))
+        }
+        _ => StoreError::Internal(e.to_string()),
+    }
+}
+
+/// True when the connection itself failed, so the statement never ran on the server.
+fn is_connection_lost(e: &tokio_postgres::Error) -> bool {
+    e.is_closed() || (e.code().is_none() && e.as_db_error().is_none() && is_io(e))
+}
+
+fn is_io(e: &tokio_postgres::Error) -> bool {
+    let mut source = std::error::Error::source(e);
+    while let Some(err) = source {
+        if err.is::<std::io::Error>() {
+            return true;
+        }
+        source = err.source();
+    }
+    false
+}

@@ -1,0 +1,125 @@
+//! The resolver's one statement (DESIGN.md section 2).
+//!
+//! It returns every *candidate* (a live, top-level agent of a `workspace_build` job on the
+//! workspace's latest build) as a row of its own, and all stale agents (the same, but on an
+//! older build) folded into one count row. The result therefore grows with the number of
+//! agents on the latest build, never with history.
+
+use tokio_postgres::types::Type;
+use uuid::Uuid;
+
+use super::{Store, StoreError, is_connection_lost, query_error};
+
+/// The only statement the authentication path runs. `$1` is the verified instance id (text).
+///
+/// Plan: an index probe on `workspace_agents (auth_instance_id, deleted)`, then primary-key and
+/// unique-key lookups for resource, job, build and workspace, and an index probe on
+/// `workspace_builds (workspace_id, build_number)` for "is there a newer build".
+pub const RESOLVE_SQL: &str = "\
+WITH matched AS (
+    SELECT a.id AS agent_id,
+           a.name,
+           a.auth_token,
+           b.id AS build_id,
+           b.workspace_id,
+           NOT EXISTS (
+               SELECT 1 FROM workspace_builds newer
+               WHERE newer.workspace_id = b.workspace_id
+                 AND newer.build_number > b.build_number
+           ) AS latest
+    FROM workspace_agents a
+    JOIN workspace_resources r ON r.id = a.resource_id
+    JOIN provisioner_jobs j ON j.id = r.job_id
+    JOIN workspace_builds b ON b.job_id = j.id
+    JOIN workspaces w ON w.id = b.workspace_id
+    WHERE a.auth_instance_id = $1
+      AND a.deleted = false
+      AND a.parent_id IS NULL
+      AND j.type = 'workspace_build'
+      AND w.deleted = false
+)
+SELECT agent_id, name::text AS name, auth_token, build_id, workspace_id, NULL::bigint AS stale
+FROM matched
+WHERE latest
+UNION ALL
+SELECT NULL, NULL, NULL, NULL, NULL, count(*)
+FROM matched
+WHERE NOT latest";
+
+/// A session token: `workspace_agents.auth_token`. A secret, so it has no `Debug` or `Display`.
+#[derive(Clone, PartialEq, Eq)]
+pub struct SessionToken(Uuid);
+
+impl SessionToken {
+    /// The canonical UUID text, for the one place that hands it to the caller.
+    pub fn expose(&self) -> String {
+        self.0.hyphenated().to_string()
+    }
+}
+
+/// An agent that may be authenticated for the instance.
+#[derive(Clone)]
+pub struct Candidate {
+    pub agent_id: Uuid,
+    pub name: String,
+    pub token: SessionToken,
+    pub workspace_id: Uuid,
+    pub build_id: Uuid,
+}
+
+/// Everything the one statement tells about an instance id.
+#[derive(Clone, Default)]
+pub struct Resolution {
+    /// Candidates on their workspace's latest build.
+    pub candidates: Vec<Candidate>,
+    /// How many otherwise-valid agents sit on older builds of live workspaces.
+    pub stale_agents: i64,
+}
+
+impl Store {
+    /// Runs [`RESOLVE_SQL`] once. If the pooled connection turns out dead (the statement never
+    /// reached the server), it is dropped and the statement retried once on another connection.
+    pub async fn resolve(&self, instance_id: &str) -> Result<Resolution, StoreError> {
+        let client = self.checkout().await?;
+        let rows = match query(&client, instance_id).await {
+            Err(e) if is_connection_lost(&e) => {
+                drop(deadpool_postgres::Object::take(client));
+                let fresh = self.checkout().await?;
+                query(&fresh, instance_id).await.map_err(query_error)?
+            }
+            other => other.map_err(query_error)?,
+        };
+        parse(&rows)
+    }
+}
+
+/// `query_typed` sends Parse/Bind/Execute/Sync together with the parameter type given, so the
+/// statement costs one round trip (a plain `query` would first prepare it: two round trips).
+async fn query(
+    client: &tokio_postgres::Client,
+    instance_id: &str,
+) -> Result<Vec<tokio_postgres::Row>, tokio_postgres::Error> {
+    client
+        .query_typed(RESOLVE_SQL, &[(&instance_id, Type::TEXT)])
+        .await
+}
+
+fn parse(rows: &[tokio_postgres::Row]) -> Result<Resolution, StoreError> {
+    let bad = |e: tokio_postgres::Error| StoreError::Internal(format!("unexpected row shape: {e}"));
+    let mut resolution = Resolution::default();
+    for row in rows {
+        let stale: Option<i64> = row.try_get("stale").map_err(bad)?;
+        if let Some(count) = stale {
+            resolution.stale_agents += count;
+            continue;
+        }
+        resolution.candidates.push(Candidate {
+            agent_id: row.try_get("agent_id").map_err(bad)?,
+            name: row.try_get("name").map_err(bad)?,
+            token: SessionToken(row.try_get("auth_token").map_err(bad)?),
+            workspace_id: row.try_get("workspace_id").map_err(bad)?,
+            build_id: row.try_get("build_id").map_err(bad)?,
+        });
+    }
+    Ok(resolution)
+}

@@ -129,7 +129,10 @@ impl App {
     /// Serves until `shutdown` resolves, then: readiness and health flip to not serving, the
     /// listeners stop accepting, in-flight requests get `shutdown_grace` to finish, the pool
     /// closes and an embedded database stops.
-    pub async fn run(self, shutdown: impl Future<Output = ()> + Send + 'static) -> Result<(), AppError> {
+    pub async fn run(
+        self,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> Result<(), AppError> {
         let App {
             config,
             grpc_listener,
@@ -146,7 +149,9 @@ impl App {
         health
             .set_service_status(grpc::SERVICE_NAME, tonic_health::ServingStatus::Serving)
             .await;
-        let reflection_v1 = reflection().build_v1().map_err(|e| AppError::Serve(e.to_string()))?;
+        let reflection_v1 = reflection()
+            .build_v1()
+            .map_err(|e| AppError::Serve(e.to_string()))?;
         let reflection_v1alpha = reflection()
             .build_v1alpha()
             .map_err(|e| AppError::Serve(e.to_string()))?;
@@ -224,10 +229,12 @@ fn reflection() -> tonic_reflection::server::Builder<'static> {
 }
 
 async fn bind(addr: SocketAddr) -> Result<TcpListener, AppError> {
-    TcpListener::bind(addr).await.map_err(|source| AppError::Bind {
-        addr: addr.to_string(),
-        source,
-    })
+    TcpListener::bind(addr)
+        .await
+        .map_err(|source| AppError::Bind {
+            addr: addr.to_string(),
+            source,
+        })
 }
 
 /// Binds a unix socket readable and writable by our own user only (mode 0600).

@@ -106,7 +106,10 @@ impl AuthError {
                 }
             ),
             AuthError::InstanceNotFound { instance_id } => {
-                format!("Instance with id {} not found.", go_quote(instance_id.as_str()))
+                format!(
+                    "Instance with id {} not found.",
+                    go_quote(instance_id.as_str())
+                )
             }
             AuthError::AgentNameNotFound { instance_id, name } => format!(
                 "No agent found with instance ID {} and name {}.",
@@ -122,9 +125,7 @@ impl AuthError {
                 "Resource found for id {}, but isn't registered on the latest history.",
                 go_quote(instance_id.as_str())
             ),
-            AuthError::DatabaseUnavailable(_) => {
-                "The database is unavailable. Retry later.".into()
-            }
+            AuthError::DatabaseUnavailable(_) => "The database is unavailable. Retry later.".into(),
             AuthError::Internal(_) => "Internal error.".into(),
         }
     }
@@ -203,7 +204,10 @@ impl Authenticator {
                 check_field("json_web_token", &json_web_token, true)?;
                 return Err(AuthError::Unimplemented(Cloud::Google));
             }
-            Evidence::Azure { signature, encoding } => {
+            Evidence::Azure {
+                signature,
+                encoding,
+            } => {
                 check_field("signature", &signature, true)?;
                 check_field("encoding", &encoding, false)?;
                 return Err(AuthError::Unimplemented(Cloud::Azure));
@@ -231,10 +235,14 @@ impl Authenticator {
             (false, true) => AwsProof::Signature(signature),
             (true, false) => AwsProof::Rsa2048(rsa2048),
             (true, true) => {
-                return Err(AuthError::Malformed("one of signature or rsa2048 is required".into()));
+                return Err(AuthError::Malformed(
+                    "one of signature or rsa2048 is required".into(),
+                ));
             }
             (false, false) => {
-                return Err(AuthError::Malformed("set signature or rsa2048, not both".into()));
+                return Err(AuthError::Malformed(
+                    "set signature or rsa2048, not both".into(),
+                ));
             }
         };
         self.aws
@@ -270,7 +278,11 @@ fn check_field(name: &str, value: &str, required: bool) -> Result<(), AuthError>
 fn agent_name(raw: &str) -> Result<Option<&str>, AuthError> {
     check_field("agent_name", raw, false)?;
     let trimmed = raw.trim();
-    Ok(if trimmed.is_empty() { None } else { Some(trimmed) })
+    Ok(if trimmed.is_empty() {
+        None
+    } else {
+        Some(trimmed)
+    })
 }
 
 /// Chooses the agent from the statement's result (DESIGN.md 2, resolution semantics):
@@ -307,7 +319,9 @@ pub fn select(
             });
     }
     if candidates.len() == 1 {
-        return candidates.pop().ok_or_else(|| AuthError::Internal("no candidate".into()));
+        return candidates
+            .pop()
+            .ok_or_else(|| AuthError::Internal("no candidate".into()));
     }
     let mut names: Vec<String> = candidates.into_iter().map(|c| c.name).collect();
     names.sort();
@@ -329,7 +343,9 @@ pub fn go_quote(s: &str) -> String {
             '\n' => out.push_str("\\n"),
             '\r' => out.push_str("\\r"),
             '\t' => out.push_str("\\t"),
-            c if (c as u32) < 0x20 || c == '\u{7f}' => out.push_str(&format!("\\x{:02x}", c as u32)),
+            c if (c as u32) < 0x20 || c == '\u{7f}' => {
+                out.push_str(&format!("\\x{:02x}", c as u32))
+            }
             c if c.is_control() => out.push_str(&format!("\\u{:04x}", c as u32)),
             c => out.push(c),
         }

@@ -111,18 +111,33 @@ pub struct ServeArgs {
 
     /// REGION=PEM_PATH: replaces the built-in AWS `signature` key for REGION (or `default`).
     /// Repeatable; comma-separated in the env var.
-    #[arg(long, env = "AGENT_AUTH_AWS_CERTIFICATE", value_name = "REGION=PEM", value_delimiter = ',')]
+    #[arg(
+        long,
+        env = "AGENT_AUTH_AWS_CERTIFICATE",
+        value_name = "REGION=PEM",
+        value_delimiter = ','
+    )]
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub aws_certificate: Vec<String>,
 
     /// REGION=PEM_PATH: the AWS RSA-2048 certificate for the `rsa2048` PKCS#7 form.
     /// Repeatable; comma-separated in the env var.
-    #[arg(long, env = "AGENT_AUTH_AWS_RSA2048_CERTIFICATE", value_name = "REGION=PEM", value_delimiter = ',')]
+    #[arg(
+        long,
+        env = "AGENT_AUTH_AWS_RSA2048_CERTIFICATE",
+        value_name = "REGION=PEM",
+        value_delimiter = ','
+    )]
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub aws_rsa2048_certificate: Vec<String>,
 
     /// Only AWS accounts listed here pass (all when none). Repeatable.
-    #[arg(long, env = "AGENT_AUTH_AWS_ALLOWED_ACCOUNT", value_name = "ID", value_delimiter = ',')]
+    #[arg(
+        long,
+        env = "AGENT_AUTH_AWS_ALLOWED_ACCOUNT",
+        value_name = "ID",
+        value_delimiter = ','
+    )]
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub aws_allowed_account: Vec<String>,
 
@@ -151,7 +166,11 @@ pub struct ServeArgs {
 #[derive(Debug, Clone, Args)]
 pub struct HealthcheckArgs {
     /// The server's gRPC address.
-    #[arg(long, env = "AGENT_AUTH_HEALTHCHECK_SERVER", default_value = "http://127.0.0.1:50051")]
+    #[arg(
+        long,
+        env = "AGENT_AUTH_HEALTHCHECK_SERVER",
+        default_value = "http://127.0.0.1:50051"
+    )]
     pub server: String,
     /// The service to ask about; empty for the whole server.
     #[arg(long, default_value = "agentauth.v1.AgentAuth")]
@@ -164,7 +183,11 @@ pub struct HealthcheckArgs {
 #[derive(Debug, Clone, Args)]
 pub struct AuthenticateArgs {
     /// The server's gRPC address.
-    #[arg(long, env = "AGENT_AUTH_SERVER", default_value = "http://127.0.0.1:50051")]
+    #[arg(
+        long,
+        env = "AGENT_AUTH_SERVER",
+        default_value = "http://127.0.0.1:50051"
+    )]
     pub server: String,
     /// File with the exact bytes of the AWS instance identity document.
     #[arg(long, value_name = "FILE", requires = "aws_proof")]

@@ -34,7 +34,10 @@ pub async fn authenticate(
     request: pb::AuthenticateRequest,
 ) -> Result<pb::AuthenticateResponse, tonic::Status> {
     let mut client = pb::agent_auth_client::AgentAuthClient::new(channel);
-    client.authenticate(request).await.map(tonic::Response::into_inner)
+    client
+        .authenticate(request)
+        .await
+        .map(tonic::Response::into_inner)
 }
 
 /// Describes a failed status on one line: code, reason and message.
@@ -48,7 +51,11 @@ pub fn describe(status: &tonic::Status) -> String {
 }
 
 /// Asks the health service about `service` ("" for the whole server); true when SERVING.
-pub async fn is_serving(server: &str, service: &str, timeout: Duration) -> Result<bool, ClientError> {
+pub async fn is_serving(
+    server: &str,
+    service: &str,
+    timeout: Duration,
+) -> Result<bool, ClientError> {
     let channel = connect(server, timeout).await?;
     let mut client = tonic_health::pb::health_client::HealthClient::new(channel);
     let response = client
@@ -57,5 +64,6 @@ pub async fn is_serving(server: &str, service: &str, timeout: Duration) -> Resul
         })
         .await
         .map_err(|s| ClientError::Status(describe(&s)))?;
-    Ok(response.into_inner().status == tonic_health::pb::health_check_response::ServingStatus::Serving as i32)
+    Ok(response.into_inner().status
+        == tonic_health::pb::health_check_response::ServingStatus::Serving as i32)
 }

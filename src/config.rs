@@ -177,7 +177,10 @@ impl Config {
             return Err(ConfigError::new("db_pool_size", "must be at least 1"));
         }
         if raw.max_concurrent_requests == 0 {
-            return Err(ConfigError::new("max_concurrent_requests", "must be at least 1"));
+            return Err(ConfigError::new(
+                "max_concurrent_requests",
+                "must be at least 1",
+            ));
         }
         let store = StoreConfig {
             pool_size: raw.db_pool_size,
@@ -243,15 +246,21 @@ fn figment_error(e: figment::Error) -> ConfigError {
 }
 
 fn parse_socket(key: &str, value: &str) -> Result<SocketAddr, ConfigError> {
-    value
-        .parse()
-        .map_err(|_| ConfigError::new(key, format!("expected HOST:PORT with an IP host, found {value:?}")))
+    value.parse().map_err(|_| {
+        ConfigError::new(
+            key,
+            format!("expected HOST:PORT with an IP host, found {value:?}"),
+        )
+    })
 }
 
 fn parse_listen(key: &str, value: &str) -> Result<ListenAddr, ConfigError> {
     match value.strip_prefix("unix:") {
         Some(path) if path.starts_with('/') => Ok(ListenAddr::Unix(PathBuf::from(path))),
-        Some(_) => Err(ConfigError::new(key, "a unix socket path must be absolute (unix:/path)")),
+        Some(_) => Err(ConfigError::new(
+            key,
+            "a unix socket path must be absolute (unix:/path)",
+        )),
         None => parse_socket(key, value).map(ListenAddr::Tcp),
     }
 }
@@ -270,16 +279,22 @@ fn parse_region_files(key: &str, values: &[String]) -> Result<Vec<(String, PathB
         .iter()
         .filter(|v| !v.trim().is_empty())
         .map(|value| {
-            let (region, path) = value
-                .split_once('=')
-                .ok_or_else(|| ConfigError::new(key, format!("expected REGION=PEM_PATH, found {value:?}")))?;
+            let (region, path) = value.split_once('=').ok_or_else(|| {
+                ConfigError::new(key, format!("expected REGION=PEM_PATH, found {value:?}"))
+            })?;
             let region = region.trim();
             if region.is_empty() || path.trim().is_empty() {
-                return Err(ConfigError::new(key, format!("expected REGION=PEM_PATH, found {value:?}")));
+                return Err(ConfigError::new(
+                    key,
+                    format!("expected REGION=PEM_PATH, found {value:?}"),
+                ));
             }
             let path = Path::new(path.trim());
             if !path.is_file() {
-                return Err(ConfigError::new(key, format!("{} is not a readable file", path.display())));
+                return Err(ConfigError::new(
+                    key,
+                    format!("{} is not a readable file", path.display()),
+                ));
             }
             Ok((region.to_owned(), path.to_owned()))
         })
@@ -338,13 +353,28 @@ mod tests {
     #[test]
     fn bad_values_name_their_key() {
         let key = |edit: fn(&mut RawConfig)| with(edit).err().map(|e| e.key);
-        assert_eq!(key(|r| r.grpc_listen = "nowhere".into()), Some("grpc_listen".into()));
+        assert_eq!(
+            key(|r| r.grpc_listen = "nowhere".into()),
+            Some("grpc_listen".into())
+        );
         assert_eq!(key(|r| r.schema = "theirs".into()), Some("schema".into()));
-        assert_eq!(key(|r| r.db_checkout_timeout = "soon".into()), Some("db_checkout_timeout".into()));
+        assert_eq!(
+            key(|r| r.db_checkout_timeout = "soon".into()),
+            Some("db_checkout_timeout".into())
+        );
         assert_eq!(key(|r| r.db_pool_size = 0), Some("db_pool_size".into()));
-        assert_eq!(key(|r| r.aws_certificate = vec!["nokey".into()]), Some("aws_certificate".into()));
-        assert_eq!(key(|r| r.aws_allowed_account = vec!["12".into()]), Some("aws_allowed_account".into()));
-        assert_eq!(key(|r| r.log_format = "xml".into()), Some("log_format".into()));
+        assert_eq!(
+            key(|r| r.aws_certificate = vec!["nokey".into()]),
+            Some("aws_certificate".into())
+        );
+        assert_eq!(
+            key(|r| r.aws_allowed_account = vec!["12".into()]),
+            Some("aws_allowed_account".into())
+        );
+        assert_eq!(
+            key(|r| r.log_format = "xml".into()),
+            Some("log_format".into())
+        );
         assert_eq!(key(|r| r.schema = "coder".into()), Some("schema".into()));
     }
 
@@ -360,7 +390,9 @@ mod tests {
     #[test]
     fn flags_beat_the_file_which_beats_defaults() {
         let dir = tempfile::tempdir().map_err(|e| e.to_string());
-        let Ok(dir) = dir else { return assert!(dir.is_ok()) };
+        let Ok(dir) = dir else {
+            return assert!(dir.is_ok());
+        };
         let path = dir.path().join("agent-auth.toml");
         let written = std::fs::write(&path, "db_pool_size = 7\nmax_concurrent_requests = 9\n");
         assert!(written.is_ok());
@@ -379,15 +411,24 @@ mod tests {
     #[test]
     fn unknown_and_mistyped_file_keys_are_errors() {
         let dir = tempfile::tempdir().map_err(|e| e.to_string());
-        let Ok(dir) = dir else { return assert!(dir.is_ok()) };
-        for (text, key) in [("db_pool_sise = 7\n", "config"), ("db_pool_size = \"many\"\n", "db_pool_size")] {
+        let Ok(dir) = dir else {
+            return assert!(dir.is_ok());
+        };
+        for (text, key) in [
+            ("db_pool_sise = 7\n", "db_pool_sise"),
+            ("db_pool_size = \"many\"\n", "db_pool_size"),
+        ] {
             let path = dir.path().join("c.toml");
             assert!(std::fs::write(&path, text).is_ok());
             let args = ServeArgs {
                 config: Some(path),
                 ..ServeArgs::default()
             };
-            assert_eq!(Config::load(&args).err().map(|e| e.key), Some(key.to_owned()), "{text}");
+            assert_eq!(
+                Config::load(&args).err().map(|e| e.key),
+                Some(key.to_owned()),
+                "{text}"
+            );
         }
     }
 }

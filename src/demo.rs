@@ -31,7 +31,9 @@ pub async fn run(args: DemoArgs) -> Result<(), String> {
     println!("1. Starting a private PostgreSQL in {}", data_dir.display());
     let mut options = EmbeddedOptions::new(&data_dir);
     options.ephemeral = true;
-    let cluster = EmbeddedPostgres::start(options).await.map_err(|e| e.to_string())?;
+    let cluster = EmbeddedPostgres::start(options)
+        .await
+        .map_err(|e| e.to_string())?;
     let outcome = with_cluster(&cluster).await;
     println!("6. Stopping PostgreSQL");
     cluster.stop().await.map_err(|e| e.to_string())?;
@@ -45,10 +47,14 @@ async fn with_cluster(cluster: &EmbeddedPostgres) -> Result<(), String> {
         .map_err(|e| e.to_string())?;
     let url = cluster.connection_string(EMBEDDED_DATABASE);
     let pg_config: tokio_postgres::Config = url.parse().map_err(|e| format!("{e}"))?;
-    migrate::run_migrations(&pg_config).await.map_err(|e| e.to_string())?;
+    migrate::run_migrations(&pg_config)
+        .await
+        .map_err(|e| e.to_string())?;
     println!("2. Applied the owned schema's migrations");
 
-    let mut client = migrate::dedicated(&pg_config).await.map_err(|e| e.to_string())?;
+    let mut client = migrate::dedicated(&pg_config)
+        .await
+        .map_err(|e| e.to_string())?;
     let seeded = seed::seed_agent(&mut client, RECORDED_INSTANCE_ID, "main")
         .await
         .map_err(|e| e.to_string())?;
@@ -65,7 +71,10 @@ async fn with_cluster(cluster: &EmbeddedPostgres) -> Result<(), String> {
     };
     raw.log_level = "warn".into();
     let config = Config::from_raw(raw).map_err(|e| e.to_string())?;
-    debug_assert_eq!(config.grpc_listen, ListenAddr::Tcp(([127, 0, 0, 1], 0).into()));
+    debug_assert_eq!(
+        config.grpc_listen,
+        ListenAddr::Tcp(([127, 0, 0, 1], 0).into())
+    );
     let app = App::build(config).await.map_err(|e| e.to_string())?;
     let addr = app.grpc_addr().ok_or("the gRPC listener has no address")?;
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
@@ -82,11 +91,13 @@ async fn with_cluster(cluster: &EmbeddedPostgres) -> Result<(), String> {
         crate::client::authenticate(
             channel,
             pb::AuthenticateRequest {
-                identity: Some(pb::authenticate_request::Identity::Aws(pb::AwsInstanceIdentity {
-                    document: RECORDED_DOCUMENT.into(),
-                    signature: RECORDED_SIGNATURE.into(),
-                    rsa2048: String::new(),
-                })),
+                identity: Some(pb::authenticate_request::Identity::Aws(
+                    pb::AwsInstanceIdentity {
+                        document: RECORDED_DOCUMENT.into(),
+                        signature: RECORDED_SIGNATURE.into(),
+                        rsa2048: String::new(),
+                    },
+                )),
                 agent_name: String::new(),
             },
         )

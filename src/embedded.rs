@@ -93,10 +93,15 @@ impl EmbeddedPostgres {
         let log_path = data_dir.join("postgres.log");
         if !pgdata.join("PG_VERSION").is_file() {
             let mut initdb = Command::new(bin.join("initdb"));
-            initdb
-                .arg("-D")
-                .arg(&pgdata)
-                .args(["-U", SUPERUSER, "-A", "trust", "-E", "UTF8", "--locale=C"]);
+            initdb.arg("-D").arg(&pgdata).args([
+                "-U",
+                SUPERUSER,
+                "-A",
+                "trust",
+                "-E",
+                "UTF8",
+                "--locale=C",
+            ]);
             if options.ephemeral {
                 initdb.arg("--no-sync");
             }
@@ -124,7 +129,11 @@ impl EmbeddedPostgres {
             .args(["-c", "listen_addresses="])
             .args(["-c", "unix_socket_permissions=0700"]);
         if options.ephemeral {
-            for setting in ["fsync=off", "synchronous_commit=off", "full_page_writes=off"] {
+            for setting in [
+                "fsync=off",
+                "synchronous_commit=off",
+                "full_page_writes=off",
+            ] {
                 postgres.args(["-c", setting]);
             }
         }
@@ -168,7 +177,9 @@ impl EmbeddedPostgres {
                 .bytes()
                 .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
         {
-            return Err(EmbeddedError::Io(format!("unusable database name {dbname:?}")));
+            return Err(EmbeddedError::Io(format!(
+                "unusable database name {dbname:?}"
+            )));
         }
         let client = self.admin_client().await?;
         let sql_error = |e: tokio_postgres::Error| EmbeddedError::Io(e.to_string());
@@ -188,12 +199,10 @@ impl EmbeddedPostgres {
 
     /// A superuser connection to the `postgres` database.
     pub async fn admin_client(&self) -> Result<tokio_postgres::Client, EmbeddedError> {
-        let (client, connection) = tokio_postgres::connect(
-            &self.connection_string("postgres"),
-            tokio_postgres::NoTls,
-        )
-        .await
-        .map_err(|e| EmbeddedError::Io(format!("cannot connect: {e}")))?;
+        let (client, connection) =
+            tokio_postgres::connect(&self.connection_string("postgres"), tokio_postgres::NoTls)
+                .await
+                .map_err(|e| EmbeddedError::Io(format!("cannot connect: {e}")))?;
         tokio::spawn(async move {
             let _ = connection.await;
         });
@@ -262,7 +271,9 @@ impl Drop for EmbeddedPostgres {
 
 /// Spawns the server from a thread that waits on it, so the parent-death signal fires when
 /// (and only when) this process goes away.
-fn supervise(mut command: Command) -> Result<(Pid, watch::Receiver<Option<ExitStatus>>), EmbeddedError> {
+fn supervise(
+    mut command: Command,
+) -> Result<(Pid, watch::Receiver<Option<ExitStatus>>), EmbeddedError> {
     set_parent_death_signal(&mut command);
     let (pid_tx, pid_rx) = std::sync::mpsc::channel();
     let (exit_tx, exit_rx) = watch::channel(None);
@@ -344,10 +355,10 @@ fn log_file(path: &Path) -> Result<File, EmbeddedError> {
 /// The directory holding both `initdb` and `postgres`.
 pub fn find_binaries() -> Result<PathBuf, EmbeddedError> {
     let has_both = |dir: &Path| dir.join("initdb").is_file() && dir.join("postgres").is_file();
-    if let Some(path) = std::env::var_os("PATH") {
-        if let Some(dir) = std::env::split_paths(&path).find(|d| has_both(d)) {
-            return Ok(dir);
-        }
+    if let Some(path) = std::env::var_os("PATH")
+        && let Some(dir) = std::env::split_paths(&path).find(|d| has_both(d))
+    {
+        return Ok(dir);
     }
     let mut versions: Vec<(u32, PathBuf)> = fs::read_dir("/usr/lib/postgresql")
         .map(|entries| {

@@ -11,7 +11,10 @@ use clap::Parser;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(runtime) => runtime,
         Err(e) => {
             eprintln!("agent-auth: cannot start the runtime: {e}");
@@ -117,8 +120,18 @@ async fn authenticate(args: AuthenticateArgs) -> ExitCode {
         if let Some(document) = &args.aws_document {
             return Ok(Identity::Aws(pb::AwsInstanceIdentity {
                 document: read(document)?,
-                signature: args.aws_signature.as_deref().map(read).transpose()?.unwrap_or_default(),
-                rsa2048: args.aws_rsa2048.as_deref().map(read).transpose()?.unwrap_or_default(),
+                signature: args
+                    .aws_signature
+                    .as_deref()
+                    .map(read)
+                    .transpose()?
+                    .unwrap_or_default(),
+                rsa2048: args
+                    .aws_rsa2048
+                    .as_deref()
+                    .map(read)
+                    .transpose()?
+                    .unwrap_or_default(),
             }));
         }
         if let Some(token) = &args.gcp_token {
@@ -156,12 +169,18 @@ async fn authenticate(args: AuthenticateArgs) -> ExitCode {
         Ok(response) => {
             println!("session_token: {}", response.session_token);
             println!("agent: {} ({})", response.agent_name, response.agent_id);
-            println!("workspace: {}  build: {}", response.workspace_id, response.workspace_build_id);
+            println!(
+                "workspace: {}  build: {}",
+                response.workspace_id, response.workspace_build_id
+            );
             println!("instance: {}", response.instance_id);
             ExitCode::SUCCESS
         }
         Err(status) => {
-            eprintln!("agent-auth: authentication failed: {}", client::describe(&status));
+            eprintln!(
+                "agent-auth: authentication failed: {}",
+                client::describe(&status)
+            );
             ExitCode::FAILURE
         }
     }
@@ -169,7 +188,10 @@ async fn authenticate(args: AuthenticateArgs) -> ExitCode {
 
 async fn shutdown_signal() {
     use tokio::signal::unix::{SignalKind, signal};
-    let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
         // Without signal handlers, fall back to Ctrl-C only.
         let _ = tokio::signal::ctrl_c().await;
         return;

@@ -33,7 +33,10 @@ pub fn router(state: AdminState) -> Router {
 async fn readyz(State(state): State<AdminState>) -> (StatusCode, String) {
     match readiness(&state).await {
         Ok(()) => (StatusCode::OK, "ready\n".into()),
-        Err(reason) => (StatusCode::SERVICE_UNAVAILABLE, format!("not ready: {reason}\n")),
+        Err(reason) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("not ready: {reason}\n"),
+        ),
     }
 }
 
@@ -45,6 +48,8 @@ pub async fn readiness(state: &AdminState) -> Result<(), String> {
     match tokio::time::timeout(READY_DB_TIMEOUT, state.store.ping()).await {
         Ok(Ok(())) => Ok(()),
         Ok(Err(e)) => Err(e.to_string()),
-        Err(_) => Err(format!("database did not answer within {READY_DB_TIMEOUT:?}")),
+        Err(_) => Err(format!(
+            "database did not answer within {READY_DB_TIMEOUT:?}"
+        )),
     }
 }

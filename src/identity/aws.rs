@@ -34,16 +34,37 @@ const BUILTIN_SIGNATURE_CERTIFICATES: &[(&[&str], &[u8])] = &[
     (&["af-south-1"], include_bytes!("roots/aws/af-south-1.pem")),
     (&["ap-east-1"], include_bytes!("roots/aws/ap-east-1.pem")),
     (&["ap-south-2"], include_bytes!("roots/aws/ap-south-2.pem")),
-    (&["ap-southeast-3"], include_bytes!("roots/aws/ap-southeast-3.pem")),
-    (&["ap-southeast-4"], include_bytes!("roots/aws/ap-southeast-4.pem")),
-    (&["cn-north-1", "cn-northwest-1"], include_bytes!("roots/aws/cn.pem")),
-    (&["eu-central-2"], include_bytes!("roots/aws/eu-central-2.pem")),
+    (
+        &["ap-southeast-3"],
+        include_bytes!("roots/aws/ap-southeast-3.pem"),
+    ),
+    (
+        &["ap-southeast-4"],
+        include_bytes!("roots/aws/ap-southeast-4.pem"),
+    ),
+    (
+        &["cn-north-1", "cn-northwest-1"],
+        include_bytes!("roots/aws/cn.pem"),
+    ),
+    (
+        &["eu-central-2"],
+        include_bytes!("roots/aws/eu-central-2.pem"),
+    ),
     (&["eu-south-1"], include_bytes!("roots/aws/eu-south-1.pem")),
     (&["eu-south-2"], include_bytes!("roots/aws/eu-south-2.pem")),
-    (&["il-central-1"], include_bytes!("roots/aws/il-central-1.pem")),
-    (&["me-central-1"], include_bytes!("roots/aws/me-central-1.pem")),
+    (
+        &["il-central-1"],
+        include_bytes!("roots/aws/il-central-1.pem"),
+    ),
+    (
+        &["me-central-1"],
+        include_bytes!("roots/aws/me-central-1.pem"),
+    ),
     (&["me-south-1"], include_bytes!("roots/aws/me-south-1.pem")),
-    (&["us-gov-east-1", "us-gov-west-1"], include_bytes!("roots/aws/us-gov.pem")),
+    (
+        &["us-gov-east-1", "us-gov-west-1"],
+        include_bytes!("roots/aws/us-gov.pem"),
+    ),
 ];
 
 /// Where AWS trust comes from: built-ins, replaced per region by operator files.
@@ -119,16 +140,26 @@ impl AwsTrust {
         let mut signature_keys = BTreeMap::new();
         for (regions, pem) in BUILTIN_SIGNATURE_CERTIFICATES {
             for region in *regions {
-                let pinned = pin(region, pem, &format!("built-in AWS certificate for {region}"))?;
+                let pinned = pin(
+                    region,
+                    pem,
+                    &format!("built-in AWS certificate for {region}"),
+                )?;
                 signature_keys.insert((*region).to_owned(), pinned);
             }
         }
         for (region, path) in &config.signature_certificates {
-            signature_keys.insert(region.clone(), pin(region, &read(path)?, &path_label(path))?);
+            signature_keys.insert(
+                region.clone(),
+                pin(region, &read(path)?, &path_label(path))?,
+            );
         }
         let mut rsa2048_certificates = BTreeMap::new();
         for (region, path) in &config.rsa2048_certificates {
-            rsa2048_certificates.insert(region.clone(), pin(region, &read(path)?, &path_label(path))?);
+            rsa2048_certificates.insert(
+                region.clone(),
+                pin(region, &read(path)?, &path_label(path))?,
+            );
         }
         Ok(Self {
             signature_keys,
@@ -145,28 +176,49 @@ impl AwsTrust {
     }
 
     /// Verifies `document` (its exact bytes) with `proof`.
-    pub fn verify(&self, document: &str, proof: AwsProof<'_>) -> Result<AwsIdentity, IdentityError> {
-        let parsed: Document = serde_json::from_str(document)
-            .map_err(|e| IdentityError::Malformed(format!("document is not the expected JSON: {e}")))?;
+    pub fn verify(
+        &self,
+        document: &str,
+        proof: AwsProof<'_>,
+    ) -> Result<AwsIdentity, IdentityError> {
+        let parsed: Document = serde_json::from_str(document).map_err(|e| {
+            IdentityError::Malformed(format!("document is not the expected JSON: {e}"))
+        })?;
         if !is_region_name(&parsed.region) {
-            return Err(IdentityError::Malformed("document region is not a region name".into()));
+            return Err(IdentityError::Malformed(
+                "document region is not a region name".into(),
+            ));
         }
         match proof {
             AwsProof::Signature(signature) => {
                 let pinned = pick(&self.signature_keys, &parsed.region, "signature")?;
-                verify_rsa_sha256(&pinned.key, document.as_bytes(), &super::decode_base64(signature)?)?;
+                verify_rsa_sha256(
+                    &pinned.key,
+                    document.as_bytes(),
+                    &super::decode_base64(signature)?,
+                )?;
             }
             AwsProof::Rsa2048(pkcs7) => {
                 let pinned = pick(&self.rsa2048_certificates, &parsed.region, "rsa2048")?;
-                verify_pkcs7(&pinned.certificate, document.as_bytes(), &super::decode_base64(pkcs7)?)?;
+                verify_pkcs7(
+                    &pinned.certificate,
+                    document.as_bytes(),
+                    &super::decode_base64(pkcs7)?,
+                )?;
             }
         }
         // Only a verified document's fields are trusted from here on.
         if !is_instance_id(&parsed.instance_id) {
-            return Err(IdentityError::Rejected("instanceId is not an EC2 instance id".into()));
+            return Err(IdentityError::Rejected(
+                "instanceId is not an EC2 instance id".into(),
+            ));
         }
-        if !self.allowed_accounts.is_empty() && !self.allowed_accounts.contains(&parsed.account_id) {
-            return Err(IdentityError::NotAllowed(format!("account {}", parsed.account_id)));
+        if !self.allowed_accounts.is_empty() && !self.allowed_accounts.contains(&parsed.account_id)
+        {
+            return Err(IdentityError::NotAllowed(format!(
+                "account {}",
+                parsed.account_id
+            )));
         }
         let instance_id = InstanceId::new(parsed.instance_id)
             .ok_or_else(|| IdentityError::Rejected("empty instanceId".into()))?;
@@ -189,14 +241,20 @@ fn pick<'a>(
         .ok_or_else(|| IdentityError::NoTrustedKey(format!("AWS {form} in region {region}")))
 }
 
-fn verify_rsa_sha256(key: &PKey<Public>, data: &[u8], signature: &[u8]) -> Result<(), IdentityError> {
+fn verify_rsa_sha256(
+    key: &PKey<Public>,
+    data: &[u8],
+    signature: &[u8],
+) -> Result<(), IdentityError> {
     let bad = |e: openssl::error::ErrorStack| IdentityError::BadSignature(e.to_string());
     let mut verifier = Verifier::new(MessageDigest::sha256(), key).map_err(bad)?;
     verifier.update(data).map_err(bad)?;
     if verifier.verify(signature).map_err(bad)? {
         Ok(())
     } else {
-        Err(IdentityError::BadSignature("RSA PKCS#1 v1.5 SHA-256 mismatch".into()))
+        Err(IdentityError::BadSignature(
+            "RSA PKCS#1 v1.5 SHA-256 mismatch".into(),
+        ))
     }
 }
 
@@ -205,7 +263,8 @@ fn verify_rsa_sha256(key: &PKey<Public>, data: &[u8], signature: &[u8]) -> Resul
 /// is checked against the document; attached content must equal the document byte for byte.
 fn verify_pkcs7(certificate: &X509, document: &[u8], der: &[u8]) -> Result<(), IdentityError> {
     let bad = |e: openssl::error::ErrorStack| IdentityError::BadSignature(e.to_string());
-    let pkcs7 = Pkcs7::from_der(der).map_err(|e| IdentityError::Malformed(format!("PKCS#7: {e}")))?;
+    let pkcs7 =
+        Pkcs7::from_der(der).map_err(|e| IdentityError::Malformed(format!("PKCS#7: {e}")))?;
     let mut certs = Stack::new().map_err(bad)?;
     certs.push(certificate.clone()).map_err(bad)?;
     let store = X509StoreBuilder::new().map_err(bad)?.build();
@@ -221,7 +280,9 @@ fn verify_pkcs7(certificate: &X509, document: &[u8], der: &[u8]) -> Result<(), I
     if content == document {
         Ok(())
     } else {
-        Err(IdentityError::BadSignature("PKCS#7 content differs from the document".into()))
+        Err(IdentityError::BadSignature(
+            "PKCS#7 content differs from the document".into(),
+        ))
     }
 }
 
@@ -257,7 +318,9 @@ fn path_label(path: &Path) -> String {
 fn is_instance_id(id: &str) -> bool {
     id.strip_prefix("i-").is_some_and(|hex| {
         (hex.len() == 8 || hex.len() == 17)
-            && hex.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+            && hex
+                .bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
     })
 }
 
@@ -290,13 +353,21 @@ mod tests {
         let identity = identity.map_err(|e| e.to_string());
         assert_eq!(
             identity.map(|i| (i.instance_id.to_string(), i.account_id, i.region)),
-            Ok(("i-076e9b91f7c420782".into(), "628783029487".into(), "us-east-1".into()))
+            Ok((
+                "i-076e9b91f7c420782".into(),
+                "628783029487".into(),
+                "us-east-1".into()
+            ))
         );
     }
 
     #[test]
     fn recorded_signature_fails_for_an_empty_object_document() {
-        assert!(builtin().verify("{}", AwsProof::Signature(SIGNATURE)).is_err());
+        assert!(
+            builtin()
+                .verify("{}", AwsProof::Signature(SIGNATURE))
+                .is_err()
+        );
     }
 
     #[test]
@@ -312,7 +383,11 @@ mod tests {
     fn recorded_signature_fails_when_the_document_claims_a_region_with_its_own_key() {
         // Same bytes except the region: the Hong Kong key is chosen and must not verify.
         let moved = DOCUMENT.replace("\"us-east-1\"", "\"ap-east-1\"");
-        assert!(builtin().verify(&moved, AwsProof::Signature(SIGNATURE)).is_err());
+        assert!(
+            builtin()
+                .verify(&moved, AwsProof::Signature(SIGNATURE))
+                .is_err()
+        );
     }
 
     #[test]
@@ -324,7 +399,11 @@ mod tests {
             Err(IdentityError::NotAllowed(_))
         ));
         trust.allowed_accounts.insert("628783029487".into());
-        assert!(trust.verify(DOCUMENT, AwsProof::Signature(SIGNATURE)).is_ok());
+        assert!(
+            trust
+                .verify(DOCUMENT, AwsProof::Signature(SIGNATURE))
+                .is_ok()
+        );
     }
 
     #[test]

@@ -104,10 +104,7 @@ impl IdentityError {
 /// carry line breaks (IMDS returns the AWS signature on several lines).
 pub fn decode_base64(input: &str) -> Result<Vec<u8>, IdentityError> {
     use base64::Engine as _;
-    let compact: Vec<u8> = input
-        .bytes()
-        .filter(|b| !b.is_ascii_whitespace())
-        .collect();
+    let compact: Vec<u8> = input.bytes().filter(|b| !b.is_ascii_whitespace()).collect();
     base64::engine::general_purpose::STANDARD
         .decode(compact)
         .map_err(|e| IdentityError::Malformed(format!("base64: {e}")))
@@ -119,7 +116,10 @@ mod tests {
 
     #[test]
     fn base64_with_embedded_newlines_decodes() {
-        assert_eq!(decode_base64("aGVs\nbG8=\r\n").ok(), Some(b"hello".to_vec()));
+        assert_eq!(
+            decode_base64("aGVs\nbG8=\r\n").ok(),
+            Some(b"hello".to_vec())
+        );
     }
 
     #[test]

@@ -31,9 +31,12 @@ pub async fn seed_agent(
     let job_id = Uuid::new_v4();
     let resource_id = Uuid::new_v4();
     let tx = client.transaction().await.map_err(err)?;
-    tx.execute("INSERT INTO workspaces (id, name) VALUES ($1, 'demo')", &[&seeded.workspace_id])
-        .await
-        .map_err(err)?;
+    tx.execute(
+        "INSERT INTO workspaces (id, name) VALUES ($1, 'demo')",
+        &[&seeded.workspace_id],
+    )
+    .await
+    .map_err(err)?;
     tx.execute(
         "INSERT INTO provisioner_jobs (id, type) VALUES ($1, 'workspace_build')",
         &[&job_id],

@@ -1,1 +1,10 @@
+//! One integration-test binary: the real server over real gRPC on loopback, against a real
+//! PostgreSQL (a throwaway cluster per run, a fresh database per test).
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+mod aws;
+mod cli;
+mod contract;
+mod helpers;
+mod resolution;
+mod schema;

@@ -1,0 +1,134 @@
+//! The binary as operators use it: configuration errors, precedence, `authenticate`, `demo`.
+
+use std::process::Command;
+
+use crate::helpers::*;
+
+fn agent_auth() -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_agent-auth"));
+    for (key, _) in std::env::vars() {
+        if key.starts_with("AGENT_AUTH_") {
+            command.env_remove(key);
+        }
+    }
+    command
+}
+
+#[test]
+fn bad_configuration_exits_64_with_one_line_naming_the_key() {
+    type Case<'a> = (Vec<&'a str>, Vec<(&'a str, &'a str)>, &'a str);
+    let cases: Vec<Case> = vec![
+        (vec!["--db-pool-size", "many"], vec![], "db_pool_size"),
+        (
+            vec![],
+            vec![("AGENT_AUTH_DB_CHECKOUT_TIMEOUT", "soon")],
+            "db_checkout_timeout",
+        ),
+        (vec!["--grpc-listen", "nowhere"], vec![], "grpc_listen"),
+        (vec!["--schema", "theirs"], vec![], "schema"),
+        (
+            vec!["--aws-certificate", "us-east-1=/no/such.pem"],
+            vec![],
+            "aws_certificate",
+        ),
+        (vec!["--config", "/no/such.toml"], vec![], "config"),
+    ];
+    for (args, env, key) in cases {
+        let output = agent_auth()
+            .arg("serve")
+            .args(&args)
+            .envs(env.clone())
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(64), "{args:?} {env:?}: {stderr}");
+        assert_eq!(stderr.lines().count(), 1, "{stderr}");
+        assert!(stderr.contains(key), "{key} not named in {stderr}");
+    }
+}
+
+#[test]
+fn flags_beat_env_which_beats_the_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("agent-auth.toml");
+    std::fs::write(
+        &file,
+        "db_pool_size = 3\nmax_concurrent_requests = 30\nshutdown_grace = \"3s\"\n",
+    )
+    .unwrap();
+    let output = agent_auth()
+        .args(["serve", "--check-config", "--config"])
+        .arg(&file)
+        .args(["--max-concurrent-requests", "77"])
+        .env("AGENT_AUTH_MAX_CONCURRENT_REQUESTS", "55")
+        .env("AGENT_AUTH_SHUTDOWN_GRACE", "5s")
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let printed = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        printed.contains("pool_size: 3,"),
+        "file value kept: {printed}"
+    );
+    assert!(
+        printed.contains("max_concurrent_requests: 77,"),
+        "flag wins: {printed}"
+    );
+    assert!(
+        printed.contains("shutdown_grace: 5s,"),
+        "env beats file: {printed}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_authenticate_command_prints_the_token_from_a_running_server() {
+    let db = TestDb::migrated().await;
+    let world = World::new(&db).await;
+    let resource = world.build(world.workspace().await, 1).await;
+    let agent = world.agent(resource, "main", RECORDED_INSTANCE).await;
+    let app = TestApp::spawn(&db, |_| {}).await;
+    let fixtures = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/aws");
+    let server = app.grpc_url.clone();
+    let output = tokio::task::spawn_blocking(move || {
+        agent_auth()
+            .args(["authenticate", "--server", &server])
+            .arg("--aws-document")
+            .arg(format!("{fixtures}/us-east-1-document.json"))
+            .arg("--aws-signature")
+            .arg(format!("{fixtures}/us-east-1-signature.txt"))
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(
+        stdout.contains(&format!("session_token: {}", agent.token)),
+        "{stdout}"
+    );
+}
+
+#[test]
+fn the_demo_authenticates_the_recorded_document_on_an_embedded_database() {
+    let output = agent_auth().arg("demo").output().unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(stdout.contains("session token: "), "{stdout}");
+    assert!(
+        stdout.contains("matches workspace_agents.auth_token"),
+        "{stdout}"
+    );
+}

@@ -1,0 +1,436 @@
+//! The gRPC contract (DESIGN.md 3.1): request-shape errors, undecodable messages, unimplemented
+//! clouds, health, reflection, load shedding, deadlines and database faults.
+
+use std::time::{Duration, Instant};
+
+use bytes::{Buf, BufMut};
+use tonic::Code;
+use tonic::codec::{DecodeBuf, Decoder, EncodeBuf, Encoder};
+
+use crate::helpers::*;
+use agent_auth::grpc::pb;
+
+fn aws(document: &str, signature: &str, rsa2048: &str) -> pb::AuthenticateRequest {
+    pb::AuthenticateRequest {
+        identity: Some(pb::authenticate_request::Identity::Aws(
+            pb::AwsInstanceIdentity {
+                document: document.into(),
+                signature: signature.into(),
+                rsa2048: rsa2048.into(),
+            },
+        )),
+        agent_name: String::new(),
+    }
+}
+
+#[tokio::test]
+async fn requests_of_the_wrong_shape_are_invalid_argument_and_run_no_sql() {
+    let db = TestDb::migrated().await;
+    let app = TestApp::spawn(&db, |_| {}).await;
+    let big = "x".repeat(64 * 1024 + 1);
+    let mut long_name = aws(RECORDED_DOCUMENT, RECORDED_SIGNATURE, "");
+    long_name.agent_name = big.clone();
+    let cases = vec![
+        (
+            "no identity",
+            pb::AuthenticateRequest {
+                identity: None,
+                agent_name: String::new(),
+            },
+        ),
+        (
+            "both AWS proofs",
+            aws(RECORDED_DOCUMENT, RECORDED_SIGNATURE, "AAAA"),
+        ),
+        ("no AWS proof", aws(RECORDED_DOCUMENT, "", "")),
+        ("empty document", aws("", RECORDED_SIGNATURE, "")),
+        ("document over 64 KiB", aws(&big, RECORDED_SIGNATURE, "")),
+        ("signature over 64 KiB", aws(RECORDED_DOCUMENT, &big, "")),
+        ("agent name over 64 KiB", long_name),
+        (
+            "empty GCP token",
+            pb::AuthenticateRequest {
+                identity: Some(pb::authenticate_request::Identity::Google(
+                    pb::GoogleInstanceIdentity::default(),
+                )),
+                agent_name: String::new(),
+            },
+        ),
+        (
+            "empty Azure signature",
+            pb::AuthenticateRequest {
+                identity: Some(pb::authenticate_request::Identity::Azure(
+                    pb::AzureInstanceIdentity::default(),
+                )),
+                agent_name: String::new(),
+            },
+        ),
+    ];
+    for (case, request) in cases {
+        db.reset_statements().await;
+        let (code, reason, message) = failure(app.authenticate(request).await);
+        assert_eq!(code, Code::InvalidArgument, "{case}");
+        assert_eq!(reason, "MALFORMED_REQUEST", "{case}");
+        assert!(
+            message.starts_with("Malformed request: "),
+            "{case}: {message}"
+        );
+        assert_eq!(db.statements().await, 0, "{case}");
+    }
+}
+
+#[tokio::test]
+async fn gcp_and_azure_answer_unimplemented_for_now() {
+    let db = TestDb::migrated().await;
+    let app = TestApp::spawn(&db, |_| {}).await;
+    let google = pb::AuthenticateRequest {
+        identity: Some(pb::authenticate_request::Identity::Google(
+            pb::GoogleInstanceIdentity {
+                json_web_token: "a.b.c".into(),
+            },
+        )),
+        agent_name: String::new(),
+    };
+    let (code, _, message) = failure(app.authenticate(google).await);
+    assert_eq!(code, Code::Unimplemented);
+    assert_eq!(
+        message,
+        "GCP instance identity is not supported by this server yet."
+    );
+    let azure = pb::AuthenticateRequest {
+        identity: Some(pb::authenticate_request::Identity::Azure(
+            pb::AzureInstanceIdentity {
+                signature: "MIIB".into(),
+                encoding: "pkcs7".into(),
+            },
+        )),
+        agent_name: String::new(),
+    };
+    let (code, _, _) = failure(app.authenticate(azure).await);
+    assert_eq!(code, Code::Unimplemented);
+}
+
+/// Sends raw bytes as the request message and returns the status.
+async fn send_raw(app: &TestApp, message: Vec<u8>) -> tonic::Status {
+    #[derive(Clone, Default)]
+    struct Raw;
+    struct RawEncoder;
+    struct RawDecoder;
+    impl Encoder for RawEncoder {
+        type Item = Vec<u8>;
+        type Error = tonic::Status;
+        fn encode(&mut self, item: Vec<u8>, buf: &mut EncodeBuf<'_>) -> Result<(), tonic::Status> {
+            buf.put_slice(&item);
+            Ok(())
+        }
+    }
+    impl Decoder for RawDecoder {
+        type Item = Vec<u8>;
+        type Error = tonic::Status;
+        fn decode(&mut self, buf: &mut DecodeBuf<'_>) -> Result<Option<Vec<u8>>, tonic::Status> {
+            Ok(Some(buf.copy_to_bytes(buf.remaining()).to_vec()))
+        }
+    }
+    impl tonic::codec::Codec for Raw {
+        type Encode = Vec<u8>;
+        type Decode = Vec<u8>;
+        type Encoder = RawEncoder;
+        type Decoder = RawDecoder;
+        fn encoder(&mut self) -> RawEncoder {
+            RawEncoder
+        }
+        fn decoder(&mut self) -> RawDecoder {
+            RawDecoder
+        }
+    }
+    let mut grpc = tonic::client::Grpc::new(app.channel().await);
+    grpc.ready().await.unwrap();
+    let path = tonic::codegen::http::uri::PathAndQuery::from_static(
+        "/agentauth.v1.AgentAuth/Authenticate",
+    );
+    match grpc.unary(tonic::Request::new(message), path, Raw).await {
+        Ok(_) => panic!("raw message was accepted"),
+        Err(status) => status,
+    }
+}
+
+#[tokio::test]
+async fn a_message_that_does_not_decode_is_invalid_argument_not_internal() {
+    use tonic_types::StatusExt;
+    let db = TestDb::migrated().await;
+    let app = TestApp::spawn(&db, |_| {}).await;
+    let cases: Vec<(&str, Vec<u8>)> = vec![
+        ("truncated length-delimited field", vec![0x0a, 0x10, 0x0a]),
+        ("invalid wire type", vec![0x0f, 0x01]),
+        ("invalid UTF-8 in agent_name", vec![0x22, 0x02, 0xff, 0xfe]),
+    ];
+    for (case, bytes) in cases {
+        let status = send_raw(&app, bytes).await;
+        assert_eq!(status.code(), Code::InvalidArgument, "{case}: {status:?}");
+        assert_eq!(
+            status.get_details_error_info().map(|i| i.reason),
+            Some("MALFORMED_REQUEST".to_owned()),
+            "{case}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn health_reports_serving_overall_and_for_the_service() {
+    let db = TestDb::migrated().await;
+    let app = TestApp::spawn(&db, |_| {}).await;
+    for service in ["", "agentauth.v1.AgentAuth"] {
+        let serving =
+            agent_auth::client::is_serving(&app.grpc_url, service, Duration::from_secs(2)).await;
+        assert!(matches!(serving, Ok(true)), "{service:?}: {serving:?}");
+    }
+    assert!(
+        agent_auth::client::is_serving(&app.grpc_url, "no.such.Service", Duration::from_secs(2))
+            .await
+            .is_err()
+    );
+    assert_eq!(app.admin_get("/healthz").await.0, 200);
+    assert_eq!(app.admin_get("/readyz").await, (200, "ready\n".to_owned()));
+    let grpc_url = app.grpc_url.clone();
+    app.stop().await;
+    assert!(
+        agent_auth::client::is_serving(&grpc_url, "", Duration::from_secs(1))
+            .await
+            .is_err(),
+        "stopped"
+    );
+}
+
+#[tokio::test]
+async fn reflection_v1_and_v1alpha_list_the_services() {
+    let db = TestDb::migrated().await;
+    let app = TestApp::spawn(&db, |_| {}).await;
+
+    use tonic_reflection::pb::v1;
+    let mut client = v1::server_reflection_client::ServerReflectionClient::new(app.channel().await);
+    let request = v1::ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(v1::server_reflection_request::MessageRequest::ListServices(
+            String::new(),
+        )),
+    };
+    let mut stream = client
+        .server_reflection_info(tokio_stream::iter([request]))
+        .await
+        .unwrap()
+        .into_inner();
+    let response = stream.message().await.unwrap().unwrap();
+    let Some(v1::server_reflection_response::MessageResponse::ListServicesResponse(list)) =
+        response.message_response
+    else {
+        panic!("unexpected v1 reflection response");
+    };
+    let names: Vec<String> = list.service.into_iter().map(|s| s.name).collect();
+    assert!(
+        names.contains(&"agentauth.v1.AgentAuth".to_owned()),
+        "{names:?}"
+    );
+    assert!(
+        names.contains(&"grpc.health.v1.Health".to_owned()),
+        "{names:?}"
+    );
+
+    use tonic_reflection::pb::v1alpha;
+    let mut client =
+        v1alpha::server_reflection_client::ServerReflectionClient::new(app.channel().await);
+    let request = v1alpha::ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(
+            v1alpha::server_reflection_request::MessageRequest::ListServices(String::new()),
+        ),
+    };
+    let mut stream = client
+        .server_reflection_info(tokio_stream::iter([request]))
+        .await
+        .unwrap()
+        .into_inner();
+    let response = stream.message().await.unwrap().unwrap();
+    assert!(matches!(
+        response.message_response,
+        Some(v1alpha::server_reflection_response::MessageResponse::ListServicesResponse(list))
+            if list.service.iter().any(|s| s.name == "agentauth.v1.AgentAuth")
+    ));
+}
+
+/// Holds an exclusive lock on `workspace_agents` so the resolver's statement waits.
+async fn lock_agents(db: &TestDb) -> tokio_postgres::Client {
+    let client = db.client().await;
+    client
+        .batch_execute("BEGIN; LOCK TABLE workspace_agents IN ACCESS EXCLUSIVE MODE")
+        .await
+        .unwrap();
+    client
+}
+
+async fn waiting_on_lock(db: &TestDb) -> bool {
+    let admin = admin().await;
+    let row = admin
+        .query_one(
+            "SELECT count(*) FROM pg_stat_activity WHERE datname = $1 AND wait_event_type = 'Lock'",
+            &[&db.name],
+        )
+        .await
+        .unwrap();
+    row.get::<_, i64>(0) > 0
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn over_the_concurrency_limit_requests_are_shed_at_once_as_overloaded() {
+    let db = TestDb::migrated().await;
+    let world = World::new(&db).await;
+    let resource = world.build(world.workspace().await, 1).await;
+    let agent = world.agent(resource, "main", RECORDED_INSTANCE).await;
+    let app = TestApp::spawn(&db, |c| c.max_concurrent_requests = 1).await;
+    let lock = lock_agents(&db).await;
+
+    let channel = app.channel().await;
+    let first = tokio::spawn(agent_auth::client::authenticate(
+        channel,
+        aws_request(RECORDED_DOCUMENT, RECORDED_SIGNATURE, ""),
+    ));
+    assert!(eventually(Duration::from_secs(10), async || waiting_on_lock(&db).await).await);
+
+    let (code, reason, _) = failure(
+        app.authenticate(aws_request(RECORDED_DOCUMENT, RECORDED_SIGNATURE, ""))
+            .await,
+    );
+    assert_eq!(
+        (code, reason.as_str()),
+        (Code::ResourceExhausted, "OVERLOADED")
+    );
+
+    lock.batch_execute("ROLLBACK").await.unwrap();
+    let response = success(first.await.unwrap());
+    assert_eq!(response.session_token, agent.token.to_string());
+    success(
+        app.authenticate(aws_request(RECORDED_DOCUMENT, RECORDED_SIGNATURE, ""))
+            .await,
+    );
+}
+
+/// One unary call over a bare HTTP/2 connection, so no client-side timer races the server's
+/// answer; returns `grpc-status`.
+async fn raw_grpc_status(addr: &str, grpc_timeout: &str, message: Vec<u8>) -> String {
+    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let (client, connection) = h2::client::handshake(tcp).await.unwrap();
+    tokio::spawn(connection);
+    let mut client = client.ready().await.unwrap();
+    let request = http::Request::builder()
+        .method("POST")
+        .uri(format!("http://{addr}/agentauth.v1.AgentAuth/Authenticate"))
+        .header("content-type", "application/grpc")
+        .header("te", "trailers")
+        .header("grpc-timeout", grpc_timeout)
+        .body(())
+        .unwrap();
+    let (response, mut send) = client.send_request(request, false).unwrap();
+    let mut framed = vec![0u8];
+    framed.extend((message.len() as u32).to_be_bytes());
+    framed.extend(message);
+    send.send_data(framed.into(), true).unwrap();
+    let response = response.await.unwrap();
+    if let Some(status) = response.headers().get("grpc-status") {
+        return status.to_str().unwrap().to_owned();
+    }
+    let mut body = response.into_body();
+    while let Some(chunk) = body.data().await {
+        let chunk = chunk.unwrap();
+        let _ = body.flow_control().release_capacity(chunk.len());
+    }
+    let trailers = body.trailers().await.unwrap().unwrap_or_default();
+    trailers
+        .get("grpc-status")
+        .map(|s| s.to_str().unwrap().to_owned())
+        .unwrap_or_default()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_callers_deadline_is_honoured_with_deadline_exceeded_while_the_database_is_slow() {
+    use prost::Message;
+    let db = TestDb::migrated().await;
+    let world = World::new(&db).await;
+    let resource = world.build(world.workspace().await, 1).await;
+    world.agent(resource, "main", RECORDED_INSTANCE).await;
+    let app = TestApp::spawn(&db, |c| c.db_statement_timeout = "30s".into()).await;
+    let lock = lock_agents(&db).await;
+
+    let message = aws_request(RECORDED_DOCUMENT, RECORDED_SIGNATURE, "").encode_to_vec();
+    let addr = app.grpc_url.trim_start_matches("http://").to_owned();
+    let started = Instant::now();
+    let status = raw_grpc_status(&addr, "300m", message).await;
+    let waited = started.elapsed();
+    lock.batch_execute("ROLLBACK").await.unwrap();
+    assert_eq!(status, (Code::DeadlineExceeded as i32).to_string());
+    assert!(
+        waited < Duration::from_secs(5),
+        "answered after {waited:?}, far past the 300 ms deadline"
+    );
+    success(
+        app.authenticate(aws_request(RECORDED_DOCUMENT, RECORDED_SIGNATURE, ""))
+            .await,
+    );
+}
+
+#[tokio::test]
+async fn a_database_that_refuses_connections_is_unavailable_and_recovery_needs_no_restart() {
+    let db = TestDb::migrated().await;
+    let world = World::new(&db).await;
+    let resource = world.build(world.workspace().await, 1).await;
+    world.agent(resource, "main", RECORDED_INSTANCE).await;
+    drop(world);
+    let app = TestApp::spawn(&db, |_| {}).await;
+    success(
+        app.authenticate(aws_request(RECORDED_DOCUMENT, RECORDED_SIGNATURE, ""))
+            .await,
+    );
+
+    let admin = admin().await;
+    admin
+        .batch_execute(&format!(
+            "ALTER DATABASE {} ALLOW_CONNECTIONS false",
+            db.name
+        ))
+        .await
+        .unwrap();
+    admin
+        .execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = $1",
+            &[&db.name],
+        )
+        .await
+        .unwrap();
+
+    let (code, reason, message) = failure(
+        app.authenticate(aws_request(RECORDED_DOCUMENT, RECORDED_SIGNATURE, ""))
+            .await,
+    );
+    assert_eq!(
+        (code, reason.as_str()),
+        (Code::Unavailable, "DATABASE_UNAVAILABLE")
+    );
+    assert!(
+        !message.contains("connect"),
+        "no driver detail in {message:?}"
+    );
+    let (status, body) = app.admin_get("/readyz").await;
+    assert_eq!(status, 503, "{body}");
+    assert!(body.starts_with("not ready: "), "{body}");
+
+    admin
+        .batch_execute(&format!(
+            "ALTER DATABASE {} ALLOW_CONNECTIONS true",
+            db.name
+        ))
+        .await
+        .unwrap();
+    success(
+        app.authenticate(aws_request(RECORDED_DOCUMENT, RECORDED_SIGNATURE, ""))
+            .await,
+    );
+    assert_eq!(app.admin_get("/readyz").await.0, 200);
+}

@@ -1,0 +1,610 @@
+//! The test harness: one throwaway PostgreSQL cluster per test run (or `TEST_DATABASE_URL`),
+//! a fresh database per test, the real server on 127.0.0.1:0, and real AWS-style signatures
+//! from keys generated here.
+
+use std::path::PathBuf;
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use agent_auth::app::App;
+use agent_auth::config::{Config, RawConfig};
+use agent_auth::embedded::{EmbeddedOptions, EmbeddedPostgres};
+use agent_auth::grpc::pb;
+use base64::Engine as _;
+use openssl::hash::MessageDigest;
+use openssl::pkey::{PKey, Private};
+use openssl::rsa::Rsa;
+use openssl::sign::Signer;
+use openssl::x509::{X509, X509NameBuilder};
+use tokio_postgres::{Client, NoTls};
+use tonic::transport::Channel;
+use uuid::Uuid;
+
+/// Recorded AWS vector (exact bytes; see tests/fixtures/aws).
+pub const RECORDED_DOCUMENT: &str = include_str!("../fixtures/aws/us-east-1-document.json");
+pub const RECORDED_SIGNATURE: &str = include_str!("../fixtures/aws/us-east-1-signature.txt");
+pub const RECORDED_INSTANCE: &str = "i-076e9b91f7c420782";
+
+struct Harness {
+    /// libpq string for the maintenance database; `dbname` is appended per use.
+    admin: String,
+    _cluster: Option<EmbeddedPostgres>,
+}
+
+/// Starts the run's cluster once. Its supervisor thread outlives every test; the server gets
+/// SIGINT when this process exits, so nothing is left running.
+fn harness() -> &'static Harness {
+    static HARNESS: OnceLock<Harness> = OnceLock::new();
+    HARNESS.get_or_init(|| {
+        std::thread::spawn(start_harness)
+            .join()
+            .unwrap_or_else(|_| panic!("the PostgreSQL harness thread panicked"))
+    })
+}
+
+fn start_harness() -> Harness {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap_or_else(|e| panic!("runtime: {e}"));
+    runtime.block_on(async {
+        if let Ok(url) = std::env::var("TEST_DATABASE_URL") {
+            let admin = Harness { admin: url, _cluster: None };
+            let client = connect(&admin.admin).await;
+            client
+                .batch_execute("CREATE EXTENSION IF NOT EXISTS pg_stat_statements")
+                .await
+                .unwrap_or_else(|e| panic!("TEST_DATABASE_URL must allow pg_stat_statements (shared_preload_libraries): {e}"));
+            return admin;
+        }
+        remove_stale_clusters();
+        let dir = std::env::temp_dir().join(format!("agent-auth-test-{}", std::process::id()));
+        let mut options = EmbeddedOptions::new(&dir);
+        options.ephemeral = true;
+        options.settings = vec![
+            ("shared_preload_libraries".into(), "pg_stat_statements".into()),
+            ("max_connections".into(), "300".into()),
+        ];
+        let cluster = EmbeddedPostgres::start(options).await.unwrap_or_else(|e| {
+            panic!(
+                "the tests need a PostgreSQL server: {e}. Install it (Debian: apt-get install \
+                 postgresql) or set TEST_DATABASE_URL to a superuser connection string"
+            )
+        });
+        let admin = cluster.connection_string("postgres");
+        connect(&admin)
+            .await
+            .batch_execute("CREATE EXTENSION IF NOT EXISTS pg_stat_statements")
+            .await
+            .unwrap_or_else(|e| panic!("pg_stat_statements: {e}"));
+        Harness {
+            admin,
+            _cluster: Some(cluster),
+        }
+    })
+}
+
+/// Removes clusters of earlier runs whose process is gone.
+fn remove_stale_clusters() {
+    let Ok(entries) = std::fs::read_dir(std::env::temp_dir()) else {
+        return;
+    };
+    for entry in entries.filter_map(Result::ok) {
+        let name = entry.file_name().to_string_lossy().to_string();
+        let Some(pid) = name
+            .strip_prefix("agent-auth-test-")
+            .and_then(|p| p.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        if !std::path::Path::new(&format!("/proc/{pid}")).exists() {
+            let _ = std::fs::remove_dir_all(entry.path());
+        }
+    }
+}
+
+pub async fn connect(conn: &str) -> Client {
+    let (client, connection) = tokio_postgres::connect(conn, NoTls)
+        .await
+        .unwrap_or_else(|e| panic!("connect {conn}: {e}"));
+    tokio::spawn(async move {
+        let _ = connection.await;
+    });
+    client
+}
+
+/// Replaces or appends `dbname` in a libpq key=value string or URL.
+fn with_dbname(base: &str, dbname: &str) -> String {
+    if base.starts_with("postgres://") || base.starts_with("postgresql://") {
+        let mut url = base.to_owned();
+        if let Some(q) = url.find('?') {
+            url.truncate(q);
+        }
+        let (prefix, _) = url.rsplit_once('/').unwrap_or((&url, ""));
+        let query = base.find('?').map(|q| &base[q..]).unwrap_or("");
+        format!("{prefix}/{dbname}{query}")
+    } else {
+        let kept: Vec<&str> = base
+            .split_whitespace()
+            .filter(|kv| !kv.starts_with("dbname="))
+            .collect();
+        format!("{} dbname={dbname}", kept.join(" "))
+    }
+}
+
+/// A fresh, empty database for one test.
+pub struct TestDb {
+    pub name: String,
+    pub url: String,
+}
+
+impl TestDb {
+    pub async fn new() -> Self {
+        let name = format!("t_{}", Uuid::new_v4().simple());
+        admin()
+            .await
+            .batch_execute(&format!("CREATE DATABASE {name}"))
+            .await
+            .unwrap_or_else(|e| panic!("create database: {e}"));
+        Self {
+            url: with_dbname(&harness().admin, &name),
+            name,
+        }
+    }
+
+    /// A fresh database with the owned schema applied.
+    pub async fn migrated() -> Self {
+        let db = Self::new().await;
+        let config: tokio_postgres::Config = db.url.parse().unwrap_or_else(|e| panic!("{e}"));
+        agent_auth::store::migrate::run_migrations(&config)
+            .await
+            .unwrap_or_else(|e| panic!("migrations: {e}"));
+        db
+    }
+
+    pub async fn client(&self) -> Client {
+        connect(&self.url).await
+    }
+
+    /// A connection string for another role on this database.
+    pub fn url_as(&self, user: &str) -> String {
+        let kept: Vec<&str> = self
+            .url
+            .split_whitespace()
+            .filter(|kv| !kv.starts_with("user="))
+            .collect();
+        format!("{} user={user}", kept.join(" "))
+    }
+
+    /// How many statements have run in this database since the last reset (pg_stat_statements,
+    /// read from the maintenance database so the count is not disturbed).
+    pub async fn statements(&self) -> i64 {
+        admin()
+            .await
+            .query_one(
+                "SELECT coalesce(sum(calls), 0)::bigint FROM pg_stat_statements \
+                 WHERE dbid = (SELECT oid FROM pg_database WHERE datname = $1)",
+                &[&self.name],
+            )
+            .await
+            .unwrap_or_else(|e| panic!("pg_stat_statements: {e}"))
+            .get(0)
+    }
+
+    pub async fn reset_statements(&self) {
+        admin().await
+            .execute(
+                "SELECT pg_stat_statements_reset(0, (SELECT oid FROM pg_database WHERE datname = $1), 0)",
+                &[&self.name],
+            )
+            .await
+            .unwrap_or_else(|e| panic!("pg_stat_statements_reset: {e}"));
+    }
+}
+
+/// A superuser connection to the maintenance database.
+pub async fn admin() -> Client {
+    connect(&harness().admin).await
+}
+
+/// A running server.
+pub struct TestApp {
+    pub grpc_url: String,
+    pub admin_url: String,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    task: Option<tokio::task::JoinHandle<Result<(), agent_auth::app::AppError>>>,
+}
+
+impl TestApp {
+    /// Starts the server on loopback with `db`, after `edit` adjusts the settings.
+    pub async fn spawn(db: &TestDb, edit: impl FnOnce(&mut RawConfig)) -> Self {
+        let mut raw = test_config(db);
+        edit(&mut raw);
+        Self::spawn_config(Config::from_raw(raw).unwrap_or_else(|e| panic!("{e}"))).await
+    }
+
+    pub async fn spawn_config(config: Config) -> Self {
+        let app = App::build(config)
+            .await
+            .unwrap_or_else(|e| panic!("App::build: {e}"));
+        let grpc = app.grpc_addr().unwrap_or_else(|| panic!("no gRPC address"));
+        let admin = app
+            .admin_addr()
+            .unwrap_or_else(|| panic!("no admin address"));
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let task = tokio::spawn(app.run(async {
+            let _ = stopped.await;
+        }));
+        Self {
+            grpc_url: format!("http://{grpc}"),
+            admin_url: format!("http://{admin}"),
+            stop: Some(stop),
+            task: Some(task),
+        }
+    }
+
+    pub async fn channel(&self) -> Channel {
+        Channel::from_shared(self.grpc_url.clone())
+            .unwrap_or_else(|e| panic!("{e}"))
+            .connect()
+            .await
+            .unwrap_or_else(|e| panic!("connect: {e}"))
+    }
+
+    pub async fn authenticate(
+        &self,
+        request: pb::AuthenticateRequest,
+    ) -> Result<pb::AuthenticateResponse, tonic::Status> {
+        agent_auth::client::authenticate(self.channel().await, request).await
+    }
+
+    /// GET on the admin listener: (status, body).
+    pub async fn admin_get(&self, path: &str) -> (u16, String) {
+        http_get(&format!("{}{path}", self.admin_url)).await
+    }
+
+    pub async fn stop(mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(task) = self.task.take() {
+            let result = task.await.unwrap_or_else(|e| panic!("server task: {e}"));
+            result.unwrap_or_else(|e| panic!("server: {e}"));
+        }
+    }
+}
+
+impl Drop for TestApp {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+    }
+}
+
+/// Settings for a test server: loopback, port 0, the test's database.
+pub fn test_config(db: &TestDb) -> RawConfig {
+    RawConfig {
+        grpc_listen: "127.0.0.1:0".into(),
+        admin_listen: "127.0.0.1:0".into(),
+        postgres_url: Some(db.url.clone()),
+        log_level: "warn".into(),
+        db_pool_size: 4,
+        ..RawConfig::default()
+    }
+}
+
+/// A minimal HTTP/1.1 GET over a plain TCP connection.
+pub async fn http_get(url: &str) -> (u16, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let rest = url.strip_prefix("http://").unwrap_or(url);
+    let (host, path) = rest
+        .split_once('/')
+        .map(|(h, p)| (h, format!("/{p}")))
+        .unwrap_or((rest, "/".into()));
+    let mut stream = tokio::net::TcpStream::connect(host)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let request = format!("GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n");
+    stream
+        .write_all(request.as_bytes())
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let mut response = String::new();
+    stream
+        .read_to_string(&mut response)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let status = response
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    let body = response
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_owned())
+        .unwrap_or_default();
+    (status, body)
+}
+
+/// The code, `ErrorInfo` reason and message of a failed call.
+pub fn failure(
+    result: Result<pb::AuthenticateResponse, tonic::Status>,
+) -> (tonic::Code, String, String) {
+    use tonic_types::StatusExt;
+    match result {
+        Ok(response) => panic!("expected a failure, got agent {:?}", response.agent_name),
+        Err(status) => {
+            let info = status.get_details_error_info();
+            if let Some(info) = &info {
+                assert_eq!(info.domain, "agent-auth", "ErrorInfo domain");
+            }
+            (
+                status.code(),
+                info.map(|i| i.reason).unwrap_or_default(),
+                status.message().to_owned(),
+            )
+        }
+    }
+}
+
+pub fn success(
+    result: Result<pb::AuthenticateResponse, tonic::Status>,
+) -> pb::AuthenticateResponse {
+    result.unwrap_or_else(|s| panic!("expected success, got {}", agent_auth::client::describe(&s)))
+}
+
+// ---------------------------------------------------------------------------------------------
+// Evidence.
+
+/// An AWS-style signing key with its self-signed certificate written to a PEM file.
+pub struct AwsKey {
+    key: PKey<Private>,
+    pub certificate: X509,
+    pub pem_path: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl AwsKey {
+    /// `bits` 1024 mimics AWS's legacy `signature` keys; 2048 its `rsa2048` ones.
+    pub fn generate(bits: u32) -> Self {
+        let key = PKey::from_rsa(Rsa::generate(bits).unwrap_or_else(|e| panic!("{e}")))
+            .unwrap_or_else(|e| panic!("{e}"));
+        let mut name = X509NameBuilder::new().unwrap_or_else(|e| panic!("{e}"));
+        name.append_entry_by_text("CN", "ec2.amazonaws.com")
+            .unwrap_or_else(|e| panic!("{e}"));
+        let name = name.build();
+        let mut builder = X509::builder().unwrap_or_else(|e| panic!("{e}"));
+        builder.set_version(2).unwrap_or_else(|e| panic!("{e}"));
+        builder
+            .set_subject_name(&name)
+            .unwrap_or_else(|e| panic!("{e}"));
+        builder
+            .set_issuer_name(&name)
+            .unwrap_or_else(|e| panic!("{e}"));
+        builder.set_pubkey(&key).unwrap_or_else(|e| panic!("{e}"));
+        let not_before =
+            openssl::asn1::Asn1Time::days_from_now(0).unwrap_or_else(|e| panic!("{e}"));
+        let not_after =
+            openssl::asn1::Asn1Time::days_from_now(365).unwrap_or_else(|e| panic!("{e}"));
+        builder
+            .set_not_before(&not_before)
+            .unwrap_or_else(|e| panic!("{e}"));
+        builder
+            .set_not_after(&not_after)
+            .unwrap_or_else(|e| panic!("{e}"));
+        builder
+            .sign(&key, MessageDigest::sha256())
+            .unwrap_or_else(|e| panic!("{e}"));
+        let certificate = builder.build();
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let pem_path = dir.path().join("aws.pem");
+        std::fs::write(
+            &pem_path,
+            certificate.to_pem().unwrap_or_else(|e| panic!("{e}")),
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+        Self {
+            key,
+            certificate,
+            pem_path,
+            _dir: dir,
+        }
+    }
+
+    /// `REGION=PATH` for `--aws-certificate`.
+    pub fn flag(&self, region: &str) -> String {
+        format!("{region}={}", self.pem_path.display())
+    }
+
+    /// Base64 RSA PKCS#1 v1.5 SHA-256 over the document, wrapped at 64 columns as IMDS does.
+    pub fn sign(&self, document: &str) -> String {
+        let mut signer =
+            Signer::new(MessageDigest::sha256(), &self.key).unwrap_or_else(|e| panic!("{e}"));
+        signer
+            .update(document.as_bytes())
+            .unwrap_or_else(|e| panic!("{e}"));
+        wrap64(&signer.sign_to_vec().unwrap_or_else(|e| panic!("{e}")))
+    }
+
+    /// Base64 PKCS#7 SignedData over the document, like IMDS `/rsa2048`: no certificates,
+    /// detached or with the content attached.
+    pub fn sign_pkcs7(&self, document: &str, detached: bool) -> String {
+        use openssl::pkcs7::{Pkcs7, Pkcs7Flags};
+        use openssl::stack::Stack;
+        let mut flags = Pkcs7Flags::BINARY | Pkcs7Flags::NOCERTS;
+        if detached {
+            flags |= Pkcs7Flags::DETACHED;
+        }
+        let certs = Stack::new().unwrap_or_else(|e| panic!("{e}"));
+        let pkcs7 = Pkcs7::sign(
+            &self.certificate,
+            &self.key,
+            &certs,
+            document.as_bytes(),
+            flags,
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+        wrap64(&pkcs7.to_der().unwrap_or_else(|e| panic!("{e}")))
+    }
+}
+
+fn wrap64(bytes: &[u8]) -> String {
+    let b64 = base64::engine::general_purpose::STANDARD.encode(bytes);
+    b64.as_bytes()
+        .chunks(64)
+        .map(|c| String::from_utf8_lossy(c).into_owned())
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// An instance identity document in IMDS's own layout.
+pub fn aws_document(instance_id: &str, region: &str, account: &str) -> String {
+    format!(
+        "{{\n  \"accountId\" : \"{account}\",\n  \"architecture\" : \"x86_64\",\n  \"availabilityZone\" : \"{region}a\",\n  \"imageId\" : \"ami-0c02fb55956c7d316\",\n  \"instanceId\" : \"{instance_id}\",\n  \"instanceType\" : \"t3.micro\",\n  \"pendingTime\" : \"2026-11-01T10:00:00Z\",\n  \"privateIp\" : \"10.0.0.12\",\n  \"region\" : \"{region}\",\n  \"version\" : \"2017-09-30\"\n}}"
+    )
+}
+
+pub fn aws_request(document: &str, signature: &str, agent_name: &str) -> pb::AuthenticateRequest {
+    pb::AuthenticateRequest {
+        identity: Some(pb::authenticate_request::Identity::Aws(
+            pb::AwsInstanceIdentity {
+                document: document.into(),
+                signature: signature.into(),
+                rsa2048: String::new(),
+            },
+        )),
+        agent_name: agent_name.into(),
+    }
+}
+
+/// A fresh random EC2 instance id.
+pub fn instance_id() -> String {
+    format!("i-{}", &Uuid::new_v4().simple().to_string()[..17])
+}
+
+// ---------------------------------------------------------------------------------------------
+// Rows in the owned schema.
+
+/// Writes control-plane rows for one test.
+pub struct World {
+    pub client: Client,
+}
+
+/// What a seeded agent looks like to the caller.
+#[derive(Debug, Clone, Copy)]
+pub struct Agent {
+    pub id: Uuid,
+    pub token: Uuid,
+}
+
+impl World {
+    pub async fn new(db: &TestDb) -> Self {
+        Self {
+            client: db.client().await,
+        }
+    }
+
+    pub async fn workspace(&self) -> Uuid {
+        let id = Uuid::new_v4();
+        self.exec(
+            "INSERT INTO workspaces (id, name) VALUES ($1, 'ws')",
+            &[&id],
+        )
+        .await;
+        id
+    }
+
+    pub async fn delete_workspace(&self, workspace: Uuid) {
+        self.exec(
+            "UPDATE workspaces SET deleted = true WHERE id = $1",
+            &[&workspace],
+        )
+        .await;
+    }
+
+    /// A build of `workspace` with a `workspace_build` job and one resource; returns the
+    /// resource.
+    pub async fn build(&self, workspace: Uuid, number: i32) -> Uuid {
+        let job = self.job("workspace_build").await;
+        self.exec(
+            "INSERT INTO workspace_builds (id, workspace_id, build_number, job_id) VALUES ($1, $2, $3, $4)",
+            &[&Uuid::new_v4(), &workspace, &number, &job],
+        )
+        .await;
+        self.resource(job).await
+    }
+
+    /// A resource of a job that is not a build (`template_version_import` or
+    /// `template_version_dry_run`).
+    pub async fn template_job_resource(&self, job_type: &str) -> Uuid {
+        let job = self.job(job_type).await;
+        self.resource(job).await
+    }
+
+    pub async fn agent(&self, resource: Uuid, name: &str, instance: &str) -> Agent {
+        self.agent_with(resource, name, instance, false, None).await
+    }
+
+    pub async fn agent_with(
+        &self,
+        resource: Uuid,
+        name: &str,
+        instance: &str,
+        deleted: bool,
+        parent: Option<Uuid>,
+    ) -> Agent {
+        let agent = Agent {
+            id: Uuid::new_v4(),
+            token: Uuid::new_v4(),
+        };
+        self.exec(
+            "INSERT INTO workspace_agents (id, name, resource_id, auth_token, auth_instance_id, deleted, parent_id) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7)",
+            &[&agent.id, &name, &resource, &agent.token, &instance, &deleted, &parent],
+        )
+        .await;
+        agent
+    }
+
+    async fn job(&self, job_type: &str) -> Uuid {
+        let id = Uuid::new_v4();
+        self.exec(
+            "INSERT INTO provisioner_jobs (id, type) VALUES ($1, $2::text::provisioner_job_type)",
+            &[&id, &job_type],
+        )
+        .await;
+        id
+    }
+
+    async fn resource(&self, job: Uuid) -> Uuid {
+        let id = Uuid::new_v4();
+        self.exec(
+            "INSERT INTO workspace_resources (id, job_id) VALUES ($1, $2)",
+            &[&id, &job],
+        )
+        .await;
+        id
+    }
+
+    pub async fn exec(&self, sql: &str, params: &[&(dyn tokio_postgres::types::ToSql + Sync)]) {
+        self.client
+            .execute(sql, params)
+            .await
+            .unwrap_or_else(|e| panic!("{sql}: {e}"));
+    }
+}
+
+/// Polls `check` until it holds or `limit` passes.
+pub async fn eventually(limit: Duration, mut check: impl AsyncFnMut() -> bool) -> bool {
+    let deadline = tokio::time::Instant::now() + limit;
+    loop {
+        if check().await {
+            return true;
+        }
+        if tokio::time::Instant::now() > deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}

@@ -1,0 +1,305 @@
+//! Every resolution rule of DESIGN.md section 2, each through the real server.
+
+use tonic::Code;
+
+use crate::helpers::*;
+
+/// A server that trusts one generated key as the `default` AWS key.
+async fn setup() -> (TestDb, World, TestApp, AwsKey) {
+    let db = TestDb::migrated().await;
+    let world = World::new(&db).await;
+    let key = AwsKey::generate(1024);
+    let flag = key.flag("default");
+    let app = TestApp::spawn(&db, |c| c.aws_certificate = vec![flag]).await;
+    (db, world, app, key)
+}
+
+async fn login(
+    app: &TestApp,
+    key: &AwsKey,
+    instance: &str,
+    name: &str,
+) -> Result<agent_auth::grpc::pb::AuthenticateResponse, tonic::Status> {
+    let document = aws_document(instance, "us-east-1", "123456789012");
+    app.authenticate(aws_request(&document, &key.sign(&document), name))
+        .await
+}
+
+#[tokio::test]
+async fn a_single_agent_on_the_latest_build_gets_its_token_and_details() {
+    let (_db, world, app, key) = setup().await;
+    let instance = instance_id();
+    let ws = world.workspace().await;
+    let resource = world.build(ws, 1).await;
+    let agent = world.agent(resource, "main", &instance).await;
+
+    let response = success(login(&app, &key, &instance, "").await);
+    assert_eq!(response.session_token, agent.token.to_string());
+    assert_eq!(response.agent_id, agent.id.to_string());
+    assert_eq!(response.agent_name, "main");
+    assert_eq!(response.workspace_id, ws.to_string());
+    assert_eq!(response.instance_id, instance);
+    assert_eq!(response.cloud, agent_auth::grpc::pb::Cloud::Aws as i32);
+    let build: uuid::Uuid = world
+        .client
+        .query_one(
+            "SELECT id FROM workspace_builds WHERE workspace_id = $1",
+            &[&ws],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(response.workspace_build_id, build.to_string());
+}
+
+#[tokio::test]
+async fn two_agents_without_a_name_are_ambiguous_and_listed_sorted() {
+    let (_db, world, app, key) = setup().await;
+    let instance = instance_id();
+    let resource = world.build(world.workspace().await, 1).await;
+    world.agent(resource, "beta", &instance).await;
+    world.agent(resource, "alpha", &instance).await;
+
+    let (code, reason, message) = failure(login(&app, &key, &instance, "").await);
+    assert_eq!(code, Code::FailedPrecondition);
+    assert_eq!(reason, "AMBIGUOUS_AGENT");
+    assert_eq!(
+        message,
+        format!(
+            "Multiple agents found with instance ID \"{instance}\". Set CODER_AGENT_NAME to one of: alpha, beta"
+        )
+    );
+}
+
+#[tokio::test]
+async fn a_name_selects_its_agent_after_trimming() {
+    let (_db, world, app, key) = setup().await;
+    let instance = instance_id();
+    let resource = world.build(world.workspace().await, 1).await;
+    let alpha = world.agent(resource, "alpha", &instance).await;
+    let beta = world.agent(resource, "beta", &instance).await;
+
+    assert_eq!(
+        success(login(&app, &key, &instance, "alpha").await).session_token,
+        alpha.token.to_string()
+    );
+    assert_eq!(
+        success(login(&app, &key, &instance, "  beta\t").await).session_token,
+        beta.token.to_string()
+    );
+}
+
+#[tokio::test]
+async fn an_unknown_name_is_agent_name_not_found() {
+    let (_db, world, app, key) = setup().await;
+    let instance = instance_id();
+    let resource = world.build(world.workspace().await, 1).await;
+    world.agent(resource, "main", &instance).await;
+
+    let (code, reason, message) = failure(login(&app, &key, &instance, "Main").await);
+    assert_eq!(
+        (code, reason.as_str()),
+        (Code::NotFound, "AGENT_NAME_NOT_FOUND")
+    );
+    assert_eq!(
+        message,
+        format!("No agent found with instance ID \"{instance}\" and name \"Main\".")
+    );
+}
+
+#[tokio::test]
+async fn a_whitespace_only_name_counts_as_not_given() {
+    let (_db, world, app, key) = setup().await;
+    let instance = instance_id();
+    let resource = world.build(world.workspace().await, 1).await;
+    let agent = world.agent(resource, "main", &instance).await;
+
+    assert_eq!(
+        success(login(&app, &key, &instance, "   ").await).session_token,
+        agent.token.to_string()
+    );
+}
+
+#[tokio::test]
+async fn an_unknown_instance_is_instance_not_found() {
+    let (_db, _world, app, key) = setup().await;
+    let instance = instance_id();
+    let (code, reason, message) = failure(login(&app, &key, &instance, "").await);
+    assert_eq!(
+        (code, reason.as_str()),
+        (Code::NotFound, "INSTANCE_NOT_FOUND")
+    );
+    assert_eq!(
+        message,
+        format!("Instance with id \"{instance}\" not found.")
+    );
+}
+
+#[tokio::test]
+async fn an_agent_only_on_an_older_build_is_not_latest_build() {
+    let (_db, world, app, key) = setup().await;
+    let instance = instance_id();
+    let ws = world.workspace().await;
+    let old = world.build(ws, 1).await;
+    world.agent(old, "main", &instance).await;
+    let latest = world.build(ws, 2).await;
+    world.agent(latest, "main", &instance_id()).await;
+
+    let (code, reason, message) = failure(login(&app, &key, &instance, "").await);
+    assert_eq!(
+        (code, reason.as_str()),
+        (Code::FailedPrecondition, "NOT_LATEST_BUILD")
+    );
+    assert_eq!(
+        message,
+        format!(
+            "Resource found for id \"{instance}\", but isn't registered on the latest history."
+        )
+    );
+    // A name does not turn a stale agent into a match either.
+    let (code, reason, _) = failure(login(&app, &key, &instance, "main").await);
+    assert_eq!(
+        (code, reason.as_str()),
+        (Code::FailedPrecondition, "NOT_LATEST_BUILD")
+    );
+}
+
+#[tokio::test]
+async fn stale_history_with_the_same_name_does_not_make_the_latest_agent_ambiguous() {
+    let (_db, world, app, key) = setup().await;
+    let instance = instance_id();
+    let ws = world.workspace().await;
+    for number in 1..=30 {
+        let resource = world.build(ws, number).await;
+        world.agent(resource, "main", &instance).await;
+    }
+    let latest = world.build(ws, 31).await;
+    let current = world.agent(latest, "main", &instance).await;
+
+    assert_eq!(
+        success(login(&app, &key, &instance, "").await).session_token,
+        current.token.to_string()
+    );
+}
+
+#[tokio::test]
+async fn template_import_and_dry_run_agents_are_invisible() {
+    let (_db, world, app, key) = setup().await;
+    let instance = instance_id();
+    for job_type in ["template_version_import", "template_version_dry_run"] {
+        let resource = world.template_job_resource(job_type).await;
+        world.agent(resource, "main", &instance).await;
+    }
+    let (code, reason, _) = failure(login(&app, &key, &instance, "").await);
+    assert_eq!(
+        (code, reason.as_str()),
+        (Code::NotFound, "INSTANCE_NOT_FOUND")
+    );
+
+    let resource = world.build(world.workspace().await, 1).await;
+    let agent = world.agent(resource, "main", &instance).await;
+    assert_eq!(
+        success(login(&app, &key, &instance, "").await).session_token,
+        agent.token.to_string()
+    );
+}
+
+#[tokio::test]
+async fn sub_agents_never_match_or_cause_ambiguity() {
+    let (_db, world, app, key) = setup().await;
+    let instance = instance_id();
+    let resource = world.build(world.workspace().await, 1).await;
+    let parent = world.agent(resource, "main", &instance).await;
+    world
+        .agent_with(resource, "devcontainer", &instance, false, Some(parent.id))
+        .await;
+
+    assert_eq!(
+        success(login(&app, &key, &instance, "").await).session_token,
+        parent.token.to_string()
+    );
+    let (code, reason, _) = failure(login(&app, &key, &instance, "devcontainer").await);
+    assert_eq!(
+        (code, reason.as_str()),
+        (Code::NotFound, "AGENT_NAME_NOT_FOUND")
+    );
+}
+
+#[tokio::test]
+async fn deleted_agents_are_invisible_on_the_latest_and_on_older_builds() {
+    let (_db, world, app, key) = setup().await;
+    let instance = instance_id();
+    let ws = world.workspace().await;
+    let old = world.build(ws, 1).await;
+    world.agent_with(old, "main", &instance, true, None).await;
+    let latest = world.build(ws, 2).await;
+    world
+        .agent_with(latest, "main", &instance, true, None)
+        .await;
+
+    // Not NOT_LATEST_BUILD: the deleted agent on the old build does not count as stale.
+    let (code, reason, _) = failure(login(&app, &key, &instance, "").await);
+    assert_eq!(
+        (code, reason.as_str()),
+        (Code::NotFound, "INSTANCE_NOT_FOUND")
+    );
+}
+
+#[tokio::test]
+async fn agents_of_deleted_workspaces_are_invisible() {
+    let (_db, world, app, key) = setup().await;
+    let instance = instance_id();
+    let ws = world.workspace().await;
+    let old = world.build(ws, 1).await;
+    world.agent(old, "main", &instance).await;
+    let latest = world.build(ws, 2).await;
+    world.agent(latest, "main", &instance).await;
+    world.delete_workspace(ws).await;
+
+    let (code, reason, _) = failure(login(&app, &key, &instance, "").await);
+    assert_eq!(
+        (code, reason.as_str()),
+        (Code::NotFound, "INSTANCE_NOT_FOUND")
+    );
+}
+
+#[tokio::test]
+async fn a_live_workspace_wins_over_a_deleted_one_for_a_recycled_instance_id() {
+    let (_db, world, app, key) = setup().await;
+    let instance = instance_id();
+    let gone = world.workspace().await;
+    let resource = world.build(gone, 1).await;
+    world.agent(resource, "main", &instance).await;
+    world.delete_workspace(gone).await;
+    let live = world.workspace().await;
+    let resource = world.build(live, 1).await;
+    let agent = world.agent(resource, "main", &instance).await;
+
+    assert_eq!(
+        success(login(&app, &key, &instance, "").await).session_token,
+        agent.token.to_string()
+    );
+}
+
+#[tokio::test]
+async fn the_statement_returns_one_row_for_all_stale_history() {
+    let db = TestDb::migrated().await;
+    let world = World::new(&db).await;
+    let instance = instance_id();
+    let ws = world.workspace().await;
+    for number in 1..=50 {
+        let resource = world.build(ws, number).await;
+        world.agent(resource, "main", &instance).await;
+    }
+    let latest = world.build(ws, 51).await;
+    world.agent(latest, "main", &instance).await;
+
+    let rows = world
+        .client
+        .query(agent_auth::store::resolve::RESOLVE_SQL, &[&instance])
+        .await
+        .unwrap();
+    assert_eq!(rows.len(), 2, "one candidate row and one aggregate row");
+    let stale: Option<i64> = rows[1].get("stale");
+    assert_eq!(stale, Some(50));
+}

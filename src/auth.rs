@@ -162,8 +162,10 @@ impl Authenticator {
     /// Authenticates one request and logs one line about it (never the evidence or token).
     pub async fn authenticate(&self, request: AuthRequest) -> Result<Authenticated, AuthError> {
         let started = Instant::now();
+        let request_id = uuid::Uuid::new_v4().simple().to_string();
         let cloud = request.evidence.as_ref().map(evidence_cloud);
-        let result = self.run(request).await;
+        let mut instance = String::new();
+        let result = self.run(request, &mut instance).await;
         let outcome = match &result {
             Ok(_) => "ok",
             Err(e) => e.reason(),
@@ -177,8 +179,10 @@ impl Authenticator {
             _ => String::new(),
         };
         tracing::info!(
+            request_id,
             cloud = cloud.map(Cloud::label).unwrap_or("none"),
             outcome,
+            instance,
             detail,
             duration_ms = started.elapsed().as_secs_f64() * 1000.0,
             "authentication"
@@ -186,7 +190,12 @@ impl Authenticator {
         result
     }
 
-    async fn run(&self, request: AuthRequest) -> Result<Authenticated, AuthError> {
+    /// `instance` receives a short hash of the verified instance id, for the log line.
+    async fn run(
+        &self,
+        request: AuthRequest,
+        instance: &mut String,
+    ) -> Result<Authenticated, AuthError> {
         let name = agent_name(&request.agent_name)?;
         let evidence = request
             .evidence
@@ -213,6 +222,7 @@ impl Authenticator {
                 return Err(AuthError::Unimplemented(Cloud::Azure));
             }
         };
+        *instance = short_hash(instance_id.as_str());
         let resolution = self.store.resolve(instance_id.as_str()).await?;
         let agent = select(&instance_id, name, resolution)?;
         Ok(Authenticated {
@@ -252,6 +262,14 @@ impl Authenticator {
                 cause,
             })
     }
+}
+
+/// The first 12 hex digits of SHA-256: enough to correlate log lines, not an identifier.
+fn short_hash(value: &str) -> String {
+    openssl::sha::sha256(value.as_bytes())[..6]
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
 }
 
 fn evidence_cloud(evidence: &Evidence) -> Cloud {

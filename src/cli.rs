@@ -217,4 +217,10 @@ pub struct DemoArgs {
     /// Keep the demo database here instead of a temporary directory.
     #[arg(long, value_name = "DIR")]
     pub data_dir: Option<PathBuf>,
+    /// After the demo, keep serving until Ctrl-C so `agent-auth authenticate` can be tried.
+    #[arg(long)]
+    pub serve: bool,
+    /// gRPC listener while serving [default: 127.0.0.1:50051 with --serve, else a free port]
+    #[arg(long, value_name = "ADDR")]
+    pub grpc_listen: Option<String>,
 }

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use crate::app::{App, EMBEDDED_DATABASE};
 use crate::cli::DemoArgs;
-use crate::config::{Config, ListenAddr, RawConfig};
+use crate::config::{Config, RawConfig};
 use crate::embedded::{EmbeddedOptions, EmbeddedPostgres};
 use crate::grpc::pb;
 use crate::store::{migrate, seed};
@@ -18,7 +18,7 @@ pub const RECORDED_INSTANCE_ID: &str = "i-076e9b91f7c420782";
 /// Runs the demo, printing each step. Returns an error message on failure.
 pub async fn run(args: DemoArgs) -> Result<(), String> {
     let temp;
-    let data_dir = match args.data_dir {
+    let data_dir = match args.data_dir.clone() {
         Some(dir) => dir,
         None => {
             temp = tempfile::Builder::new()
@@ -34,13 +34,13 @@ pub async fn run(args: DemoArgs) -> Result<(), String> {
     let cluster = EmbeddedPostgres::start(options)
         .await
         .map_err(|e| e.to_string())?;
-    let outcome = with_cluster(&cluster).await;
+    let outcome = with_cluster(&cluster, &args).await;
     println!("6. Stopping PostgreSQL");
     cluster.stop().await.map_err(|e| e.to_string())?;
     outcome
 }
 
-async fn with_cluster(cluster: &EmbeddedPostgres) -> Result<(), String> {
+async fn with_cluster(cluster: &EmbeddedPostgres, args: &DemoArgs) -> Result<(), String> {
     cluster
         .ensure_database(EMBEDDED_DATABASE)
         .await
@@ -63,18 +63,19 @@ async fn with_cluster(cluster: &EmbeddedPostgres) -> Result<(), String> {
         seeded.workspace_id, seeded.build_id
     );
 
+    let grpc_listen = match (&args.grpc_listen, args.serve) {
+        (Some(addr), _) => addr.clone(),
+        (None, true) => "127.0.0.1:50051".into(),
+        (None, false) => "127.0.0.1:0".into(),
+    };
     let mut raw = RawConfig {
-        grpc_listen: "127.0.0.1:0".into(),
+        grpc_listen,
         admin_listen: "127.0.0.1:0".into(),
         postgres_url: Some(url),
         ..RawConfig::default()
     };
     raw.log_level = "warn".into();
     let config = Config::from_raw(raw).map_err(|e| e.to_string())?;
-    debug_assert_eq!(
-        config.grpc_listen,
-        ListenAddr::Tcp(([127, 0, 0, 1], 0).into())
-    );
     let app = App::build(config).await.map_err(|e| e.to_string())?;
     let addr = app.grpc_addr().ok_or("the gRPC listener has no address")?;
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
@@ -105,16 +106,28 @@ async fn with_cluster(cluster: &EmbeddedPostgres) -> Result<(), String> {
         .map_err(|s| crate::client::describe(&s))
     }
     .await;
+    let checked = result.and_then(|response| {
+        println!(
+            "5. Authenticated the recorded AWS document over gRPC: agent {} ({}) of workspace {}\n   session token: {}",
+            response.agent_name, response.agent_id, response.workspace_id, response.session_token
+        );
+        if response.session_token == seeded.auth_token.to_string() {
+            println!("   (matches workspace_agents.auth_token of the seeded agent)");
+            Ok(())
+        } else {
+            Err("the token received differs from the seeded agent's token".to_owned())
+        }
+    });
+    if args.serve && checked.is_ok() {
+        println!(
+            "   Serving until Ctrl-C. Try, from the source tree:\n   \
+             agent-auth authenticate --server {server_url} \\\n     \
+             --aws-document tests/fixtures/aws/us-east-1-document.json \\\n     \
+             --aws-signature tests/fixtures/aws/us-east-1-signature.txt"
+        );
+        crate::app::shutdown_signal().await;
+    }
     let _ = stop_tx.send(());
     let _ = server.await;
-    let response = result?;
-    println!(
-        "5. Authenticated the recorded AWS document over gRPC: agent {} ({}) of workspace {}\n   session token: {}",
-        response.agent_name, response.agent_id, response.workspace_id, response.session_token
-    );
-    if response.session_token != seeded.auth_token.to_string() {
-        return Err("the token received differs from the seeded agent's token".into());
-    }
-    println!("   (matches workspace_agents.auth_token of the seeded agent)");
-    Ok(())
+    checked
 }

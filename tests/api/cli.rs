@@ -132,3 +132,125 @@ fn the_demo_authenticates_the_recorded_document_on_an_embedded_database() {
         "{stdout}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn migrate_applies_the_owned_schema_and_healthcheck_probes_a_server() {
+    let db = TestDb::new().await;
+    let url = db.url.clone();
+    let output = tokio::task::spawn_blocking(move || {
+        agent_auth()
+            .args(["migrate", "--log-format", "text", "--postgres-url", &url])
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let tables: i64 = db
+        .client()
+        .await
+        .query_one("SELECT count(*) FROM pg_tables WHERE tablename LIKE 'workspace%' OR tablename = 'provisioner_jobs'", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(tables, 5);
+
+    let app = TestApp::spawn(&db, |_| {}).await;
+    let server = app.grpc_url.clone();
+    let serving = tokio::task::spawn_blocking(move || {
+        agent_auth()
+            .args(["healthcheck", "--server", &server])
+            .status()
+            .unwrap()
+    });
+    assert!(serving.await.unwrap().success());
+    let closed = free_port();
+    let down = tokio::task::spawn_blocking(move || {
+        agent_auth()
+            .args([
+                "healthcheck",
+                "--timeout",
+                "500ms",
+                "--server",
+                &format!("http://127.0.0.1:{closed}"),
+            ])
+            .output()
+            .unwrap()
+    });
+    assert_eq!(down.await.unwrap().status.code(), Some(1));
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// `serve` with no --postgres-url: the embedded cluster starts in --data-dir, the service
+/// answers, and SIGTERM stops both with exit code 0.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serve_runs_on_an_embedded_database_and_stops_it_on_sigterm() {
+    let dir = tempfile::tempdir().unwrap();
+    let data_dir = dir.path().join("data");
+    let (grpc, admin) = (free_port(), free_port());
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_agent-auth"))
+        .args(["serve", "--log-format", "text"])
+        .arg("--data-dir")
+        .arg(&data_dir)
+        .args([
+            "--grpc-listen",
+            &format!("127.0.0.1:{grpc}"),
+            "--admin-listen",
+            &format!("127.0.0.1:{admin}"),
+        ])
+        .env_remove("AGENT_AUTH_POSTGRES_URL")
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let ready = eventually(std::time::Duration::from_secs(60), async || {
+        http_get(&format!("http://127.0.0.1:{admin}/readyz"))
+            .await
+            .0
+            == 200
+    });
+    assert!(ready.await, "embedded serve never became ready");
+    assert!(data_dir.join("pgdata/postmaster.pid").exists());
+
+    let channel = agent_auth::client::connect(
+        &format!("http://127.0.0.1:{grpc}"),
+        std::time::Duration::from_secs(5),
+    )
+    .await
+    .unwrap();
+    let (code, reason, _) = failure(
+        agent_auth::client::authenticate(
+            channel,
+            aws_request(RECORDED_DOCUMENT, RECORDED_SIGNATURE, ""),
+        )
+        .await,
+    );
+    assert_eq!(
+        (code, reason.as_str()),
+        (tonic::Code::NotFound, "INSTANCE_NOT_FOUND"),
+        "empty embedded database"
+    );
+
+    let pid = nix::unistd::Pid::from_raw(child.id().unwrap() as i32);
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).unwrap();
+    let status = tokio::time::timeout(std::time::Duration::from_secs(30), child.wait())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(status.success(), "{status}");
+    assert!(
+        !data_dir.join("pgdata/postmaster.pid").exists(),
+        "the embedded cluster was stopped"
+    );
+}

@@ -60,7 +60,7 @@ pub struct ServeArgs {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub admin_listen: Option<String>,
 
-    /// Coder-compatible HTTP listener (off unless set; not served yet)
+    /// Coder-compatible HTTP listener (off unless set; not implemented yet: setting it is an error)
     #[arg(long, env = "AGENT_AUTH_HTTP_LISTEN", value_name = "ADDR")]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub http_listen: Option<String>,
@@ -165,7 +165,7 @@ pub struct ServeArgs {
 
 #[derive(Debug, Clone, Args)]
 pub struct HealthcheckArgs {
-    /// The server's gRPC address.
+    /// The server's gRPC address: http://HOST:PORT or unix:/path.
     #[arg(
         long,
         env = "AGENT_AUTH_HEALTHCHECK_SERVER",
@@ -182,7 +182,7 @@ pub struct HealthcheckArgs {
 
 #[derive(Debug, Clone, Args)]
 pub struct AuthenticateArgs {
-    /// The server's gRPC address.
+    /// The server's gRPC address: http://HOST:PORT or unix:/path.
     #[arg(
         long,
         env = "AGENT_AUTH_SERVER",

@@ -16,16 +16,36 @@ pub enum ClientError {
     Status(String),
 }
 
-/// Connects to `server` (e.g. `http://127.0.0.1:50051`) within `timeout`.
+/// Connects to `server` within `timeout`: `http://HOST:PORT`, or `unix:/path` for a server
+/// listening on a unix socket.
 pub async fn connect(server: &str, timeout: Duration) -> Result<Channel, ClientError> {
+    let failed = |e: tonic::transport::Error| ClientError::Connect {
+        server: server.to_owned(),
+        reason: e.to_string(),
+    };
+    if let Some(path) = server.strip_prefix("unix:") {
+        let path = std::path::PathBuf::from(path);
+        // The URI is required by the API but unused: every connection goes to the socket.
+        let endpoint = Endpoint::from_static("http://localhost")
+            .connect_timeout(timeout)
+            .timeout(timeout);
+        return endpoint
+            .connect_with_connector(tower::service_fn(move |_: tonic::transport::Uri| {
+                let path = path.clone();
+                async move {
+                    tokio::net::UnixStream::connect(path)
+                        .await
+                        .map(hyper_util::rt::TokioIo::new)
+                }
+            }))
+            .await
+            .map_err(failed);
+    }
     let endpoint = Endpoint::from_shared(server.to_owned())
         .map_err(|_| ClientError::Address(server.to_owned()))?
         .connect_timeout(timeout)
         .timeout(timeout);
-    endpoint.connect().await.map_err(|e| ClientError::Connect {
-        server: server.to_owned(),
-        reason: e.to_string(),
-    })
+    endpoint.connect().await.map_err(failed)
 }
 
 /// Sends one `Authenticate`.

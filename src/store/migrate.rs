@@ -84,10 +84,11 @@ pub async fn check_coder_schema(config: &tokio_postgres::Config) -> Result<(), S
         )
         .await
         .map_err(|e| StoreError::Unavailable(format!("cannot read the catalog: {e}")))?;
-    let present: std::collections::HashSet<(String, String)> = rows
+    let present = rows
         .iter()
-        .map(|r| (r.get::<_, String>(0), r.get::<_, String>(1)))
-        .collect();
+        .map(|r| Ok((r.try_get::<_, String>(0)?, r.try_get::<_, String>(1)?)))
+        .collect::<Result<std::collections::HashSet<(String, String)>, tokio_postgres::Error>>()
+        .map_err(|e| StoreError::Internal(format!("unexpected catalog row: {e}")))?;
     let missing = missing_columns(&present);
     if missing.is_empty() {
         Ok(())

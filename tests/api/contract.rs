@@ -434,3 +434,36 @@ async fn a_database_that_refuses_connections_is_unavailable_and_recovery_needs_n
     );
     assert_eq!(app.admin_get("/readyz").await.0, 200);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_unix_socket_listener_is_private_to_its_user_and_serves_grpc() {
+    use std::os::unix::fs::PermissionsExt;
+    let db = TestDb::migrated().await;
+    let world = World::new(&db).await;
+    let resource = world.build(world.workspace().await, 1).await;
+    let agent = world.agent(resource, "main", RECORDED_INSTANCE).await;
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("agent-auth.sock");
+    let listen = format!("unix:{}", socket.display());
+    let app = TestApp::spawn(&db, |c| c.grpc_listen = listen.clone()).await;
+
+    let mode = std::fs::metadata(&socket).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600, "socket mode {mode:o}");
+    let channel = agent_auth::client::connect(&listen, Duration::from_secs(5))
+        .await
+        .unwrap();
+    let response = success(
+        agent_auth::client::authenticate(
+            channel,
+            aws_request(RECORDED_DOCUMENT, RECORDED_SIGNATURE, ""),
+        )
+        .await,
+    );
+    assert_eq!(response.session_token, agent.token.to_string());
+    assert!(matches!(
+        agent_auth::client::is_serving(&listen, "", Duration::from_secs(2)).await,
+        Ok(true)
+    ));
+    app.stop().await;
+    assert!(!socket.exists(), "the socket file is removed at shutdown");
+}

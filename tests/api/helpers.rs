@@ -224,10 +224,19 @@ impl TestApp {
     }
 
     pub async fn spawn_config(config: Config) -> Self {
+        let unix = match &config.grpc_listen {
+            agent_auth::config::ListenAddr::Unix(path) => Some(format!("unix:{}", path.display())),
+            agent_auth::config::ListenAddr::Tcp(_) => None,
+        };
         let app = App::build(config)
             .await
             .unwrap_or_else(|e| panic!("App::build: {e}"));
-        let grpc = app.grpc_addr().unwrap_or_else(|| panic!("no gRPC address"));
+        let grpc_url = unix.unwrap_or_else(|| {
+            format!(
+                "http://{}",
+                app.grpc_addr().unwrap_or_else(|| panic!("no gRPC address"))
+            )
+        });
         let admin = app
             .admin_addr()
             .unwrap_or_else(|| panic!("no admin address"));
@@ -236,7 +245,7 @@ impl TestApp {
             let _ = stopped.await;
         }));
         Self {
-            grpc_url: format!("http://{grpc}"),
+            grpc_url,
             admin_url: format!("http://{admin}"),
             stop: Some(stop),
             task: Some(task),
@@ -244,11 +253,9 @@ impl TestApp {
     }
 
     pub async fn channel(&self) -> Channel {
-        Channel::from_shared(self.grpc_url.clone())
-            .unwrap_or_else(|e| panic!("{e}"))
-            .connect()
+        agent_auth::client::connect(&self.grpc_url, Duration::from_secs(5))
             .await
-            .unwrap_or_else(|e| panic!("connect: {e}"))
+            .unwrap_or_else(|e| panic!("{e}"))
     }
 
     pub async fn authenticate(

@@ -12,12 +12,14 @@ use tokio::sync::watch;
 use tokio_stream::wrappers::{TcpListenerStream, UnixListenerStream};
 use tonic::transport::Server;
 
-use crate::auth::Authenticator;
+use crate::auth::{Authenticator, Trust};
 use crate::config::{Config, ListenAddr, SchemaMode};
 use crate::embedded::{EmbeddedError, EmbeddedOptions, EmbeddedPostgres};
 use crate::grpc::{self, AgentAuthService};
 use crate::http::admin::{self, AdminState};
-use crate::identity::aws::{AwsTrust, TrustError};
+use crate::identity::TrustError;
+use crate::identity::aws::AwsTrust;
+use crate::identity::azure::AzureTrust;
 use crate::store::{Store, StoreError, migrate};
 
 /// The database name the embedded cluster serves.
@@ -90,10 +92,13 @@ pub async fn prepare_database(config: &Config) -> Result<Database, AppError> {
 
 impl App {
     pub async fn build(config: Config) -> Result<Self, AppError> {
-        let aws = AwsTrust::load(&config.aws)?;
+        let trust = Trust {
+            aws: AwsTrust::load(&config.aws)?,
+            azure: AzureTrust::load(&config.azure)?,
+        };
         let database = prepare_database(&config).await?;
         let store = Store::connect(&database.url, &config.store)?;
-        let auth = Authenticator::new(aws, store);
+        let auth = Authenticator::new(trust, store, config.insecure_verify_time);
         let grpc_listener = match &config.grpc_listen {
             ListenAddr::Tcp(addr) => GrpcListener::Tcp(bind(*addr).await?),
             ListenAddr::Unix(path) => GrpcListener::Unix(bind_unix(path)?),

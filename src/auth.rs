@@ -7,9 +7,10 @@
 //! implementation of these rules.
 
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Instant, SystemTime};
 
 use crate::identity::aws::{AwsIdentity, AwsProof, AwsTrust};
+use crate::identity::azure::AzureTrust;
 use crate::identity::{Cloud, IdentityError, InstanceId};
 use crate::store::{Candidate, Resolution, Store, StoreError};
 
@@ -140,19 +141,32 @@ impl From<StoreError> for AuthError {
     }
 }
 
+/// The trust material of every cloud.
+pub struct Trust {
+    pub aws: AwsTrust,
+    pub azure: AzureTrust,
+}
+
 /// Verifies evidence and resolves agents. Shared by every transport.
 #[derive(Clone)]
 pub struct Authenticator {
-    aws: Arc<AwsTrust>,
+    trust: Arc<Trust>,
     store: Store,
+    /// `--insecure-verify-time`: verify as of this instant instead of now (tests only).
+    verify_time: Option<SystemTime>,
 }
 
 impl Authenticator {
-    pub fn new(aws: AwsTrust, store: Store) -> Self {
+    pub fn new(trust: Trust, store: Store, verify_time: Option<SystemTime>) -> Self {
         Self {
-            aws: Arc::new(aws),
+            trust: Arc::new(trust),
             store,
+            verify_time,
         }
+    }
+
+    fn now(&self) -> SystemTime {
+        self.verify_time.unwrap_or_else(SystemTime::now)
     }
 
     pub fn store(&self) -> &Store {
@@ -218,8 +232,20 @@ impl Authenticator {
                 encoding,
             } => {
                 check_field("signature", &signature, true)?;
-                check_field("encoding", &encoding, false)?;
-                return Err(AuthError::Unimplemented(Cloud::Azure));
+                if !(encoding.is_empty() || encoding == "pkcs7") {
+                    return Err(AuthError::Malformed(
+                        "encoding must be pkcs7 or empty".into(),
+                    ));
+                }
+                let identity =
+                    self.trust
+                        .azure
+                        .verify(&signature, self.now())
+                        .map_err(|cause| AuthError::InvalidIdentity {
+                            cloud: Cloud::Azure,
+                            cause,
+                        })?;
+                (Cloud::Azure, identity.instance_id)
             }
         };
         *instance = short_hash(instance_id.as_str());
@@ -255,7 +281,8 @@ impl Authenticator {
                 ));
             }
         };
-        self.aws
+        self.trust
+            .aws
             .verify(document, proof)
             .map_err(|cause| AuthError::InvalidIdentity {
                 cloud: Cloud::Aws,

@@ -141,6 +141,32 @@ pub struct ServeArgs {
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub aws_allowed_account: Vec<String>,
 
+    /// PEM bundle that replaces the built-in Azure roots (DigiCert Global Root G2 and G3).
+    #[arg(long, env = "AGENT_AUTH_AZURE_ROOTS", value_name = "PEM_PATH")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub azure_roots: Option<String>,
+
+    /// PEM bundle of intermediates added to the built-in Azure ones.
+    #[arg(long, env = "AGENT_AUTH_AZURE_INTERMEDIATES", value_name = "PEM_PATH")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub azure_intermediates: Option<String>,
+
+    /// Fetch missing Azure issuer certificates through AIA (not implemented yet: true is an
+    /// error) [default: false]
+    #[arg(long, env = "AGENT_AUTH_AZURE_FETCH_ISSUERS", value_name = "BOOL")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub azure_fetch_issuers: Option<String>,
+
+    /// Only Azure subscriptions listed here pass (all when none). Repeatable.
+    #[arg(
+        long,
+        env = "AGENT_AUTH_AZURE_ALLOWED_SUBSCRIPTION",
+        value_name = "ID",
+        value_delimiter = ','
+    )]
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub azure_allowed_subscription: Vec<String>,
+
     /// Verify certificates and expiry as of this RFC 3339 instant instead of now. For replaying
     /// recorded documents in tests only.
     #[arg(long, env = "AGENT_AUTH_INSECURE_VERIFY_TIME", value_name = "RFC3339")]

@@ -22,7 +22,7 @@ use openssl::x509::X509;
 use openssl::x509::store::X509StoreBuilder;
 use serde::Deserialize;
 
-use super::{IdentityError, InstanceId};
+use super::{IdentityError, InstanceId, TrustError};
 
 /// The region name that stands for every region without a key of its own.
 pub const DEFAULT_REGION: &str = "default";
@@ -76,18 +76,6 @@ pub struct AwsTrustConfig {
     pub rsa2048_certificates: Vec<(String, PathBuf)>,
     /// `--aws-allowed-account`: when non-empty, only these accounts pass.
     pub allowed_accounts: Vec<String>,
-}
-
-/// A failure to load trust material at start-up (never seen by callers).
-#[derive(Debug, thiserror::Error)]
-pub enum TrustError {
-    #[error("cannot read {path}: {source}")]
-    Read {
-        path: PathBuf,
-        source: std::io::Error,
-    },
-    #[error("{what} is not a PEM certificate with an RSA public key: {reason}")]
-    BadCertificate { what: String, reason: String },
 }
 
 /// One pinned certificate, kept for its key and so operators can see its expiry.
@@ -294,7 +282,7 @@ fn pin(region: &str, pem: &[u8], what: &str) -> Result<PinnedCertificate, TrustE
     let certificate = X509::from_pem(pem).map_err(|e| bad(e.to_string()))?;
     let key = certificate.public_key().map_err(|e| bad(e.to_string()))?;
     if key.rsa().is_err() {
-        return Err(bad("the key is not RSA".into()));
+        return Err(bad("the key is not RSA (AWS keys are)".into()));
     }
     Ok(PinnedCertificate {
         region: region.to_owned(),

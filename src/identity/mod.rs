@@ -6,6 +6,7 @@
 //! Nothing in this module touches the database or the network.
 
 pub mod aws;
+pub mod azure;
 
 use std::fmt;
 
@@ -70,6 +71,18 @@ impl fmt::Display for InstanceId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&self.0)
     }
+}
+
+/// A failure to load trust material at start-up (never seen by callers).
+#[derive(Debug, thiserror::Error)]
+pub enum TrustError {
+    #[error("cannot read {path}: {source}")]
+    Read {
+        path: std::path::PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{what} is not a usable PEM certificate: {reason}")]
+    BadCertificate { what: String, reason: String },
 }
 
 /// Why evidence failed. The `Display` text is for logs only, never for the caller.

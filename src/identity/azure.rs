@@ -1,0 +1,478 @@
+//! Azure IMDS attested documents (DESIGN.md section 4, Azure).
+//!
+//! 1. Base64 → PKCS#7 SignedData with the JSON attached; verify the signature with the signer
+//!    certificate embedded in it (OpenSSL).
+//! 2. Build the chain from that signer through pinned intermediates to pinned roots, at `now`.
+//!    Rule from review: the system trust store is never consulted, so no CA the host happens to
+//!    trust can sign "Azure" documents.
+//! 3. The signer must be `metadata.azure.{com,us,cn}` or `metadata.microsoftazure.de` (or a
+//!    subdomain): its CN, and when it has SAN DNS names, at least one of them.
+//! 4. `timeStamp.expiresOn` not past and `createdOn` not in the future (60 s leeway each);
+//!    `subscriptionId` against the allow-list; `vmId` must not be empty.
+
+use std::collections::HashSet;
+use std::path::{Path, PathBuf};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use openssl::nid::Nid;
+use openssl::pkcs7::{Pkcs7, Pkcs7Flags};
+use openssl::stack::Stack;
+use openssl::x509::store::{X509Store, X509StoreBuilder};
+use openssl::x509::verify::X509VerifyParam;
+use openssl::x509::{X509, X509StoreContext};
+use serde::Deserialize;
+
+use super::{IdentityError, InstanceId, TrustError};
+
+/// Leeway on `createdOn` and `expiresOn`.
+pub const LEEWAY_SECONDS: i64 = 60;
+
+/// Names an Azure IMDS signer may carry (and their subdomains).
+const SIGNER_NAMES: &[&str] = &[
+    "metadata.azure.com",
+    "metadata.azure.us",
+    "metadata.azure.cn",
+    "metadata.microsoftazure.de",
+];
+
+/// Built-in roots; `--azure-roots` replaces them. Sources: `roots/azure/README.md`.
+const BUILTIN_ROOTS: &[&[u8]] = &[
+    include_bytes!("roots/azure/digicert-global-root-g2.pem"),
+    include_bytes!("roots/azure/digicert-global-root-g3.pem"),
+];
+
+/// Built-in intermediates; `--azure-intermediates` adds to them.
+const BUILTIN_INTERMEDIATES: &[&[u8]] = &[
+    include_bytes!("roots/azure/microsoft-tls-g2-rsa-ca-ocsp-02.pem"),
+    include_bytes!("roots/azure/microsoft-tls-rsa-root-g2-xsign.pem"),
+    include_bytes!("roots/azure/microsoft-azure-rsa-tls-issuing-ca-08.pem"),
+    include_bytes!("roots/azure/microsoft-azure-tls-issuing-ca-05.pem"),
+    include_bytes!("roots/azure/microsoft-rsa-tls-ca-01.pem"),
+];
+
+/// Where Azure trust comes from.
+#[derive(Debug, Clone, Default)]
+pub struct AzureTrustConfig {
+    /// `--azure-roots`: a PEM bundle replacing the built-in roots.
+    pub roots: Option<PathBuf>,
+    /// `--azure-intermediates`: a PEM bundle added to the built-in intermediates.
+    pub intermediates: Option<PathBuf>,
+    /// `--azure-allowed-subscription`: when non-empty, only these pass.
+    pub allowed_subscriptions: Vec<String>,
+}
+
+/// Loaded Azure trust material.
+#[derive(Clone)]
+pub struct AzureTrust {
+    roots: Vec<X509>,
+    intermediates: Vec<X509>,
+    allowed_subscriptions: HashSet<String>,
+}
+
+/// What a verified attested document says.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AzureIdentity {
+    pub instance_id: InstanceId,
+    pub subscription_id: String,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct AttestedDocument {
+    #[serde(default)]
+    vm_id: String,
+    #[serde(default)]
+    subscription_id: String,
+    time_stamp: TimeStamp,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct TimeStamp {
+    created_on: String,
+    expires_on: String,
+}
+
+impl AzureTrust {
+    pub fn load(config: &AzureTrustConfig) -> Result<Self, TrustError> {
+        let roots = match &config.roots {
+            Some(path) => read_bundle(path)?,
+            None => builtin(BUILTIN_ROOTS, "built-in Azure root")?,
+        };
+        let mut intermediates = builtin(BUILTIN_INTERMEDIATES, "built-in Azure intermediate")?;
+        if let Some(path) = &config.intermediates {
+            intermediates.extend(read_bundle(path)?);
+        }
+        Ok(Self {
+            roots,
+            intermediates,
+            allowed_subscriptions: config.allowed_subscriptions.iter().cloned().collect(),
+        })
+    }
+
+    /// Every pinned certificate, for expiry reporting.
+    pub fn certificates(&self) -> impl Iterator<Item = &X509> {
+        self.roots.iter().chain(self.intermediates.iter())
+    }
+
+    /// Verifies a base64 attested document as of `now`.
+    pub fn verify(&self, signature: &str, now: SystemTime) -> Result<AzureIdentity, IdentityError> {
+        let der = super::decode_base64(signature)?;
+        let pkcs7 =
+            Pkcs7::from_der(&der).map_err(|e| IdentityError::Malformed(format!("PKCS#7: {e}")))?;
+        let (signer, content) = signed_content(&pkcs7)?;
+        let unix_now = seconds(now);
+        self.verify_chain(&signer, unix_now)?;
+        check_signer_name(&signer)?;
+        let document: AttestedDocument = serde_json::from_slice(&content)
+            .map_err(|e| IdentityError::Malformed(format!("attested content: {e}")))?;
+        let created = parse_timestamp(&document.time_stamp.created_on)?;
+        let expires = parse_timestamp(&document.time_stamp.expires_on)?;
+        if expires + LEEWAY_SECONDS < unix_now {
+            return Err(IdentityError::Rejected(format!(
+                "expired at {}",
+                document.time_stamp.expires_on
+            )));
+        }
+        if created - LEEWAY_SECONDS > unix_now {
+            return Err(IdentityError::Rejected(format!(
+                "created in the future, {}",
+                document.time_stamp.created_on
+            )));
+        }
+        if !self.allowed_subscriptions.is_empty()
+            && !self
+                .allowed_subscriptions
+                .contains(&document.subscription_id)
+        {
+            return Err(IdentityError::NotAllowed(format!(
+                "subscription {}",
+                document.subscription_id
+            )));
+        }
+        let instance_id = InstanceId::new(document.vm_id)
+            .ok_or_else(|| IdentityError::Rejected("empty vmId".into()))?;
+        Ok(AzureIdentity {
+            instance_id,
+            subscription_id: document.subscription_id,
+        })
+    }
+
+    fn verify_chain(&self, signer: &X509, unix_now: i64) -> Result<(), IdentityError> {
+        let bad = |e: openssl::error::ErrorStack| IdentityError::BadSignature(e.to_string());
+        let store = self.store_at(unix_now).map_err(bad)?;
+        let mut chain = Stack::new().map_err(bad)?;
+        for intermediate in &self.intermediates {
+            chain.push(intermediate.clone()).map_err(bad)?;
+        }
+        let mut context = X509StoreContext::new().map_err(bad)?;
+        let outcome = context
+            .init(&store, signer, &chain, |ctx| {
+                let ok = ctx.verify_cert()?;
+                Ok((ok, ctx.error()))
+            })
+            .map_err(bad)?;
+        match outcome {
+            (true, _) => Ok(()),
+            (false, error) => Err(IdentityError::BadSignature(format!(
+                "signer chain: {}",
+                error.error_string()
+            ))),
+        }
+    }
+
+    fn store_at(&self, unix_now: i64) -> Result<X509Store, openssl::error::ErrorStack> {
+        let mut builder = X509StoreBuilder::new()?;
+        for root in &self.roots {
+            builder.add_cert(root.clone())?;
+        }
+        let mut param = X509VerifyParam::new()?;
+        param.set_time(unix_now as _);
+        builder.set_param(&param)?;
+        Ok(builder.build())
+    }
+}
+
+/// Verifies the PKCS#7 signature with its embedded signer; returns the signer and the content.
+fn signed_content(pkcs7: &Pkcs7) -> Result<(X509, Vec<u8>), IdentityError> {
+    let bad = |e: openssl::error::ErrorStack| IdentityError::BadSignature(e.to_string());
+    let none = Stack::new().map_err(bad)?;
+    // The chain is checked separately against pinned trust; an empty store here only lets
+    // OpenSSL check the signature itself (NOVERIFY skips its S/MIME chain check).
+    let store = X509StoreBuilder::new().map_err(bad)?.build();
+    let mut content = Vec::new();
+    pkcs7
+        .verify(
+            &none,
+            &store,
+            None,
+            Some(&mut content),
+            Pkcs7Flags::NOVERIFY,
+        )
+        .map_err(bad)?;
+    let signers = pkcs7.signers(&none, Pkcs7Flags::empty()).map_err(bad)?;
+    if signers.len() != 1 {
+        return Err(IdentityError::Rejected(format!(
+            "{} signers, expected 1",
+            signers.len()
+        )));
+    }
+    let signer = signers
+        .get(0)
+        .map(|s| s.to_owned())
+        .ok_or_else(|| IdentityError::Rejected("no signer".into()))?;
+    Ok((signer, content))
+}
+
+fn check_signer_name(signer: &X509) -> Result<(), IdentityError> {
+    let common_name = signer
+        .subject_name()
+        .entries_by_nid(Nid::COMMONNAME)
+        .next()
+        .and_then(|entry| entry.data().to_string().ok())
+        .unwrap_or_default();
+    if !is_metadata_name(&common_name) {
+        return Err(IdentityError::Rejected(format!(
+            "signer CN {common_name:?} is not Azure metadata"
+        )));
+    }
+    if let Some(names) = signer.subject_alt_names() {
+        let dns: Vec<&str> = names.iter().filter_map(|n| n.dnsname()).collect();
+        if !dns.is_empty() && !dns.iter().any(|name| is_metadata_name(name)) {
+            return Err(IdentityError::Rejected(
+                "no signer SAN is Azure metadata".into(),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// `^(.*\.)?metadata\.(azure\.(com|us|cn)|microsoftazure\.de)$`, as Coder checks it.
+fn is_metadata_name(name: &str) -> bool {
+    SIGNER_NAMES.iter().any(|suffix| {
+        name == *suffix
+            || name
+                .strip_suffix(suffix)
+                .is_some_and(|prefix| prefix.ends_with('.'))
+    })
+}
+
+/// Parses IMDS's `MM/DD/YY HH:MM:SS -0000` into Unix seconds.
+fn parse_timestamp(value: &str) -> Result<i64, IdentityError> {
+    let bad = || IdentityError::Malformed(format!("timestamp {value:?}"));
+    let mut parts = value.split(' ');
+    let (Some(date), Some(time), Some(offset), None) =
+        (parts.next(), parts.next(), parts.next(), parts.next())
+    else {
+        return Err(bad());
+    };
+    let numbers = |s: &str, sep: char| -> Option<Vec<i64>> {
+        let fields: Vec<i64> = s
+            .split(sep)
+            .map(|f| f.parse().ok())
+            .collect::<Option<_>>()?;
+        (fields.len() == 3 && s.split(sep).all(|f| f.len() == 2)).then_some(fields)
+    };
+    let date = numbers(date, '/').ok_or_else(bad)?;
+    let time = numbers(time, ':').ok_or_else(bad)?;
+    let (month, day, year) = (date[0], date[1], 2000 + date[2]);
+    let (hour, minute, second) = (time[0], time[1], time[2]);
+    if !(1..=12).contains(&month)
+        || !(1..=31).contains(&day)
+        || hour > 23
+        || minute > 59
+        || second > 60
+    {
+        return Err(bad());
+    }
+    let sign = match offset.as_bytes().first() {
+        Some(b'+') => 1,
+        Some(b'-') => -1,
+        _ => return Err(bad()),
+    };
+    let digits = &offset[1..];
+    if digits.len() != 4 || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(bad());
+    }
+    let offset_minutes: i64 = digits[..2].parse::<i64>().map_err(|_| bad())? * 60
+        + digits[2..].parse::<i64>().map_err(|_| bad())?;
+    let days = days_from_civil(year, month, day);
+    Ok(days * 86_400 + hour * 3600 + minute * 60 + second - sign * offset_minutes * 60)
+}
+
+/// Days since 1970-01-01 of a proleptic Gregorian date (Howard Hinnant's algorithm).
+fn days_from_civil(year: i64, month: i64, day: i64) -> i64 {
+    let year = if month <= 2 { year - 1 } else { year };
+    let era = year.div_euclid(400);
+    let year_of_era = year - era * 400;
+    let month_index = (month + 9) % 12;
+    let day_of_year = (153 * month_index + 2) / 5 + day - 1;
+    let day_of_era = year_of_era * 365 + year_of_era / 4 - year_of_era / 100 + day_of_year;
+    era * 146_097 + day_of_era - 719_468
+}
+
+fn seconds(time: SystemTime) -> i64 {
+    match time.duration_since(UNIX_EPOCH) {
+        Ok(d) => i64::try_from(d.as_secs()).unwrap_or(i64::MAX),
+        Err(e) => -i64::try_from(e.duration().as_secs()).unwrap_or(i64::MAX),
+    }
+}
+
+fn builtin(pems: &[&[u8]], what: &str) -> Result<Vec<X509>, TrustError> {
+    pems.iter()
+        .map(|pem| {
+            X509::from_pem(pem).map_err(|e| TrustError::BadCertificate {
+                what: what.to_owned(),
+                reason: e.to_string(),
+            })
+        })
+        .collect()
+}
+
+fn read_bundle(path: &Path) -> Result<Vec<X509>, TrustError> {
+    let pem = std::fs::read(path).map_err(|source| TrustError::Read {
+        path: path.to_owned(),
+        source,
+    })?;
+    let certificates = X509::stack_from_pem(&pem).map_err(|e| TrustError::BadCertificate {
+        what: path.display().to_string(),
+        reason: e.to_string(),
+    })?;
+    if certificates.is_empty() {
+        return Err(TrustError::BadCertificate {
+            what: path.display().to_string(),
+            reason: "no certificate in the file".into(),
+        });
+    }
+    Ok(certificates)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn imds_timestamps_parse_to_unix_seconds() {
+        // 2026-06-25T18:56:45Z
+        assert_eq!(
+            parse_timestamp("06/25/26 18:56:45 -0000").ok(),
+            Some(1_782_413_805)
+        );
+        assert_eq!(
+            parse_timestamp("06/25/26 20:56:45 +0200").ok(),
+            Some(1_782_413_805)
+        );
+        for bad in [
+            "",
+            "06/25/26 18:56:45",
+            "6/25/26 18:56:45 -0000",
+            "13/25/26 18:56:45 -0000",
+            "06/25/26 18:56:45 0000",
+        ] {
+            assert!(parse_timestamp(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn signer_names_follow_coders_pattern() {
+        for ok in [
+            "metadata.azure.com",
+            "eastus.metadata.azure.com",
+            "metadata.azure.us",
+            "metadata.azure.cn",
+            "a.b.metadata.microsoftazure.de",
+        ] {
+            assert!(is_metadata_name(ok), "{ok}");
+        }
+        for bad in [
+            "evilmetadata.azure.com",
+            "metadata.azure.com.evil",
+            "metadata.azure.org",
+            "",
+            "azure.com",
+        ] {
+            assert!(!is_metadata_name(bad), "{bad}");
+        }
+    }
+
+    fn at(rfc3339: &str) -> SystemTime {
+        humantime::parse_rfc3339(rfc3339).unwrap_or(UNIX_EPOCH)
+    }
+
+    /// Built-in trust plus the expired Baltimore root the 2022 document chains to.
+    fn trust() -> AzureTrust {
+        let mut trust = match AzureTrust::load(&AzureTrustConfig::default()) {
+            Ok(trust) => trust,
+            Err(e) => panic!("{e}"),
+        };
+        let baltimore = include_bytes!("../../tests/fixtures/azure/baltimore-cybertrust-root.pem");
+        trust.roots.extend(X509::from_pem(baltimore));
+        trust
+    }
+
+    const VECTORS: &[(&str, &str, &str, &str)] = &[
+        (
+            include_str!("../../tests/fixtures/azure/azure-attested-2022-regular.b64"),
+            "bd8e7443-24a0-41f3-b949-8baf4fd1c573",
+            "2022-04-19T02:27:21Z",
+            "2022-04-19T07:29:00Z",
+        ),
+        (
+            include_str!("../../tests/fixtures/azure/azure-attested-2023-govcloud.b64"),
+            "990878d4-068a-4ac4-9ee9-1231d2218ef2",
+            "2023-03-08T18:09:33Z",
+            "2023-03-08T23:11:00Z",
+        ),
+        (
+            include_str!("../../tests/fixtures/azure/azure-attested-2024-rsa.b64"),
+            "960a4b4a-dab2-44ef-9b73-7753043b4f16",
+            "2024-04-22T18:32:45Z",
+            "2024-04-22T23:34:00Z",
+        ),
+        (
+            include_str!("../../tests/fixtures/azure/azure-attested-2026-g2-regular.b64"),
+            "dc18de58-292f-4794-9a5d-a4192bad0039",
+            "2026-06-25T19:56:45Z",
+            "2026-06-26T00:58:00Z",
+        ),
+    ];
+
+    #[test]
+    fn recorded_documents_verify_at_their_instants_and_fail_after_expires_on() {
+        let trust = trust();
+        for (document, vm_id, valid_at, expired_at) in VECTORS {
+            let verified = trust
+                .verify(document, at(valid_at))
+                .map(|i| i.instance_id.to_string());
+            assert_eq!(
+                verified.map_err(|e| e.to_string()),
+                Ok((*vm_id).to_owned()),
+                "{vm_id} at {valid_at}"
+            );
+            assert!(
+                matches!(
+                    trust.verify(document, at(expired_at)),
+                    Err(IdentityError::Rejected(_))
+                ),
+                "{vm_id} at {expired_at}"
+            );
+        }
+    }
+
+    #[test]
+    fn the_2026_document_fails_once_its_leaf_expired() {
+        assert!(matches!(
+            trust().verify(VECTORS[3].0, at("2027-01-01T00:00:00Z")),
+            Err(IdentityError::BadSignature(_))
+        ));
+    }
+
+    #[test]
+    fn builtin_trust_loads() {
+        let trust = AzureTrust::load(&AzureTrustConfig::default());
+        assert_eq!(
+            trust.map(|t| (t.roots.len(), t.intermediates.len())).ok(),
+            Some((2, 5))
+        );
+    }
+}

@@ -13,13 +13,16 @@ use tokio_stream::wrappers::{TcpListenerStream, UnixListenerStream};
 use tonic::transport::Server;
 
 use crate::auth::{Authenticator, Trust};
+use crate::config::JwksSource;
 use crate::config::{Config, ListenAddr, SchemaMode};
 use crate::embedded::{EmbeddedError, EmbeddedOptions, EmbeddedPostgres};
+use crate::fetch::{self, Fetcher};
 use crate::grpc::{self, AgentAuthService};
 use crate::http::admin::{self, AdminState};
 use crate::identity::TrustError;
 use crate::identity::aws::AwsTrust;
 use crate::identity::azure::AzureTrust;
+use crate::identity::gcp::{GcpPolicy, Jwks};
 use crate::store::{Store, StoreError, migrate};
 
 /// The database name the embedded cluster serves.
@@ -92,9 +95,25 @@ pub async fn prepare_database(config: &Config) -> Result<Database, AppError> {
 
 impl App {
     pub async fn build(config: Config) -> Result<Self, AppError> {
+        let gcp_keys = match &config.gcp.jwks {
+            JwksSource::Url(url) => {
+                let fetcher = Fetcher::new(fetch::DEFAULT_TIMEOUT, fetch::DEFAULT_MAX_BYTES)
+                    .map_err(|e| AppError::Serve(e.to_string()))?;
+                let jwks = Arc::new(Jwks::from_url(url, fetcher));
+                // In the background: a machine without internet still serves AWS and Azure.
+                jwks.spawn_refresher();
+                jwks
+            }
+            JwksSource::File(path) => Arc::new(Jwks::from_file(path)?),
+        };
         let trust = Trust {
             aws: AwsTrust::load(&config.aws)?,
             azure: AzureTrust::load(&config.azure)?,
+            gcp_keys,
+            gcp_policy: GcpPolicy {
+                audience: config.gcp.audience.clone(),
+                allowed_projects: config.gcp.allowed_projects.iter().cloned().collect(),
+            },
         };
         let database = prepare_database(&config).await?;
         let store = Store::connect(&database.url, &config.store)?;

@@ -11,6 +11,7 @@ use std::time::{Instant, SystemTime};
 
 use crate::identity::aws::{AwsIdentity, AwsProof, AwsTrust};
 use crate::identity::azure::AzureTrust;
+use crate::identity::gcp::{self, GcpFailure, GcpPolicy, Jwks};
 use crate::identity::{Cloud, IdentityError, InstanceId};
 use crate::store::{Candidate, Resolution, Store, StoreError};
 
@@ -55,8 +56,6 @@ pub enum AuthError {
     Malformed(String),
     #[error("invalid {cloud} identity: {cause}")]
     InvalidIdentity { cloud: Cloud, cause: IdentityError },
-    #[error("{0} instance identity is not implemented yet")]
-    Unimplemented(Cloud),
     #[error("instance not found")]
     InstanceNotFound { instance_id: InstanceId },
     #[error("agent name not found")]
@@ -73,6 +72,8 @@ pub enum AuthError {
     NotLatestBuild { instance_id: InstanceId },
     #[error("{0}")]
     DatabaseUnavailable(String),
+    #[error("{0} trust material is not available yet")]
+    TrustUnavailable(Cloud),
     #[error("internal: {0}")]
     Internal(String),
 }
@@ -83,12 +84,12 @@ impl AuthError {
         match self {
             AuthError::Malformed(_) => "MALFORMED_REQUEST",
             AuthError::InvalidIdentity { .. } => "INVALID_IDENTITY",
-            AuthError::Unimplemented(_) => "UNIMPLEMENTED",
             AuthError::InstanceNotFound { .. } => "INSTANCE_NOT_FOUND",
             AuthError::AgentNameNotFound { .. } => "AGENT_NAME_NOT_FOUND",
             AuthError::AmbiguousAgent { .. } => "AMBIGUOUS_AGENT",
             AuthError::NotLatestBuild { .. } => "NOT_LATEST_BUILD",
             AuthError::DatabaseUnavailable(_) => "DATABASE_UNAVAILABLE",
+            AuthError::TrustUnavailable(_) => "TRUST_UNAVAILABLE",
             AuthError::Internal(_) => "INTERNAL",
         }
     }
@@ -98,14 +99,6 @@ impl AuthError {
         match self {
             AuthError::Malformed(what) => format!("Malformed request: {what}."),
             AuthError::InvalidIdentity { cloud, .. } => cloud.invalid_identity_message().into(),
-            AuthError::Unimplemented(cloud) => format!(
-                "{} instance identity is not supported by this server yet.",
-                match cloud {
-                    Cloud::Aws => "AWS",
-                    Cloud::Google => "GCP",
-                    Cloud::Azure => "Azure",
-                }
-            ),
             AuthError::InstanceNotFound { instance_id } => {
                 format!(
                     "Instance with id {} not found.",
@@ -127,6 +120,9 @@ impl AuthError {
                 go_quote(instance_id.as_str())
             ),
             AuthError::DatabaseUnavailable(_) => "The database is unavailable. Retry later.".into(),
+            AuthError::TrustUnavailable(_) => {
+                "The signing keys are not available yet. Retry later.".into()
+            }
             AuthError::Internal(_) => "Internal error.".into(),
         }
     }
@@ -145,6 +141,8 @@ impl From<StoreError> for AuthError {
 pub struct Trust {
     pub aws: AwsTrust,
     pub azure: AzureTrust,
+    pub gcp_keys: Arc<Jwks>,
+    pub gcp_policy: GcpPolicy,
 }
 
 /// Verifies evidence and resolves agents. Shared by every transport.
@@ -225,7 +223,7 @@ impl Authenticator {
             }
             Evidence::Google { json_web_token } => {
                 check_field("json_web_token", &json_web_token, true)?;
-                return Err(AuthError::Unimplemented(Cloud::Google));
+                (Cloud::Google, self.verify_gcp(json_web_token.trim()).await?)
             }
             Evidence::Azure {
                 signature,
@@ -256,6 +254,33 @@ impl Authenticator {
             instance_id,
             agent,
         })
+    }
+
+    /// Verifies a GCP token; an unknown `kid` earns one rate-limited JWKS refetch.
+    async fn verify_gcp(&self, token: &str) -> Result<InstanceId, AuthError> {
+        let keys = &self.trust.gcp_keys;
+        let policy = &self.trust.gcp_policy;
+        let invalid = |cause| AuthError::InvalidIdentity {
+            cloud: Cloud::Google,
+            cause,
+        };
+        let current = keys
+            .current()
+            .ok_or(AuthError::TrustUnavailable(Cloud::Google))?;
+        let outcome = match gcp::verify(token, &current, policy, self.now()) {
+            Err(GcpFailure::UnknownKid(_)) => match keys.refetch_for_unknown_kid().await {
+                Some(fresh) => gcp::verify(token, &fresh, policy, self.now()),
+                None => return Err(AuthError::TrustUnavailable(Cloud::Google)),
+            },
+            other => other,
+        };
+        match outcome {
+            Ok(identity) => Ok(identity.instance_id),
+            Err(GcpFailure::UnknownKid(kid)) => Err(invalid(IdentityError::NoTrustedKey(format!(
+                "JWT kid {kid:?} is not in the JWKS"
+            )))),
+            Err(GcpFailure::Invalid(cause)) => Err(invalid(cause)),
+        }
     }
 
     fn verify_aws(

@@ -141,6 +141,27 @@ pub struct ServeArgs {
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub aws_allowed_account: Vec<String>,
 
+    /// GCP JWKS: a URL (fetched in the background, cached for max-age) or a file
+    /// [default: https://www.googleapis.com/oauth2/v3/certs]
+    #[arg(long, env = "AGENT_AUTH_GCP_JWKS", value_name = "URL_OR_PATH")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub gcp_jwks: Option<String>,
+
+    /// Required `aud` of GCP tokens; agents request `coder` [default: coder]
+    #[arg(long, env = "AGENT_AUTH_GCP_AUDIENCE", value_name = "AUD")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub gcp_audience: Option<String>,
+
+    /// Only GCP projects listed here pass (all when none). Repeatable.
+    #[arg(
+        long,
+        env = "AGENT_AUTH_GCP_ALLOWED_PROJECT",
+        value_name = "ID",
+        value_delimiter = ','
+    )]
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub gcp_allowed_project: Vec<String>,
+
     /// PEM bundle that replaces the built-in Azure roots (DigiCert Global Root G2 and G3).
     #[arg(long, env = "AGENT_AUTH_AZURE_ROOTS", value_name = "PEM_PATH")]
     #[serde(skip_serializing_if = "Option::is_none")]

@@ -55,6 +55,9 @@ pub struct RawConfig {
     pub aws_certificate: Vec<String>,
     pub aws_rsa2048_certificate: Vec<String>,
     pub aws_allowed_account: Vec<String>,
+    pub gcp_jwks: String,
+    pub gcp_audience: String,
+    pub gcp_allowed_project: Vec<String>,
     pub azure_roots: Option<String>,
     pub azure_intermediates: Option<String>,
     pub azure_fetch_issuers: bool,
@@ -82,6 +85,9 @@ impl Default for RawConfig {
             aws_certificate: Vec::new(),
             aws_rsa2048_certificate: Vec::new(),
             aws_allowed_account: Vec::new(),
+            gcp_jwks: crate::identity::gcp::GOOGLE_JWKS_URL.into(),
+            gcp_audience: "coder".into(),
+            gcp_allowed_project: Vec::new(),
             azure_roots: None,
             azure_intermediates: None,
             azure_fetch_issuers: false,
@@ -99,6 +105,21 @@ impl Default for RawConfig {
 pub enum ListenAddr {
     Tcp(SocketAddr),
     Unix(PathBuf),
+}
+
+/// Where the GCP signing keys come from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum JwksSource {
+    Url(String),
+    File(PathBuf),
+}
+
+/// GCP settings.
+#[derive(Debug, Clone)]
+pub struct GcpConfig {
+    pub jwks: JwksSource,
+    pub audience: String,
+    pub allowed_projects: Vec<String>,
 }
 
 /// `--schema`.
@@ -131,6 +152,7 @@ pub struct Config {
     pub max_concurrent_requests: usize,
     pub aws: AwsTrustConfig,
     pub azure: AzureTrustConfig,
+    pub gcp: GcpConfig,
     pub insecure_verify_time: Option<SystemTime>,
     pub log_format: LogFormat,
     pub log_level: String,
@@ -235,6 +257,29 @@ impl Config {
                 .filter(|s| !s.is_empty())
                 .collect(),
         };
+        let jwks = raw.gcp_jwks.trim();
+        let gcp = GcpConfig {
+            jwks: if jwks.starts_with("https://") || jwks.starts_with("http://") {
+                jwks.parse::<hyper::Uri>()
+                    .map_err(|e| ConfigError::new("gcp_jwks", format!("invalid URL: {e}")))?;
+                JwksSource::Url(jwks.to_owned())
+            } else {
+                match optional_file("gcp_jwks", Some(jwks))? {
+                    Some(path) => JwksSource::File(path),
+                    None => return Err(ConfigError::new("gcp_jwks", "expected a URL or a file")),
+                }
+            },
+            audience: match raw.gcp_audience.trim() {
+                "" => return Err(ConfigError::new("gcp_audience", "must not be empty")),
+                audience => audience.to_owned(),
+            },
+            allowed_projects: raw
+                .gcp_allowed_project
+                .iter()
+                .map(|p| p.trim().to_owned())
+                .filter(|p| !p.is_empty())
+                .collect(),
+        };
         let insecure_verify_time = match raw.insecure_verify_time.as_deref() {
             None | Some("") => None,
             Some(t) => Some(
@@ -268,6 +313,7 @@ impl Config {
             max_concurrent_requests: raw.max_concurrent_requests,
             aws,
             azure,
+            gcp,
             insecure_verify_time,
             log_format,
             log_level: raw.log_level,

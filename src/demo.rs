@@ -34,13 +34,17 @@ pub async fn run(args: DemoArgs) -> Result<(), String> {
     let cluster = EmbeddedPostgres::start(options)
         .await
         .map_err(|e| e.to_string())?;
-    let outcome = with_cluster(&cluster, &args).await;
+    let outcome = with_cluster(&cluster, &data_dir, &args).await;
     println!("6. Stopping PostgreSQL");
     cluster.stop().await.map_err(|e| e.to_string())?;
     outcome
 }
 
-async fn with_cluster(cluster: &EmbeddedPostgres, args: &DemoArgs) -> Result<(), String> {
+async fn with_cluster(
+    cluster: &EmbeddedPostgres,
+    cluster_dir: &std::path::Path,
+    args: &DemoArgs,
+) -> Result<(), String> {
     cluster
         .ensure_database(EMBEDDED_DATABASE)
         .await
@@ -75,6 +79,10 @@ async fn with_cluster(cluster: &EmbeddedPostgres, args: &DemoArgs) -> Result<(),
         ..RawConfig::default()
     };
     raw.log_level = "warn".into();
+    // The demo is AWS only: no GCP keys, so nothing is fetched from the internet.
+    let empty_jwks = cluster_dir.join("gcp-jwks.json");
+    std::fs::write(&empty_jwks, r#"{"keys":[]}"#).map_err(|e| e.to_string())?;
+    raw.gcp_jwks = empty_jwks.display().to_string();
     let config = Config::from_raw(raw).map_err(|e| e.to_string())?;
     let app = App::build(config).await.map_err(|e| e.to_string())?;
     let addr = app.grpc_addr().ok_or("the gRPC listener has no address")?;

@@ -24,6 +24,7 @@ pub mod client;
 pub mod config;
 pub mod demo;
 pub mod embedded;
+pub mod fetch;
 pub mod grpc;
 pub mod http;
 pub mod identity;

@@ -38,12 +38,11 @@ pub fn to_status(error: &AuthError) -> Status {
     let code = match error {
         AuthError::Malformed(_) => Code::InvalidArgument,
         AuthError::InvalidIdentity { .. } => Code::Unauthenticated,
-        AuthError::Unimplemented(_) => Code::Unimplemented,
         AuthError::InstanceNotFound { .. } | AuthError::AgentNameNotFound { .. } => Code::NotFound,
         AuthError::AmbiguousAgent { .. } | AuthError::NotLatestBuild { .. } => {
             Code::FailedPrecondition
         }
-        AuthError::DatabaseUnavailable(_) => Code::Unavailable,
+        AuthError::DatabaseUnavailable(_) | AuthError::TrustUnavailable(_) => Code::Unavailable,
         AuthError::Internal(_) => Code::Internal,
     };
     with_reason(code, error.message(), error.reason())

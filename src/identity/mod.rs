@@ -7,6 +7,7 @@
 
 pub mod aws;
 pub mod azure;
+pub mod gcp;
 
 use std::fmt;
 

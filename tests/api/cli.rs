@@ -206,6 +206,13 @@ async fn serve_runs_on_an_embedded_database_and_stops_it_on_sigterm() {
     let (grpc, admin) = (free_port(), free_port());
     let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_agent-auth"))
         .args(["serve", "--log-format", "text"])
+        .args([
+            "--gcp-jwks",
+            concat!(
+                env!("CARGO_MANIFEST_DIR"),
+                "/tests/fixtures/gcp/empty-jwks.json"
+            ),
+        ])
         .arg("--data-dir")
         .arg(&data_dir)
         .args([

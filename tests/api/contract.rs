@@ -79,26 +79,6 @@ async fn requests_of_the_wrong_shape_are_invalid_argument_and_run_no_sql() {
     }
 }
 
-#[tokio::test]
-async fn gcp_answers_unimplemented_for_now() {
-    let db = TestDb::migrated().await;
-    let app = TestApp::spawn(&db, |_| {}).await;
-    let google = pb::AuthenticateRequest {
-        identity: Some(pb::authenticate_request::Identity::Google(
-            pb::GoogleInstanceIdentity {
-                json_web_token: "a.b.c".into(),
-            },
-        )),
-        agent_name: String::new(),
-    };
-    let (code, _, message) = failure(app.authenticate(google).await);
-    assert_eq!(code, Code::Unimplemented);
-    assert_eq!(
-        message,
-        "GCP instance identity is not supported by this server yet."
-    );
-}
-
 /// Sends raw bytes as the request message and returns the status.
 async fn send_raw(app: &TestApp, message: Vec<u8>) -> tonic::Status {
     #[derive(Clone, Default)]

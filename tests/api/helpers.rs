@@ -297,6 +297,12 @@ pub fn test_config(db: &TestDb) -> RawConfig {
         postgres_url: Some(db.url.clone()),
         log_level: "warn".into(),
         db_pool_size: 4,
+        // Never the real Google URL: tests reach loopback only.
+        gcp_jwks: concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/fixtures/gcp/empty-jwks.json"
+        )
+        .into(),
         ..RawConfig::default()
     }
 }

@@ -6,6 +6,7 @@ mod aws;
 mod azure;
 mod cli;
 mod contract;
+mod gcp;
 mod helpers;
 mod resolution;
 mod schema;

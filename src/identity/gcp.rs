@@ -1,0 +1,306 @@
+//! GCP instance identity tokens (DESIGN.md section 4, GCP).
+//!
+//! [`verify`] is pure: an RS256 JWT checked against a given JWKS, audience, issuer, `exp`/`iat`
+//! (60 s leeway, against the `now` it is given), the instance-id claim and the project
+//! allow-list. [`Jwks`] holds the keys: a static file, or a URL fetched in the background
+//! (never blocking start-up), cached for `Cache-Control: max-age`, refetched at most once a
+//! minute for an unknown `kid`, and kept when a refresh fails.
+
+use std::collections::HashSet;
+use std::path::Path;
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use jsonwebtoken::jwk::JwkSet;
+use jsonwebtoken::{Algorithm, DecodingKey, Validation};
+use serde::Deserialize;
+
+use super::{IdentityError, InstanceId, TrustError};
+use crate::fetch::Fetcher;
+
+/// Google's published JWKS.
+pub const GOOGLE_JWKS_URL: &str = "https://www.googleapis.com/oauth2/v3/certs";
+/// The issuers Google uses for instance identity tokens.
+pub const ISSUERS: &[&str] = &["https://accounts.google.com", "accounts.google.com"];
+/// Leeway on `exp` and `iat`.
+pub const LEEWAY_SECONDS: i64 = 60;
+/// An unknown `kid` triggers at most one refetch per this interval.
+pub const UNKNOWN_KID_REFETCH_INTERVAL: Duration = Duration::from_secs(60);
+
+/// What a verified token says about its instance.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GcpIdentity {
+    pub instance_id: InstanceId,
+    pub project_id: String,
+    pub zone: String,
+    pub instance_name: String,
+    pub instance_creation_timestamp: Option<i64>,
+}
+
+/// Why a token failed, separating the one failure a fresh JWKS could cure.
+#[derive(Debug)]
+pub enum GcpFailure {
+    UnknownKid(String),
+    Invalid(IdentityError),
+}
+
+#[derive(Deserialize)]
+struct Claims {
+    exp: i64,
+    iat: i64,
+    #[serde(default)]
+    google: Option<GoogleClaims>,
+}
+
+#[derive(Deserialize)]
+struct GoogleClaims {
+    #[serde(default)]
+    compute_engine: Option<ComputeEngine>,
+}
+
+#[derive(Deserialize)]
+struct ComputeEngine {
+    #[serde(default)]
+    instance_id: String,
+    #[serde(default)]
+    project_id: String,
+    #[serde(default)]
+    zone: String,
+    #[serde(default)]
+    instance_name: String,
+    #[serde(default)]
+    instance_creation_timestamp: Option<i64>,
+}
+
+/// The checks besides the keys.
+#[derive(Debug, Clone)]
+pub struct GcpPolicy {
+    pub audience: String,
+    pub allowed_projects: HashSet<String>,
+}
+
+/// Verifies `token` against `keys` as of `now`.
+pub fn verify(
+    token: &str,
+    keys: &JwkSet,
+    policy: &GcpPolicy,
+    now: SystemTime,
+) -> Result<GcpIdentity, GcpFailure> {
+    let invalid = |e: IdentityError| GcpFailure::Invalid(e);
+    // `alg: none` and unknown algorithms do not even parse as a header here.
+    let header = jsonwebtoken::decode_header(token)
+        .map_err(|e| invalid(IdentityError::Malformed(format!("JWT header: {e}"))))?;
+    if header.alg != Algorithm::RS256 {
+        return Err(invalid(IdentityError::Rejected(format!(
+            "algorithm {:?} is not RS256",
+            header.alg
+        ))));
+    }
+    let kid = header
+        .kid
+        .ok_or_else(|| invalid(IdentityError::Rejected("JWT has no kid".into())))?;
+    let jwk = keys
+        .find(&kid)
+        .ok_or_else(|| GcpFailure::UnknownKid(kid.clone()))?;
+    let key = DecodingKey::from_jwk(jwk)
+        .map_err(|e| invalid(IdentityError::NoTrustedKey(format!("JWK {kid}: {e}"))))?;
+    let mut validation = Validation::new(Algorithm::RS256);
+    validation.set_audience(&[&policy.audience]);
+    validation.set_issuer(ISSUERS);
+    // Time is checked below against `now`, which may be pinned for replays.
+    validation.validate_exp = false;
+    validation.validate_nbf = false;
+    validation.set_required_spec_claims(&["exp", "iat", "aud", "iss"]);
+    let claims = jsonwebtoken::decode::<Claims>(token, &key, &validation)
+        .map_err(|e| invalid(IdentityError::BadSignature(format!("JWT: {e}"))))?
+        .claims;
+    let now = seconds(now);
+    if claims.exp + LEEWAY_SECONDS < now {
+        return Err(invalid(IdentityError::Rejected("token expired".into())));
+    }
+    if claims.iat - LEEWAY_SECONDS > now {
+        return Err(invalid(IdentityError::Rejected(
+            "token issued in the future".into(),
+        )));
+    }
+    let engine = claims
+        .google
+        .and_then(|g| g.compute_engine)
+        .ok_or_else(|| {
+            invalid(IdentityError::Rejected(
+                "no google.compute_engine claims (format=full)".into(),
+            ))
+        })?;
+    if !policy.allowed_projects.is_empty() && !policy.allowed_projects.contains(&engine.project_id)
+    {
+        return Err(invalid(IdentityError::NotAllowed(format!(
+            "project {}",
+            engine.project_id
+        ))));
+    }
+    let instance_id = InstanceId::new(engine.instance_id)
+        .ok_or_else(|| invalid(IdentityError::Rejected("empty instance_id claim".into())))?;
+    Ok(GcpIdentity {
+        instance_id,
+        project_id: engine.project_id,
+        zone: engine.zone,
+        instance_name: engine.instance_name,
+        instance_creation_timestamp: engine.instance_creation_timestamp,
+    })
+}
+
+fn seconds(time: SystemTime) -> i64 {
+    match time.duration_since(UNIX_EPOCH) {
+        Ok(d) => i64::try_from(d.as_secs()).unwrap_or(i64::MAX),
+        Err(e) => -i64::try_from(e.duration().as_secs()).unwrap_or(i64::MAX),
+    }
+}
+
+/// Where the keys come from.
+enum Source {
+    Static,
+    Remote { url: String, fetcher: Box<Fetcher> },
+}
+
+/// The GCP signing keys, shared by every request.
+pub struct Jwks {
+    source: Source,
+    keys: RwLock<Option<Arc<JwkSet>>>,
+    /// When the last refetch for an unknown kid started (background refreshes do not count).
+    last_kid_refetch: Mutex<Option<Instant>>,
+    /// Refreshes that failed (kept keys stayed in use), for logs and metrics.
+    refresh_failures: std::sync::atomic::AtomicU64,
+}
+
+impl Jwks {
+    /// Keys from a JSON file, loaded once at start-up.
+    pub fn from_file(path: &Path) -> Result<Self, TrustError> {
+        let text = std::fs::read(path).map_err(|source| TrustError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        let set: JwkSet =
+            serde_json::from_slice(&text).map_err(|e| TrustError::BadCertificate {
+                what: path.display().to_string(),
+                reason: format!("not a JWKS: {e}"),
+            })?;
+        Ok(Self::with(Source::Static, Some(set)))
+    }
+
+    /// Keys from a URL. Call [`Jwks::spawn_refresher`] to fetch them in the background.
+    pub fn from_url(url: &str, fetcher: Fetcher) -> Self {
+        Self::with(
+            Source::Remote {
+                url: url.to_owned(),
+                fetcher: Box::new(fetcher),
+            },
+            None,
+        )
+    }
+
+    fn with(source: Source, keys: Option<JwkSet>) -> Self {
+        Self {
+            source,
+            keys: RwLock::new(keys.map(Arc::new)),
+            last_kid_refetch: Mutex::new(None),
+            refresh_failures: std::sync::atomic::AtomicU64::new(0),
+        }
+    }
+
+    /// The keys in force; `None` until the first fetch succeeded.
+    pub fn current(&self) -> Option<Arc<JwkSet>> {
+        self.keys.read().ok().and_then(|k| k.clone())
+    }
+
+    /// How many refreshes failed so far.
+    pub fn refresh_failures(&self) -> u64 {
+        self.refresh_failures
+            .load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// For an unknown `kid`: refetch unless one started within the last minute. Returns the
+    /// keys after the attempt.
+    pub async fn refetch_for_unknown_kid(&self) -> Option<Arc<JwkSet>> {
+        let due = match self.last_kid_refetch.lock() {
+            Ok(mut last) => {
+                let due = last.is_none_or(|at| at.elapsed() >= UNKNOWN_KID_REFETCH_INTERVAL);
+                if due {
+                    *last = Some(Instant::now());
+                }
+                due
+            }
+            Err(_) => false,
+        };
+        if due {
+            let _ = self.fetch_once().await;
+        }
+        self.current()
+    }
+
+    /// Fetches and installs the keys; on failure the previous keys stay in force.
+    async fn fetch_once(&self) -> Option<Duration> {
+        let Source::Remote { url, fetcher } = &self.source else {
+            return None;
+        };
+        let outcome = fetcher
+            .get(url)
+            .await
+            .map_err(|e| e.to_string())
+            .and_then(|fetched| {
+                serde_json::from_slice::<JwkSet>(&fetched.body)
+                    .map(|set| (set, fetched.max_age))
+                    .map_err(|e| format!("not a JWKS: {e}"))
+            });
+        match outcome {
+            Ok((set, max_age)) => {
+                if let Ok(mut keys) = self.keys.write() {
+                    *keys = Some(Arc::new(set));
+                }
+                tracing::debug!(url, ?max_age, "GCP JWKS fetched");
+                Some(max_age.unwrap_or(DEFAULT_REFRESH))
+            }
+            Err(error) => {
+                self.refresh_failures
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                tracing::warn!(
+                    url,
+                    error,
+                    kept_keys = self.current().is_some(),
+                    "GCP JWKS fetch failed"
+                );
+                None
+            }
+        }
+    }
+
+    /// Fetches now, then again when `max-age` runs out (bounded to 1 s .. 24 h), retrying
+    /// failures with backoff from 1 s to 5 min. Runs until the process ends.
+    pub fn spawn_refresher(self: &Arc<Self>) {
+        if matches!(self.source, Source::Static) {
+            return;
+        }
+        let jwks = Arc::downgrade(self);
+        tokio::spawn(async move {
+            let mut backoff = Duration::from_secs(1);
+            loop {
+                let Some(this) = jwks.upgrade() else { return };
+                let wait = match this.fetch_once().await {
+                    Some(max_age) => {
+                        backoff = Duration::from_secs(1);
+                        max_age.clamp(Duration::from_secs(1), Duration::from_secs(86_400))
+                    }
+                    None => {
+                        let wait = backoff;
+                        backoff = (backoff * 2).min(Duration::from_secs(300));
+                        wait
+                    }
+                };
+                drop(this);
+                tokio::time::sleep(wait).await;
+            }
+        });
+    }
+}
+
+/// Refresh interval when the server sends no `max-age`.
+const DEFAULT_REFRESH: Duration = Duration::from_secs(3600);

@@ -434,3 +434,37 @@ async fn generated_chains_authenticate_and_every_defect_is_invalid_identity_with
     let (code, _, _) = failure(app.authenticate(wrong_encoding).await);
     assert_eq!(code, Code::InvalidArgument, "unknown encoding");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_authenticate_command_sends_an_azure_document() {
+    let (file, vm_id, verify_at) = RECORDED[3];
+    let db = TestDb::migrated().await;
+    let agent = seeded(&db, vm_id).await;
+    let app = TestApp::spawn(&db, |c| c.insecure_verify_time = Some(verify_at.into())).await;
+    let server = app.grpc_url.clone();
+    let path = format!("{}/tests/fixtures/azure/{file}", env!("CARGO_MANIFEST_DIR"));
+    let output = tokio::task::spawn_blocking(move || {
+        std::process::Command::new(env!("CARGO_BIN_EXE_agent-auth"))
+            .args([
+                "authenticate",
+                "--server",
+                &server,
+                "--azure-signature",
+                &path,
+            ])
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(
+        stdout.contains(&format!("session_token: {}", agent.token)),
+        "{stdout}"
+    );
+}

@@ -380,3 +380,39 @@ async fn a_jwks_file_is_static_trust() {
         "unknown kid with a static JWKS"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_authenticate_command_sends_a_gcp_token() {
+    let key = GcpKey::generate("cli");
+    let dir = tempfile::tempdir().unwrap();
+    let jwks = dir.path().join("jwks.json");
+    std::fs::write(&jwks, json!({"keys": [key.jwk]}).to_string()).unwrap();
+    let token = dir.path().join("token");
+    std::fs::write(&token, format!("{}\n", key.sign(&claims("555", "p")))).unwrap();
+    let db = TestDb::migrated().await;
+    let world = World::new(&db).await;
+    let resource = world.build(world.workspace().await, 1).await;
+    let agent = world.agent(resource, "main", "555").await;
+    let file = jwks.display().to_string();
+    let app = TestApp::spawn(&db, |c| c.gcp_jwks = file).await;
+    let server = app.grpc_url.clone();
+    let output = tokio::task::spawn_blocking(move || {
+        std::process::Command::new(env!("CARGO_BIN_EXE_agent-auth"))
+            .args(["authenticate", "--server", &server, "--gcp-token"])
+            .arg(&token)
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(
+        stdout.contains(&format!("session_token: {}", agent.token)),
+        "{stdout}"
+    );
+}

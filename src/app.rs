@@ -115,6 +115,22 @@ impl App {
                 allowed_projects: config.gcp.allowed_projects.iter().cloned().collect(),
             },
         };
+        crate::metrics::handle();
+        for pinned in trust.aws.certificates() {
+            let subject = format!(
+                "{} ({})",
+                crate::metrics::subject_label(&pinned.certificate),
+                pinned.region
+            );
+            crate::metrics::record_certificate("aws", subject, &pinned.certificate);
+        }
+        for certificate in trust.azure.certificates() {
+            crate::metrics::record_certificate(
+                "azure",
+                crate::metrics::subject_label(certificate),
+                certificate,
+            );
+        }
         let database = prepare_database(&config).await?;
         let store = Store::connect(&database.url, &config.store)?;
         let auth = Authenticator::new(trust, store, config.insecure_verify_time);

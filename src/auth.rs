@@ -190,6 +190,12 @@ impl Authenticator {
             ) => e.to_string(),
             _ => String::new(),
         };
+        let cloud_label = cloud.map(Cloud::label).unwrap_or("none");
+        crate::metrics::record_authentication(
+            cloud_label,
+            outcome_label(outcome),
+            started.elapsed(),
+        );
         tracing::info!(
             request_id,
             cloud = cloud.map(Cloud::label).unwrap_or("none"),
@@ -212,7 +218,24 @@ impl Authenticator {
         let evidence = request
             .evidence
             .ok_or_else(|| AuthError::Malformed("no identity is set".into()))?;
-        let (cloud, instance_id) = match evidence {
+        let cloud = evidence_cloud(&evidence);
+        let verify_started = Instant::now();
+        let verified = self.verify(evidence).await;
+        crate::metrics::record_verify(cloud.label(), verify_started.elapsed());
+        let (cloud, instance_id) = verified?;
+        *instance = short_hash(instance_id.as_str());
+        let resolution = self.store.resolve(instance_id.as_str()).await?;
+        let agent = select(&instance_id, name, resolution)?;
+        Ok(Authenticated {
+            cloud,
+            instance_id,
+            agent,
+        })
+    }
+
+    /// Verifies the evidence of any cloud: the only step before the database.
+    async fn verify(&self, evidence: Evidence) -> Result<(Cloud, InstanceId), AuthError> {
+        Ok(match evidence {
             Evidence::Aws {
                 document,
                 signature,
@@ -245,14 +268,6 @@ impl Authenticator {
                         })?;
                 (Cloud::Azure, identity.instance_id)
             }
-        };
-        *instance = short_hash(instance_id.as_str());
-        let resolution = self.store.resolve(instance_id.as_str()).await?;
-        let agent = select(&instance_id, name, resolution)?;
-        Ok(Authenticated {
-            cloud,
-            instance_id,
-            agent,
         })
     }
 
@@ -313,6 +328,22 @@ impl Authenticator {
                 cloud: Cloud::Aws,
                 cause,
             })
+    }
+}
+
+/// The metrics outcome: the reason code in lower case, or `ok` (a bounded set).
+fn outcome_label(reason: &str) -> &'static str {
+    match reason {
+        "ok" => "ok",
+        "MALFORMED_REQUEST" => "malformed_request",
+        "INVALID_IDENTITY" => "invalid_identity",
+        "INSTANCE_NOT_FOUND" => "instance_not_found",
+        "AGENT_NAME_NOT_FOUND" => "agent_name_not_found",
+        "AMBIGUOUS_AGENT" => "ambiguous_agent",
+        "NOT_LATEST_BUILD" => "not_latest_build",
+        "DATABASE_UNAVAILABLE" => "database_unavailable",
+        "TRUST_UNAVAILABLE" => "trust_unavailable",
+        _ => "internal",
     }
 }
 

@@ -28,5 +28,6 @@ pub mod fetch;
 pub mod grpc;
 pub mod http;
 pub mod identity;
+pub mod metrics;
 pub mod store;
 pub mod telemetry;

@@ -59,8 +59,12 @@ impl pb::agent_auth_server::AgentAuth for AgentAuthService {
         request: Request<pb::AuthenticateRequest>,
     ) -> Result<Response<pb::AuthenticateResponse>, Status> {
         let Ok(_permit) = self.permits.clone().try_acquire_owned() else {
+            metrics::counter!(crate::metrics::REQUESTS_SHED).increment(1);
             return Err(status::overloaded());
         };
+        let in_flight = metrics::gauge!(crate::metrics::REQUESTS_IN_FLIGHT);
+        in_flight.increment(1.0);
+        let _in_flight = DecrementOnDrop(in_flight);
         // tonic's transport also enforces `grpc-timeout`, but answers CANCELLED; finishing a
         // little earlier lets the caller see DEADLINE_EXCEEDED, as gRPC specifies.
         let deadline = grpc_timeout(request.metadata())
@@ -79,6 +83,15 @@ impl pb::agent_auth_server::AgentAuth for AgentAuthService {
             Ok(authenticated) => Ok(Response::new(into_response(authenticated))),
             Err(e) => Err(status::to_status(&e)),
         }
+    }
+}
+
+/// Decrements the in-flight gauge however the request ends (including cancellation).
+struct DecrementOnDrop(metrics::Gauge);
+
+impl Drop for DecrementOnDrop {
+    fn drop(&mut self) {
+        self.0.decrement(1.0);
     }
 }
 

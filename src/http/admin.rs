@@ -27,7 +27,18 @@ pub fn router(state: AdminState) -> Router {
     Router::new()
         .route("/healthz", get(|| async { (StatusCode::OK, "ok\n") }))
         .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics_text))
         .with_state(state)
+}
+
+async fn metrics_text(State(state): State<AdminState>) -> impl axum::response::IntoResponse {
+    (
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "text/plain; version=0.0.4",
+        )],
+        crate::metrics::render(state.store.pool_status()),
+    )
 }
 
 async fn readyz(State(state): State<AdminState>) -> (StatusCode, String) {

@@ -262,6 +262,8 @@ impl Jwks {
             Err(error) => {
                 self.refresh_failures
                     .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                metrics::counter!(crate::metrics::TRUST_REFRESH_FAILURES, "cloud" => "gcp")
+                    .increment(1);
                 tracing::warn!(
                     url,
                     error,

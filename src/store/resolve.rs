@@ -99,6 +99,7 @@ async fn query(
     client: &tokio_postgres::Client,
     instance_id: &str,
 ) -> Result<Vec<tokio_postgres::Row>, tokio_postgres::Error> {
+    crate::metrics::record_query();
     client
         .query_typed(RESOLVE_SQL, &[(&instance_id, Type::TEXT)])
         .await

@@ -436,3 +436,61 @@ async fn a_unix_socket_listener_is_private_to_its_user_and_serves_grpc() {
     app.stop().await;
     assert!(!socket.exists(), "the socket file is removed at shutdown");
 }
+
+#[tokio::test]
+async fn metrics_expose_outcomes_histograms_statements_and_pinned_certificate_expiry() {
+    let db = TestDb::migrated().await;
+    let world = World::new(&db).await;
+    let resource = world.build(world.workspace().await, 1).await;
+    world.agent(resource, "main", RECORDED_INSTANCE).await;
+    let app = TestApp::spawn(&db, |_| {}).await;
+    success(
+        app.authenticate(aws_request(RECORDED_DOCUMENT, RECORDED_SIGNATURE, ""))
+            .await,
+    );
+
+    let (status, text) = app.admin_get("/metrics").await;
+    assert_eq!(status, 200);
+    let value = |line_start: &str| -> f64 {
+        text.lines()
+            .find(|l| l.starts_with(line_start))
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("no {line_start} in\n{text}"))
+    };
+    assert!(value("agent_auth_authentications_total{cloud=\"aws\",outcome=\"ok\"}") >= 1.0);
+    assert!(value("agent_auth_db_queries_total") >= 1.0);
+    assert!(
+        text.contains(
+            "agent_auth_authentication_duration_seconds_bucket{cloud=\"aws\",le=\"0.005\"}"
+        ),
+        "a real histogram"
+    );
+    assert!(text.contains("agent_auth_verify_duration_seconds_bucket{cloud=\"aws\""));
+    // DigiCert Global Root G2 ends 2038-01-15T12:00:00Z.
+    assert_eq!(
+        value(
+            "agent_auth_trust_certificate_expiry_timestamp_seconds{cloud=\"azure\",subject=\"DigiCert Global Root G2\"}"
+        ),
+        2147169600.0
+    );
+    assert!(text.contains("agent_auth_trust_certificate_expiry_timestamp_seconds{cloud=\"aws\",subject=\"ec2.amazonaws.com (default)\"}"));
+    for name in [
+        "agent_auth_db_pool_connections",
+        "agent_auth_db_pool_waiting",
+        "agent_auth_requests_in_flight",
+    ] {
+        assert!(
+            text.contains(&format!("# HELP {name} ")),
+            "{name} described"
+        );
+        assert!(
+            text.contains(&format!("# TYPE {name} gauge")),
+            "{name} is a gauge"
+        );
+    }
+    assert!(
+        !text.contains(RECORDED_INSTANCE),
+        "no instance id in labels"
+    );
+}

@@ -1,0 +1,160 @@
+//! Prometheus metrics (DESIGN.md 3.2; names are contract). One process-wide recorder, rendered by
+//! the admin listener's `/metrics`. Labels are bounded: cloud, outcome, pool state, and pinned
+//! certificate subjects, never an instance or agent id.
+
+use std::sync::OnceLock;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+
+pub const AUTHENTICATIONS: &str = "agent_auth_authentications_total";
+pub const AUTHENTICATION_DURATION: &str = "agent_auth_authentication_duration_seconds";
+pub const VERIFY_DURATION: &str = "agent_auth_verify_duration_seconds";
+pub const DB_QUERIES: &str = "agent_auth_db_queries_total";
+pub const DB_POOL_CONNECTIONS: &str = "agent_auth_db_pool_connections";
+pub const DB_POOL_WAITING: &str = "agent_auth_db_pool_waiting";
+pub const REQUESTS_IN_FLIGHT: &str = "agent_auth_requests_in_flight";
+pub const REQUESTS_SHED: &str = "agent_auth_requests_shed_total";
+pub const TRUST_EXPIRY: &str = "agent_auth_trust_certificate_expiry_timestamp_seconds";
+pub const TRUST_REFRESH_FAILURES: &str = "agent_auth_trust_refresh_failures_total";
+
+/// Latency buckets, in seconds: 0.5 ms to 10 s.
+const BUCKETS: &[f64] = &[
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+];
+
+/// The process-wide recorder, installed on first use. `None` if another recorder was installed
+/// first (then our metrics go there).
+pub fn handle() -> Option<&'static PrometheusHandle> {
+    static HANDLE: OnceLock<Option<PrometheusHandle>> = OnceLock::new();
+    HANDLE
+        .get_or_init(|| {
+            let handle = PrometheusBuilder::new()
+                .set_buckets(BUCKETS)
+                .ok()?
+                .install_recorder()
+                .ok()?;
+            describe();
+            Some(handle)
+        })
+        .as_ref()
+}
+
+fn describe() {
+    use metrics::{Unit, describe_counter, describe_gauge, describe_histogram};
+    describe_counter!(
+        AUTHENTICATIONS,
+        "Authentications by cloud and outcome (a reason code in lower case, or ok)."
+    );
+    describe_histogram!(
+        AUTHENTICATION_DURATION,
+        Unit::Seconds,
+        "Time to answer an authentication, by cloud."
+    );
+    describe_histogram!(
+        VERIFY_DURATION,
+        Unit::Seconds,
+        "Time of the cryptographic check alone, by cloud."
+    );
+    describe_counter!(DB_QUERIES, "SQL statements run by the authentication path.");
+    describe_gauge!(
+        DB_POOL_CONNECTIONS,
+        "Pooled database connections by state (idle, in_use)."
+    );
+    describe_gauge!(DB_POOL_WAITING, "Requests waiting for a pooled connection.");
+    describe_gauge!(REQUESTS_IN_FLIGHT, "Authentications being processed.");
+    describe_counter!(
+        REQUESTS_SHED,
+        "Requests refused at once because the concurrency limit was reached."
+    );
+    describe_gauge!(
+        TRUST_EXPIRY,
+        "Expiry (Unix time) of each pinned certificate, by cloud and subject."
+    );
+    describe_counter!(
+        TRUST_REFRESH_FAILURES,
+        "Failed fetches of remote trust material (GCP JWKS), by cloud."
+    );
+}
+
+/// Records a pinned certificate's expiry, and warns when it ends within 30 days.
+pub fn record_certificate(
+    cloud: &'static str,
+    subject: String,
+    certificate: &openssl::x509::X509Ref,
+) {
+    let Some(expires) = not_after(certificate) else {
+        return;
+    };
+    let remaining = expires - now_seconds();
+    if (0..30 * 86_400).contains(&remaining) {
+        tracing::warn!(
+            cloud,
+            subject,
+            days_left = remaining / 86_400,
+            "pinned certificate expires within 30 days"
+        );
+    }
+    metrics::gauge!(TRUST_EXPIRY, "cloud" => cloud, "subject" => subject).set(expires as f64);
+}
+
+/// The certificate's notAfter as Unix seconds.
+pub fn not_after(certificate: &openssl::x509::X509Ref) -> Option<i64> {
+    let epoch = openssl::asn1::Asn1Time::from_unix(0).ok()?;
+    let diff = epoch.diff(certificate.not_after()).ok()?;
+    Some(i64::from(diff.days) * 86_400 + i64::from(diff.secs))
+}
+
+/// A short, bounded label for a certificate: its CN, else its O.
+pub fn subject_label(certificate: &openssl::x509::X509Ref) -> String {
+    use openssl::nid::Nid;
+    let name = certificate.subject_name();
+    for nid in [Nid::COMMONNAME, Nid::ORGANIZATIONNAME] {
+        if let Some(value) = name
+            .entries_by_nid(nid)
+            .next()
+            .and_then(|e| e.data().to_string().ok())
+        {
+            return value;
+        }
+    }
+    "unknown".into()
+}
+
+fn now_seconds() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
+}
+
+/// Records one authentication.
+pub fn record_authentication(cloud: &'static str, outcome: &'static str, elapsed: Duration) {
+    metrics::counter!(AUTHENTICATIONS, "cloud" => cloud, "outcome" => outcome).increment(1);
+    metrics::histogram!(AUTHENTICATION_DURATION, "cloud" => cloud).record(elapsed.as_secs_f64());
+}
+
+/// Records the time of one cryptographic check.
+pub fn record_verify(cloud: &'static str, elapsed: Duration) {
+    metrics::histogram!(VERIFY_DURATION, "cloud" => cloud).record(elapsed.as_secs_f64());
+}
+
+/// Counts one statement of the authentication path.
+pub fn record_query() {
+    metrics::counter!(DB_QUERIES).increment(1);
+}
+
+/// Renders the Prometheus text, refreshing the pool gauges first.
+pub fn render(pool: deadpool_postgres::Status) -> String {
+    let in_use = pool.size.saturating_sub(pool.available);
+    metrics::gauge!(DB_POOL_CONNECTIONS, "state" => "idle").set(pool.available as f64);
+    metrics::gauge!(DB_POOL_CONNECTIONS, "state" => "in_use").set(in_use as f64);
+    metrics::gauge!(DB_POOL_WAITING).set(pool.waiting as f64);
+    match handle() {
+        Some(handle) => {
+            handle.run_upkeep();
+            handle.render()
+        }
+        None => String::new(),
+    }
+}

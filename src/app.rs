@@ -109,6 +109,14 @@ impl App {
         let trust = Trust {
             aws: AwsTrust::load(&config.aws)?,
             azure: AzureTrust::load(&config.azure)?,
+            azure_issuers: if config.azure.fetch_issuers {
+                Some(
+                    crate::issuers::IssuerFetcher::new()
+                        .map_err(|e| AppError::Serve(e.to_string()))?,
+                )
+            } else {
+                None
+            },
             gcp_keys,
             gcp_policy: GcpPolicy {
                 audience: config.gcp.audience.clone(),

@@ -141,6 +141,8 @@ impl From<StoreError> for AuthError {
 pub struct Trust {
     pub aws: AwsTrust,
     pub azure: AzureTrust,
+    /// Set when `--azure-fetch-issuers` is on.
+    pub azure_issuers: Option<crate::issuers::IssuerFetcher>,
     pub gcp_keys: Arc<Jwks>,
     pub gcp_policy: GcpPolicy,
 }
@@ -258,17 +260,35 @@ impl Authenticator {
                         "encoding must be pkcs7 or empty".into(),
                     ));
                 }
-                let identity =
-                    self.trust
-                        .azure
-                        .verify(&signature, self.now())
-                        .map_err(|cause| AuthError::InvalidIdentity {
-                            cloud: Cloud::Azure,
-                            cause,
-                        })?;
+                let identity = self.verify_azure(&signature).await.map_err(|cause| {
+                    AuthError::InvalidIdentity {
+                        cloud: Cloud::Azure,
+                        cause,
+                    }
+                })?;
                 (Cloud::Azure, identity.instance_id)
             }
         })
+    }
+
+    /// Verifies an Azure document; when the chain is incomplete and issuer fetching is on, the
+    /// signer's AIA issuers are fetched and the chain is tried once more.
+    async fn verify_azure(
+        &self,
+        signature: &str,
+    ) -> Result<crate::identity::azure::AzureIdentity, IdentityError> {
+        let azure = &self.trust.azure;
+        match (
+            azure.verify(signature, self.now()),
+            &self.trust.azure_issuers,
+        ) {
+            (Err(IdentityError::UntrustedChain(_)), Some(fetcher)) => {
+                let urls = crate::identity::azure::issuer_urls(signature)?;
+                let extra = fetcher.issuers(&urls).await;
+                azure.verify_with(signature, self.now(), &extra)
+            }
+            (outcome, _) => outcome,
+        }
     }
 
     /// Verifies a GCP token; an unknown `kid` earns one rate-limited JWKS refetch.

@@ -172,8 +172,8 @@ pub struct ServeArgs {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub azure_intermediates: Option<String>,
 
-    /// Fetch missing Azure issuer certificates through AIA (not implemented yet: true is an
-    /// error) [default: false]
+    /// Fetch missing Azure issuer certificates through the signer's AIA URLs (Microsoft and
+    /// DigiCert hosts only, public addresses only, 5 s, 1 MiB, cached) [default: false]
     #[arg(long, env = "AGENT_AUTH_AZURE_FETCH_ISSUERS", value_name = "BOOL")]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub azure_fetch_issuers: Option<String>,

@@ -236,14 +236,6 @@ impl Config {
             )?,
             allowed_accounts: parse_accounts(&raw.aws_allowed_account)?,
         };
-        if raw.azure_fetch_issuers {
-            // Refused rather than ignored, so nobody relies on a fetch that never happens.
-            return Err(ConfigError::new(
-                "azure_fetch_issuers",
-                "fetching issuer certificates is not implemented in this version; \
-                 add them with azure_intermediates",
-            ));
-        }
         let azure = AzureTrustConfig {
             roots: optional_file("azure_roots", raw.azure_roots.as_deref())?,
             intermediates: optional_file(
@@ -256,6 +248,7 @@ impl Config {
                 .map(|s| s.trim().to_owned())
                 .filter(|s| !s.is_empty())
                 .collect(),
+            fetch_issuers: raw.azure_fetch_issuers,
         };
         let jwks = raw.gcp_jwks.trim();
         let gcp = GcpConfig {

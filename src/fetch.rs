@@ -1,6 +1,6 @@
 //! The one outbound HTTP fetcher: GET with a timeout and a size cap, over http or https
 //! (rustls with the aws-lc-rs provider and the Mozilla roots bundled in, so a slim container
-//! needs no CA store). Used for the GCP JWKS.
+//! needs no CA store). Used for the GCP JWKS and, public addresses only, Azure issuers.
 
 use std::time::Duration;
 
@@ -8,6 +8,7 @@ use bytes::Bytes;
 use http_body_util::{BodyExt, Empty, Limited};
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::connect::dns::{GaiResolver, Name};
 use hyper_util::rt::TokioExecutor;
 
 /// Default limits for trust material.
@@ -37,14 +38,35 @@ pub struct Fetched {
 }
 
 #[derive(Clone)]
-pub struct Fetcher {
-    client: Client<hyper_rustls::HttpsConnector<HttpConnector>, Empty<Bytes>>,
+pub struct Fetcher<R = GaiResolver> {
+    client: Client<hyper_rustls::HttpsConnector<HttpConnector<R>>, Empty<Bytes>>,
     timeout: Duration,
     max_bytes: usize,
 }
 
 impl Fetcher {
     pub fn new(timeout: Duration, max_bytes: usize) -> Result<Self, FetchError> {
+        Fetcher::with_resolver(GaiResolver::new(), timeout, max_bytes)
+    }
+}
+
+impl Fetcher<PublicOnlyResolver> {
+    /// A fetcher that connects only after every address its host resolves to has been checked
+    /// to be public, and then dials those very addresses (no second lookup to rebind).
+    /// A URL with an IP literal skips the resolver: callers allow host names only.
+    pub fn public_only(timeout: Duration, max_bytes: usize) -> Result<Self, FetchError> {
+        Fetcher::with_resolver(PublicOnlyResolver, timeout, max_bytes)
+    }
+}
+
+impl<R> Fetcher<R>
+where
+    R: tower::Service<Name> + Clone + Send + Sync + 'static,
+    R::Response: Iterator<Item = std::net::SocketAddr> + Send,
+    R::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    R::Future: Send,
+{
+    fn with_resolver(resolver: R, timeout: Duration, max_bytes: usize) -> Result<Self, FetchError> {
         let tls = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
             rustls::crypto::aws_lc_rs::default_provider(),
         ))
@@ -54,11 +76,14 @@ impl Fetcher {
             roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
         })
         .with_no_client_auth();
+        let mut http = HttpConnector::new_with_resolver(resolver);
+        http.enforce_http(false);
+        http.set_connect_timeout(Some(timeout));
         let connector = hyper_rustls::HttpsConnectorBuilder::new()
             .with_tls_config(tls)
             .https_or_http()
             .enable_http1()
-            .build();
+            .wrap_connector(http);
         Ok(Self {
             client: Client::builder(TokioExecutor::new()).build(connector),
             timeout,
@@ -100,6 +125,82 @@ impl Fetcher {
     }
 }
 
+/// Resolves with the system resolver and refuses a host if any of its addresses is not public.
+#[derive(Clone, Copy, Debug)]
+pub struct PublicOnlyResolver;
+
+impl tower::Service<Name> for PublicOnlyResolver {
+    type Response = std::vec::IntoIter<std::net::SocketAddr>;
+    type Error = std::io::Error;
+    type Future = std::pin::Pin<
+        Box<dyn std::future::Future<Output = Result<Self::Response, Self::Error>> + Send>,
+    >;
+
+    fn poll_ready(
+        &mut self,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Self::Error>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, name: Name) -> Self::Future {
+        let host = name.as_str().to_owned();
+        Box::pin(async move {
+            let addresses: Vec<std::net::SocketAddr> =
+                tokio::net::lookup_host((host.as_str(), 0)).await?.collect();
+            if addresses.is_empty() {
+                return Err(std::io::Error::other(format!("{host} has no address")));
+            }
+            if let Some(private) = addresses.iter().find(|a| !is_public(a.ip())) {
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::PermissionDenied,
+                    format!("{host} resolves to non-public {}", private.ip()),
+                ));
+            }
+            Ok(addresses.into_iter())
+        })
+    }
+}
+
+/// False for loopback, private, link-local, multicast, unspecified, broadcast, documentation,
+/// carrier-grade NAT, benchmarking, reserved and the IPv6 equivalents (IPv4-mapped addresses
+/// are judged as IPv4).
+pub fn is_public(ip: std::net::IpAddr) -> bool {
+    use std::net::IpAddr;
+    match ip {
+        IpAddr::V4(v4) => {
+            let [a, b, ..] = v4.octets();
+            !(v4.is_loopback()
+                || v4.is_private()
+                || v4.is_link_local()
+                || v4.is_multicast()
+                || v4.is_unspecified()
+                || v4.is_broadcast()
+                || v4.is_documentation()
+                || a == 0
+                || a >= 240
+                || (a == 100 && (64..128).contains(&b))
+                || (a == 198 && (18..20).contains(&b))
+                || (a == 192 && b == 0 && v4.octets()[2] == 0))
+        }
+        IpAddr::V6(v6) => {
+            if let Some(v4) = v6.to_ipv4_mapped() {
+                return is_public(IpAddr::V4(v4));
+            }
+            let s = v6.segments();
+            !(v6.is_loopback()
+                || v6.is_unspecified()
+                || v6.is_multicast()
+                || (s[0] & 0xfe00) == 0xfc00
+                || (s[0] & 0xffc0) == 0xfe80
+                || (s[0] == 0x2001 && s[1] == 0x0db8)
+                || (s[0] == 0x0064 && s[1] == 0xff9b)
+                || (s[0] == 0x0100 && s[1] == 0 && s[2] == 0 && s[3] == 0)
+                || (s[0] == 0x2001 && s[1] == 0x0002 && s[2] == 0))
+        }
+    }
+}
+
 /// `max-age=N` from a Cache-Control value.
 fn parse_max_age(value: &str) -> Option<Duration> {
     value.split(',').find_map(|directive| {
@@ -120,6 +221,54 @@ fn parse_max_age(value: &str) -> Option<Duration> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_public_addresses_are_public() {
+        for private in [
+            "127.0.0.1",
+            "10.1.2.3",
+            "172.16.0.1",
+            "192.168.1.1",
+            "169.254.169.254",
+            "100.64.0.1",
+            "0.0.0.0",
+            "198.18.0.1",
+            "224.0.0.1",
+            "255.255.255.255",
+            "::1",
+            "fe80::1",
+            "fd00::1",
+            "::ffff:169.254.169.254",
+            "2001:db8::1",
+        ] {
+            assert!(
+                !is_public(
+                    private
+                        .parse()
+                        .unwrap_or(std::net::IpAddr::from([127, 0, 0, 1]))
+                ),
+                "{private}"
+            );
+        }
+        for public in ["13.107.246.45", "2620:1ec:bdf::45"] {
+            assert!(
+                is_public(
+                    public
+                        .parse()
+                        .unwrap_or(std::net::IpAddr::from([127, 0, 0, 1]))
+                ),
+                "{public}"
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn the_public_only_resolver_refuses_a_loopback_host() {
+        use tower::Service as _;
+        let name: Name = "localhost".parse().expect("a valid name");
+        let resolved = PublicOnlyResolver.call(name).await;
+        assert!(resolved.is_err());
+    }
 
     #[test]
     fn max_age_is_read_from_cache_control() {

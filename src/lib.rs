@@ -28,6 +28,7 @@ pub mod fetch;
 pub mod grpc;
 pub mod http;
 pub mod identity;
+pub mod issuers;
 pub mod metrics;
 pub mod store;
 pub mod telemetry;

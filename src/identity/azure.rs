@@ -59,6 +59,8 @@ pub struct AzureTrustConfig {
     pub intermediates: Option<PathBuf>,
     /// `--azure-allowed-subscription`: when non-empty, only these pass.
     pub allowed_subscriptions: Vec<String>,
+    /// `--azure-fetch-issuers`: complete chains through AIA (see `crate::issuers`).
+    pub fetch_issuers: bool,
 }
 
 /// Loaded Azure trust material.
@@ -117,12 +119,22 @@ impl AzureTrust {
 
     /// Verifies a base64 attested document as of `now`.
     pub fn verify(&self, signature: &str, now: SystemTime) -> Result<AzureIdentity, IdentityError> {
+        self.verify_with(signature, now, &[])
+    }
+
+    /// As [`AzureTrust::verify`], with `extra` intermediates (fetched issuers) for the chain.
+    pub fn verify_with(
+        &self,
+        signature: &str,
+        now: SystemTime,
+        extra: &[X509],
+    ) -> Result<AzureIdentity, IdentityError> {
         let der = super::decode_base64(signature)?;
         let pkcs7 =
             Pkcs7::from_der(&der).map_err(|e| IdentityError::Malformed(format!("PKCS#7: {e}")))?;
         let (signer, content) = signed_content(&pkcs7)?;
         let unix_now = seconds(now);
-        self.verify_chain(&signer, unix_now)?;
+        self.verify_chain(&signer, unix_now, extra)?;
         check_signer_name(&signer)?;
         let document: AttestedDocument = serde_json::from_slice(&content)
             .map_err(|e| IdentityError::Malformed(format!("attested content: {e}")))?;
@@ -158,11 +170,16 @@ impl AzureTrust {
         })
     }
 
-    fn verify_chain(&self, signer: &X509, unix_now: i64) -> Result<(), IdentityError> {
+    fn verify_chain(
+        &self,
+        signer: &X509,
+        unix_now: i64,
+        extra: &[X509],
+    ) -> Result<(), IdentityError> {
         let bad = |e: openssl::error::ErrorStack| IdentityError::BadSignature(e.to_string());
         let store = self.store_at(unix_now).map_err(bad)?;
         let mut chain = Stack::new().map_err(bad)?;
-        for intermediate in &self.intermediates {
+        for intermediate in self.intermediates.iter().chain(extra) {
             chain.push(intermediate.clone()).map_err(bad)?;
         }
         let mut context = X509StoreContext::new().map_err(bad)?;
@@ -174,7 +191,7 @@ impl AzureTrust {
             .map_err(bad)?;
         match outcome {
             (true, _) => Ok(()),
-            (false, error) => Err(IdentityError::BadSignature(format!(
+            (false, error) => Err(IdentityError::UntrustedChain(format!(
                 "signer chain: {}",
                 error.error_string()
             ))),
@@ -191,6 +208,26 @@ impl AzureTrust {
         builder.set_param(&param)?;
         Ok(builder.build())
     }
+}
+
+/// The "CA Issuers" URLs of the signer certificate (its AIA extension), for fetching a
+/// missing intermediate. Nothing here is trusted: fetched certificates only help build a chain
+/// that must still end at a pinned root.
+pub fn issuer_urls(signature: &str) -> Result<Vec<String>, IdentityError> {
+    let der = super::decode_base64(signature)?;
+    let pkcs7 =
+        Pkcs7::from_der(&der).map_err(|e| IdentityError::Malformed(format!("PKCS#7: {e}")))?;
+    let (signer, _) = signed_content(&pkcs7)?;
+    Ok(signer
+        .authority_info()
+        .map(|access| {
+            access
+                .iter()
+                .filter(|d| d.method().nid() == Nid::AD_CA_ISSUERS)
+                .filter_map(|d| d.location().uri().map(str::to_owned))
+                .collect()
+        })
+        .unwrap_or_default())
 }
 
 /// Verifies the PKCS#7 signature with its embedded signer; returns the signer and the content.
@@ -463,7 +500,7 @@ mod tests {
     fn the_2026_document_fails_once_its_leaf_expired() {
         assert!(matches!(
             trust().verify(VECTORS[3].0, at("2027-01-01T00:00:00Z")),
-            Err(IdentityError::BadSignature(_))
+            Err(IdentityError::UntrustedChain(_))
         ));
     }
 

@@ -95,6 +95,8 @@ pub enum IdentityError {
     BadSignature(String),
     #[error("no trusted key for {0}")]
     NoTrustedKey(String),
+    #[error("signer does not chain to a pinned root: {0}")]
+    UntrustedChain(String),
     #[error("evidence is not acceptable: {0}")]
     Rejected(String),
     #[error("account or project is not allowed: {0}")]
@@ -108,6 +110,7 @@ impl IdentityError {
             IdentityError::Malformed(_) => "malformed",
             IdentityError::BadSignature(_) => "bad_signature",
             IdentityError::NoTrustedKey(_) => "no_trusted_key",
+            IdentityError::UntrustedChain(_) => "untrusted_chain",
             IdentityError::Rejected(_) => "rejected",
             IdentityError::NotAllowed(_) => "not_allowed",
         }

@@ -468,3 +468,86 @@ async fn the_authenticate_command_sends_an_azure_document() {
         "{stdout}"
     );
 }
+
+/// With `--azure-fetch-issuers`, an incomplete chain makes the server look at the signer's AIA
+/// URLs, and a URL off the allow-list (here: loopback) is never requested.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn issuer_fetching_never_requests_a_url_off_the_allow_list() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let hits = Arc::new(AtomicUsize::new(0));
+    let counter = hits.clone();
+    let router = axum::Router::new().fallback(move || {
+        let counter = counter.clone();
+        async move {
+            counter.fetch_add(1, Ordering::SeqCst);
+            "not a certificate"
+        }
+    });
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, router).await });
+
+    let pki = Pki::new();
+    let leaf_key = key();
+    #[allow(deprecated)]
+    let leaf = {
+        let mut name = X509NameBuilder::new().unwrap();
+        name.append_entry_by_text("CN", "metadata.azure.com")
+            .unwrap();
+        let name = name.build();
+        let mut builder = X509::builder().unwrap();
+        builder.set_version(2).unwrap();
+        builder.set_subject_name(&name).unwrap();
+        builder
+            .set_issuer_name(pki.intermediate.subject_name())
+            .unwrap();
+        builder.set_pubkey(&leaf_key).unwrap();
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap()
+            .as_secs() as i64;
+        builder
+            .set_not_before(&Asn1Time::from_unix(now - 86_400).unwrap())
+            .unwrap();
+        builder
+            .set_not_after(&Asn1Time::from_unix(now + 86_400).unwrap())
+            .unwrap();
+        let aia = openssl::x509::X509Extension::new_nid(
+            None,
+            None,
+            openssl::nid::Nid::INFO_ACCESS,
+            &format!("caIssuers;URI:http://{addr}/issuer.crt"),
+        )
+        .unwrap();
+        builder.append_extension(aia).unwrap();
+        builder
+            .sign(&pki.intermediate_key, MessageDigest::sha256())
+            .unwrap();
+        builder.build()
+    };
+    let db = TestDb::migrated().await;
+    let vm_id = uuid::Uuid::new_v4().to_string();
+    seeded(&db, &vm_id).await;
+    let roots = pki.roots();
+    let app = TestApp::spawn(&db, |c| {
+        c.azure_roots = Some(roots);
+        c.azure_fetch_issuers = true;
+    })
+    .await;
+    let signature = pki.sign(&content(&vm_id, "s", -60, 3600), &(leaf, leaf_key));
+    let (code, reason, message) = failure(app.authenticate(azure_request(&signature)).await);
+    assert_eq!(
+        (code, reason.as_str(), message.as_str()),
+        (
+            Code::Unauthenticated,
+            "INVALID_IDENTITY",
+            "Invalid Azure identity."
+        )
+    );
+    assert_eq!(
+        hits.load(Ordering::SeqCst),
+        0,
+        "a loopback AIA URL must not be fetched"
+    );
+}

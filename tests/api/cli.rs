@@ -37,6 +37,12 @@ fn bad_configuration_exits_64_with_one_line_naming_the_key() {
             vec![],
             "http_listen",
         ),
+        (
+            vec!["--azure-fetch-issuers", "maybe"],
+            vec![],
+            "azure_fetch_issuers",
+        ),
+        (vec!["--gcp-jwks", "/no/such/jwks.json"], vec![], "gcp_jwks"),
     ];
     for (args, env, key) in cases {
         let output = agent_auth()

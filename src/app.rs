@@ -191,12 +191,13 @@ impl App {
         let store = auth.store().clone();
         let draining = Arc::new(AtomicBool::new(false));
         let (health, health_service) = tonic_health::server::health_reporter();
-        health
-            .set_service_status("", tonic_health::ServingStatus::Serving)
-            .await;
-        health
-            .set_service_status(grpc::SERVICE_NAME, tonic_health::ServingStatus::Serving)
-            .await;
+        let admin_state = AdminState {
+            store: store.clone(),
+            draining: draining.clone(),
+        };
+        // Health starts as the first probe finds the database.
+        let initially_serving = admin::readiness(&admin_state).await.is_ok();
+        admin::set_health(&health, initially_serving).await;
         let reflection_v1 = reflection()
             .build_v1()
             .map_err(|e| AppError::Serve(e.to_string()))?;
@@ -223,10 +224,13 @@ impl App {
                 stopped(stop_rx.clone()),
             )),
         };
-        let admin_router = admin::router(AdminState {
-            store: store.clone(),
-            draining: draining.clone(),
-        });
+        let prober = tokio::spawn(admin::follow_readiness(
+            admin_state.clone(),
+            health.clone(),
+            stop_rx.clone(),
+            initially_serving,
+        ));
+        let admin_router = admin::router(admin_state);
         let admin_task = tokio::spawn(
             axum::serve(admin_listener, admin_router)
                 .with_graceful_shutdown(stopped(stop_rx.clone()))
@@ -237,13 +241,9 @@ impl App {
         shutdown.await;
         tracing::info!("shutting down: not serving, draining in-flight requests");
         draining.store(true, Ordering::SeqCst);
-        health
-            .set_service_status("", tonic_health::ServingStatus::NotServing)
-            .await;
-        health
-            .set_service_status(grpc::SERVICE_NAME, tonic_health::ServingStatus::NotServing)
-            .await;
+        admin::set_health(&health, false).await;
         let _ = stop_tx.send(true);
+        let _ = prober.await;
         let drained = tokio::time::timeout(config.shutdown_grace, async {
             let grpc = grpc_task.await;
             let admin = admin_task.await;

@@ -16,11 +16,54 @@ use crate::store::Store;
 /// How long readiness waits for the database.
 pub const READY_DB_TIMEOUT: Duration = Duration::from_secs(1);
 
+/// How often the background probe checks the database (readiness flips within two periods).
+pub const PROBE_INTERVAL: Duration = Duration::from_secs(1);
+
 /// What readiness looks at.
 #[derive(Clone)]
 pub struct AdminState {
     pub store: Store,
     pub draining: Arc<AtomicBool>,
+}
+
+/// Keeps gRPC health in step with readiness: probes every [`PROBE_INTERVAL`] and sets
+/// SERVING / NOT_SERVING, overall and for the service, when the answer changes. Ends when
+/// `stop` resolves (shutdown sets NOT_SERVING itself).
+pub async fn follow_readiness(
+    state: AdminState,
+    health: tonic_health::server::HealthReporter,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+    initially_serving: bool,
+) {
+    let mut serving = Some(initially_serving);
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(PROBE_INTERVAL) => {}
+            _ = stop.wait_for(|stop| *stop) => return,
+        }
+        let ready = readiness(&state).await;
+        let now_serving = ready.is_ok();
+        if serving != Some(now_serving) && !state.draining.load(Ordering::SeqCst) {
+            set_health(&health, now_serving).await;
+            match &ready {
+                Ok(()) => tracing::info!("ready: serving"),
+                Err(reason) => tracing::warn!(reason, "not ready: not serving"),
+            }
+            serving = Some(now_serving);
+        }
+    }
+}
+
+/// Sets gRPC health for the whole server and the service.
+pub async fn set_health(health: &tonic_health::server::HealthReporter, serving: bool) {
+    let status = if serving {
+        tonic_health::ServingStatus::Serving
+    } else {
+        tonic_health::ServingStatus::NotServing
+    };
+    for service in ["", crate::grpc::SERVICE_NAME] {
+        health.set_service_status(service, status).await;
+    }
 }
 
 pub fn router(state: AdminState) -> Router {

@@ -91,11 +91,19 @@ impl Store {
         self.pool.get().await.map_err(pool_error)
     }
 
-    /// Readiness: the database answers a trivial statement within the checkout timeout.
+    /// Readiness: a pooled connection answers a round trip. The empty query makes the server
+    /// answer without executing a statement, so probes never show up in statement counts
+    /// (`pg_stat_statements`, `agent_auth_db_queries_total`).
     pub async fn ping(&self) -> Result<(), StoreError> {
         let client = self.checkout().await?;
-        client.simple_query("SELECT 1").await.map_err(query_error)?;
-        Ok(())
+        match client.simple_query("").await {
+            Ok(_) => Ok(()),
+            Err(e) => {
+                // A dead pooled connection must not make the next request pay for it.
+                drop(deadpool_postgres::Object::take(client));
+                Err(query_error(e))
+            }
+        }
     }
 
     /// Pool occupancy, for metrics and benchmarks.

@@ -8,5 +8,6 @@ mod cli;
 mod contract;
 mod gcp;
 mod helpers;
+mod operations;
 mod resolution;
 mod schema;

@@ -1,0 +1,358 @@
+//! Operating the service: readiness and gRPC health follow the database, a database restart is
+//! survived without a restart of ours, pool exhaustion fails fast, shutdown drains, logs carry
+//! no secrets, and `/metrics` passes promtool.
+
+use std::time::{Duration, Instant};
+
+use tonic::Code;
+
+use crate::helpers::*;
+use agent_auth::embedded::{EmbeddedOptions, EmbeddedPostgres};
+
+async fn serving(app: &TestApp) -> bool {
+    matches!(
+        agent_auth::client::is_serving(
+            &app.grpc_url,
+            "agentauth.v1.AgentAuth",
+            Duration::from_secs(1)
+        )
+        .await,
+        Ok(true)
+    )
+}
+
+/// A private cluster for one test, so it can be stopped and started without disturbing others.
+async fn private_cluster(dir: &std::path::Path) -> EmbeddedPostgres {
+    let mut options = EmbeddedOptions::new(dir);
+    options.ephemeral = true;
+    EmbeddedPostgres::start(options)
+        .await
+        .expect("private cluster")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_database_restart_flips_readiness_and_the_service_recovers_by_itself() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("pg");
+    let cluster = private_cluster(&data).await;
+    cluster.ensure_database("restart").await.unwrap();
+    let url = cluster.connection_string("restart");
+    let db = TestDb {
+        name: "restart".into(),
+        url: url.clone(),
+    };
+    agent_auth::store::migrate::run_migrations(&url.parse().unwrap())
+        .await
+        .unwrap();
+    let world = World::new(&db).await;
+    let resource = world.build(world.workspace().await, 1).await;
+    world.agent(resource, "main", RECORDED_INSTANCE).await;
+    drop(world);
+    let app = TestApp::spawn(&db, |c| {
+        c.db_checkout_timeout = "500ms".into();
+        c.db_connect_timeout = "1s".into();
+    })
+    .await;
+    success(
+        app.authenticate(aws_request(RECORDED_DOCUMENT, RECORDED_SIGNATURE, ""))
+            .await,
+    );
+    assert!(serving(&app).await);
+
+    cluster.stop().await.unwrap();
+    let started = Instant::now();
+    let (code, reason, _) = failure(
+        app.authenticate(aws_request(RECORDED_DOCUMENT, RECORDED_SIGNATURE, ""))
+            .await,
+    );
+    let answered_in = started.elapsed();
+    assert_eq!(
+        (code, reason.as_str()),
+        (Code::Unavailable, "DATABASE_UNAVAILABLE")
+    );
+    assert!(
+        answered_in < Duration::from_secs(3),
+        "failed fast: {answered_in:?}"
+    );
+    assert_eq!(app.admin_get("/readyz").await.0, 503);
+    let flipped = Instant::now();
+    assert!(
+        eventually(Duration::from_secs(5), async || !serving(&app).await).await,
+        "health NOT_SERVING within 5 s"
+    );
+    println!(
+        "health flipped to NOT_SERVING {:?} after the database stopped",
+        flipped.elapsed() + answered_in
+    );
+
+    let cluster = private_cluster(&data).await;
+    let restarted = Instant::now();
+    assert!(
+        eventually(Duration::from_secs(10), async || app
+            .authenticate(aws_request(RECORDED_DOCUMENT, RECORDED_SIGNATURE, ""))
+            .await
+            .is_ok())
+        .await,
+        "logins recover without restarting the service"
+    );
+    println!(
+        "first successful login {:?} after the database came back",
+        restarted.elapsed()
+    );
+    assert!(
+        eventually(Duration::from_secs(5), async || serving(&app).await).await,
+        "health SERVING again"
+    );
+    println!(
+        "health SERVING again {:?} after the database came back",
+        restarted.elapsed()
+    );
+    assert_eq!(app.admin_get("/readyz").await.0, 200);
+    app.stop().await;
+    cluster.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_exhausted_pool_answers_unavailable_after_the_checkout_timeout() {
+    let db = TestDb::migrated().await;
+    let world = World::new(&db).await;
+    let resource = world.build(world.workspace().await, 1).await;
+    world.agent(resource, "main", RECORDED_INSTANCE).await;
+    let app = TestApp::spawn(&db, |c| {
+        c.db_pool_size = 1;
+        c.db_checkout_timeout = "200ms".into();
+    })
+    .await;
+    let lock = db.client().await;
+    lock.batch_execute("BEGIN; LOCK TABLE workspace_agents IN ACCESS EXCLUSIVE MODE")
+        .await
+        .unwrap();
+    let holder = tokio::spawn(agent_auth::client::authenticate(
+        app.channel().await,
+        aws_request(RECORDED_DOCUMENT, RECORDED_SIGNATURE, ""),
+    ));
+    assert!(
+        eventually(Duration::from_secs(10), async || {
+            admin()
+                .await
+                .query_one("SELECT count(*) FROM pg_stat_activity WHERE datname = $1 AND wait_event_type = 'Lock'", &[&db.name])
+                .await
+                .unwrap()
+                .get::<_, i64>(0)
+                > 0
+        })
+        .await
+    );
+    let (code, reason, message) = failure(
+        app.authenticate(aws_request(RECORDED_DOCUMENT, RECORDED_SIGNATURE, ""))
+            .await,
+    );
+    assert_eq!(
+        (code, reason.as_str()),
+        (Code::Unavailable, "DATABASE_UNAVAILABLE")
+    );
+    assert_eq!(message, "The database is unavailable. Retry later.");
+    lock.batch_execute("ROLLBACK").await.unwrap();
+    success(holder.await.unwrap());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_in_flight_at_shutdown_completes() {
+    let db = TestDb::migrated().await;
+    let world = World::new(&db).await;
+    let resource = world.build(world.workspace().await, 1).await;
+    let agent = world.agent(resource, "main", RECORDED_INSTANCE).await;
+    let app = TestApp::spawn(&db, |_| {}).await;
+    let lock = db.client().await;
+    lock.batch_execute("BEGIN; LOCK TABLE workspace_agents IN ACCESS EXCLUSIVE MODE")
+        .await
+        .unwrap();
+    let in_flight = tokio::spawn(agent_auth::client::authenticate(
+        app.channel().await,
+        aws_request(RECORDED_DOCUMENT, RECORDED_SIGNATURE, ""),
+    ));
+    assert!(
+        eventually(Duration::from_secs(10), async || {
+            admin()
+                .await
+                .query_one("SELECT count(*) FROM pg_stat_activity WHERE datname = $1 AND wait_event_type = 'Lock'", &[&db.name])
+                .await
+                .unwrap()
+                .get::<_, i64>(0)
+                > 0
+        })
+        .await
+    );
+    let admin_url = app.admin_url.clone();
+    let stopping = tokio::spawn(app.stop());
+    assert!(
+        eventually(Duration::from_secs(5), async || http_get(&format!(
+            "{admin_url}/healthz"
+        ))
+        .await
+        .0 == 0)
+        .await,
+        "listeners stop accepting"
+    );
+    lock.batch_execute("ROLLBACK").await.unwrap();
+    let response = success(in_flight.await.unwrap());
+    assert_eq!(response.session_token, agent.token.to_string());
+    stopping.await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn json_logs_have_one_line_per_authentication_and_no_secrets() {
+    use tokio::io::AsyncReadExt;
+    let db = TestDb::migrated().await;
+    let world = World::new(&db).await;
+    let resource = world.build(world.workspace().await, 1).await;
+    let agent = world.agent(resource, "main", RECORDED_INSTANCE).await;
+    let free = || {
+        std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port()
+    };
+    let (grpc, admin_port) = (free(), free());
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_agent-auth"))
+        .args(["serve", "--postgres-url", &db.url])
+        .args([
+            "--grpc-listen",
+            &format!("127.0.0.1:{grpc}"),
+            "--admin-listen",
+            &format!("127.0.0.1:{admin_port}"),
+        ])
+        .args([
+            "--gcp-jwks",
+            concat!(
+                env!("CARGO_MANIFEST_DIR"),
+                "/tests/fixtures/gcp/empty-jwks.json"
+            ),
+        ])
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    assert!(
+        eventually(Duration::from_secs(30), async || http_get(&format!(
+            "http://127.0.0.1:{admin_port}/readyz"
+        ))
+        .await
+        .0 == 200)
+        .await
+    );
+    let channel =
+        agent_auth::client::connect(&format!("http://127.0.0.1:{grpc}"), Duration::from_secs(5))
+            .await
+            .unwrap();
+    success(
+        agent_auth::client::authenticate(
+            channel.clone(),
+            aws_request(RECORDED_DOCUMENT, RECORDED_SIGNATURE, ""),
+        )
+        .await,
+    );
+    let forged = RECORDED_DOCUMENT.replace("t2.micro", "t2.nano");
+    failure(
+        agent_auth::client::authenticate(channel, aws_request(&forged, RECORDED_SIGNATURE, ""))
+            .await,
+    );
+
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.id().unwrap() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    let mut logs = String::new();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut logs)
+        .await
+        .unwrap();
+    assert!(
+        child.wait().await.unwrap().success(),
+        "exit 0 after SIGTERM"
+    );
+
+    let lines: Vec<serde_json::Value> = logs
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
+        .collect();
+    let auths: Vec<&serde_json::Value> = lines
+        .iter()
+        .filter(|l| l["message"] == "authentication")
+        .collect();
+    assert_eq!(auths.len(), 2, "{logs}");
+    assert_eq!(auths[0]["outcome"], "ok");
+    assert_eq!(auths[1]["outcome"], "INVALID_IDENTITY");
+    for line in &auths {
+        assert_eq!(line["cloud"], "aws");
+        assert_eq!(line["request_id"].as_str().map(str::len), Some(32));
+        assert!(line["duration_ms"].as_f64().is_some());
+    }
+    assert_eq!(
+        auths[0]["instance"].as_str().map(str::len),
+        Some(12),
+        "a short hash of the instance id"
+    );
+    for secret in [
+        agent.token.to_string(),
+        RECORDED_INSTANCE.to_owned(),
+        "ami-0c02fb55956c7d316".to_owned(),
+    ]
+    .into_iter()
+    .chain(RECORDED_SIGNATURE.lines().map(str::to_owned))
+    {
+        assert!(!logs.contains(&secret), "the logs contain {secret:?}");
+    }
+}
+
+/// `promtool` from Debian's `prometheus` package (`.ci/run` installs it).
+fn promtool() -> std::path::PathBuf {
+    for candidate in ["/usr/bin/promtool", "/usr/local/bin/promtool"] {
+        if std::path::Path::new(candidate).exists() {
+            return candidate.into();
+        }
+    }
+    panic!("promtool is needed: apt-get install prometheus (or run .ci/run, which extracts it)");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_pass_promtool() {
+    let db = TestDb::migrated().await;
+    let app = TestApp::spawn(&db, |_| {}).await;
+    failure(
+        app.authenticate(aws_request(RECORDED_DOCUMENT, "AAAA", ""))
+            .await,
+    );
+    let (status, text) = app.admin_get("/metrics").await;
+    assert_eq!(status, 200);
+    let output = tokio::task::spawn_blocking(move || {
+        use std::io::Write;
+        let mut child = std::process::Command::new(promtool())
+            .args(["check", "metrics"])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(text.as_bytes())
+            .unwrap();
+        child.wait_with_output().unwrap()
+    })
+    .await
+    .unwrap();
+    assert!(
+        output.status.success(),
+        "promtool: {}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+}

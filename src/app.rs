@@ -43,6 +43,8 @@ pub enum AppError {
     },
     #[error("server: {0}")]
     Serve(String),
+    #[error("TLS: {0}")]
+    Tls(String),
 }
 
 enum GrpcListener {
@@ -95,6 +97,8 @@ pub async fn prepare_database(config: &Config) -> Result<Database, AppError> {
 
 impl App {
     pub async fn build(config: Config) -> Result<Self, AppError> {
+        // One rustls crypto provider per process; a second install is a no-op.
+        let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
         let gcp_keys = match &config.gcp.jwks {
             JwksSource::Url(url) => {
                 let fetcher = Fetcher::new(fetch::DEFAULT_TIMEOUT, fetch::DEFAULT_MAX_BYTES)
@@ -209,7 +213,13 @@ impl App {
         let stopped = |mut rx: watch::Receiver<bool>| async move {
             let _ = rx.wait_for(|stop| *stop).await;
         };
-        let router = Server::builder()
+        let mut server = Server::builder();
+        if let Some(tls) = &config.tls {
+            server = server
+                .tls_config(server_tls(tls)?)
+                .map_err(|e| AppError::Tls(e.to_string()))?;
+        }
+        let router = server
             .add_service(health_service)
             .add_service(reflection_v1)
             .add_service(reflection_v1alpha)
@@ -268,6 +278,24 @@ impl App {
         }
         result
     }
+}
+
+/// The listener's TLS settings; with a client CA, a caller without a certificate from it is
+/// refused during the handshake.
+fn server_tls(
+    tls: &crate::config::TlsConfig,
+) -> Result<tonic::transport::ServerTlsConfig, AppError> {
+    let read = |path: &std::path::Path| {
+        std::fs::read(path).map_err(|e| AppError::Tls(format!("{}: {e}", path.display())))
+    };
+    let identity = tonic::transport::Identity::from_pem(read(&tls.cert)?, read(&tls.key)?);
+    let mut config = tonic::transport::ServerTlsConfig::new().identity(identity);
+    if let Some(ca) = &tls.client_ca {
+        config = config.client_ca_root(tonic::transport::Certificate::from_pem(read(ca)?));
+    } else {
+        tracing::warn!("TLS without --tls-client-ca: callers are not authenticated");
+    }
+    Ok(config)
 }
 
 fn reflection() -> tonic_reflection::server::Builder<'static> {

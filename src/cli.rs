@@ -188,6 +188,21 @@ pub struct ServeArgs {
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub azure_allowed_subscription: Vec<String>,
 
+    /// PEM certificate (chain) for TLS on the gRPC listener; with --tls-key.
+    #[arg(long, env = "AGENT_AUTH_TLS_CERT", value_name = "PEM_PATH")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tls_cert: Option<String>,
+
+    /// PEM private key for --tls-cert.
+    #[arg(long, env = "AGENT_AUTH_TLS_KEY", value_name = "PEM_PATH")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tls_key: Option<String>,
+
+    /// PEM CA bundle: callers must present a certificate from it (mTLS).
+    #[arg(long, env = "AGENT_AUTH_TLS_CLIENT_CA", value_name = "PEM_PATH")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tls_client_ca: Option<String>,
+
     /// Verify certificates and expiry as of this RFC 3339 instant instead of now. For replaying
     /// recorded documents in tests only.
     #[arg(long, env = "AGENT_AUTH_INSECURE_VERIFY_TIME", value_name = "RFC3339")]
@@ -210,8 +225,37 @@ pub struct ServeArgs {
     pub shutdown_grace: Option<String>,
 }
 
+/// TLS settings of a client command (`authenticate`, `healthcheck`) for a server with TLS.
+#[derive(Debug, Clone, Default, Args)]
+pub struct ClientTlsArgs {
+    /// CA bundle that signed the server's certificate; enables TLS (use an https:// server).
+    #[arg(long, env = "AGENT_AUTH_CLIENT_TLS_CA", value_name = "PEM_PATH")]
+    pub tls_ca: Option<PathBuf>,
+    /// Client certificate for mTLS.
+    #[arg(
+        long,
+        env = "AGENT_AUTH_CLIENT_TLS_CERT",
+        value_name = "PEM_PATH",
+        requires = "tls_key"
+    )]
+    pub tls_cert: Option<PathBuf>,
+    /// Client key for mTLS.
+    #[arg(
+        long,
+        env = "AGENT_AUTH_CLIENT_TLS_KEY",
+        value_name = "PEM_PATH",
+        requires = "tls_cert"
+    )]
+    pub tls_key: Option<PathBuf>,
+    /// The name to expect in the server's certificate, when it differs from the address.
+    #[arg(long, env = "AGENT_AUTH_CLIENT_TLS_DOMAIN", value_name = "NAME")]
+    pub tls_domain: Option<String>,
+}
+
 #[derive(Debug, Clone, Args)]
 pub struct HealthcheckArgs {
+    #[command(flatten)]
+    pub tls: ClientTlsArgs,
     /// The server's gRPC address: http://HOST:PORT or unix:/path.
     #[arg(
         long,
@@ -229,6 +273,8 @@ pub struct HealthcheckArgs {
 
 #[derive(Debug, Clone, Args)]
 pub struct AuthenticateArgs {
+    #[command(flatten)]
+    pub tls: ClientTlsArgs,
     /// The server's gRPC address: http://HOST:PORT or unix:/path.
     #[arg(
         long,

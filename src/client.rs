@@ -16,9 +16,47 @@ pub enum ClientError {
     Status(String),
 }
 
+/// Client TLS: the CA that signed the server, and optionally a client identity for mTLS.
+#[derive(Debug, Clone, Default)]
+pub struct ClientTls {
+    pub ca_pem: Vec<u8>,
+    pub identity_pem: Option<(Vec<u8>, Vec<u8>)>,
+    pub domain: Option<String>,
+}
+
+impl ClientTls {
+    /// From the client commands' flags; `None` without `--tls-ca`.
+    pub fn from_args(args: &crate::cli::ClientTlsArgs) -> Result<Option<Self>, ClientError> {
+        let read = |p: &std::path::Path| {
+            std::fs::read(p).map_err(|e| ClientError::Address(format!("{}: {e}", p.display())))
+        };
+        let Some(ca) = &args.tls_ca else {
+            return Ok(None);
+        };
+        let identity_pem = match (&args.tls_cert, &args.tls_key) {
+            (Some(cert), Some(key)) => Some((read(cert)?, read(key)?)),
+            _ => None,
+        };
+        Ok(Some(Self {
+            ca_pem: read(ca)?,
+            identity_pem,
+            domain: args.tls_domain.clone(),
+        }))
+    }
+}
+
 /// Connects to `server` within `timeout`: `http://HOST:PORT`, or `unix:/path` for a server
 /// listening on a unix socket.
 pub async fn connect(server: &str, timeout: Duration) -> Result<Channel, ClientError> {
+    connect_with(server, timeout, None).await
+}
+
+/// As [`connect`], over TLS when `tls` is given (`https://HOST:PORT`).
+pub async fn connect_with(
+    server: &str,
+    timeout: Duration,
+    tls: Option<&ClientTls>,
+) -> Result<Channel, ClientError> {
     let failed = |e: tonic::transport::Error| ClientError::Connect {
         server: server.to_owned(),
         reason: e.to_string(),
@@ -41,10 +79,21 @@ pub async fn connect(server: &str, timeout: Duration) -> Result<Channel, ClientE
             .await
             .map_err(failed);
     }
-    let endpoint = Endpoint::from_shared(server.to_owned())
+    let mut endpoint = Endpoint::from_shared(server.to_owned())
         .map_err(|_| ClientError::Address(server.to_owned()))?
         .connect_timeout(timeout)
         .timeout(timeout);
+    if let Some(tls) = tls {
+        let mut config = tonic::transport::ClientTlsConfig::new()
+            .ca_certificate(tonic::transport::Certificate::from_pem(&tls.ca_pem));
+        if let Some((cert, key)) = &tls.identity_pem {
+            config = config.identity(tonic::transport::Identity::from_pem(cert, key));
+        }
+        if let Some(domain) = &tls.domain {
+            config = config.domain_name(domain.clone());
+        }
+        endpoint = endpoint.tls_config(config).map_err(failed)?;
+    }
     endpoint.connect().await.map_err(failed)
 }
 
@@ -76,7 +125,17 @@ pub async fn is_serving(
     service: &str,
     timeout: Duration,
 ) -> Result<bool, ClientError> {
-    let channel = connect(server, timeout).await?;
+    is_serving_with(server, service, timeout, None).await
+}
+
+/// As [`is_serving`], over TLS when `tls` is given.
+pub async fn is_serving_with(
+    server: &str,
+    service: &str,
+    timeout: Duration,
+    tls: Option<&ClientTls>,
+) -> Result<bool, ClientError> {
+    let channel = connect_with(server, timeout, tls).await?;
     let mut client = tonic_health::pb::health_client::HealthClient::new(channel);
     let response = client
         .check(tonic_health::pb::HealthCheckRequest {

@@ -62,6 +62,9 @@ pub struct RawConfig {
     pub azure_intermediates: Option<String>,
     pub azure_fetch_issuers: bool,
     pub azure_allowed_subscription: Vec<String>,
+    pub tls_cert: Option<String>,
+    pub tls_key: Option<String>,
+    pub tls_client_ca: Option<String>,
     pub insecure_verify_time: Option<String>,
     pub log_format: String,
     pub log_level: String,
@@ -92,6 +95,9 @@ impl Default for RawConfig {
             azure_intermediates: None,
             azure_fetch_issuers: false,
             azure_allowed_subscription: Vec::new(),
+            tls_cert: None,
+            tls_key: None,
+            tls_client_ca: None,
             insecure_verify_time: None,
             log_format: "json".into(),
             log_level: "info".into(),
@@ -120,6 +126,15 @@ pub struct GcpConfig {
     pub jwks: JwksSource,
     pub audience: String,
     pub allowed_projects: Vec<String>,
+}
+
+/// `--tls-cert`, `--tls-key`, `--tls-client-ca`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsConfig {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    /// When set, callers must present a certificate signed by it.
+    pub client_ca: Option<PathBuf>,
 }
 
 /// `--schema`.
@@ -153,6 +168,8 @@ pub struct Config {
     pub aws: AwsTrustConfig,
     pub azure: AzureTrustConfig,
     pub gcp: GcpConfig,
+    /// TLS (and mTLS with a client CA) on the gRPC listener.
+    pub tls: Option<TlsConfig>,
     pub insecure_verify_time: Option<SystemTime>,
     pub log_format: LogFormat,
     pub log_level: String,
@@ -273,6 +290,38 @@ impl Config {
                 .filter(|p| !p.is_empty())
                 .collect(),
         };
+        let tls = match (
+            optional_file("tls_cert", raw.tls_cert.as_deref())?,
+            optional_file("tls_key", raw.tls_key.as_deref())?,
+            optional_file("tls_client_ca", raw.tls_client_ca.as_deref())?,
+        ) {
+            (None, None, None) => None,
+            (Some(cert), Some(key), client_ca) => {
+                if matches!(grpc_listen, ListenAddr::Unix(_)) {
+                    return Err(ConfigError::new(
+                        "tls_cert",
+                        "TLS is for TCP listeners; a unix socket is protected by its file mode",
+                    ));
+                }
+                Some(TlsConfig {
+                    cert,
+                    key,
+                    client_ca,
+                })
+            }
+            (None, _, Some(_)) => {
+                return Err(ConfigError::new(
+                    "tls_client_ca",
+                    "needs tls_cert and tls_key",
+                ));
+            }
+            (Some(_), None, _) => {
+                return Err(ConfigError::new("tls_key", "tls_cert needs tls_key"));
+            }
+            (None, Some(_), _) => {
+                return Err(ConfigError::new("tls_cert", "tls_key needs tls_cert"));
+            }
+        };
         let insecure_verify_time = match raw.insecure_verify_time.as_deref() {
             None | Some("") => None,
             Some(t) => Some(
@@ -307,6 +356,7 @@ impl Config {
             aws,
             azure,
             gcp,
+            tls,
             insecure_verify_time,
             log_format,
             log_level: raw.log_level,

@@ -11,6 +11,8 @@ use clap::Parser;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    // One TLS crypto provider for the whole process (rustls panics when it must guess).
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -26,7 +28,21 @@ fn main() -> ExitCode {
             Command::Serve(args) => serve(args).await,
             Command::Migrate(args) => migrate(args).await,
             Command::Healthcheck(args) => {
-                match client::is_serving(&args.server, &args.service, args.timeout).await {
+                let tls = match client::ClientTls::from_args(&args.tls) {
+                    Ok(tls) => tls,
+                    Err(e) => {
+                        eprintln!("agent-auth: {e}");
+                        return ExitCode::from(EXIT_CONFIG as u8);
+                    }
+                };
+                match client::is_serving_with(
+                    &args.server,
+                    &args.service,
+                    args.timeout,
+                    tls.as_ref(),
+                )
+                .await
+                {
                     Ok(true) => ExitCode::SUCCESS,
                     Ok(false) => {
                         eprintln!("agent-auth: {} is not serving", args.server);
@@ -154,7 +170,14 @@ async fn authenticate(args: AuthenticateArgs) -> ExitCode {
             return ExitCode::from(EXIT_CONFIG as u8);
         }
     };
-    let channel = match client::connect(&args.server, args.timeout).await {
+    let tls = match client::ClientTls::from_args(&args.tls) {
+        Ok(tls) => tls,
+        Err(e) => {
+            eprintln!("agent-auth: {e}");
+            return ExitCode::from(EXIT_CONFIG as u8);
+        }
+    };
+    let channel = match client::connect_with(&args.server, args.timeout, tls.as_ref()).await {
         Ok(channel) => channel,
         Err(e) => {
             eprintln!("agent-auth: {e}");

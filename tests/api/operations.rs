@@ -356,3 +356,151 @@ async fn metrics_pass_promtool() {
         String::from_utf8_lossy(&output.stderr)
     );
 }
+
+/// A CA and certificates it signs, written as PEM files.
+struct TestCa {
+    cert: openssl::x509::X509,
+    key: openssl::pkey::PKey<openssl::pkey::Private>,
+}
+
+impl TestCa {
+    fn new(name: &str) -> Self {
+        let key =
+            openssl::pkey::PKey::from_rsa(openssl::rsa::Rsa::generate(2048).unwrap()).unwrap();
+        let cert = Self::build(name, &key, None, true);
+        Self { cert, key }
+    }
+
+    fn build(
+        cn: &str,
+        key: &openssl::pkey::PKey<openssl::pkey::Private>,
+        issuer: Option<&TestCa>,
+        ca: bool,
+    ) -> openssl::x509::X509 {
+        use openssl::x509::extension::{BasicConstraints, SubjectAlternativeName};
+        let mut name = openssl::x509::X509NameBuilder::new().unwrap();
+        name.append_entry_by_text("CN", cn).unwrap();
+        let name = name.build();
+        let mut builder = openssl::x509::X509::builder().unwrap();
+        builder.set_version(2).unwrap();
+        let serial = openssl::bn::BigNum::from_u32(uuid::Uuid::new_v4().as_u128() as u32 >> 1)
+            .unwrap()
+            .to_asn1_integer()
+            .unwrap();
+        builder.set_serial_number(&serial).unwrap();
+        builder.set_subject_name(&name).unwrap();
+        builder
+            .set_issuer_name(issuer.map(|i| i.cert.subject_name()).unwrap_or(&name))
+            .unwrap();
+        builder.set_pubkey(key).unwrap();
+        builder
+            .set_not_before(&openssl::asn1::Asn1Time::days_from_now(0).unwrap())
+            .unwrap();
+        builder
+            .set_not_after(&openssl::asn1::Asn1Time::days_from_now(30).unwrap())
+            .unwrap();
+        if ca {
+            builder
+                .append_extension(BasicConstraints::new().critical().ca().build().unwrap())
+                .unwrap();
+        } else {
+            let san = SubjectAlternativeName::new()
+                .dns("localhost")
+                .ip("127.0.0.1")
+                .build(&builder.x509v3_context(issuer.map(|i| &*i.cert), None))
+                .unwrap();
+            builder.append_extension(san).unwrap();
+        }
+        builder
+            .sign(
+                issuer.map(|i| &i.key).unwrap_or(key),
+                openssl::hash::MessageDigest::sha256(),
+            )
+            .unwrap();
+        builder.build()
+    }
+
+    /// A leaf signed by this CA: (certificate PEM, key PEM).
+    fn issue(&self, cn: &str) -> (Vec<u8>, Vec<u8>) {
+        let key =
+            openssl::pkey::PKey::from_rsa(openssl::rsa::Rsa::generate(2048).unwrap()).unwrap();
+        let cert = Self::build(cn, &key, Some(self), false);
+        (
+            cert.to_pem().unwrap(),
+            key.private_key_to_pem_pkcs8().unwrap(),
+        )
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mtls_refuses_callers_without_a_certificate_from_the_client_ca() {
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+    let server_ca = TestCa::new("server CA");
+    let client_ca = TestCa::new("client CA");
+    let stranger_ca = TestCa::new("stranger CA");
+    let dir = tempfile::tempdir().unwrap();
+    let write = |name: &str, bytes: &[u8]| {
+        let path = dir.path().join(name);
+        std::fs::write(&path, bytes).unwrap();
+        path.display().to_string()
+    };
+    let (server_cert, server_key) = server_ca.issue("localhost");
+    let (cert_path, key_path) = (
+        write("server.pem", &server_cert),
+        write("server.key", &server_key),
+    );
+    let client_ca_path = write("client-ca.pem", &client_ca.cert.to_pem().unwrap());
+    let db = TestDb::migrated().await;
+    let world = World::new(&db).await;
+    let resource = world.build(world.workspace().await, 1).await;
+    let agent = world.agent(resource, "main", RECORDED_INSTANCE).await;
+    let app = TestApp::spawn(&db, |c| {
+        c.tls_cert = Some(cert_path);
+        c.tls_key = Some(key_path);
+        c.tls_client_ca = Some(client_ca_path);
+    })
+    .await;
+    let url = app.grpc_url.replace("http://", "https://");
+    let tls = |identity: Option<(Vec<u8>, Vec<u8>)>| agent_auth::client::ClientTls {
+        ca_pem: server_ca.cert.to_pem().unwrap(),
+        identity_pem: identity,
+        domain: Some("localhost".into()),
+    };
+    let call = async |tls: agent_auth::client::ClientTls| match agent_auth::client::connect_with(
+        &url,
+        Duration::from_secs(5),
+        Some(&tls),
+    )
+    .await
+    {
+        Ok(channel) => agent_auth::client::authenticate(
+            channel,
+            aws_request(RECORDED_DOCUMENT, RECORDED_SIGNATURE, ""),
+        )
+        .await
+        .map_err(|s| s.code()),
+        Err(_) => Err(Code::Unavailable),
+    };
+
+    let response = call(tls(Some(client_ca.issue("control-plane"))))
+        .await
+        .expect("a client certificate from the CA is accepted");
+    assert_eq!(response.session_token, agent.token.to_string());
+    assert!(call(tls(None)).await.is_err(), "no client certificate");
+    assert!(
+        call(tls(Some(stranger_ca.issue("intruder"))))
+            .await
+            .is_err(),
+        "a certificate from another CA"
+    );
+    let plaintext = match agent_auth::client::connect(&app.grpc_url, Duration::from_secs(2)).await {
+        Ok(channel) => agent_auth::client::authenticate(
+            channel,
+            aws_request(RECORDED_DOCUMENT, RECORDED_SIGNATURE, ""),
+        )
+        .await
+        .is_ok(),
+        Err(_) => false,
+    };
+    assert!(!plaintext, "plaintext is refused");
+}

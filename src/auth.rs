@@ -222,7 +222,11 @@ impl Authenticator {
             .ok_or_else(|| AuthError::Malformed("no identity is set".into()))?;
         let cloud = evidence_cloud(&evidence);
         let verify_started = Instant::now();
-        let verified = self.verify(evidence).await;
+        let verified = tracing::Instrument::instrument(
+            self.verify(evidence),
+            tracing::info_span!("verify", cloud = cloud.label()),
+        )
+        .await;
         crate::metrics::record_verify(cloud.label(), verify_started.elapsed());
         let (cloud, instance_id) = verified?;
         *instance = short_hash(instance_id.as_str());

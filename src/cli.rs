@@ -219,6 +219,11 @@ pub struct ServeArgs {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub log_level: Option<String>,
 
+    /// OTLP/gRPC collector for traces, e.g. http://otel-collector:4317 (off unless set)
+    #[arg(long, env = "AGENT_AUTH_OTLP_ENDPOINT", value_name = "URL")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub otlp_endpoint: Option<String>,
+
     /// How long in-flight requests may run after SIGTERM [default: 10s]
     #[arg(long, env = "AGENT_AUTH_SHUTDOWN_GRACE", value_name = "DURATION")]
     #[serde(skip_serializing_if = "Option::is_none")]

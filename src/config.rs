@@ -68,6 +68,7 @@ pub struct RawConfig {
     pub insecure_verify_time: Option<String>,
     pub log_format: String,
     pub log_level: String,
+    pub otlp_endpoint: Option<String>,
     pub shutdown_grace: String,
 }
 
@@ -101,6 +102,7 @@ impl Default for RawConfig {
             insecure_verify_time: None,
             log_format: "json".into(),
             log_level: "info".into(),
+            otlp_endpoint: None,
             shutdown_grace: "10s".into(),
         }
     }
@@ -173,6 +175,8 @@ pub struct Config {
     pub insecure_verify_time: Option<SystemTime>,
     pub log_format: LogFormat,
     pub log_level: String,
+    /// OTLP/gRPC traces endpoint.
+    pub otlp_endpoint: Option<String>,
     pub shutdown_grace: Duration,
 }
 
@@ -360,6 +364,20 @@ impl Config {
             insecure_verify_time,
             log_format,
             log_level: raw.log_level,
+            otlp_endpoint: match raw.otlp_endpoint.as_deref().map(str::trim) {
+                None | Some("") => None,
+                Some(url) if url.starts_with("http://") || url.starts_with("https://") => {
+                    url.parse::<hyper::Uri>()
+                        .map_err(|e| ConfigError::new("otlp_endpoint", e.to_string()))?;
+                    Some(url.to_owned())
+                }
+                Some(other) => {
+                    return Err(ConfigError::new(
+                        "otlp_endpoint",
+                        format!("expected an http:// or https:// URL, found {other:?}"),
+                    ));
+                }
+            },
             shutdown_grace: parse_duration("shutdown_grace", &raw.shutdown_grace)?,
         })
     }

@@ -56,7 +56,7 @@ fn main() -> ExitCode {
             }
             Command::Authenticate(args) => authenticate(args).await,
             Command::Demo(args) => {
-                telemetry::init(agent_auth::config::LogFormat::Text, "warn");
+                telemetry::init(agent_auth::config::LogFormat::Text, "warn", None);
                 match demo::run(args).await {
                     Ok(()) => ExitCode::SUCCESS,
                     Err(e) => {
@@ -85,7 +85,11 @@ async fn serve(args: ServeArgs) -> ExitCode {
         println!("{config:#?}");
         return ExitCode::SUCCESS;
     }
-    telemetry::init(config.log_format, &config.log_level);
+    let telemetry = telemetry::init(
+        config.log_format,
+        &config.log_level,
+        config.otlp_endpoint.as_deref(),
+    );
     if let Some(at) = config.insecure_verify_time {
         tracing::warn!(verify_time = %humantime::format_rfc3339(at), "--insecure-verify-time is set: evidence is verified as of a fixed instant; for tests only");
     }
@@ -97,7 +101,10 @@ async fn serve(args: ServeArgs) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match app.run(agent_auth::app::shutdown_signal()).await {
+    let outcome = app.run(agent_auth::app::shutdown_signal()).await;
+    // After the listeners drained and the embedded database stopped: flush traces.
+    telemetry.shutdown();
+    match outcome {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("agent-auth: {e}");
@@ -111,7 +118,7 @@ async fn migrate(args: ServeArgs) -> ExitCode {
         Ok(config) => config,
         Err(code) => return code,
     };
-    telemetry::init(config.log_format, &config.log_level);
+    telemetry::init(config.log_format, &config.log_level, None);
     match agent_auth::app::prepare_database(&config).await {
         Ok(database) => {
             if let Some(cluster) = database.embedded {

@@ -1,17 +1,117 @@
-//! Logging: `tracing` with JSON lines by default, text on request.
+//! Logs and traces.
+//!
+//! - Logs: `tracing` with JSON lines by default, text on request, to stderr.
+//! - Traces: with `--otlp-endpoint`, spans (the RPC, `verify`, `query`) go to an OTLP/gRPC
+//!   collector through a batch exporter, so a slow or dead collector never delays a request:
+//!   spans are queued and dropped when the queue is full. W3C `traceparent` in the request
+//!   metadata becomes the RPC span's parent.
+
+use std::time::Duration;
+
+use opentelemetry::trace::TracerProvider as _;
+use opentelemetry_otlp::WithExportConfig;
+use opentelemetry_sdk::trace::SdkTracerProvider;
+use tracing_subscriber::Layer as _;
+use tracing_subscriber::layer::SubscriberExt as _;
+use tracing_subscriber::util::SubscriberInitExt as _;
 
 use crate::config::LogFormat;
 
-/// Installs the global subscriber. Safe to call once per process; later calls do nothing.
-pub fn init(format: LogFormat, filter: &str) {
+/// Keeps the tracer provider alive; [`Telemetry::shutdown`] flushes queued spans.
+#[derive(Default)]
+pub struct Telemetry {
+    provider: Option<SdkTracerProvider>,
+}
+
+impl Telemetry {
+    /// Flushes and stops the exporter (bounded by the exporter's own timeout).
+    pub fn shutdown(self) {
+        if let Some(provider) = self.provider
+            && let Err(e) = provider.shutdown()
+        {
+            tracing::warn!(error = %e, "flushing traces failed");
+        }
+    }
+}
+
+/// Installs the global subscriber (once per process; later calls only return a handle).
+/// Must run inside a tokio runtime when `otlp_endpoint` is set.
+pub fn init(format: LogFormat, filter: &str, otlp_endpoint: Option<&str>) -> Telemetry {
     let filter = tracing_subscriber::EnvFilter::try_new(filter)
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
-    let _ = match format {
-        LogFormat::Json => builder.json().flatten_event(true).try_init(),
-        LogFormat::Text => builder.try_init(),
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let logs = match format {
+        LogFormat::Json => tracing_subscriber::fmt::layer()
+            .json()
+            .flatten_event(true)
+            .with_writer(std::io::stderr)
+            .boxed(),
+        LogFormat::Text => tracing_subscriber::fmt::layer()
+            .with_ansi(ansi)
+            .with_writer(std::io::stderr)
+            .boxed(),
     };
+    let provider = otlp_endpoint.and_then(tracer_provider);
+    let traces = provider
+        .as_ref()
+        .map(|provider| tracing_opentelemetry::layer().with_tracer(provider.tracer("agent-auth")));
+    opentelemetry::global::set_text_map_propagator(
+        opentelemetry_sdk::propagation::TraceContextPropagator::new(),
+    );
+    let _ = tracing_subscriber::registry()
+        .with(filter)
+        .with(logs)
+        .with(traces)
+        .try_init();
+    Telemetry { provider }
+}
+
+fn tracer_provider(endpoint: &str) -> Option<SdkTracerProvider> {
+    let exporter = opentelemetry_otlp::SpanExporter::builder()
+        .with_tonic()
+        .with_endpoint(endpoint)
+        .with_timeout(Duration::from_secs(3))
+        .build();
+    match exporter {
+        Ok(exporter) => Some(
+            SdkTracerProvider::builder()
+                .with_batch_exporter(exporter)
+                .with_resource(
+                    opentelemetry_sdk::Resource::builder()
+                        .with_service_name("agent-auth")
+                        .build(),
+                )
+                .build(),
+        ),
+        Err(e) => {
+            eprintln!("agent-auth: traces disabled: cannot build the OTLP exporter: {e}");
+            None
+        }
+    }
+}
+
+/// Reads W3C trace context from gRPC metadata.
+pub struct MetadataExtractor<'a>(pub &'a tonic::metadata::MetadataMap);
+
+impl opentelemetry::propagation::Extractor for MetadataExtractor<'_> {
+    fn get(&self, key: &str) -> Option<&str> {
+        self.0.get(key).and_then(|v| v.to_str().ok())
+    }
+
+    fn keys(&self) -> Vec<&str> {
+        self.0
+            .keys()
+            .filter_map(|k| match k {
+                tonic::metadata::KeyRef::Ascii(k) => Some(k.as_str()),
+                tonic::metadata::KeyRef::Binary(_) => None,
+            })
+            .collect()
+    }
+}
+
+/// The caller's trace context, from `traceparent`/`tracestate` metadata.
+pub fn remote_context(metadata: &tonic::metadata::MetadataMap) -> opentelemetry::Context {
+    opentelemetry::global::get_text_map_propagator(|propagator| {
+        propagator.extract(&MetadataExtractor(metadata))
+    })
 }

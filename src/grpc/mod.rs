@@ -67,11 +67,24 @@ impl pb::agent_auth_server::AgentAuth for AgentAuthService {
         let _in_flight = DecrementOnDrop(in_flight);
         // tonic's transport also enforces `grpc-timeout`, but answers CANCELLED; finishing a
         // little earlier lets the caller see DEADLINE_EXCEEDED, as gRPC specifies.
+        let span = tracing::info_span!(
+            "agentauth.v1.AgentAuth/Authenticate",
+            otel.kind = "server",
+            rpc.system = "grpc",
+            rpc.service = SERVICE_NAME,
+            rpc.method = "Authenticate",
+        );
+        {
+            use tracing_opentelemetry::OpenTelemetrySpanExt as _;
+            let _ = span.set_parent(crate::telemetry::remote_context(request.metadata()));
+        }
         let deadline = grpc_timeout(request.metadata())
             .map(|limit| limit.saturating_sub((limit / 20).min(Duration::from_millis(20))));
-        let work = self
-            .auth
-            .authenticate(into_auth_request(request.into_inner()));
+        let work = tracing::Instrument::instrument(
+            self.auth
+                .authenticate(into_auth_request(request.into_inner())),
+            span,
+        );
         let result = match deadline {
             Some(limit) => match tokio::time::timeout(limit, work).await {
                 Ok(result) => result,

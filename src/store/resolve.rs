@@ -79,6 +79,7 @@ pub struct Resolution {
 impl Store {
     /// Runs [`RESOLVE_SQL`] once. If the pooled connection turns out dead (the statement never
     /// reached the server), it is dropped and the statement retried once on another connection.
+    #[tracing::instrument(name = "query", skip_all, fields(db.system = "postgresql", db.operation = "resolve"))]
     pub async fn resolve(&self, instance_id: &str) -> Result<Resolution, StoreError> {
         let client = self.checkout().await?;
         let rows = match query(&client, instance_id).await {

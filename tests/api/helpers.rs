@@ -622,3 +622,75 @@ pub async fn eventually(limit: Duration, mut check: impl AsyncFnMut() -> bool) -
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
+
+/// The real binary running `serve` against a test database, on free loopback ports.
+pub struct ServeProcess {
+    child: tokio::process::Child,
+    pub grpc_url: String,
+    pub admin_url: String,
+}
+
+impl ServeProcess {
+    /// Starts `agent-auth serve` with `extra` flags and waits until `/readyz` answers 200.
+    pub async fn start(db: &TestDb, extra: &[&str]) -> Self {
+        let free = || {
+            std::net::TcpListener::bind("127.0.0.1:0")
+                .and_then(|l| l.local_addr())
+                .map(|a| a.port())
+                .unwrap_or_else(|e| panic!("{e}"))
+        };
+        let (grpc, admin) = (free(), free());
+        let child = tokio::process::Command::new(env!("CARGO_BIN_EXE_agent-auth"))
+            .args(["serve", "--postgres-url", &db.url])
+            .args(["--grpc-listen", &format!("127.0.0.1:{grpc}")])
+            .args(["--admin-listen", &format!("127.0.0.1:{admin}")])
+            .args([
+                "--gcp-jwks",
+                concat!(
+                    env!("CARGO_MANIFEST_DIR"),
+                    "/tests/fixtures/gcp/empty-jwks.json"
+                ),
+            ])
+            .args(extra)
+            .stderr(std::process::Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap_or_else(|e| panic!("spawn: {e}"));
+        let process = Self {
+            child,
+            grpc_url: format!("http://127.0.0.1:{grpc}"),
+            admin_url: format!("http://127.0.0.1:{admin}"),
+        };
+        let ready = eventually(Duration::from_secs(30), async || {
+            http_get(&format!("{}/readyz", process.admin_url)).await.0 == 200
+        });
+        assert!(ready.await, "serve never became ready");
+        process
+    }
+
+    pub async fn channel(&self) -> Channel {
+        agent_auth::client::connect(&self.grpc_url, Duration::from_secs(5))
+            .await
+            .unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    /// SIGTERM, then the exit status and everything the process wrote to stderr.
+    pub async fn terminate(mut self) -> (std::process::ExitStatus, String) {
+        use tokio::io::AsyncReadExt;
+        let pid = self.child.id().unwrap_or_else(|| panic!("exited early"));
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(pid as i32),
+            nix::sys::signal::Signal::SIGTERM,
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+        let mut stderr = String::new();
+        if let Some(mut pipe) = self.child.stderr.take() {
+            let _ = pipe.read_to_string(&mut stderr).await;
+        }
+        let status = tokio::time::timeout(Duration::from_secs(30), self.child.wait())
+            .await
+            .unwrap_or_else(|_| panic!("no exit within 30 s of SIGTERM"))
+            .unwrap_or_else(|e| panic!("{e}"));
+        (status, stderr)
+    }
+}

@@ -202,50 +202,12 @@ async fn a_request_in_flight_at_shutdown_completes() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn json_logs_have_one_line_per_authentication_and_no_secrets() {
-    use tokio::io::AsyncReadExt;
     let db = TestDb::migrated().await;
     let world = World::new(&db).await;
     let resource = world.build(world.workspace().await, 1).await;
     let agent = world.agent(resource, "main", RECORDED_INSTANCE).await;
-    let free = || {
-        std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port()
-    };
-    let (grpc, admin_port) = (free(), free());
-    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_agent-auth"))
-        .args(["serve", "--postgres-url", &db.url])
-        .args([
-            "--grpc-listen",
-            &format!("127.0.0.1:{grpc}"),
-            "--admin-listen",
-            &format!("127.0.0.1:{admin_port}"),
-        ])
-        .args([
-            "--gcp-jwks",
-            concat!(
-                env!("CARGO_MANIFEST_DIR"),
-                "/tests/fixtures/gcp/empty-jwks.json"
-            ),
-        ])
-        .stderr(std::process::Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-    assert!(
-        eventually(Duration::from_secs(30), async || http_get(&format!(
-            "http://127.0.0.1:{admin_port}/readyz"
-        ))
-        .await
-        .0 == 200)
-        .await
-    );
-    let channel =
-        agent_auth::client::connect(&format!("http://127.0.0.1:{grpc}"), Duration::from_secs(5))
-            .await
-            .unwrap();
+    let server = ServeProcess::start(&db, &[]).await;
+    let channel = server.channel().await;
     success(
         agent_auth::client::authenticate(
             channel.clone(),
@@ -258,24 +220,8 @@ async fn json_logs_have_one_line_per_authentication_and_no_secrets() {
         agent_auth::client::authenticate(channel, aws_request(&forged, RECORDED_SIGNATURE, ""))
             .await,
     );
-
-    nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(child.id().unwrap() as i32),
-        nix::sys::signal::Signal::SIGTERM,
-    )
-    .unwrap();
-    let mut logs = String::new();
-    child
-        .stderr
-        .take()
-        .unwrap()
-        .read_to_string(&mut logs)
-        .await
-        .unwrap();
-    assert!(
-        child.wait().await.unwrap().success(),
-        "exit 0 after SIGTERM"
-    );
+    let (status, logs) = server.terminate().await;
+    assert!(status.success(), "exit 0 after SIGTERM");
 
     let lines: Vec<serde_json::Value> = logs
         .lines()
@@ -308,6 +254,111 @@ async fn json_logs_have_one_line_per_authentication_and_no_secrets() {
     {
         assert!(!logs.contains(&secret), "the logs contain {secret:?}");
     }
+}
+
+/// A minimal OTLP/gRPC trace collector: it records (span name, trace id) of what it receives.
+async fn otlp_collector() -> (
+    String,
+    std::sync::Arc<std::sync::Mutex<Vec<(String, String)>>>,
+) {
+    use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::{
+        TraceService, TraceServiceServer,
+    };
+    use opentelemetry_proto::tonic::collector::trace::v1::{
+        ExportTraceServiceRequest, ExportTraceServiceResponse,
+    };
+    type Spans = std::sync::Arc<std::sync::Mutex<Vec<(String, String)>>>;
+    struct Collector(Spans);
+    #[tonic::async_trait]
+    impl TraceService for Collector {
+        async fn export(
+            &self,
+            request: tonic::Request<ExportTraceServiceRequest>,
+        ) -> Result<tonic::Response<ExportTraceServiceResponse>, tonic::Status> {
+            let mut spans = self.0.lock().unwrap();
+            for resource in request.into_inner().resource_spans {
+                for scope in resource.scope_spans {
+                    for span in scope.spans {
+                        let trace_id: String =
+                            span.trace_id.iter().map(|b| format!("{b:02x}")).collect();
+                        spans.push((span.name, trace_id));
+                    }
+                }
+            }
+            Ok(tonic::Response::new(ExportTraceServiceResponse {
+                partial_success: None,
+            }))
+        }
+    }
+    let spans: Spans = Default::default();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let service = TraceServiceServer::new(Collector(spans.clone()));
+    tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_service(service)
+            .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
+    );
+    (url, spans)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn spans_reach_the_collector_under_the_callers_trace() {
+    let (collector, spans) = otlp_collector().await;
+    let db = TestDb::migrated().await;
+    let world = World::new(&db).await;
+    let resource = world.build(world.workspace().await, 1).await;
+    world.agent(resource, "main", RECORDED_INSTANCE).await;
+    let server = ServeProcess::start(&db, &["--otlp-endpoint", &collector]).await;
+    let trace_id = "4bf92f3577b34da6a3ce929d0e0e4736";
+    let mut client =
+        agent_auth::grpc::pb::agent_auth_client::AgentAuthClient::new(server.channel().await);
+    let mut request = tonic::Request::new(aws_request(RECORDED_DOCUMENT, RECORDED_SIGNATURE, ""));
+    request.metadata_mut().insert(
+        "traceparent",
+        format!("00-{trace_id}-00f067aa0ba902b7-01")
+            .parse()
+            .unwrap(),
+    );
+    client.authenticate(request).await.expect("authenticates");
+    let (status, _) = server.terminate().await;
+    assert!(status.success());
+
+    let spans = spans.lock().unwrap().clone();
+    for name in ["agentauth.v1.AgentAuth/Authenticate", "verify", "query"] {
+        assert!(
+            spans.iter().any(|(n, t)| n == name && t == trace_id),
+            "span {name} in trace {trace_id}: {spans:?}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_collector_changes_nothing_for_callers() {
+    let closed = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let db = TestDb::migrated().await;
+    let world = World::new(&db).await;
+    let resource = world.build(world.workspace().await, 1).await;
+    world.agent(resource, "main", RECORDED_INSTANCE).await;
+    let server = ServeProcess::start(&db, &["--otlp-endpoint", &format!("http://{closed}")]).await;
+    let channel = server.channel().await;
+    for _ in 0..20 {
+        success(
+            agent_auth::client::authenticate(
+                channel.clone(),
+                aws_request(RECORDED_DOCUMENT, RECORDED_SIGNATURE, ""),
+            )
+            .await,
+        );
+    }
+    let (status, _) = server.terminate().await;
+    assert!(
+        status.success(),
+        "exit 0 even though traces could not be flushed"
+    );
 }
 
 /// `promtool` from Debian's `prometheus` package (`.ci/run` installs it).

@@ -180,10 +180,9 @@ impl Authenticator {
         let cloud = request.evidence.as_ref().map(evidence_cloud);
         let mut instance = String::new();
         let result = self.run(request, &mut instance).await;
-        let outcome = match &result {
-            Ok(_) => "ok",
-            Err(e) => e.reason(),
-        };
+        // The reason code (contract) and its lower-case metrics label; "ok" on success.
+        let reason = result.as_ref().err().map(AuthError::reason).unwrap_or("");
+        let outcome = outcome_label(if reason.is_empty() { "ok" } else { reason });
         let detail = match &result {
             Err(
                 e @ (AuthError::InvalidIdentity { .. }
@@ -193,15 +192,12 @@ impl Authenticator {
             _ => String::new(),
         };
         let cloud_label = cloud.map(Cloud::label).unwrap_or("none");
-        crate::metrics::record_authentication(
-            cloud_label,
-            outcome_label(outcome),
-            started.elapsed(),
-        );
+        crate::metrics::record_authentication(cloud_label, outcome, started.elapsed());
         tracing::info!(
             request_id,
-            cloud = cloud.map(Cloud::label).unwrap_or("none"),
+            cloud = cloud_label,
             outcome,
+            reason,
             instance,
             detail,
             duration_ms = started.elapsed().as_secs_f64() * 1000.0,

@@ -232,8 +232,14 @@ async fn json_logs_have_one_line_per_authentication_and_no_secrets() {
         .filter(|l| l["message"] == "authentication")
         .collect();
     assert_eq!(auths.len(), 2, "{logs}");
-    assert_eq!(auths[0]["outcome"], "ok");
-    assert_eq!(auths[1]["outcome"], "INVALID_IDENTITY");
+    assert_eq!(
+        (&auths[0]["outcome"], &auths[0]["reason"]),
+        (&"ok".into(), &"".into())
+    );
+    assert_eq!(
+        (&auths[1]["outcome"], &auths[1]["reason"]),
+        (&"invalid_identity".into(), &"INVALID_IDENTITY".into())
+    );
     for line in &auths {
         assert_eq!(line["cloud"], "aws");
         assert_eq!(line["request_id"].as_str().map(str::len), Some(32));
@@ -554,4 +560,60 @@ async fn mtls_refuses_callers_without_a_certificate_from_the_client_ca() {
         Err(_) => false,
     };
     assert!(!plaintext, "plaintext is refused");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_burst_over_the_limit_ends_ok_shed_or_unavailable_never_internal_and_within_deadline() {
+    let db = TestDb::migrated().await;
+    let world = World::new(&db).await;
+    let resource = world.build(world.workspace().await, 1).await;
+    world.agent(resource, "main", RECORDED_INSTANCE).await;
+    let app = TestApp::spawn(&db, |c| {
+        c.max_concurrent_requests = 4;
+        c.db_pool_size = 2;
+        c.db_checkout_timeout = "300ms".into();
+    })
+    .await;
+    let channel = app.channel().await;
+    let deadline = Duration::from_secs(2);
+    let calls = (0..150).map(|_| {
+        let mut client =
+            agent_auth::grpc::pb::agent_auth_client::AgentAuthClient::new(channel.clone());
+        tokio::spawn(async move {
+            let mut request =
+                tonic::Request::new(aws_request(RECORDED_DOCUMENT, RECORDED_SIGNATURE, ""));
+            request.set_timeout(deadline);
+            let started = Instant::now();
+            let code = match client.authenticate(request).await {
+                Ok(_) => Code::Ok,
+                Err(status) => status.code(),
+            };
+            (code, started.elapsed())
+        })
+    });
+    let mut outcomes = std::collections::BTreeMap::new();
+    for call in calls.collect::<Vec<_>>() {
+        let (code, took) = call.await.unwrap();
+        assert!(
+            matches!(code, Code::Ok | Code::ResourceExhausted | Code::Unavailable),
+            "{code:?}"
+        );
+        assert!(
+            took < deadline + Duration::from_millis(500),
+            "answered after {took:?}"
+        );
+        *outcomes.entry(format!("{code:?}")).or_insert(0) += 1;
+    }
+    println!("150 concurrent logins, limit 4, pool 2: {outcomes:?}");
+    assert!(outcomes.contains_key("Ok"));
+    let (_, metrics) = app.admin_get("/metrics").await;
+    if outcomes.contains_key("ResourceExhausted") {
+        let shed: f64 = metrics
+            .lines()
+            .find(|l| l.starts_with("agent_auth_requests_shed_total "))
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse().ok())
+            .expect("agent_auth_requests_shed_total");
+        assert!(shed >= outcomes["ResourceExhausted"] as f64);
+    }
 }

@@ -19,16 +19,10 @@ fn rsa2048_request(document: &str, pkcs7: &str) -> pb::AuthenticateRequest {
     }
 }
 
-async fn seeded_agent(db: &TestDb, instance: &str) -> Agent {
-    let world = World::new(db).await;
-    let resource = world.build(world.workspace().await, 1).await;
-    world.agent(resource, "main", instance).await
-}
-
 #[tokio::test]
 async fn the_recorded_us_east_1_document_authenticates_with_the_builtin_key() {
     let db = TestDb::migrated().await;
-    let agent = seeded_agent(&db, RECORDED_INSTANCE).await;
+    let agent = seed_agent(&db, RECORDED_INSTANCE).await;
     let app = TestApp::spawn(&db, |_| {}).await;
 
     let response = success(
@@ -42,7 +36,7 @@ async fn the_recorded_us_east_1_document_authenticates_with_the_builtin_key() {
 #[tokio::test]
 async fn one_authentication_runs_exactly_one_statement_and_a_forgery_runs_none() {
     let db = TestDb::migrated().await;
-    seeded_agent(&db, RECORDED_INSTANCE).await;
+    seed_agent(&db, RECORDED_INSTANCE).await;
     let app = TestApp::spawn(&db, |_| {}).await;
     let channel_warmup = app.channel().await;
     drop(channel_warmup);
@@ -123,7 +117,7 @@ async fn the_key_is_chosen_by_the_document_region() {
         ("ap-east-1", &hong_kong_key, &default_key),
     ] {
         let instance = instance_id();
-        let agent = seeded_agent(&db, &instance).await;
+        let agent = seed_agent(&db, &instance).await;
         let document = aws_document(&instance, region, "123456789012");
         let response = success(
             app.authenticate(aws_request(&document, &key.sign(&document), ""))
@@ -162,7 +156,7 @@ async fn invalid_aws_evidence_is_unauthenticated_with_only_the_fixed_message() {
     })
     .await;
     let instance = instance_id();
-    seeded_agent(&db, &instance).await;
+    seed_agent(&db, &instance).await;
     let document = aws_document(&instance, "us-east-1", "123456789012");
     let other_account = aws_document(&instance, "us-east-1", "999999999999");
     let bad_instance = aws_document("i-NOTANID", "us-east-1", "123456789012");
@@ -247,7 +241,7 @@ async fn the_rsa2048_pkcs7_form_verifies_detached_and_attached_and_rejects_forge
     let flag = key.flag("default");
     let app = TestApp::spawn(&db, |c| c.aws_rsa2048_certificate = vec![flag]).await;
     let instance = instance_id();
-    let agent = seeded_agent(&db, &instance).await;
+    let agent = seed_agent(&db, &instance).await;
     let document = aws_document(&instance, "eu-west-1", "123456789012");
 
     for detached in [true, false] {

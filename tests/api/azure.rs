@@ -59,12 +59,6 @@ fn azure_request(signature: &str) -> pb::AuthenticateRequest {
     }
 }
 
-async fn seeded(db: &TestDb, instance: &str) -> Agent {
-    let world = World::new(db).await;
-    let resource = world.build(world.workspace().await, 1).await;
-    world.agent(resource, "main", instance).await
-}
-
 /// The recorded roots: DigiCert Global Root G2 (built in) and the expired Baltimore root.
 fn recorded_roots(dir: &std::path::Path) -> String {
     let path = dir.join("roots.pem");
@@ -87,7 +81,7 @@ async fn the_four_recorded_documents_authenticate_at_their_verify_times() {
     let roots = recorded_roots(dir.path());
     for (file, vm_id, verify_at) in RECORDED {
         let db = TestDb::migrated().await;
-        let agent = seeded(&db, vm_id).await;
+        let agent = seed_agent(&db, vm_id).await;
         let roots = roots.clone();
         let app = TestApp::spawn(&db, |c| {
             c.azure_roots = Some(roots);
@@ -307,7 +301,7 @@ async fn generated_chains_authenticate_and_every_defect_is_invalid_identity_with
     let other = Pki::new();
     let db = TestDb::migrated().await;
     let vm_id = uuid::Uuid::new_v4().to_string();
-    let agent = seeded(&db, &vm_id).await;
+    let agent = seed_agent(&db, &vm_id).await;
     let subscription = "8d10da13-8125-4ba9-a717-bf7490507b3d";
     let (roots, intermediates) = (pki.roots(), pki.intermediates());
     let app = TestApp::spawn(&db, |c| {
@@ -439,34 +433,11 @@ async fn generated_chains_authenticate_and_every_defect_is_invalid_identity_with
 async fn the_authenticate_command_sends_an_azure_document() {
     let (file, vm_id, verify_at) = RECORDED[3];
     let db = TestDb::migrated().await;
-    let agent = seeded(&db, vm_id).await;
+    let agent = seed_agent(&db, vm_id).await;
     let app = TestApp::spawn(&db, |c| c.insecure_verify_time = Some(verify_at.into())).await;
-    let server = app.grpc_url.clone();
     let path = format!("{}/tests/fixtures/azure/{file}", env!("CARGO_MANIFEST_DIR"));
-    let output = tokio::task::spawn_blocking(move || {
-        std::process::Command::new(env!("CARGO_BIN_EXE_agent-auth"))
-            .args([
-                "authenticate",
-                "--server",
-                &server,
-                "--azure-signature",
-                &path,
-            ])
-            .output()
-            .unwrap()
-    })
-    .await
-    .unwrap();
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    assert!(
-        stdout.contains(&format!("session_token: {}", agent.token)),
-        "{stdout}"
-    );
+    assert_authenticate_command_prints(&app.grpc_url, &["--azure-signature", &path], agent.token)
+        .await;
 }
 
 /// With `--azure-fetch-issuers`, an incomplete chain makes the server look at the signer's AIA
@@ -528,7 +499,7 @@ async fn issuer_fetching_never_requests_a_url_off_the_allow_list() {
     };
     let db = TestDb::migrated().await;
     let vm_id = uuid::Uuid::new_v4().to_string();
-    seeded(&db, &vm_id).await;
+    seed_agent(&db, &vm_id).await;
     let roots = pki.roots();
     let app = TestApp::spawn(&db, |c| {
         c.azure_roots = Some(roots);

@@ -103,29 +103,16 @@ async fn the_authenticate_command_prints_the_token_from_a_running_server() {
     let agent = world.agent(resource, "main", RECORDED_INSTANCE).await;
     let app = TestApp::spawn(&db, |_| {}).await;
     let fixtures = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/aws");
-    let server = app.grpc_url.clone();
-    let output = tokio::task::spawn_blocking(move || {
-        agent_auth()
-            .args(["authenticate", "--server", &server])
-            .arg("--aws-document")
-            .arg(format!("{fixtures}/us-east-1-document.json"))
-            .arg("--aws-signature")
-            .arg(format!("{fixtures}/us-east-1-signature.txt"))
-            .output()
-            .unwrap()
-    })
-    .await
-    .unwrap();
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
+    let (document, signature) = (
+        format!("{fixtures}/us-east-1-document.json"),
+        format!("{fixtures}/us-east-1-signature.txt"),
     );
-    assert!(
-        stdout.contains(&format!("session_token: {}", agent.token)),
-        "{stdout}"
-    );
+    assert_authenticate_command_prints(
+        &app.grpc_url,
+        &["--aws-document", &document, "--aws-signature", &signature],
+        agent.token,
+    )
+    .await;
 }
 
 #[test]

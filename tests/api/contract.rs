@@ -226,28 +226,6 @@ async fn reflection_v1_and_v1alpha_list_the_services() {
     ));
 }
 
-/// Holds an exclusive lock on `workspace_agents` so the resolver's statement waits.
-async fn lock_agents(db: &TestDb) -> tokio_postgres::Client {
-    let client = db.client().await;
-    client
-        .batch_execute("BEGIN; LOCK TABLE workspace_agents IN ACCESS EXCLUSIVE MODE")
-        .await
-        .unwrap();
-    client
-}
-
-async fn waiting_on_lock(db: &TestDb) -> bool {
-    let admin = admin().await;
-    let row = admin
-        .query_one(
-            "SELECT count(*) FROM pg_stat_activity WHERE datname = $1 AND wait_event_type = 'Lock'",
-            &[&db.name],
-        )
-        .await
-        .unwrap();
-    row.get::<_, i64>(0) > 0
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn over_the_concurrency_limit_requests_are_shed_at_once_as_overloaded() {
     let db = TestDb::migrated().await;
@@ -262,7 +240,7 @@ async fn over_the_concurrency_limit_requests_are_shed_at_once_as_overloaded() {
         channel,
         aws_request(RECORDED_DOCUMENT, RECORDED_SIGNATURE, ""),
     ));
-    assert!(eventually(Duration::from_secs(10), async || waiting_on_lock(&db).await).await);
+    wait_until_blocked(&db).await;
 
     let (code, reason, _) = failure(
         app.authenticate(aws_request(RECORDED_DOCUMENT, RECORDED_SIGNATURE, ""))

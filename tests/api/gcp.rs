@@ -395,24 +395,6 @@ async fn the_authenticate_command_sends_a_gcp_token() {
     let agent = world.agent(resource, "main", "555").await;
     let file = jwks.display().to_string();
     let app = TestApp::spawn(&db, |c| c.gcp_jwks = file).await;
-    let server = app.grpc_url.clone();
-    let output = tokio::task::spawn_blocking(move || {
-        std::process::Command::new(env!("CARGO_BIN_EXE_agent-auth"))
-            .args(["authenticate", "--server", &server, "--gcp-token"])
-            .arg(&token)
-            .output()
-            .unwrap()
-    })
-    .await
-    .unwrap();
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    assert!(
-        stdout.contains(&format!("session_token: {}", agent.token)),
-        "{stdout}"
-    );
+    let token = token.display().to_string();
+    assert_authenticate_command_prints(&app.grpc_url, &["--gcp-token", &token], agent.token).await;
 }

@@ -320,15 +320,13 @@ pub async fn http_get(url: &str) -> (u16, String) {
         return (0, String::new());
     };
     let request = format!("GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n");
-    stream
-        .write_all(request.as_bytes())
-        .await
-        .unwrap_or_else(|e| panic!("{e}"));
     let mut response = String::new();
-    stream
-        .read_to_string(&mut response)
-        .await
-        .unwrap_or_else(|e| panic!("{e}"));
+    // A listener closing mid-request (shutdown) reads as "nothing answered" too.
+    if stream.write_all(request.as_bytes()).await.is_err()
+        || stream.read_to_string(&mut response).await.is_err()
+    {
+        return (0, String::new());
+    }
     let status = response
         .split_whitespace()
         .nth(1)
@@ -693,4 +691,60 @@ impl ServeProcess {
             .unwrap_or_else(|e| panic!("{e}"));
         (status, stderr)
     }
+}
+
+/// One workspace whose latest (only) build has one agent `main` bound to `instance`.
+pub async fn seed_agent(db: &TestDb, instance: &str) -> Agent {
+    let world = World::new(db).await;
+    let resource = world.build(world.workspace().await, 1).await;
+    world.agent(resource, "main", instance).await
+}
+
+/// Runs `agent-auth authenticate --server SERVER ARGS…` and checks it printed `token`.
+pub async fn assert_authenticate_command_prints(server: &str, args: &[&str], token: Uuid) {
+    let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_agent-auth"));
+    command
+        .args(["authenticate", "--server", server])
+        .args(args);
+    let output = tokio::task::spawn_blocking(move || command.output())
+        .await
+        .unwrap_or_else(|e| panic!("{e}"))
+        .unwrap_or_else(|e| panic!("{e}"));
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(
+        stdout.contains(&format!("session_token: {token}")),
+        "{stdout}"
+    );
+}
+
+/// Holds an exclusive lock on `workspace_agents`, so the resolver's statement waits; roll back
+/// the returned connection's transaction to release it.
+pub async fn lock_agents(db: &TestDb) -> Client {
+    let client = db.client().await;
+    client
+        .batch_execute("BEGIN; LOCK TABLE workspace_agents IN ACCESS EXCLUSIVE MODE")
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    client
+}
+
+/// Waits until a statement in `db` is blocked on a lock (the resolver behind [`lock_agents`]).
+pub async fn wait_until_blocked(db: &TestDb) {
+    let blocked = eventually(Duration::from_secs(10), async || {
+        admin()
+            .await
+            .query_one(
+                "SELECT count(*) FROM pg_stat_activity WHERE datname = $1 AND wait_event_type = 'Lock'",
+                &[&db.name],
+            )
+            .await
+            .map(|row| row.get::<_, i64>(0) > 0)
+            .unwrap_or(false)
+    });
+    assert!(blocked.await, "no statement ever waited on the lock");
 }

@@ -123,26 +123,12 @@ async fn an_exhausted_pool_answers_unavailable_after_the_checkout_timeout() {
         c.db_checkout_timeout = "200ms".into();
     })
     .await;
-    let lock = db.client().await;
-    lock.batch_execute("BEGIN; LOCK TABLE workspace_agents IN ACCESS EXCLUSIVE MODE")
-        .await
-        .unwrap();
+    let lock = lock_agents(&db).await;
     let holder = tokio::spawn(agent_auth::client::authenticate(
         app.channel().await,
         aws_request(RECORDED_DOCUMENT, RECORDED_SIGNATURE, ""),
     ));
-    assert!(
-        eventually(Duration::from_secs(10), async || {
-            admin()
-                .await
-                .query_one("SELECT count(*) FROM pg_stat_activity WHERE datname = $1 AND wait_event_type = 'Lock'", &[&db.name])
-                .await
-                .unwrap()
-                .get::<_, i64>(0)
-                > 0
-        })
-        .await
-    );
+    wait_until_blocked(&db).await;
     let (code, reason, message) = failure(
         app.authenticate(aws_request(RECORDED_DOCUMENT, RECORDED_SIGNATURE, ""))
             .await,
@@ -163,26 +149,12 @@ async fn a_request_in_flight_at_shutdown_completes() {
     let resource = world.build(world.workspace().await, 1).await;
     let agent = world.agent(resource, "main", RECORDED_INSTANCE).await;
     let app = TestApp::spawn(&db, |_| {}).await;
-    let lock = db.client().await;
-    lock.batch_execute("BEGIN; LOCK TABLE workspace_agents IN ACCESS EXCLUSIVE MODE")
-        .await
-        .unwrap();
+    let lock = lock_agents(&db).await;
     let in_flight = tokio::spawn(agent_auth::client::authenticate(
         app.channel().await,
         aws_request(RECORDED_DOCUMENT, RECORDED_SIGNATURE, ""),
     ));
-    assert!(
-        eventually(Duration::from_secs(10), async || {
-            admin()
-                .await
-                .query_one("SELECT count(*) FROM pg_stat_activity WHERE datname = $1 AND wait_event_type = 'Lock'", &[&db.name])
-                .await
-                .unwrap()
-                .get::<_, i64>(0)
-                > 0
-        })
-        .await
-    );
+    wait_until_blocked(&db).await;
     let admin_url = app.admin_url.clone();
     let stopping = tokio::spawn(app.stop());
     assert!(

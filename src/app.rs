@@ -23,6 +23,7 @@ use crate::identity::TrustError;
 use crate::identity::aws::AwsTrust;
 use crate::identity::azure::AzureTrust;
 use crate::identity::gcp::{GcpPolicy, Jwks};
+use crate::limit::Limiter;
 use crate::store::{Store, StoreError, migrate};
 
 /// The database name the embedded cluster serves.
@@ -57,6 +58,7 @@ pub struct App {
     config: Config,
     grpc_listener: GrpcListener,
     admin_listener: TcpListener,
+    http_listener: Option<TcpListener>,
     auth: Authenticator,
     embedded: Option<EmbeddedPostgres>,
 }
@@ -151,10 +153,15 @@ impl App {
             ListenAddr::Unix(path) => GrpcListener::Unix(bind_unix(path)?),
         };
         let admin_listener = bind(config.admin_listen).await?;
+        let http_listener = match config.http_listen {
+            Some(addr) => Some(bind(addr).await?),
+            None => None,
+        };
         Ok(Self {
             config,
             grpc_listener,
             admin_listener,
+            http_listener,
             auth,
             embedded: database.embedded,
         })
@@ -166,6 +173,13 @@ impl App {
             GrpcListener::Tcp(l) => l.local_addr().ok(),
             GrpcListener::Unix(_) => None,
         }
+    }
+
+    /// The bound Coder-compatible HTTP address, when enabled.
+    pub fn http_addr(&self) -> Option<SocketAddr> {
+        self.http_listener
+            .as_ref()
+            .and_then(|l| l.local_addr().ok())
     }
 
     /// The bound admin address.
@@ -189,9 +203,11 @@ impl App {
             config,
             grpc_listener,
             admin_listener,
+            http_listener,
             auth,
             embedded,
         } = self;
+        let limiter = Limiter::new(config.max_concurrent_requests);
         let store = auth.store().clone();
         let draining = Arc::new(AtomicBool::new(false));
         let (health, health_service) = tonic_health::server::health_reporter();
@@ -223,7 +239,7 @@ impl App {
             .add_service(health_service)
             .add_service(reflection_v1)
             .add_service(reflection_v1alpha)
-            .add_service(AgentAuthService::new(auth, config.max_concurrent_requests).into_server());
+            .add_service(AgentAuthService::new(auth.clone(), limiter.clone()).into_server());
         let grpc_task = match grpc_listener {
             GrpcListener::Tcp(listener) => tokio::spawn(router.serve_with_incoming_shutdown(
                 TcpListenerStream::new(listener),
@@ -246,7 +262,18 @@ impl App {
                 .with_graceful_shutdown(stopped(stop_rx.clone()))
                 .into_future(),
         );
-        tracing::info!(grpc = ?config.grpc_listen, admin = %config.admin_listen, "serving");
+        // The agent endpoints share the use case and the concurrency limit with gRPC.
+        let http_task = http_listener.map(|listener| {
+            tokio::spawn(
+                axum::serve(
+                    listener,
+                    crate::http::agent::router(auth.clone(), limiter.clone()),
+                )
+                .with_graceful_shutdown(stopped(stop_rx.clone()))
+                .into_future(),
+            )
+        });
+        tracing::info!(grpc = ?config.grpc_listen, admin = %config.admin_listen, http = ?config.http_listen, "serving");
 
         shutdown.await;
         tracing::info!("shutting down: not serving, draining in-flight requests");
@@ -257,6 +284,11 @@ impl App {
         let drained = tokio::time::timeout(config.shutdown_grace, async {
             let grpc = grpc_task.await;
             let admin = admin_task.await;
+            if let Some(http) = http_task
+                && let Err(e) = http.await
+            {
+                tracing::warn!(error = %e, "HTTP listener task failed");
+            }
             (grpc, admin)
         })
         .await;

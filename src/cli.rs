@@ -60,7 +60,7 @@ pub struct ServeArgs {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub admin_listen: Option<String>,
 
-    /// Coder-compatible HTTP listener (off unless set; not implemented yet: setting it is an error)
+    /// Coder-compatible HTTP listener for agents (off unless set)
     #[arg(long, env = "AGENT_AUTH_HTTP_LISTEN", value_name = "ADDR")]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub http_listen: Option<String>,

@@ -159,7 +159,7 @@ pub enum LogFormat {
 pub struct Config {
     pub grpc_listen: ListenAddr,
     pub admin_listen: SocketAddr,
-    /// Always `None` until the Coder-compatible HTTP endpoints exist.
+    /// Coder-compatible HTTP endpoints; off when `None`.
     pub http_listen: Option<SocketAddr>,
     /// `None`: start the embedded database in `data_dir`.
     pub postgres_url: Option<String>,
@@ -204,14 +204,7 @@ impl Config {
         let admin_listen = parse_socket("admin_listen", &raw.admin_listen)?;
         let http_listen = match raw.http_listen.as_deref() {
             None | Some("") => None,
-            Some(_) => {
-                // Refused rather than ignored: a listener that silently never opens would look
-                // like a routing problem at 3 a.m.
-                return Err(ConfigError::new(
-                    "http_listen",
-                    "the Coder-compatible HTTP endpoints are not implemented in this version",
-                ));
-            }
+            Some(addr) => Some(parse_socket("http_listen", addr)?),
         };
         let schema = match raw.schema.as_str() {
             "owned" => SchemaMode::Owned,

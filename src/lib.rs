@@ -29,6 +29,7 @@ pub mod grpc;
 pub mod http;
 pub mod identity;
 pub mod issuers;
+pub mod limit;
 pub mod metrics;
 pub mod store;
 pub mod telemetry;

@@ -9,14 +9,13 @@
 pub mod codec;
 pub mod status;
 
-use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::sync::Semaphore;
 use tonic::{Request, Response, Status};
 
 use crate::auth::{AuthRequest, Authenticated, Authenticator, Evidence};
 use crate::identity::Cloud;
+use crate::limit::Limiter;
 
 #[allow(clippy::all, clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 pub mod pb {
@@ -34,17 +33,12 @@ pub const SERVICE_NAME: &str = "agentauth.v1.AgentAuth";
 #[derive(Clone)]
 pub struct AgentAuthService {
     auth: Authenticator,
-    /// Process-wide: one semaphore shared by every connection (tonic's own limit is per
-    /// connection). A request that finds no permit is shed at once, never queued.
-    permits: Arc<Semaphore>,
+    limiter: Limiter,
 }
 
 impl AgentAuthService {
-    pub fn new(auth: Authenticator, max_concurrent_requests: usize) -> Self {
-        Self {
-            auth,
-            permits: Arc::new(Semaphore::new(max_concurrent_requests)),
-        }
+    pub fn new(auth: Authenticator, limiter: Limiter) -> Self {
+        Self { auth, limiter }
     }
 
     pub fn into_server(self) -> pb::agent_auth_server::AgentAuthServer<Self> {
@@ -58,13 +52,9 @@ impl pb::agent_auth_server::AgentAuth for AgentAuthService {
         &self,
         request: Request<pb::AuthenticateRequest>,
     ) -> Result<Response<pb::AuthenticateResponse>, Status> {
-        let Ok(_permit) = self.permits.clone().try_acquire_owned() else {
-            metrics::counter!(crate::metrics::REQUESTS_SHED).increment(1);
+        let Some(_permit) = self.limiter.try_acquire() else {
             return Err(status::overloaded());
         };
-        let in_flight = metrics::gauge!(crate::metrics::REQUESTS_IN_FLIGHT);
-        in_flight.increment(1.0);
-        let _in_flight = DecrementOnDrop(in_flight);
         // tonic's transport also enforces `grpc-timeout`, but answers CANCELLED; finishing a
         // little earlier lets the caller see DEADLINE_EXCEEDED, as gRPC specifies.
         let span = tracing::info_span!(
@@ -96,15 +86,6 @@ impl pb::agent_auth_server::AgentAuth for AgentAuthService {
             Ok(authenticated) => Ok(Response::new(into_response(authenticated))),
             Err(e) => Err(status::to_status(&e)),
         }
-    }
-}
-
-/// Decrements the in-flight gauge however the request ends (including cancellation).
-struct DecrementOnDrop(metrics::Gauge);
-
-impl Drop for DecrementOnDrop {
-    fn drop(&mut self) {
-        self.0.decrement(1.0);
     }
 }
 

@@ -1,3 +1,4 @@
-//! HTTP: the admin endpoints. (The Coder-compatible agent endpoints come later.)
+//! HTTP: the admin endpoints and the Coder-compatible agent endpoints.
 
 pub mod admin;
+pub mod agent;

@@ -32,11 +32,7 @@ fn bad_configuration_exits_64_with_one_line_naming_the_key() {
             "aws_certificate",
         ),
         (vec!["--config", "/no/such.toml"], vec![], "config"),
-        (
-            vec!["--http-listen", "127.0.0.1:8080"],
-            vec![],
-            "http_listen",
-        ),
+        (vec!["--http-listen", "nowhere"], vec![], "http_listen"),
         (
             vec!["--azure-fetch-issuers", "maybe"],
             vec![],

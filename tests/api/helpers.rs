@@ -211,6 +211,8 @@ pub async fn admin() -> Client {
 pub struct TestApp {
     pub grpc_url: String,
     pub admin_url: String,
+    /// The Coder-compatible HTTP listener, when `http_listen` was set.
+    pub http_url: Option<String>,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     task: Option<tokio::task::JoinHandle<Result<(), agent_auth::app::AppError>>>,
 }
@@ -240,12 +242,14 @@ impl TestApp {
         let admin = app
             .admin_addr()
             .unwrap_or_else(|| panic!("no admin address"));
+        let http_url = app.http_addr().map(|a| format!("http://{a}"));
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let task = tokio::spawn(app.run(async {
             let _ = stopped.await;
         }));
         Self {
             grpc_url,
+            http_url,
             admin_url: format!("http://{admin}"),
             stop: Some(stop),
             task: Some(task),
@@ -747,4 +751,37 @@ pub async fn wait_until_blocked(db: &TestDb) {
             .unwrap_or(false)
     });
     assert!(blocked.await, "no statement ever waited on the lock");
+}
+
+/// A minimal HTTP/1.1 POST: (status, raw headers, body).
+pub async fn http_post(url: &str, content_type: &str, body: &[u8]) -> (u16, String, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let rest = url.strip_prefix("http://").unwrap_or(url);
+    let (host, path) = rest
+        .split_once('/')
+        .map(|(h, p)| (h, format!("/{p}")))
+        .unwrap_or((rest, "/".into()));
+    let mut stream = tokio::net::TcpStream::connect(host)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let head = format!(
+        "POST {path} HTTP/1.1\r\nHost: {host}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        body.len()
+    );
+    stream
+        .write_all(head.as_bytes())
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    // The server may answer (413) before reading everything; a failed write is fine then.
+    let _ = stream.write_all(body).await;
+    let mut response = Vec::new();
+    let _ = stream.read_to_end(&mut response).await;
+    let response = String::from_utf8_lossy(&response).into_owned();
+    let (headers, body) = response.split_once("\r\n\r\n").unwrap_or((&response, ""));
+    let status = headers
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    (status, headers.to_owned(), body.to_owned())
 }

@@ -8,6 +8,7 @@ mod cli;
 mod contract;
 mod gcp;
 mod helpers;
+mod http;
 mod operations;
 mod resolution;
 mod schema;

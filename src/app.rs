@@ -84,13 +84,14 @@ pub async fn prepare_database(config: &Config) -> Result<Database, AppError> {
     let pg_config: tokio_postgres::Config = url
         .parse()
         .map_err(|e| StoreError::Internal(format!("invalid postgres url: {e}")))?;
+    let tls = crate::store::tls::connector(config.store.ca.as_deref())?;
     match config.schema {
         SchemaMode::Owned => {
-            let applied = migrate::run_migrations(&pg_config).await?;
+            let applied = migrate::run_migrations_with(&pg_config, tls).await?;
             tracing::info!(?applied, "owned schema is up to date");
         }
         SchemaMode::Coder => {
-            migrate::check_coder_schema(&pg_config).await?;
+            migrate::check_coder_schema(&pg_config, tls).await?;
             tracing::info!("control-plane schema has every table and column agent-auth reads");
         }
     }

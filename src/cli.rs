@@ -71,6 +71,13 @@ pub struct ServeArgs {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub postgres_url: Option<String>,
 
+    /// PEM CA for the database's TLS certificate: verify it and the host name (libpq
+    /// verify-full). Without it, TLS is used when the server offers it, unverified (libpq
+    /// prefer/require); `sslmode` in the URL chooses disable, prefer (default) or require.
+    #[arg(long, env = "AGENT_AUTH_POSTGRES_CA", value_name = "PEM_PATH")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub postgres_ca: Option<String>,
+
     /// Embedded database directory [default: $XDG_DATA_HOME/agent-auth, or
     /// /var/lib/agent-auth as root]
     #[arg(long, env = "AGENT_AUTH_DATA_DIR", value_name = "DIR")]

@@ -45,6 +45,7 @@ pub struct RawConfig {
     pub admin_listen: String,
     pub http_listen: Option<String>,
     pub postgres_url: Option<String>,
+    pub postgres_ca: Option<String>,
     pub data_dir: Option<String>,
     pub schema: String,
     pub db_pool_size: usize,
@@ -79,6 +80,7 @@ impl Default for RawConfig {
             admin_listen: "127.0.0.1:9090".into(),
             http_listen: None,
             postgres_url: None,
+            postgres_ca: None,
             data_dir: None,
             schema: "owned".into(),
             db_pool_size: 10,
@@ -241,6 +243,7 @@ impl Config {
             checkout_timeout: parse_duration("db_checkout_timeout", &raw.db_checkout_timeout)?,
             connect_timeout: parse_duration("db_connect_timeout", &raw.db_connect_timeout)?,
             statement_timeout: parse_duration("db_statement_timeout", &raw.db_statement_timeout)?,
+            ca: optional_file("postgres_ca", raw.postgres_ca.as_deref())?,
         };
         let aws = AwsTrustConfig {
             signature_certificates: parse_region_files("aws_certificate", &raw.aws_certificate)?,

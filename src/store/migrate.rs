@@ -1,6 +1,7 @@
 //! Schema management: the owned schema's migrations, and the check of Coder's schema.
 
-use tokio_postgres::{Client, NoTls};
+use tokio_postgres::Client;
+use tokio_postgres_rustls::MakeRustlsConnect;
 
 use super::StoreError;
 
@@ -35,10 +36,18 @@ pub const REQUIRED_COLUMNS: &[(&str, &[&str])] = &[
     ("workspaces", &["id", "deleted"]),
 ];
 
-/// Opens a dedicated connection (not from the pool) for schema work.
+/// Opens a dedicated connection (not from the pool) for schema work, with TLS as the pool
+/// would use it when `tls` is given (else unverified TLS when offered, see `super::tls`).
 pub async fn dedicated(config: &tokio_postgres::Config) -> Result<Client, StoreError> {
+    dedicated_with(config, super::tls::connector(None)?).await
+}
+
+pub async fn dedicated_with(
+    config: &tokio_postgres::Config,
+    tls: MakeRustlsConnect,
+) -> Result<Client, StoreError> {
     let (client, connection) = config
-        .connect(NoTls)
+        .connect(tls)
         .await
         .map_err(|e| StoreError::Unavailable(format!("cannot connect: {e}")))?;
     tokio::spawn(async move {
@@ -52,7 +61,15 @@ pub async fn dedicated(config: &tokio_postgres::Config) -> Result<Client, StoreE
 /// Applies the owned schema's pending migrations under [`MIGRATION_LOCK_KEY`].
 /// Returns the versions applied by this call.
 pub async fn run_migrations(config: &tokio_postgres::Config) -> Result<Vec<i32>, StoreError> {
-    let mut client = dedicated(config).await?;
+    run_migrations_with(config, super::tls::connector(None)?).await
+}
+
+/// As [`run_migrations`], over the given TLS connector.
+pub async fn run_migrations_with(
+    config: &tokio_postgres::Config,
+    tls: MakeRustlsConnect,
+) -> Result<Vec<i32>, StoreError> {
+    let mut client = dedicated_with(config, tls).await?;
     let internal = |e: tokio_postgres::Error| StoreError::Internal(format!("migration lock: {e}"));
     client
         .execute("SELECT pg_advisory_lock($1)", &[&MIGRATION_LOCK_KEY])
@@ -73,8 +90,11 @@ pub async fn run_migrations(config: &tokio_postgres::Config) -> Result<Vec<i32>,
 
 /// `--schema coder`: reads only the catalog and names every missing table or column.
 /// Writes nothing; needs only the rights a read-only role has.
-pub async fn check_coder_schema(config: &tokio_postgres::Config) -> Result<(), StoreError> {
-    let client = dedicated(config).await?;
+pub async fn check_coder_schema(
+    config: &tokio_postgres::Config,
+    tls: MakeRustlsConnect,
+) -> Result<(), StoreError> {
+    let client = dedicated_with(config, tls).await?;
     let tables: Vec<&str> = REQUIRED_COLUMNS.iter().map(|(t, _)| *t).collect();
     let rows = client
         .query(

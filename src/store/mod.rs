@@ -13,12 +13,12 @@
 pub mod migrate;
 pub mod resolve;
 pub mod seed;
+pub mod tls;
 
 use std::str::FromStr;
 use std::time::Duration;
 
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
-use tokio_postgres::NoTls;
 
 pub use resolve::{Candidate, Resolution};
 
@@ -29,6 +29,8 @@ pub struct StoreConfig {
     pub checkout_timeout: Duration,
     pub connect_timeout: Duration,
     pub statement_timeout: Duration,
+    /// `--postgres-ca`: verify the server certificate against it (libpq `verify-full`).
+    pub ca: Option<std::path::PathBuf>,
 }
 
 /// Why the database could not answer. Callers see UNAVAILABLE or INTERNAL; the text is for logs.
@@ -65,7 +67,7 @@ impl Store {
         }
         let manager = Manager::from_config(
             pg_config.clone(),
-            NoTls,
+            tls::connector(config.ca.as_deref())?,
             ManagerConfig {
                 recycling_method: RecyclingMethod::Fast,
             },

@@ -589,3 +589,113 @@ async fn a_burst_over_the_limit_ends_ok_shed_or_unavailable_never_internal_and_w
         assert!(shed >= outcomes["ResourceExhausted"] as f64);
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_tls_encrypts_by_default_and_verifies_with_a_ca() {
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("pg");
+    std::fs::create_dir_all(&data).unwrap();
+    let ca = TestCa::new("database CA");
+    let (cert, key) = ca.issue("localhost");
+    let tls_dir = dir.path().join("tls");
+    std::fs::create_dir_all(&tls_dir).unwrap();
+    let (cert_path, key_path) = (tls_dir.join("server.crt"), tls_dir.join("server.key"));
+    std::fs::write(&cert_path, &cert).unwrap();
+    std::fs::write(&key_path, &key).unwrap();
+    let ca_path = tls_dir.join("ca.pem");
+    std::fs::write(&ca_path, ca.cert.to_pem().unwrap()).unwrap();
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&key_path, std::fs::Permissions::from_mode(0o600)).unwrap();
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+        std::fs::set_permissions(&tls_dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+        if nix::unistd::geteuid().is_root() {
+            let postgres = nix::unistd::User::from_name("postgres")
+                .unwrap()
+                .expect("postgres account");
+            for path in [&cert_path, &key_path] {
+                std::os::unix::fs::chown(
+                    path,
+                    Some(postgres.uid.as_raw()),
+                    Some(postgres.gid.as_raw()),
+                )
+                .unwrap();
+            }
+        }
+    }
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mut options = EmbeddedOptions::new(&data);
+    options.ephemeral = true;
+    options.port = port;
+    options.settings = vec![
+        ("listen_addresses".into(), "127.0.0.1".into()),
+        ("ssl".into(), "on".into()),
+        ("ssl_cert_file".into(), cert_path.display().to_string()),
+        ("ssl_key_file".into(), key_path.display().to_string()),
+    ];
+    let cluster = EmbeddedPostgres::start(options).await.expect("TLS cluster");
+    cluster.ensure_database("tls").await.unwrap();
+    let local = TestDb {
+        name: "tls".into(),
+        url: cluster.connection_string("tls"),
+    };
+    let tcp = format!("host=localhost port={port} user=agent_auth dbname=tls sslmode=require");
+
+    // Without a CA: encrypted, not verified (libpq `require`); migrations run over TLS too.
+    let app = TestApp::spawn(&local, |c| c.postgres_url = Some(tcp.clone())).await;
+    seed_agent(&local, RECORDED_INSTANCE).await;
+    success(
+        app.authenticate(aws_request(RECORDED_DOCUMENT, RECORDED_SIGNATURE, ""))
+            .await,
+    );
+    let encrypted: (i64, bool) = {
+        let row = local
+            .client()
+            .await
+            .query_one(
+                "SELECT count(*), coalesce(bool_and(s.ssl), false) FROM pg_stat_ssl s \
+                 JOIN pg_stat_activity a USING (pid) WHERE a.application_name = 'agent-auth'",
+                &[],
+            )
+            .await
+            .unwrap();
+        (row.get(0), row.get(1))
+    };
+    assert!(
+        encrypted.0 > 0 && encrypted.1,
+        "the service's connections use TLS: {encrypted:?}"
+    );
+    app.stop().await;
+
+    // With the right CA: verified.
+    let ca_arg = ca_path.display().to_string();
+    let app = TestApp::spawn(&local, |c| {
+        c.postgres_url = Some(tcp.clone());
+        c.postgres_ca = Some(ca_arg.clone());
+    })
+    .await;
+    success(
+        app.authenticate(aws_request(RECORDED_DOCUMENT, RECORDED_SIGNATURE, ""))
+            .await,
+    );
+    app.stop().await;
+
+    // With another CA: the server is not trusted, and start-up says so.
+    let other = TestCa::new("someone else");
+    let other_path = tls_dir.join("other.pem");
+    std::fs::write(&other_path, other.cert.to_pem().unwrap()).unwrap();
+    let mut raw = test_config(&local);
+    raw.postgres_url = Some(tcp.clone());
+    raw.postgres_ca = Some(other_path.display().to_string());
+    let error = agent_auth::app::App::build(agent_auth::config::Config::from_raw(raw).unwrap())
+        .await
+        .err()
+        .expect("an untrusted database certificate fails start-up");
+    assert!(error.to_string().contains("cannot connect"), "{error}");
+    cluster.stop().await.unwrap();
+}

@@ -47,6 +47,8 @@ pub enum StoreError {
 pub struct Store {
     pool: Pool,
     pg_config: tokio_postgres::Config,
+    /// For cancel requests, which open a connection of their own.
+    tls: tokio_postgres_rustls::MakeRustlsConnect,
 }
 
 impl Store {
@@ -65,9 +67,10 @@ impl Store {
         if pg_config.get_application_name().is_none() {
             pg_config.application_name("agent-auth");
         }
+        let tls = tls::connector(config.ca.as_deref())?;
         let manager = Manager::from_config(
             pg_config.clone(),
-            tls::connector(config.ca.as_deref())?,
+            tls.clone(),
             ManagerConfig {
                 recycling_method: RecyclingMethod::Fast,
             },
@@ -80,7 +83,11 @@ impl Store {
             .runtime(Runtime::Tokio1)
             .build()
             .map_err(|e| StoreError::Internal(format!("cannot build the pool: {e}")))?;
-        Ok(Self { pool, pg_config })
+        Ok(Self {
+            pool,
+            pg_config,
+            tls,
+        })
     }
 
     /// The connection settings, for dedicated connections (migrations, schema checks).

@@ -82,15 +82,54 @@ impl Store {
     #[tracing::instrument(name = "query", skip_all, fields(db.system = "postgresql", db.operation = "resolve"))]
     pub async fn resolve(&self, instance_id: &str) -> Result<Resolution, StoreError> {
         let client = self.checkout().await?;
+        let mut guard = CancelOnDrop::arm(&client, self);
         let rows = match query(&client, instance_id).await {
             Err(e) if is_connection_lost(&e) => {
                 drop(deadpool_postgres::Object::take(client));
                 let fresh = self.checkout().await?;
+                guard = CancelOnDrop::arm(&fresh, self);
                 query(&fresh, instance_id).await.map_err(query_error)?
             }
             other => other.map_err(query_error)?,
         };
+        guard.disarm();
         parse(&rows)
+    }
+}
+
+/// When a request is abandoned mid-statement (its deadline passed, the caller went away), the
+/// statement would keep its connection busy on the server until `statement_timeout`. Dropping
+/// this guard while armed sends PostgreSQL a cancel request instead.
+struct CancelOnDrop {
+    token: Option<tokio_postgres::CancelToken>,
+    tls: tokio_postgres_rustls::MakeRustlsConnect,
+}
+
+impl CancelOnDrop {
+    fn arm(client: &tokio_postgres::Client, store: &Store) -> Self {
+        Self {
+            token: Some(client.cancel_token()),
+            tls: store.tls.clone(),
+        }
+    }
+
+    fn disarm(&mut self) {
+        self.token = None;
+    }
+}
+
+impl Drop for CancelOnDrop {
+    fn drop(&mut self) {
+        if let Some(token) = self.token.take()
+            && let Ok(runtime) = tokio::runtime::Handle::try_current()
+        {
+            let tls = self.tls.clone();
+            runtime.spawn(async move {
+                if let Err(e) = token.cancel_query(tls).await {
+                    tracing::debug!(error = %e, "cancel request failed");
+                }
+            });
+        }
     }
 }
 

@@ -311,8 +311,22 @@ async fn the_callers_deadline_is_honoured_with_deadline_exceeded_while_the_datab
     let started = Instant::now();
     let status = raw_grpc_status(&addr, "300m", message).await;
     let waited = started.elapsed();
-    lock.batch_execute("ROLLBACK").await.unwrap();
     assert_eq!(status, (Code::DeadlineExceeded as i32).to_string());
+    // The abandoned statement is cancelled on the server instead of waiting on the lock.
+    let cancelled = eventually(Duration::from_secs(5), async || {
+        admin()
+            .await
+            .query_one("SELECT count(*) FROM pg_stat_activity WHERE datname = $1 AND wait_event_type = 'Lock'", &[&db.name])
+            .await
+            .unwrap()
+            .get::<_, i64>(0)
+            == 0
+    });
+    assert!(
+        cancelled.await,
+        "the statement still waits after the deadline"
+    );
+    lock.batch_execute("ROLLBACK").await.unwrap();
     assert!(
         waited < Duration::from_secs(5),
         "answered after {waited:?}, far past the 300 ms deadline"

@@ -33,6 +33,36 @@ pub enum Command {
     Authenticate(AuthenticateArgs),
     /// Run the whole loop on a private embedded database with the recorded AWS document.
     Demo(DemoArgs),
+    /// Load-test the service next to its own statement alone and the incumbent's emulation.
+    Bench(BenchArgs),
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct BenchArgs {
+    /// Live agents to seed.
+    #[arg(long, default_value_t = 10_000)]
+    pub agents: u64,
+    /// Builds per workspace (older ones keep stale agents).
+    #[arg(long, default_value_t = 3)]
+    pub builds: u32,
+    /// Concurrent callers.
+    #[arg(long, default_value_t = 32)]
+    pub concurrency: usize,
+    /// How long each scenario runs.
+    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+    pub duration: std::time::Duration,
+    /// Database pool size (the same for every scenario).
+    #[arg(long, default_value_t = 10)]
+    pub pool_size: usize,
+    /// Per-login deadline; slower logins count as missed.
+    #[arg(long, default_value = "2s", value_parser = humantime::parse_duration)]
+    pub deadline: std::time::Duration,
+    /// An empty database to use instead of a private embedded one.
+    #[arg(long, value_name = "URL")]
+    pub postgres_url: Option<String>,
+    /// Print JSON instead of a table.
+    #[arg(long)]
+    pub json: bool,
 }
 
 /// Settings shared by `serve` and `migrate`. Every flag also reads `AGENT_AUTH_<FLAG>` and the

@@ -55,6 +55,7 @@ fn main() -> ExitCode {
                 }
             }
             Command::Authenticate(args) => authenticate(args).await,
+            Command::Bench(args) => bench(args).await,
             Command::Demo(args) => {
                 telemetry::init(agent_auth::config::LogFormat::Text, "warn", None);
                 match demo::run(args).await {
@@ -129,6 +130,40 @@ async fn migrate(args: ServeArgs) -> ExitCode {
         }
         Err(e) => {
             eprintln!("agent-auth: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn bench(args: agent_auth::cli::BenchArgs) -> ExitCode {
+    telemetry::init(agent_auth::config::LogFormat::Text, "warn", None);
+    let options = agent_auth::bench::BenchOptions {
+        agents: args.agents,
+        builds_per_workspace: args.builds,
+        concurrency: args.concurrency,
+        duration: args.duration,
+        pool_size: args.pool_size,
+        deadline: args.deadline,
+    };
+    match agent_auth::bench::run(options, args.postgres_url).await {
+        Ok(outcomes) => {
+            let rss = agent_auth::bench::peak_rss_mib();
+            if args.json {
+                let report =
+                    serde_json::json!({"outcomes": outcomes, "peak_rss_mib_whole_process": rss});
+                println!("{report}");
+            } else {
+                print!("{}", agent_auth::bench::table(&outcomes));
+                if let Some(rss) = rss {
+                    println!(
+                        "peak RSS of the whole bench process (server, callers and baselines): {rss:.1} MiB"
+                    );
+                }
+            }
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("agent-auth: bench failed: {e}");
             ExitCode::FAILURE
         }
     }

@@ -115,6 +115,11 @@ impl Store {
         }
     }
 
+    /// The pool itself, for the benchmark's baselines (same size, same settings).
+    pub fn pool(&self) -> &Pool {
+        &self.pool
+    }
+
     /// Pool occupancy, for metrics and benchmarks.
     pub fn pool_status(&self) -> deadpool_postgres::Status {
         self.pool.status()

@@ -255,3 +255,50 @@ async fn serve_runs_on_an_embedded_database_and_stops_it_on_sigterm() {
         "the embedded cluster was stopped"
     );
 }
+
+#[test]
+fn bench_runs_every_scenario_and_counts_one_statement_per_login() {
+    let output = agent_auth()
+        .args([
+            "bench",
+            "--agents",
+            "300",
+            "--duration",
+            "1s",
+            "--concurrency",
+            "4",
+            "--json",
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let report: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    let outcomes = report["outcomes"].as_array().unwrap();
+    assert_eq!(outcomes.len(), 3);
+    for outcome in outcomes {
+        assert!(outcome["logins"].as_u64().unwrap() > 0, "{outcome}");
+    }
+    // The incumbent's own failures (template-import agents shadowing the real one) are its
+    // answers; ours and the raw statement must have none.
+    assert_eq!(
+        outcomes[0]["errors"],
+        serde_json::json!({}),
+        "{}",
+        outcomes[0]
+    );
+    assert_eq!(
+        outcomes[1]["errors"],
+        serde_json::json!({}),
+        "{}",
+        outcomes[1]
+    );
+    assert_eq!(
+        outcomes[0]["statements_per_login"], 1.0,
+        "measured from agent_auth_db_queries_total"
+    );
+    assert_eq!(outcomes[2]["statements_per_login"], 7.0);
+}

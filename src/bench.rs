@@ -17,7 +17,6 @@ use openssl::hash::MessageDigest;
 use openssl::pkey::{PKey, Private};
 use openssl::sign::Signer;
 use serde::Serialize;
-use tokio_postgres::types::Type;
 
 use crate::grpc::pb;
 
@@ -279,11 +278,12 @@ pub async fn run_raw(
             );
             async move {
                 let client = pool.get().await.map_err(|_| "pool".to_owned())?;
+                // The same prepared statement the service runs, on the same kind of pool.
+                let statement = crate::store::resolve::prepare(&client)
+                    .await
+                    .map_err(|_| "sql".to_owned())?;
                 let rows = client
-                    .query_typed(
-                        crate::store::resolve::RESOLVE_SQL,
-                        &[(&instance, Type::TEXT)],
-                    )
+                    .query(&statement, &[&instance])
                     .await
                     .map_err(|_| "sql".to_owned())?;
                 if rows.is_empty() {
@@ -299,7 +299,8 @@ pub async fn run_raw(
 
 /// Coder v2.32's login, statement by statement (agent by instance id, its resource, its job,
 /// the authorization look-ups of the build by job and the workspace by id, the build by id,
-/// and the workspace's latest build), each a round trip on one pooled connection.
+/// and the workspace's latest build), each a round trip on one pooled connection, with the
+/// statements prepared once per connection as pgx's statement cache does.
 pub const INCUMBENT_V2_32: &[&str] = &[
     "SELECT * FROM workspace_agents WHERE auth_instance_id = $1::text AND deleted = false ORDER BY created_at DESC LIMIT 1",
     "SELECT * FROM workspace_resources WHERE id = $1::uuid",
@@ -328,17 +329,35 @@ pub async fn run_incumbent(
                 let sql = |e: tokio_postgres::Error| format!("sql: {e}");
                 let client = pool.get().await.map_err(|_| "pool".to_owned())?;
                 let agent = client
-                    .query_one(INCUMBENT_V2_32[0], &[&instance])
+                    .query_one(
+                        &client
+                            .prepare_cached(INCUMBENT_V2_32[0])
+                            .await
+                            .map_err(sql)?,
+                        &[&instance],
+                    )
                     .await
                     .map_err(sql)?;
                 let resource_id: uuid::Uuid = agent.try_get("resource_id").map_err(sql)?;
                 let resource = client
-                    .query_one(INCUMBENT_V2_32[1], &[&resource_id])
+                    .query_one(
+                        &client
+                            .prepare_cached(INCUMBENT_V2_32[1])
+                            .await
+                            .map_err(sql)?,
+                        &[&resource_id],
+                    )
                     .await
                     .map_err(sql)?;
                 let job_id: uuid::Uuid = resource.try_get("job_id").map_err(sql)?;
                 let job = client
-                    .query_one(INCUMBENT_V2_32[2], &[&job_id])
+                    .query_one(
+                        &client
+                            .prepare_cached(INCUMBENT_V2_32[2])
+                            .await
+                            .map_err(sql)?,
+                        &[&job_id],
+                    )
                     .await
                     .map_err(sql)?;
                 // v2.32 took the newest agent for the instance; when that is a template
@@ -348,21 +367,45 @@ pub async fn run_incumbent(
                     return Err("400: not a workspace_build job".into());
                 }
                 let build = client
-                    .query_one(INCUMBENT_V2_32[3], &[&job_id])
+                    .query_one(
+                        &client
+                            .prepare_cached(INCUMBENT_V2_32[3])
+                            .await
+                            .map_err(sql)?,
+                        &[&job_id],
+                    )
                     .await
                     .map_err(sql)?;
                 let workspace_id: uuid::Uuid = build.try_get("workspace_id").map_err(sql)?;
                 let build_id: uuid::Uuid = build.try_get("id").map_err(sql)?;
                 client
-                    .query_one(INCUMBENT_V2_32[4], &[&workspace_id])
+                    .query_one(
+                        &client
+                            .prepare_cached(INCUMBENT_V2_32[4])
+                            .await
+                            .map_err(sql)?,
+                        &[&workspace_id],
+                    )
                     .await
                     .map_err(sql)?;
                 client
-                    .query_one(INCUMBENT_V2_32[5], &[&build_id])
+                    .query_one(
+                        &client
+                            .prepare_cached(INCUMBENT_V2_32[5])
+                            .await
+                            .map_err(sql)?,
+                        &[&build_id],
+                    )
                     .await
                     .map_err(sql)?;
                 let latest = client
-                    .query_one(INCUMBENT_V2_32[6], &[&workspace_id])
+                    .query_one(
+                        &client
+                            .prepare_cached(INCUMBENT_V2_32[6])
+                            .await
+                            .map_err(sql)?,
+                        &[&workspace_id],
+                    )
                     .await
                     .map_err(sql)?;
                 let latest_id: uuid::Uuid = latest.try_get("id").map_err(sql)?;

@@ -8,6 +8,8 @@
 //! - deadpool has no timeouts unless set, and needs `Runtime::Tokio1` to honour them;
 //! - recycling is `Fast` (no query on checkout, which would double the round trips); a pooled
 //!   connection found dead is replaced and the statement retried once on a fresh one;
+//! - the resolver's statement is prepared when a connection is created, so an authentication
+//!   costs one round trip on a cached plan;
 //! - `statement_timeout` travels in the startup packet (`options`), never as a `SET`.
 
 pub mod migrate;
@@ -80,6 +82,17 @@ impl Store {
             .wait_timeout(Some(config.checkout_timeout))
             .create_timeout(Some(config.connect_timeout))
             .recycle_timeout(Some(config.checkout_timeout))
+            .post_create(deadpool_postgres::Hook::async_fn(|client, _| {
+                // Prepared once per connection, when it is opened (not on checkout): each
+                // authentication is then Bind/Execute on a cached plan, one round trip, and
+                // the server does not plan the join again (planning costs ~8x executing it).
+                Box::pin(async move {
+                    resolve::prepare(client)
+                        .await
+                        .map(|_| ())
+                        .map_err(deadpool_postgres::HookError::Backend)
+                })
+            }))
             .runtime(Runtime::Tokio1)
             .build()
             .map_err(|e| StoreError::Internal(format!("cannot build the pool: {e}")))?;
@@ -137,6 +150,9 @@ fn pool_error(e: deadpool_postgres::PoolError) -> StoreError {
         PoolError::Timeout(kind) => StoreError::Unavailable(format!("pool timeout ({kind:?})")),
         PoolError::Backend(e) => StoreError::Unavailable(format!("cannot connect: {e}")),
         PoolError::Closed => StoreError::Unavailable("pool closed".into()),
+        PoolError::PostCreateHook(e) => {
+            StoreError::Unavailable(format!("preparing a new connection: {e}"))
+        }
         other => StoreError::Internal(other.to_string()),
     }
 }

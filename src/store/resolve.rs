@@ -133,16 +133,24 @@ impl Drop for CancelOnDrop {
     }
 }
 
-/// `query_typed` sends Parse/Bind/Execute/Sync together with the parameter type given, so the
-/// statement costs one round trip (a plain `query` would first prepare it: two round trips).
+/// Prepares [`RESOLVE_SQL`] on a connection (cached per connection; a no-op when cached).
+pub async fn prepare(
+    client: &deadpool_postgres::ClientWrapper,
+) -> Result<tokio_postgres::Statement, tokio_postgres::Error> {
+    client
+        .prepare_typed_cached(RESOLVE_SQL, &[Type::TEXT])
+        .await
+}
+
+/// Runs the statement prepared when the connection was created: Bind/Execute/Sync, one round
+/// trip. (Were the cache ever empty, preparing would add one round trip, once per connection.)
 async fn query(
-    client: &tokio_postgres::Client,
+    client: &deadpool_postgres::ClientWrapper,
     instance_id: &str,
 ) -> Result<Vec<tokio_postgres::Row>, tokio_postgres::Error> {
+    let statement = prepare(client).await?;
     crate::metrics::record_query();
-    client
-        .query_typed(RESOLVE_SQL, &[(&instance_id, Type::TEXT)])
-        .await
+    client.query(&statement, &[&instance_id]).await
 }
 
 fn parse(rows: &[tokio_postgres::Row]) -> Result<Resolution, StoreError> {

@@ -233,6 +233,12 @@ async fn over_the_concurrency_limit_requests_are_shed_at_once_as_overloaded() {
     let resource = world.build(world.workspace().await, 1).await;
     let agent = world.agent(resource, "main", RECORDED_INSTANCE).await;
     let app = TestApp::spawn(&db, |c| c.max_concurrent_requests = 1).await;
+    // Warm the pool: the statement is prepared when a connection opens, and preparing would
+    // wait on the lock too; the tests want the statement itself to wait.
+    success(
+        app.authenticate(aws_request(RECORDED_DOCUMENT, RECORDED_SIGNATURE, ""))
+            .await,
+    );
     let lock = lock_agents(&db).await;
 
     let channel = app.channel().await;
@@ -304,6 +310,12 @@ async fn the_callers_deadline_is_honoured_with_deadline_exceeded_while_the_datab
     let resource = world.build(world.workspace().await, 1).await;
     world.agent(resource, "main", RECORDED_INSTANCE).await;
     let app = TestApp::spawn(&db, |c| c.db_statement_timeout = "30s".into()).await;
+    // Warm the pool: the statement is prepared when a connection opens, and preparing would
+    // wait on the lock too; the tests want the statement itself to wait.
+    success(
+        app.authenticate(aws_request(RECORDED_DOCUMENT, RECORDED_SIGNATURE, ""))
+            .await,
+    );
     let lock = lock_agents(&db).await;
 
     let message = aws_request(RECORDED_DOCUMENT, RECORDED_SIGNATURE, "").encode_to_vec();

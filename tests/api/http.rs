@@ -219,6 +219,11 @@ async fn overload_is_429_and_an_unavailable_database_is_503_with_retry_after() {
     seed_agent(&db, RECORDED_INSTANCE).await;
     let (app, base) = http_app(&db, |c| c.max_concurrent_requests = 1).await;
     let url = format!("{base}{AWS}");
+    assert_eq!(
+        http_post(&url, "application/json", &aws_body(None)).await.0,
+        200,
+        "warm the pool"
+    );
     let lock = lock_agents(&db).await;
     let held = tokio::spawn({
         let url = url.clone();

@@ -123,6 +123,12 @@ async fn an_exhausted_pool_answers_unavailable_after_the_checkout_timeout() {
         c.db_checkout_timeout = "200ms".into();
     })
     .await;
+    // Warm the pool: the statement is prepared when a connection opens, and preparing would
+    // wait on the lock too; the tests want the statement itself to wait.
+    success(
+        app.authenticate(aws_request(RECORDED_DOCUMENT, RECORDED_SIGNATURE, ""))
+            .await,
+    );
     let lock = lock_agents(&db).await;
     let holder = tokio::spawn(agent_auth::client::authenticate(
         app.channel().await,
@@ -149,6 +155,12 @@ async fn a_request_in_flight_at_shutdown_completes() {
     let resource = world.build(world.workspace().await, 1).await;
     let agent = world.agent(resource, "main", RECORDED_INSTANCE).await;
     let app = TestApp::spawn(&db, |_| {}).await;
+    // Warm the pool: the statement is prepared when a connection opens, and preparing would
+    // wait on the lock too; the tests want the statement itself to wait.
+    success(
+        app.authenticate(aws_request(RECORDED_DOCUMENT, RECORDED_SIGNATURE, ""))
+            .await,
+    );
     let lock = lock_agents(&db).await;
     let in_flight = tokio::spawn(agent_auth::client::authenticate(
         app.channel().await,

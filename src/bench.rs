@@ -261,39 +261,50 @@ pub async fn run_service(
     .await
 }
 
-/// The resolver's statement alone, through a pool of the same size.
-pub async fn run_raw(
+/// Drives logins that each check out a pooled connection and run `login` on it.
+async fn drive_on_pool<F, Fut>(
     pool: Pool,
     instances: Arc<Vec<String>>,
     options: &BenchOptions,
-) -> (Tally, Duration) {
+    login: F,
+) -> (Tally, Duration)
+where
+    F: Fn(deadpool_postgres::Object, String) -> Fut + Clone + Send + Sync + 'static,
+    Fut: std::future::Future<Output = Result<(), String>> + Send,
+{
     drive(
         options.concurrency,
         options.duration,
         options.deadline,
         move |n| {
-            let (pool, instance) = (
-                pool.clone(),
-                instances[n as usize % instances.len()].clone(),
-            );
+            let (pool, login) = (pool.clone(), login.clone());
+            let instance = instances[n as usize % instances.len()].clone();
             async move {
                 let client = pool.get().await.map_err(|_| "pool".to_owned())?;
-                // The same prepared statement the service runs, on the same kind of pool.
-                let statement = crate::store::resolve::prepare(&client)
-                    .await
-                    .map_err(|_| "sql".to_owned())?;
-                let rows = client
-                    .query(&statement, &[&instance])
-                    .await
-                    .map_err(|_| "sql".to_owned())?;
-                if rows.is_empty() {
-                    Err("no rows".into())
-                } else {
-                    Ok(())
-                }
+                login(client, instance).await
             }
         },
     )
+    .await
+}
+
+/// The resolver's statement alone, through a pool of the same size: the same prepared
+/// statement the service runs, without gRPC or cryptography.
+pub async fn run_raw(
+    pool: Pool,
+    instances: Arc<Vec<String>>,
+    options: &BenchOptions,
+) -> (Tally, Duration) {
+    drive_on_pool(pool, instances, options, |client, instance| async move {
+        let sql = |e: tokio_postgres::Error| format!("sql: {e}");
+        let statement = crate::store::resolve::prepare(&client).await.map_err(sql)?;
+        let rows = client.query(&statement, &[&instance]).await.map_err(sql)?;
+        if rows.is_empty() {
+            Err("no rows".into())
+        } else {
+            Ok(())
+        }
+    })
     .await
 }
 
@@ -311,112 +322,50 @@ pub const INCUMBENT_V2_32: &[&str] = &[
     "SELECT * FROM workspace_builds WHERE workspace_id = $1::uuid ORDER BY build_number DESC LIMIT 1",
 ];
 
+/// Runs statement `i` of [`INCUMBENT_V2_32`] (prepared and cached on the connection).
+async fn incumbent_step(
+    client: &deadpool_postgres::Object,
+    i: usize,
+    param: &(dyn tokio_postgres::types::ToSql + Sync),
+) -> Result<tokio_postgres::Row, String> {
+    let sql = |e: tokio_postgres::Error| format!("sql: {e}");
+    let statement = client
+        .prepare_cached(INCUMBENT_V2_32[i])
+        .await
+        .map_err(sql)?;
+    client.query_one(&statement, &[param]).await.map_err(sql)
+}
+
 pub async fn run_incumbent(
     pool: Pool,
     instances: Arc<Vec<String>>,
     options: &BenchOptions,
 ) -> (Tally, Duration) {
-    drive(
-        options.concurrency,
-        options.duration,
-        options.deadline,
-        move |n| {
-            let (pool, instance) = (
-                pool.clone(),
-                instances[n as usize % instances.len()].clone(),
-            );
-            async move {
-                let sql = |e: tokio_postgres::Error| format!("sql: {e}");
-                let client = pool.get().await.map_err(|_| "pool".to_owned())?;
-                let agent = client
-                    .query_one(
-                        &client
-                            .prepare_cached(INCUMBENT_V2_32[0])
-                            .await
-                            .map_err(sql)?,
-                        &[&instance],
-                    )
-                    .await
-                    .map_err(sql)?;
-                let resource_id: uuid::Uuid = agent.try_get("resource_id").map_err(sql)?;
-                let resource = client
-                    .query_one(
-                        &client
-                            .prepare_cached(INCUMBENT_V2_32[1])
-                            .await
-                            .map_err(sql)?,
-                        &[&resource_id],
-                    )
-                    .await
-                    .map_err(sql)?;
-                let job_id: uuid::Uuid = resource.try_get("job_id").map_err(sql)?;
-                let job = client
-                    .query_one(
-                        &client
-                            .prepare_cached(INCUMBENT_V2_32[2])
-                            .await
-                            .map_err(sql)?,
-                        &[&job_id],
-                    )
-                    .await
-                    .map_err(sql)?;
-                // v2.32 took the newest agent for the instance; when that is a template
-                // import's, it answered 400 here ("jobs cannot be authenticated"), as emulated.
-                let job_type: String = job.try_get("job_type").map_err(sql)?;
-                if job_type != "workspace_build" {
-                    return Err("400: not a workspace_build job".into());
-                }
-                let build = client
-                    .query_one(
-                        &client
-                            .prepare_cached(INCUMBENT_V2_32[3])
-                            .await
-                            .map_err(sql)?,
-                        &[&job_id],
-                    )
-                    .await
-                    .map_err(sql)?;
-                let workspace_id: uuid::Uuid = build.try_get("workspace_id").map_err(sql)?;
-                let build_id: uuid::Uuid = build.try_get("id").map_err(sql)?;
-                client
-                    .query_one(
-                        &client
-                            .prepare_cached(INCUMBENT_V2_32[4])
-                            .await
-                            .map_err(sql)?,
-                        &[&workspace_id],
-                    )
-                    .await
-                    .map_err(sql)?;
-                client
-                    .query_one(
-                        &client
-                            .prepare_cached(INCUMBENT_V2_32[5])
-                            .await
-                            .map_err(sql)?,
-                        &[&build_id],
-                    )
-                    .await
-                    .map_err(sql)?;
-                let latest = client
-                    .query_one(
-                        &client
-                            .prepare_cached(INCUMBENT_V2_32[6])
-                            .await
-                            .map_err(sql)?,
-                        &[&workspace_id],
-                    )
-                    .await
-                    .map_err(sql)?;
-                let latest_id: uuid::Uuid = latest.try_get("id").map_err(sql)?;
-                if latest_id == build_id {
-                    Ok(())
-                } else {
-                    Err("not latest".into())
-                }
-            }
-        },
-    )
+    drive_on_pool(pool, instances, options, |client, instance| async move {
+        let column = |row: &tokio_postgres::Row, name: &str| -> Result<uuid::Uuid, String> {
+            row.try_get(name).map_err(|e| format!("sql: {e}"))
+        };
+        let agent = incumbent_step(&client, 0, &instance).await?;
+        let resource = incumbent_step(&client, 1, &column(&agent, "resource_id")?).await?;
+        let job_id = column(&resource, "job_id")?;
+        let job = incumbent_step(&client, 2, &job_id).await?;
+        // v2.32 took the newest agent for the instance; when that is a template import's, it
+        // answered 400 here ("jobs cannot be authenticated"), as emulated.
+        let job_type: String = job.try_get("job_type").map_err(|e| format!("sql: {e}"))?;
+        if job_type != "workspace_build" {
+            return Err("400: not a workspace_build job".into());
+        }
+        let build = incumbent_step(&client, 3, &job_id).await?;
+        let (workspace_id, build_id) = (column(&build, "workspace_id")?, column(&build, "id")?);
+        incumbent_step(&client, 4, &workspace_id).await?;
+        incumbent_step(&client, 5, &build_id).await?;
+        let latest = incumbent_step(&client, 6, &workspace_id).await?;
+        if column(&latest, "id")? == build_id {
+            Ok(())
+        } else {
+            Err("400: not the latest build".into())
+        }
+    })
     .await
 }
 

@@ -260,13 +260,10 @@ impl Authenticator {
                         "encoding must be pkcs7 or empty".into(),
                     ));
                 }
-                let identity = self.verify_azure(&signature).await.map_err(|cause| {
-                    AuthError::InvalidIdentity {
-                        cloud: Cloud::Azure,
-                        cause,
-                    }
-                })?;
-                (Cloud::Azure, identity.instance_id)
+                (
+                    Cloud::Azure,
+                    self.verify_azure(&signature).await?.instance_id,
+                )
             }
         })
     }
@@ -276,9 +273,14 @@ impl Authenticator {
     async fn verify_azure(
         &self,
         signature: &str,
-    ) -> Result<crate::identity::azure::AzureIdentity, IdentityError> {
+    ) -> Result<crate::identity::azure::AzureIdentity, AuthError> {
+        let invalid = |cause| AuthError::InvalidIdentity {
+            cloud: Cloud::Azure,
+            cause,
+        };
         // About 0.7 ms of OpenSSL work (chain building): off the async workers, so a burst of
-        // Azure logins cannot stall the runtime on a small machine.
+        // Azure logins cannot stall the runtime on a small machine. A failed task is a bug:
+        // INTERNAL, not an invalid identity.
         let verify = |extra: Vec<openssl::x509::X509>| {
             let (trust, signature, now) = (self.trust.clone(), signature.to_owned(), self.now());
             async move {
@@ -286,15 +288,15 @@ impl Authenticator {
                     trust.azure.verify_with(&signature, now, &extra)
                 })
                 .await
-                .unwrap_or_else(|e| Err(IdentityError::Rejected(format!("verifier task: {e}"))))
+                .map_err(|e| AuthError::Internal(format!("Azure verifier task: {e}")))
             }
         };
-        match (verify(Vec::new()).await, &self.trust.azure_issuers) {
+        match (verify(Vec::new()).await?, &self.trust.azure_issuers) {
             (Err(IdentityError::UntrustedChain(_)), Some(fetcher)) => {
-                let urls = crate::identity::azure::issuer_urls(signature)?;
-                verify(fetcher.issuers(&urls).await).await
+                let urls = crate::identity::azure::issuer_urls(signature).map_err(invalid)?;
+                verify(fetcher.issuers(&urls).await).await?.map_err(invalid)
             }
-            (outcome, _) => outcome,
+            (outcome, _) => outcome.map_err(invalid),
         }
     }
 

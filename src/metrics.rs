@@ -3,7 +3,7 @@
 //! certificate subjects, never an instance or agent id.
 
 use std::sync::OnceLock;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime};
 
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 
@@ -86,7 +86,7 @@ pub fn record_certificate(
     let Some(expires) = not_after(certificate) else {
         return;
     };
-    let remaining = expires - now_seconds();
+    let remaining = expires - crate::identity::unix_seconds(SystemTime::now());
     if (0..30 * 86_400).contains(&remaining) {
         tracing::warn!(
             cloud,
@@ -119,13 +119,6 @@ pub fn subject_label(certificate: &openssl::x509::X509Ref) -> String {
         }
     }
     "unknown".into()
-}
-
-fn now_seconds() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs() as i64)
-        .unwrap_or(0)
 }
 
 /// Records one authentication.

@@ -12,7 +12,7 @@
 
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::SystemTime;
 
 use openssl::nid::Nid;
 use openssl::pkcs7::{Pkcs7, Pkcs7Flags};
@@ -133,7 +133,7 @@ impl AzureTrust {
         let pkcs7 =
             Pkcs7::from_der(&der).map_err(|e| IdentityError::Malformed(format!("PKCS#7: {e}")))?;
         let (signer, content) = signed_content(&pkcs7)?;
-        let unix_now = seconds(now);
+        let unix_now = super::unix_seconds(now);
         self.verify_chain(&signer, unix_now, extra)?;
         check_signer_name(&signer)?;
         let document: AttestedDocument = serde_json::from_slice(&content)
@@ -348,13 +348,6 @@ fn days_from_civil(year: i64, month: i64, day: i64) -> i64 {
     era * 146_097 + day_of_era - 719_468
 }
 
-fn seconds(time: SystemTime) -> i64 {
-    match time.duration_since(UNIX_EPOCH) {
-        Ok(d) => i64::try_from(d.as_secs()).unwrap_or(i64::MAX),
-        Err(e) => -i64::try_from(e.duration().as_secs()).unwrap_or(i64::MAX),
-    }
-}
-
 fn builtin(pems: &[&[u8]], what: &str) -> Result<Vec<X509>, TrustError> {
     pems.iter()
         .map(|pem| {
@@ -433,7 +426,7 @@ mod tests {
     }
 
     fn at(rfc3339: &str) -> SystemTime {
-        humantime::parse_rfc3339(rfc3339).unwrap_or(UNIX_EPOCH)
+        humantime::parse_rfc3339(rfc3339).unwrap_or(std::time::UNIX_EPOCH)
     }
 
     /// Built-in trust plus the expired Baltimore root the 2022 document chains to.

@@ -9,7 +9,7 @@
 use std::collections::HashSet;
 use std::path::Path;
 use std::sync::{Arc, Mutex, RwLock};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime};
 
 use jsonwebtoken::jwk::JwkSet;
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
@@ -114,7 +114,7 @@ pub fn verify(
     let claims = jsonwebtoken::decode::<Claims>(token, &key, &validation)
         .map_err(|e| invalid(IdentityError::BadSignature(format!("JWT: {e}"))))?
         .claims;
-    let now = seconds(now);
+    let now = super::unix_seconds(now);
     if claims.exp + LEEWAY_SECONDS < now {
         return Err(invalid(IdentityError::Rejected("token expired".into())));
     }
@@ -147,13 +147,6 @@ pub fn verify(
         instance_name: engine.instance_name,
         instance_creation_timestamp: engine.instance_creation_timestamp,
     })
-}
-
-fn seconds(time: SystemTime) -> i64 {
-    match time.duration_since(UNIX_EPOCH) {
-        Ok(d) => i64::try_from(d.as_secs()).unwrap_or(i64::MAX),
-        Err(e) => -i64::try_from(e.duration().as_secs()).unwrap_or(i64::MAX),
-    }
 }
 
 /// Where the keys come from.

@@ -117,6 +117,15 @@ impl IdentityError {
     }
 }
 
+/// Seconds since the Unix epoch (negative before it), for comparing with token and document
+/// timestamps.
+pub fn unix_seconds(time: std::time::SystemTime) -> i64 {
+    match time.duration_since(std::time::UNIX_EPOCH) {
+        Ok(d) => i64::try_from(d.as_secs()).unwrap_or(i64::MAX),
+        Err(e) => -i64::try_from(e.duration().as_secs()).unwrap_or(i64::MAX),
+    }
+}
+
 /// Decodes standard base64 after removing all ASCII whitespace, as every cloud's evidence may
 /// carry line breaks (IMDS returns the AWS signature on several lines).
 pub fn decode_base64(input: &str) -> Result<Vec<u8>, IdentityError> {

@@ -94,9 +94,7 @@ fn flags_beat_env_which_beats_the_file() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_authenticate_command_prints_the_token_from_a_running_server() {
     let db = TestDb::migrated().await;
-    let world = World::new(&db).await;
-    let resource = world.build(world.workspace().await, 1).await;
-    let agent = world.agent(resource, "main", RECORDED_INSTANCE).await;
+    let agent = seed_agent(&db, RECORDED_INSTANCE).await;
     let app = TestApp::spawn(&db, |_| {}).await;
     let fixtures = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/aws");
     let (document, signature) = (

@@ -229,9 +229,7 @@ async fn reflection_v1_and_v1alpha_list_the_services() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn over_the_concurrency_limit_requests_are_shed_at_once_as_overloaded() {
     let db = TestDb::migrated().await;
-    let world = World::new(&db).await;
-    let resource = world.build(world.workspace().await, 1).await;
-    let agent = world.agent(resource, "main", RECORDED_INSTANCE).await;
+    let agent = seed_agent(&db, RECORDED_INSTANCE).await;
     let app = TestApp::spawn(&db, |c| c.max_concurrent_requests = 1).await;
     // Warm the pool: the statement is prepared when a connection opens, and preparing would
     // wait on the lock too; the tests want the statement itself to wait.
@@ -306,9 +304,7 @@ async fn raw_grpc_status(addr: &str, grpc_timeout: &str, message: Vec<u8>) -> St
 async fn the_callers_deadline_is_honoured_with_deadline_exceeded_while_the_database_is_slow() {
     use prost::Message;
     let db = TestDb::migrated().await;
-    let world = World::new(&db).await;
-    let resource = world.build(world.workspace().await, 1).await;
-    world.agent(resource, "main", RECORDED_INSTANCE).await;
+    seed_agent(&db, RECORDED_INSTANCE).await;
     let app = TestApp::spawn(&db, |c| c.db_statement_timeout = "30s".into()).await;
     // Warm the pool: the statement is prepared when a connection opens, and preparing would
     // wait on the lock too; the tests want the statement itself to wait.
@@ -352,31 +348,14 @@ async fn the_callers_deadline_is_honoured_with_deadline_exceeded_while_the_datab
 #[tokio::test]
 async fn a_database_that_refuses_connections_is_unavailable_and_recovery_needs_no_restart() {
     let db = TestDb::migrated().await;
-    let world = World::new(&db).await;
-    let resource = world.build(world.workspace().await, 1).await;
-    world.agent(resource, "main", RECORDED_INSTANCE).await;
-    drop(world);
+    seed_agent(&db, RECORDED_INSTANCE).await;
     let app = TestApp::spawn(&db, |_| {}).await;
     success(
         app.authenticate(aws_request(RECORDED_DOCUMENT, RECORDED_SIGNATURE, ""))
             .await,
     );
 
-    let admin = admin().await;
-    admin
-        .batch_execute(&format!(
-            "ALTER DATABASE {} ALLOW_CONNECTIONS false",
-            db.name
-        ))
-        .await
-        .unwrap();
-    admin
-        .execute(
-            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = $1",
-            &[&db.name],
-        )
-        .await
-        .unwrap();
+    db.allow_connections(false).await;
 
     let (code, reason, message) = failure(
         app.authenticate(aws_request(RECORDED_DOCUMENT, RECORDED_SIGNATURE, ""))
@@ -394,13 +373,7 @@ async fn a_database_that_refuses_connections_is_unavailable_and_recovery_needs_n
     assert_eq!(status, 503, "{body}");
     assert!(body.starts_with("not ready: "), "{body}");
 
-    admin
-        .batch_execute(&format!(
-            "ALTER DATABASE {} ALLOW_CONNECTIONS true",
-            db.name
-        ))
-        .await
-        .unwrap();
+    db.allow_connections(true).await;
     success(
         app.authenticate(aws_request(RECORDED_DOCUMENT, RECORDED_SIGNATURE, ""))
             .await,
@@ -412,9 +385,7 @@ async fn a_database_that_refuses_connections_is_unavailable_and_recovery_needs_n
 async fn a_unix_socket_listener_is_private_to_its_user_and_serves_grpc() {
     use std::os::unix::fs::PermissionsExt;
     let db = TestDb::migrated().await;
-    let world = World::new(&db).await;
-    let resource = world.build(world.workspace().await, 1).await;
-    let agent = world.agent(resource, "main", RECORDED_INSTANCE).await;
+    let agent = seed_agent(&db, RECORDED_INSTANCE).await;
     let dir = tempfile::tempdir().unwrap();
     let socket = dir.path().join("agent-auth.sock");
     let listen = format!("unix:{}", socket.display());
@@ -444,9 +415,7 @@ async fn a_unix_socket_listener_is_private_to_its_user_and_serves_grpc() {
 #[tokio::test]
 async fn metrics_expose_outcomes_histograms_statements_and_pinned_certificate_expiry() {
     let db = TestDb::migrated().await;
-    let world = World::new(&db).await;
-    let resource = world.build(world.workspace().await, 1).await;
-    world.agent(resource, "main", RECORDED_INSTANCE).await;
+    seed_agent(&db, RECORDED_INSTANCE).await;
     let app = TestApp::spawn(&db, |_| {}).await;
     success(
         app.authenticate(aws_request(RECORDED_DOCUMENT, RECORDED_SIGNATURE, ""))

@@ -144,9 +144,7 @@ async fn gcp_tokens_authenticate_and_every_defect_is_invalid_identity_without_sq
     let stranger = GcpKey::generate("k1");
     let server = JwksServer::start(vec![key.jwk.clone()], 300).await;
     let db = TestDb::migrated().await;
-    let world = World::new(&db).await;
-    let resource = world.build(world.workspace().await, 1).await;
-    let agent = world.agent(resource, "main", "4242424242424242").await;
+    let agent = seed_agent(&db, "4242424242424242").await;
     let url = server.url.clone();
     let app = TestApp::spawn(&db, |c| {
         c.gcp_jwks = url;
@@ -253,9 +251,7 @@ async fn an_unknown_kid_refetches_the_jwks_at_most_once_a_minute() {
     let later = GcpKey::generate("later");
     let server = JwksServer::start(vec![old.jwk.clone()], 3600).await;
     let db = TestDb::migrated().await;
-    let world = World::new(&db).await;
-    let resource = world.build(world.workspace().await, 1).await;
-    world.agent(resource, "main", "77").await;
+    seed_agent(&db, "77").await;
     let url = server.url.clone();
     let app = TestApp::spawn(&db, |c| c.gcp_jwks = url).await;
     wait_for_keys(&app, &old.sign(&claims("77", "p"))).await;
@@ -301,9 +297,7 @@ async fn a_failed_refresh_keeps_serving_with_the_cached_keys() {
     let key = GcpKey::generate("k");
     let server = JwksServer::start(vec![key.jwk.clone()], 1).await;
     let db = TestDb::migrated().await;
-    let world = World::new(&db).await;
-    let resource = world.build(world.workspace().await, 1).await;
-    world.agent(resource, "main", "88").await;
+    seed_agent(&db, "88").await;
     let url = server.url.clone();
     let app = TestApp::spawn(&db, |c| c.gcp_jwks = url).await;
     let token = key.sign(&claims("88", "p"));
@@ -323,9 +317,7 @@ async fn a_failed_refresh_keeps_serving_with_the_cached_keys() {
 #[tokio::test]
 async fn without_fetched_keys_gcp_is_unavailable_and_aws_still_serves() {
     let db = TestDb::migrated().await;
-    let world = World::new(&db).await;
-    let resource = world.build(world.workspace().await, 1).await;
-    world.agent(resource, "main", RECORDED_INSTANCE).await;
+    seed_agent(&db, RECORDED_INSTANCE).await;
     let closed = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
@@ -359,9 +351,7 @@ async fn a_jwks_file_is_static_trust() {
     let path = dir.path().join("jwks.json");
     std::fs::write(&path, json!({"keys": [key.jwk]}).to_string()).unwrap();
     let db = TestDb::migrated().await;
-    let world = World::new(&db).await;
-    let resource = world.build(world.workspace().await, 1).await;
-    let agent = world.agent(resource, "main", "99").await;
+    let agent = seed_agent(&db, "99").await;
     let file = path.display().to_string();
     let app = TestApp::spawn(&db, |c| c.gcp_jwks = file).await;
     let response = success(
@@ -390,9 +380,7 @@ async fn the_authenticate_command_sends_a_gcp_token() {
     let token = dir.path().join("token");
     std::fs::write(&token, format!("{}\n", key.sign(&claims("555", "p")))).unwrap();
     let db = TestDb::migrated().await;
-    let world = World::new(&db).await;
-    let resource = world.build(world.workspace().await, 1).await;
-    let agent = world.agent(resource, "main", "555").await;
+    let agent = seed_agent(&db, "555").await;
     let file = jwks.display().to_string();
     let app = TestApp::spawn(&db, |c| c.gcp_jwks = file).await;
     let token = token.display().to_string();

@@ -191,6 +191,28 @@ impl TestDb {
             .get(0)
     }
 
+    /// Makes the database refuse (or accept again) new connections, closing existing ones:
+    /// the service sees a database that is down.
+    pub async fn allow_connections(&self, allow: bool) {
+        let admin = admin().await;
+        admin
+            .batch_execute(&format!(
+                "ALTER DATABASE {} ALLOW_CONNECTIONS {allow}",
+                self.name
+            ))
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        if !allow {
+            admin
+                .execute(
+                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = $1",
+                    &[&self.name],
+                )
+                .await
+                .unwrap_or_else(|e| panic!("{e}"));
+        }
+    }
+
     pub async fn reset_statements(&self) {
         admin().await
             .execute(

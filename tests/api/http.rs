@@ -245,21 +245,7 @@ async fn overload_is_429_and_an_unavailable_database_is_503_with_retry_after() {
     lock.batch_execute("ROLLBACK").await.unwrap();
     assert_eq!(held.await.unwrap().0, 200);
 
-    let admin = admin().await;
-    admin
-        .batch_execute(&format!(
-            "ALTER DATABASE {} ALLOW_CONNECTIONS false",
-            db.name
-        ))
-        .await
-        .unwrap();
-    admin
-        .execute(
-            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = $1",
-            &[&db.name],
-        )
-        .await
-        .unwrap();
+    db.allow_connections(false).await;
     let (status, headers, body) = http_post(&url, "application/json", &aws_body(None)).await;
     assert_eq!(
         (status, body.as_str()),
@@ -272,12 +258,6 @@ async fn overload_is_429_and_an_unavailable_database_is_503_with_retry_after() {
         headers.to_ascii_lowercase().contains("retry-after: 1"),
         "{headers}"
     );
-    admin
-        .batch_execute(&format!(
-            "ALTER DATABASE {} ALLOW_CONNECTIONS true",
-            db.name
-        ))
-        .await
-        .unwrap();
+    db.allow_connections(true).await;
     drop(app);
 }

@@ -44,10 +44,7 @@ async fn a_database_restart_flips_readiness_and_the_service_recovers_by_itself()
     agent_auth::store::migrate::run_migrations(&url.parse().unwrap())
         .await
         .unwrap();
-    let world = World::new(&db).await;
-    let resource = world.build(world.workspace().await, 1).await;
-    world.agent(resource, "main", RECORDED_INSTANCE).await;
-    drop(world);
+    seed_agent(&db, RECORDED_INSTANCE).await;
     let app = TestApp::spawn(&db, |c| {
         c.db_checkout_timeout = "500ms".into();
         c.db_connect_timeout = "1s".into();
@@ -115,9 +112,7 @@ async fn a_database_restart_flips_readiness_and_the_service_recovers_by_itself()
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_exhausted_pool_answers_unavailable_after_the_checkout_timeout() {
     let db = TestDb::migrated().await;
-    let world = World::new(&db).await;
-    let resource = world.build(world.workspace().await, 1).await;
-    world.agent(resource, "main", RECORDED_INSTANCE).await;
+    seed_agent(&db, RECORDED_INSTANCE).await;
     let app = TestApp::spawn(&db, |c| {
         c.db_pool_size = 1;
         c.db_checkout_timeout = "200ms".into();
@@ -151,9 +146,7 @@ async fn an_exhausted_pool_answers_unavailable_after_the_checkout_timeout() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_request_in_flight_at_shutdown_completes() {
     let db = TestDb::migrated().await;
-    let world = World::new(&db).await;
-    let resource = world.build(world.workspace().await, 1).await;
-    let agent = world.agent(resource, "main", RECORDED_INSTANCE).await;
+    let agent = seed_agent(&db, RECORDED_INSTANCE).await;
     let app = TestApp::spawn(&db, |_| {}).await;
     // Warm the pool: the statement is prepared when a connection opens, and preparing would
     // wait on the lock too; the tests want the statement itself to wait.
@@ -187,9 +180,7 @@ async fn a_request_in_flight_at_shutdown_completes() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn json_logs_have_one_line_per_authentication_and_no_secrets() {
     let db = TestDb::migrated().await;
-    let world = World::new(&db).await;
-    let resource = world.build(world.workspace().await, 1).await;
-    let agent = world.agent(resource, "main", RECORDED_INSTANCE).await;
+    let agent = seed_agent(&db, RECORDED_INSTANCE).await;
     let server = ServeProcess::start(&db, &[]).await;
     let channel = server.channel().await;
     success(
@@ -296,9 +287,7 @@ async fn otlp_collector() -> (
 async fn spans_reach_the_collector_under_the_callers_trace() {
     let (collector, spans) = otlp_collector().await;
     let db = TestDb::migrated().await;
-    let world = World::new(&db).await;
-    let resource = world.build(world.workspace().await, 1).await;
-    world.agent(resource, "main", RECORDED_INSTANCE).await;
+    seed_agent(&db, RECORDED_INSTANCE).await;
     let server = ServeProcess::start(&db, &["--otlp-endpoint", &collector]).await;
     let trace_id = "4bf92f3577b34da6a3ce929d0e0e4736";
     let mut client =
@@ -330,9 +319,7 @@ async fn a_dead_collector_changes_nothing_for_callers() {
         .local_addr()
         .unwrap();
     let db = TestDb::migrated().await;
-    let world = World::new(&db).await;
-    let resource = world.build(world.workspace().await, 1).await;
-    world.agent(resource, "main", RECORDED_INSTANCE).await;
+    seed_agent(&db, RECORDED_INSTANCE).await;
     let server = ServeProcess::start(&db, &["--otlp-endpoint", &format!("http://{closed}")]).await;
     let channel = server.channel().await;
     for _ in 0..20 {
@@ -492,9 +479,7 @@ async fn mtls_refuses_callers_without_a_certificate_from_the_client_ca() {
     );
     let client_ca_path = write("client-ca.pem", &client_ca.cert.to_pem().unwrap());
     let db = TestDb::migrated().await;
-    let world = World::new(&db).await;
-    let resource = world.build(world.workspace().await, 1).await;
-    let agent = world.agent(resource, "main", RECORDED_INSTANCE).await;
+    let agent = seed_agent(&db, RECORDED_INSTANCE).await;
     let app = TestApp::spawn(&db, |c| {
         c.tls_cert = Some(cert_path);
         c.tls_key = Some(key_path);
@@ -549,9 +534,7 @@ async fn mtls_refuses_callers_without_a_certificate_from_the_client_ca() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_burst_over_the_limit_ends_ok_shed_or_unavailable_never_internal_and_within_deadline() {
     let db = TestDb::migrated().await;
-    let world = World::new(&db).await;
-    let resource = world.build(world.workspace().await, 1).await;
-    world.agent(resource, "main", RECORDED_INSTANCE).await;
+    seed_agent(&db, RECORDED_INSTANCE).await;
     let app = TestApp::spawn(&db, |c| {
         c.max_concurrent_requests = 4;
         c.db_pool_size = 2;

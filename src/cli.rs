@@ -39,27 +39,56 @@ pub enum Command {
 
 #[derive(Debug, Clone, Args)]
 pub struct BenchArgs {
-    /// Live agents to seed.
+    /// Live agents to seed (history group; the v2.33.1 groups add a tenth each).
     #[arg(long, default_value_t = 10_000)]
     pub agents: u64,
-    /// Builds per workspace (older ones keep stale agents).
+    /// Builds per workspace (older ones keep stale agents of the same instance and name).
     #[arg(long, default_value_t = 3)]
     pub builds: u32,
     /// Concurrent callers.
     #[arg(long, default_value_t = 32)]
     pub concurrency: usize,
-    /// How long each scenario runs.
-    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+    /// Run every scenario at each of these caller counts instead (comma-separated).
+    #[arg(long, value_delimiter = ',', value_name = "N,N,...")]
+    pub sweep: Vec<usize>,
+    /// How long each scenario runs (at each caller count).
+    #[arg(long, default_value = "8s", value_parser = humantime::parse_duration)]
     pub duration: std::time::Duration,
     /// Database pool size (the same for every scenario).
     #[arg(long, default_value_t = 10)]
     pub pool_size: usize,
-    /// Per-login deadline; slower logins count as missed.
+    /// Per-login deadline; slower logins are abandoned and count as missed.
     #[arg(long, default_value = "2s", value_parser = humantime::parse_duration)]
     pub deadline: std::time::Duration,
+    /// Scenarios to run (comma-separated): agent-auth, raw, v2.32, v2.33.1-1, v2.33.1-2,
+    /// v2.33.1-history. Default: all but v2.33.1-history.
+    #[arg(long, value_delimiter = ',', value_name = "NAME,...")]
+    pub scenarios: Vec<String>,
+    /// Round trip added between the load and the database by a loopback proxy (e.g. 2ms).
+    #[arg(long, default_value = "0s", value_parser = humantime::parse_duration)]
+    pub db_rtt: std::time::Duration,
     /// An empty database to use instead of a private embedded one.
     #[arg(long, value_name = "URL")]
     pub postgres_url: Option<String>,
+    /// Run the server inside the bench process instead of as a child process.
+    #[arg(long, conflicts_with = "server")]
+    pub in_process: bool,
+    /// Load a server that is already running (it must use --postgres-url's database and trust
+    /// --signing-key's certificate as its `default` AWS certificate).
+    #[arg(long, value_name = "URL", requires_all = ["postgres_url", "signing_key"])]
+    pub server: Option<String>,
+    /// The external server's admin listener, to read statements and pool waits from /metrics.
+    #[arg(long, value_name = "HOST:PORT", requires = "server")]
+    pub server_metrics: Option<std::net::SocketAddr>,
+    /// PEM RSA private key to sign documents with (with --server).
+    #[arg(long, value_name = "PEM")]
+    pub signing_key: Option<PathBuf>,
+    /// Print EXPLAIN (ANALYZE, BUFFERS) of the resolver's statement after the run.
+    #[arg(long)]
+    pub explain: bool,
+    /// Write an SVG of logins/s and p99 against callers (use with --sweep).
+    #[arg(long, value_name = "PATH")]
+    pub plot: Option<PathBuf>,
     /// Print JSON instead of a table.
     #[arg(long)]
     pub json: bool,

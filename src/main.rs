@@ -136,28 +136,78 @@ async fn migrate(args: ServeArgs) -> ExitCode {
 }
 
 async fn bench(args: agent_auth::cli::BenchArgs) -> ExitCode {
+    use agent_auth::bench::{self, Scenario, ServerMode};
     telemetry::init(agent_auth::config::LogFormat::Text, "warn", None);
-    let options = agent_auth::bench::BenchOptions {
+    let scenarios = if args.scenarios.is_empty() {
+        Ok(Scenario::defaults())
+    } else {
+        args.scenarios.iter().map(|s| Scenario::parse(s)).collect()
+    };
+    let scenarios = match scenarios {
+        Ok(scenarios) => scenarios,
+        Err(e) => {
+            eprintln!("agent-auth: bench: {e}");
+            return ExitCode::from(64);
+        }
+    };
+    let server = match (args.server, args.in_process) {
+        (Some(url), _) => ServerMode::External {
+            url,
+            metrics: args.server_metrics,
+        },
+        (None, true) => ServerMode::InProcess,
+        (None, false) => ServerMode::Spawn,
+    };
+    let options = bench::BenchOptions {
         agents: args.agents,
         builds_per_workspace: args.builds,
-        concurrency: args.concurrency,
+        concurrency: if args.sweep.is_empty() {
+            vec![args.concurrency]
+        } else {
+            args.sweep
+        },
         duration: args.duration,
         pool_size: args.pool_size,
         deadline: args.deadline,
+        scenarios,
+        server,
+        signing_key: args.signing_key,
+        db_rtt: args.db_rtt,
+        explain: args.explain,
+        plot: args.plot,
     };
-    match agent_auth::bench::run(options, args.postgres_url).await {
-        Ok(outcomes) => {
-            let rss = agent_auth::bench::peak_rss_mib();
+    match bench::run(options, args.postgres_url).await {
+        Ok(report) => {
             if args.json {
-                let report =
-                    serde_json::json!({"outcomes": outcomes, "peak_rss_mib_whole_process": rss});
-                println!("{report}");
+                match serde_json::to_string(&report) {
+                    Ok(json) => println!("{json}"),
+                    Err(e) => {
+                        eprintln!("agent-auth: bench: {e}");
+                        return ExitCode::FAILURE;
+                    }
+                }
             } else {
-                print!("{}", agent_auth::bench::table(&outcomes));
-                if let Some(rss) = rss {
-                    println!(
-                        "peak RSS of the whole bench process (server, callers and baselines): {rss:.1} MiB"
-                    );
+                println!(
+                    "{} · commit {} · {} agent rows ({} agents x {} builds) · pool {} · deadline {} ms · database round trip {:.2} ms · server: {}",
+                    report.date,
+                    report.commit.as_deref().unwrap_or("?"),
+                    report.agent_rows,
+                    report.agents,
+                    report.builds_per_workspace,
+                    report.pool_size,
+                    report.deadline_ms,
+                    report.db_round_trip_ms,
+                    report.server
+                );
+                print!("{}", bench::table(&report.outcomes));
+                if let Some(rss) = report.server_peak_rss_mib {
+                    println!("peak RSS of the server process: {rss:.1} MiB");
+                }
+                if let Some(rss) = report.bench_peak_rss_mib {
+                    println!("peak RSS of the bench process: {rss:.1} MiB");
+                }
+                if let Some(plan) = &report.explain {
+                    println!("\n{plan}");
                 }
             }
             ExitCode::SUCCESS

@@ -13,6 +13,7 @@ pub const VERIFY_DURATION: &str = "agent_auth_verify_duration_seconds";
 pub const DB_QUERIES: &str = "agent_auth_db_queries_total";
 pub const DB_POOL_CONNECTIONS: &str = "agent_auth_db_pool_connections";
 pub const DB_POOL_WAITING: &str = "agent_auth_db_pool_waiting";
+pub const DB_POOL_WAIT: &str = "agent_auth_db_pool_wait_seconds";
 pub const REQUESTS_IN_FLIGHT: &str = "agent_auth_requests_in_flight";
 pub const REQUESTS_SHED: &str = "agent_auth_requests_shed_total";
 pub const TRUST_EXPIRY: &str = "agent_auth_trust_certificate_expiry_timestamp_seconds";
@@ -57,6 +58,11 @@ fn describe() {
         "Time of the cryptographic check alone, by cloud."
     );
     describe_counter!(DB_QUERIES, "SQL statements run by the authentication path.");
+    describe_histogram!(
+        DB_POOL_WAIT,
+        Unit::Seconds,
+        "Time to check out a pooled database connection."
+    );
     describe_gauge!(
         DB_POOL_CONNECTIONS,
         "Pooled database connections by state (idle, in_use)."

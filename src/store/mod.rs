@@ -110,7 +110,10 @@ impl Store {
 
     /// Checks out a connection, mapping pool failures to [`StoreError`].
     async fn checkout(&self) -> Result<deadpool_postgres::Object, StoreError> {
-        self.pool.get().await.map_err(pool_error)
+        let started = std::time::Instant::now();
+        let result = self.pool.get().await.map_err(pool_error);
+        metrics::histogram!(crate::metrics::DB_POOL_WAIT).record(started.elapsed().as_secs_f64());
+        result
     }
 
     /// Readiness: a pooled connection answers a round trip. The empty query makes the server

@@ -276,27 +276,119 @@ fn bench_runs_every_scenario_and_counts_one_statement_per_login() {
     );
     let report: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
     let outcomes = report["outcomes"].as_array().unwrap();
-    assert_eq!(outcomes.len(), 3);
+    let keys: Vec<&str> = outcomes
+        .iter()
+        .map(|o| o["scenario"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        keys,
+        ["agent-auth", "raw", "v2.32", "v2.33.1-1", "v2.33.1-2"]
+    );
     for outcome in outcomes {
         assert!(outcome["logins"].as_u64().unwrap() > 0, "{outcome}");
     }
     // The incumbent's own failures (template-import agents shadowing the real one) are its
-    // answers; ours and the raw statement must have none.
-    assert_eq!(
-        outcomes[0]["errors"],
-        serde_json::json!({}),
+    // answers; ours, the raw statement and v2.33.1 on fresh workspaces must have none.
+    for i in [0, 1, 3, 4] {
+        assert_eq!(
+            outcomes[i]["errors"],
+            serde_json::json!({}),
+            "{}",
+            outcomes[i]
+        );
+    }
+    // Statements per login: ours from agent_auth_db_queries_total of the server process, the
+    // emulations counted as they run.
+    let statements: Vec<f64> = outcomes
+        .iter()
+        .map(|o| o["statements_per_login"].as_f64().unwrap())
+        .collect();
+    assert_eq!(statements, [1.0, 1.0, 7.0, 11.0, 15.0]);
+    assert!(outcomes[0]["pool_wait_ms_mean"].as_f64().is_some());
+    assert_eq!(report["server"], "child process");
+    assert!(report["server_peak_rss_mib"].as_f64().unwrap() > 1.0);
+}
+
+#[test]
+fn bench_sweeps_callers_behind_a_slow_network_and_plots_the_result() {
+    let dir = tempfile::tempdir().unwrap();
+    let plot = dir.path().join("sweep.svg");
+    let output = agent_auth()
+        .args([
+            "bench",
+            "--agents",
+            "200",
+            "--builds",
+            "2",
+            "--duration",
+            "400ms",
+            "--sweep",
+            "1,3",
+            "--scenarios",
+            "agent-auth,v2.33.1-history",
+            "--db-rtt",
+            "4ms",
+            "--in-process",
+            "--explain",
+            "--json",
+            "--plot",
+        ])
+        .arg(&plot)
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
         "{}",
-        outcomes[0]
+        String::from_utf8_lossy(&output.stderr)
     );
+    let report: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    let outcomes = report["outcomes"].as_array().unwrap();
+    let shape: Vec<(u64, &str)> = outcomes
+        .iter()
+        .map(|o| {
+            (
+                o["concurrency"].as_u64().unwrap(),
+                o["scenario"].as_str().unwrap(),
+            )
+        })
+        .collect();
     assert_eq!(
-        outcomes[1]["errors"],
-        serde_json::json!({}),
-        "{}",
-        outcomes[1]
+        shape,
+        [
+            (1, "agent-auth"),
+            (1, "v2.33.1-history"),
+            (3, "agent-auth"),
+            (3, "v2.33.1-history")
+        ]
     );
+    // The proxy really delays: the measured round trip includes the 4 ms.
+    let rtt = report["db_round_trip_ms"].as_f64().unwrap();
+    assert!(rtt >= 4.0, "{rtt}");
+    // v2.33.1 answers 409 for every workspace that was rebuilt (stale agents of the same name);
+    // ours logs the same instances in.
+    assert_eq!(outcomes[1]["logins"], 0);
+    assert!(outcomes[1]["errors"]["409: ambiguous"].as_u64().unwrap() > 0);
+    assert!(outcomes[2]["logins"].as_u64().unwrap() > 0);
+    assert_eq!(outcomes[2]["errors"], serde_json::json!({}));
+    assert_eq!(report["server"], "in the bench process");
+    let plan = report["explain"].as_str().unwrap();
+    assert!(plan.contains("Execution Time"), "{plan}");
+    let svg = std::fs::read_to_string(&plot).unwrap();
+    assert!(svg.starts_with("<svg") && svg.trim_end().ends_with("</svg>"));
     assert_eq!(
-        outcomes[0]["statements_per_login"], 1.0,
-        "measured from agent_auth_db_queries_total"
+        svg.matches("<polyline").count(),
+        4,
+        "2 scenarios x 2 panels"
     );
-    assert_eq!(outcomes[2]["statements_per_login"], 7.0);
+}
+
+#[test]
+fn bench_rejects_an_unknown_scenario_with_a_usage_error() {
+    let output = agent_auth()
+        .args(["bench", "--scenarios", "v9"])
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(64));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("unknown scenario \"v9\""), "{stderr}");
 }

@@ -1,0 +1,522 @@
+//! `agent-auth bench`: a load generator that measures the service next to the physical limit
+//! (its own SQL statement run directly, no gRPC, no crypto) and next to emulations of the
+//! incumbent's multi-statement logins, in the same run, on the same database and pool size.
+//!
+//! Callers present genuine AWS `signature` documents signed with a key generated here (or
+//! `--signing-key` for an external server) and trusted by the server as its `default` AWS key.
+//! Speed lives here and in `benches/`, never in timed tests.
+
+pub mod baseline;
+pub mod drive;
+pub mod plot;
+pub mod proxy;
+pub mod seed;
+pub mod server;
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use openssl::hash::MessageDigest;
+use openssl::pkey::{PKey, Private};
+use openssl::sign::Signer;
+use serde::Serialize;
+
+pub use drive::{Outcome, table};
+pub use server::ServerMode;
+
+use crate::grpc::pb;
+use baseline::Incumbent;
+use drive::{Cost, Tally};
+
+/// The scenarios, in the order they run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Scenario {
+    Service,
+    Raw,
+    V2_32,
+    V2_33_1One,
+    V2_33_1Two,
+    V2_33_1History,
+}
+
+impl Scenario {
+    /// Every scenario; all but `v2.33.1-history` run by default.
+    pub const ALL: [Scenario; 6] = [
+        Scenario::Service,
+        Scenario::Raw,
+        Scenario::V2_32,
+        Scenario::V2_33_1One,
+        Scenario::V2_33_1Two,
+        Scenario::V2_33_1History,
+    ];
+
+    pub fn key(self) -> &'static str {
+        match self {
+            Scenario::Service => "agent-auth",
+            Scenario::Raw => "raw",
+            Scenario::V2_32 => "v2.32",
+            Scenario::V2_33_1One => "v2.33.1-1",
+            Scenario::V2_33_1Two => "v2.33.1-2",
+            Scenario::V2_33_1History => "v2.33.1-history",
+        }
+    }
+
+    pub fn description(self) -> &'static str {
+        match self {
+            Scenario::Service => "agent-auth (gRPC, verify + 1 statement)",
+            Scenario::Raw => "the resolver's statement alone (ceiling)",
+            Scenario::V2_32 => "incumbent v2.32 emulation",
+            Scenario::V2_33_1One => "incumbent v2.33.1, 1 candidate",
+            Scenario::V2_33_1Two => "incumbent v2.33.1, 2 candidates, by name",
+            Scenario::V2_33_1History => "incumbent v2.33.1 on rebuilt workspaces",
+        }
+    }
+
+    pub fn parse(key: &str) -> Result<Self, String> {
+        Self::ALL
+            .into_iter()
+            .find(|s| s.key() == key.trim())
+            .ok_or_else(|| {
+                let keys: Vec<&str> = Self::ALL.iter().map(|s| s.key()).collect();
+                format!("unknown scenario {key:?}; one of {}", keys.join(", "))
+            })
+    }
+
+    pub fn defaults() -> Vec<Scenario> {
+        Self::ALL[..5].to_vec()
+    }
+}
+
+/// What to run.
+#[derive(Debug, Clone)]
+pub struct BenchOptions {
+    pub agents: u64,
+    pub builds_per_workspace: u32,
+    /// Caller counts to run every scenario at (one for a plain run, several for a sweep).
+    pub concurrency: Vec<usize>,
+    pub duration: Duration,
+    pub pool_size: usize,
+    pub deadline: Duration,
+    pub scenarios: Vec<Scenario>,
+    pub server: ServerMode,
+    /// PEM RSA key the external server trusts as its `default` AWS certificate's key.
+    pub signing_key: Option<PathBuf>,
+    /// Added round trip between the load (service and baselines) and the database.
+    pub db_rtt: Duration,
+    pub explain: bool,
+    pub plot: Option<PathBuf>,
+}
+
+/// Everything a run measured.
+#[derive(Debug, Clone, Serialize)]
+pub struct Report {
+    pub date: String,
+    pub commit: Option<String>,
+    pub agents: u64,
+    pub builds_per_workspace: u32,
+    pub agent_rows: i64,
+    pub seed_seconds: f64,
+    pub pool_size: usize,
+    pub deadline_ms: u128,
+    pub db_rtt_ms: f64,
+    /// The round trip to the database measured through the load's path (median of 50 empty
+    /// queries): the proxy's delays run on tokio's 1 ms timer, so this is the number to quote.
+    pub db_round_trip_ms: f64,
+    pub server: String,
+    pub outcomes: Vec<Outcome>,
+    /// Peak RSS of the server process alone (spawned server only).
+    pub server_peak_rss_mib: Option<f64>,
+    /// Peak RSS of the bench process (includes the server with `--in-process`).
+    pub bench_peak_rss_mib: Option<f64>,
+    /// EXPLAIN (ANALYZE, BUFFERS) of the resolver's statement for one live instance.
+    pub explain: Option<String>,
+}
+
+/// Runs the whole benchmark; prints progress to stderr.
+pub async fn run(options: BenchOptions, postgres_url: Option<String>) -> Result<Report, String> {
+    let temp = tempfile::Builder::new()
+        .prefix("agent-auth-bench-")
+        .tempdir()
+        .map_err(|e| e.to_string())?;
+    let mut cluster = None;
+    let url = match postgres_url {
+        Some(url) => url,
+        None => {
+            eprintln!(
+                "bench: starting a private PostgreSQL in {}",
+                temp.path().display()
+            );
+            let mut embedded = crate::embedded::EmbeddedOptions::new(temp.path().join("pg"));
+            embedded.ephemeral = true;
+            embedded.settings = vec![("max_connections".into(), "300".into())];
+            let started = crate::embedded::EmbeddedPostgres::start(embedded)
+                .await
+                .map_err(|e| e.to_string())?;
+            started
+                .ensure_database("bench")
+                .await
+                .map_err(|e| e.to_string())?;
+            let url = started.connection_string("bench");
+            cluster = Some(started);
+            url
+        }
+    };
+    let result = run_on(&options, &url, temp.path()).await;
+    if let Some(cluster) = cluster {
+        let _ = cluster.stop().await;
+    }
+    result
+}
+
+async fn run_on(options: &BenchOptions, url: &str, scratch: &Path) -> Result<Report, String> {
+    let text = |e: &dyn std::fmt::Display| e.to_string();
+    let pg_config: tokio_postgres::Config = url.parse().map_err(|e| format!("{e}"))?;
+    crate::store::migrate::run_migrations(&pg_config)
+        .await
+        .map_err(|e| text(&e))?;
+    let client = crate::store::migrate::dedicated(&pg_config)
+        .await
+        .map_err(|e| text(&e))?;
+    let existing: i64 = client
+        .query_one("SELECT count(*) FROM workspace_agents", &[])
+        .await
+        .and_then(|r| r.try_get(0))
+        .map_err(|e| text(&e))?;
+    if existing > 0 {
+        return Err("the benchmark needs an empty database (it seeds its own agents)".into());
+    }
+    eprintln!(
+        "bench: seeding {} agents x {} builds (+ template imports, sub-agents, deleted workspaces, v2.33.1 groups) ...",
+        options.agents, options.builds_per_workspace
+    );
+    let seeding = Instant::now();
+    seed::seed(&client, options.agents, options.builds_per_workspace)
+        .await
+        .map_err(|e| text(&e))?;
+    let seed_seconds = seeding.elapsed().as_secs_f64();
+    let agent_rows: i64 = client
+        .query_one("SELECT count(*) FROM workspace_agents", &[])
+        .await
+        .and_then(|r| r.try_get(0))
+        .map_err(|e| text(&e))?;
+    eprintln!("bench: {agent_rows} agent rows in {seed_seconds:.1} s");
+
+    let key = match &options.signing_key {
+        Some(path) => {
+            let pem = std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()))?;
+            PKey::private_key_from_pem(&pem).map_err(|e| format!("{}: {e}", path.display()))?
+        }
+        None => PKey::from_rsa(openssl::rsa::Rsa::generate(1024).map_err(|e| text(&e))?)
+            .map_err(|e| text(&e))?,
+    };
+    let pem_path = scratch.join("bench-aws.pem");
+    std::fs::write(&pem_path, self_signed_pem(&key).map_err(|e| text(&e))?)
+        .map_err(|e| text(&e))?;
+    let jwks_path = scratch.join("jwks.json");
+    std::fs::write(&jwks_path, r#"{"keys":[]}"#).map_err(|e| text(&e))?;
+    let history = seed::history_instances(options.agents, 1000);
+    let documents: Vec<(String, String)> = history
+        .iter()
+        .map(|i| signed_document(&key, i))
+        .collect::<Result<_, _>>()
+        .map_err(|e| text(&e))?;
+
+    // The load reaches the database through the latency proxy when one is asked for; seeding
+    // and EXPLAIN do not.
+    let proxy = if options.db_rtt.is_zero() {
+        None
+    } else {
+        Some(proxy::LatencyProxy::start(url, options.db_rtt).await?)
+    };
+    let load_url = proxy.as_ref().map_or(url, |p| p.url.as_str());
+    let db_round_trip_ms = measure_round_trip(load_url).await?;
+    eprintln!("bench: database round trip as the load sees it: {db_round_trip_ms:.2} ms (median)");
+    let max_callers = options.concurrency.iter().copied().max().unwrap_or(1);
+    let setup = server::ServerSetup {
+        postgres_url: load_url,
+        pool_size: options.pool_size,
+        max_concurrent_requests: max_callers * 2,
+        aws_certificate: &pem_path,
+        gcp_jwks: &jwks_path,
+        scratch,
+    };
+    // The baselines' pool has the server's settings (size, checkout and statement timeouts).
+    let store_config = crate::config::Config::from_raw(server::raw_config(&setup))
+        .map_err(|e| text(&e))?
+        .store;
+    let server = server::Server::start(&options.server, &setup).await?;
+    let mut channels = Vec::new();
+    for _ in 0..4 {
+        channels.push(
+            crate::client::connect(&server.grpc_url, Duration::from_secs(5))
+                .await
+                .map_err(|e| text(&e))?,
+        );
+    }
+    let store = crate::store::Store::connect(load_url, &store_config).map_err(|e| text(&e))?;
+    let sets = InstanceSets {
+        history: Arc::new(history),
+        single: Arc::new(seed::single_instances(options.agents, 1000)),
+        pair: Arc::new(seed::pair_instances(options.agents, 1000)),
+        documents: Arc::new(documents),
+        channels: Arc::new(channels),
+    };
+
+    let mut outcomes = Vec::new();
+    for &callers in &options.concurrency {
+        for &scenario in &options.scenarios {
+            let outcome = run_scenario(scenario, callers, options, &sets, &store, &server).await;
+            eprintln!(
+                "bench: {:<45} {callers:>4} callers: {:>7.0} logins/s, p99 {:.2} ms, missed {}",
+                outcome.description, outcome.per_second, outcome.p99_ms, outcome.missed_deadline
+            );
+            outcomes.push(outcome);
+        }
+    }
+    store.close();
+    let server_peak_rss_mib = server.peak_rss_mib();
+    let server_kind = match &options.server {
+        ServerMode::Spawn => "child process",
+        ServerMode::InProcess => "in the bench process",
+        ServerMode::External { .. } => "external",
+    };
+    server.stop().await;
+    drop(proxy);
+
+    let explain = if options.explain {
+        let instance = seed::history_instances(options.agents, 1)
+            .pop()
+            .unwrap_or_default();
+        Some(explain_resolve(&client, &instance).await?)
+    } else {
+        None
+    };
+    let report = Report {
+        date: humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string(),
+        commit: git_commit(),
+        agents: options.agents,
+        builds_per_workspace: options.builds_per_workspace,
+        agent_rows,
+        seed_seconds,
+        pool_size: options.pool_size,
+        deadline_ms: options.deadline.as_millis(),
+        db_rtt_ms: options.db_rtt.as_secs_f64() * 1000.0,
+        db_round_trip_ms,
+        server: server_kind.into(),
+        outcomes,
+        server_peak_rss_mib,
+        bench_peak_rss_mib: server::peak_rss_mib("/proc/self/status"),
+        explain,
+    };
+    if let Some(path) = &options.plot {
+        let subtitle = format!(
+            "{} · commit {} · {} agents × {} builds · pool {} · database round trip {:.2} ms · 2 cores",
+            &report.date[..10.min(report.date.len())],
+            report.commit.as_deref().unwrap_or("?"),
+            report.agents,
+            report.builds_per_workspace,
+            report.pool_size,
+            report.db_round_trip_ms
+        );
+        std::fs::write(path, plot::svg(&report.outcomes, &subtitle))
+            .map_err(|e| format!("{}: {e}", path.display()))?;
+        eprintln!("bench: wrote {}", path.display());
+    }
+    Ok(report)
+}
+
+/// The instances and clients the scenarios share.
+struct InstanceSets {
+    history: Arc<Vec<String>>,
+    single: Arc<Vec<String>>,
+    pair: Arc<Vec<String>>,
+    documents: Arc<Vec<(String, String)>>,
+    channels: Arc<Vec<tonic::transport::Channel>>,
+}
+
+async fn run_scenario(
+    scenario: Scenario,
+    callers: usize,
+    options: &BenchOptions,
+    sets: &InstanceSets,
+    store: &crate::store::Store,
+    server: &server::Server,
+) -> Outcome {
+    let (duration, deadline) = (options.duration, options.deadline);
+    let label = format!("{} x{callers}", scenario.key());
+    let pool = store.pool().clone();
+    let incumbent = |version, name, instances: &Arc<Vec<String>>| {
+        baseline::run_incumbent(
+            &label,
+            version,
+            name,
+            pool.clone(),
+            instances.clone(),
+            callers,
+            duration,
+            deadline,
+        )
+    };
+    let counted = |(tally, elapsed): (Tally, Duration)| {
+        let (statements, pool_wait) = tally.counted_costs();
+        let some = |v| (tally.logins() > 0).then_some(v);
+        (some(statements), some(pool_wait), tally, elapsed)
+    };
+    let (statements, pool_wait, tally, elapsed) = match scenario {
+        Scenario::Service => {
+            let before = server.scrape().await;
+            let (tally, elapsed) = run_service(&label, sets, callers, duration, deadline).await;
+            let after = server.scrape().await;
+            // A sample absent before the run has not been touched yet: zero.
+            let delta = |name: &str| -> Option<f64> {
+                let before = server::sample(before.as_ref()?, name).unwrap_or(0.0);
+                Some(server::sample(after.as_ref()?, name)? - before)
+            };
+            let logins = tally.logins().max(1) as f64;
+            let statements = delta(crate::metrics::DB_QUERIES).map(|q| q / logins);
+            let pool_wait = delta(&format!("{}_sum", crate::metrics::DB_POOL_WAIT))
+                .zip(delta(&format!("{}_count", crate::metrics::DB_POOL_WAIT)))
+                .map(|(sum, count)| sum * 1000.0 / count.max(1.0));
+            (statements, pool_wait, tally, elapsed)
+        }
+        Scenario::Raw => counted(
+            baseline::run_raw(
+                &label,
+                pool.clone(),
+                sets.history.clone(),
+                callers,
+                duration,
+                deadline,
+            )
+            .await,
+        ),
+        Scenario::V2_32 => counted(incumbent(Incumbent::V2_32, None, &sets.history).await),
+        Scenario::V2_33_1One => counted(incumbent(Incumbent::V2_33_1, None, &sets.single).await),
+        Scenario::V2_33_1Two => {
+            counted(incumbent(Incumbent::V2_33_1, Some("dev"), &sets.pair).await)
+        }
+        Scenario::V2_33_1History => {
+            counted(incumbent(Incumbent::V2_33_1, None, &sets.history).await)
+        }
+    };
+    tally.outcome(
+        scenario.key(),
+        scenario.description(),
+        callers,
+        elapsed,
+        (statements, pool_wait),
+    )
+}
+
+/// The service over real gRPC.
+async fn run_service(
+    label: &str,
+    sets: &InstanceSets,
+    callers: usize,
+    duration: Duration,
+    deadline: Duration,
+) -> (Tally, Duration) {
+    let (channels, documents) = (sets.channels.clone(), sets.documents.clone());
+    drive::drive(label, callers, duration, deadline, move |n| {
+        let channel = channels[n as usize % channels.len()].clone();
+        let (document, signature) = documents[n as usize % documents.len()].clone();
+        async move {
+            let request = pb::AuthenticateRequest {
+                identity: Some(pb::authenticate_request::Identity::Aws(
+                    pb::AwsInstanceIdentity {
+                        document,
+                        signature,
+                        rsa2048: String::new(),
+                    },
+                )),
+                agent_name: String::new(),
+            };
+            crate::client::authenticate(channel, request)
+                .await
+                .map(|_| Cost::default())
+                .map_err(|s| format!("{:?}", s.code()))
+        }
+    })
+    .await
+}
+
+/// Median time of an empty query (a round trip that executes nothing) on a dedicated connection.
+async fn measure_round_trip(url: &str) -> Result<f64, String> {
+    let config: tokio_postgres::Config = url.parse().map_err(|e| format!("{e}"))?;
+    let client = crate::store::migrate::dedicated(&config)
+        .await
+        .map_err(|e| e.to_string())?;
+    let mut samples = Vec::with_capacity(50);
+    for _ in 0..50 {
+        let started = Instant::now();
+        client.simple_query("").await.map_err(|e| e.to_string())?;
+        samples.push(started.elapsed().as_secs_f64() * 1000.0);
+    }
+    samples.sort_by(f64::total_cmp);
+    Ok(samples.get(samples.len() / 2).copied().unwrap_or(0.0))
+}
+
+/// EXPLAIN (ANALYZE, BUFFERS) of the resolver's statement for `instance`, on a dedicated
+/// connection (the plan PostgreSQL picks for that value).
+async fn explain_resolve(
+    client: &tokio_postgres::Client,
+    instance: &str,
+) -> Result<String, String> {
+    let sql = format!(
+        "EXPLAIN (ANALYZE, BUFFERS) {}",
+        crate::store::resolve::RESOLVE_SQL
+    );
+    let rows = client
+        .query(&sql, &[&instance])
+        .await
+        .map_err(|e| format!("EXPLAIN: {e}"))?;
+    let lines: Vec<String> = rows
+        .iter()
+        .filter_map(|row| row.try_get::<_, String>(0).ok())
+        .collect();
+    Ok(lines.join("\n"))
+}
+
+/// The short commit of the working directory, when it is a git checkout.
+fn git_commit() -> Option<String> {
+    let output = std::process::Command::new("git")
+        .args(["rev-parse", "--short", "HEAD"])
+        .stderr(std::process::Stdio::null())
+        .output()
+        .ok()?;
+    let commit = String::from_utf8(output.stdout).ok()?.trim().to_owned();
+    (output.status.success() && !commit.is_empty()).then_some(commit)
+}
+
+/// An AWS-style document and its base64 signature.
+pub fn signed_document(
+    key: &PKey<Private>,
+    instance: &str,
+) -> Result<(String, String), openssl::error::ErrorStack> {
+    use base64::Engine as _;
+    let document = format!(
+        "{{\n  \"accountId\" : \"123456789012\",\n  \"instanceId\" : \"{instance}\",\n  \"pendingTime\" : \"2026-11-01T10:00:00Z\",\n  \"region\" : \"us-east-1\",\n  \"version\" : \"2017-09-30\"\n}}"
+    );
+    let mut signer = Signer::new(MessageDigest::sha256(), key)?;
+    signer.update(document.as_bytes())?;
+    Ok((
+        document,
+        base64::engine::general_purpose::STANDARD.encode(signer.sign_to_vec()?),
+    ))
+}
+
+fn self_signed_pem(key: &PKey<Private>) -> Result<Vec<u8>, openssl::error::ErrorStack> {
+    let mut name = openssl::x509::X509NameBuilder::new()?;
+    name.append_entry_by_text("CN", "bench")?;
+    let name = name.build();
+    let mut builder = openssl::x509::X509::builder()?;
+    builder.set_version(2)?;
+    builder.set_subject_name(&name)?;
+    builder.set_issuer_name(&name)?;
+    builder.set_pubkey(key)?;
+    builder.set_not_before(&*openssl::asn1::Asn1Time::days_from_now(0)?)?;
+    builder.set_not_after(&*openssl::asn1::Asn1Time::days_from_now(365)?)?;
+    builder.sign(key, MessageDigest::sha256())?;
+    builder.build().to_pem()
+}

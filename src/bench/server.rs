@@ -1,0 +1,257 @@
+//! The service under test: a child `agent-auth serve` process (the default, so that its peak
+//! memory and CPU are its own), the server inside the bench process (`--in-process`), or a
+//! server somebody else runs (`--server`).
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+/// Where the service comes from.
+#[derive(Debug, Clone)]
+pub enum ServerMode {
+    Spawn,
+    InProcess,
+    External {
+        url: String,
+        metrics: Option<SocketAddr>,
+    },
+}
+
+/// What the started server needs: its database, pool, trust and limits.
+pub struct ServerSetup<'a> {
+    pub postgres_url: &'a str,
+    pub pool_size: usize,
+    pub max_concurrent_requests: usize,
+    pub aws_certificate: &'a Path,
+    pub gcp_jwks: &'a Path,
+    pub scratch: &'a Path,
+}
+
+enum Running {
+    Child {
+        child: tokio::process::Child,
+        log: PathBuf,
+    },
+    InProcess {
+        stop: tokio::sync::oneshot::Sender<()>,
+        task: tokio::task::JoinHandle<()>,
+    },
+    External,
+}
+
+/// A started (or reached) server.
+pub struct Server {
+    pub grpc_url: String,
+    metrics: Option<SocketAddr>,
+    in_process_metrics: bool,
+    running: Running,
+}
+
+impl Server {
+    pub async fn start(mode: &ServerMode, setup: &ServerSetup<'_>) -> Result<Self, String> {
+        match mode {
+            ServerMode::External { url, metrics } => Ok(Self {
+                grpc_url: url.clone(),
+                metrics: *metrics,
+                in_process_metrics: false,
+                running: Running::External,
+            }),
+            ServerMode::InProcess => start_in_process(setup).await,
+            ServerMode::Spawn => spawn(setup).await,
+        }
+    }
+
+    /// The server's Prometheus text, if reachable.
+    pub async fn scrape(&self) -> Option<String> {
+        if self.in_process_metrics {
+            return crate::metrics::handle().map(|h| h.render());
+        }
+        let addr = self.metrics?;
+        tokio::task::spawn_blocking(move || http_get(addr, "/metrics"))
+            .await
+            .ok()
+            .flatten()
+            .and_then(|(status, body)| (status == 200).then_some(body))
+    }
+
+    /// Peak resident memory of the server process (VmHWM), when it is a child of ours.
+    pub fn peak_rss_mib(&self) -> Option<f64> {
+        match &self.running {
+            Running::Child { child, .. } => peak_rss_mib(&format!("/proc/{}/status", child.id()?)),
+            _ => None,
+        }
+    }
+
+    pub async fn stop(self) {
+        match self.running {
+            Running::Child { mut child, .. } => {
+                if let Some(pid) = child.id().and_then(|id| i32::try_from(id).ok()) {
+                    let _ = nix::sys::signal::kill(
+                        nix::unistd::Pid::from_raw(pid),
+                        nix::sys::signal::Signal::SIGTERM,
+                    );
+                }
+                if tokio::time::timeout(Duration::from_secs(20), child.wait())
+                    .await
+                    .is_err()
+                {
+                    let _ = child.kill().await;
+                }
+            }
+            Running::InProcess { stop, task } => {
+                let _ = stop.send(());
+                let _ = task.await;
+            }
+            Running::External => {}
+        }
+    }
+}
+
+/// The server's settings; the baselines take their pool settings from here too.
+pub fn raw_config(setup: &ServerSetup<'_>) -> crate::config::RawConfig {
+    crate::config::RawConfig {
+        grpc_listen: "127.0.0.1:0".into(),
+        admin_listen: "127.0.0.1:0".into(),
+        postgres_url: Some(setup.postgres_url.to_owned()),
+        db_pool_size: setup.pool_size,
+        max_concurrent_requests: setup.max_concurrent_requests,
+        aws_certificate: vec![format!("default={}", setup.aws_certificate.display())],
+        gcp_jwks: setup.gcp_jwks.display().to_string(),
+        log_level: "warn".into(),
+        ..crate::config::RawConfig::default()
+    }
+}
+
+async fn start_in_process(setup: &ServerSetup<'_>) -> Result<Server, String> {
+    let config = crate::config::Config::from_raw(raw_config(setup)).map_err(|e| e.to_string())?;
+    let app = crate::app::App::build(config)
+        .await
+        .map_err(|e| e.to_string())?;
+    let addr = app.grpc_addr().ok_or("no gRPC address")?;
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let task = tokio::spawn(async move {
+        let _ = app
+            .run(async {
+                let _ = stopped.await;
+            })
+            .await;
+    });
+    Ok(Server {
+        grpc_url: format!("http://{addr}"),
+        metrics: None,
+        in_process_metrics: true,
+        running: Running::InProcess { stop, task },
+    })
+}
+
+/// Starts `agent-auth serve` (this executable) on free loopback ports and waits until its
+/// readiness endpoint answers 200.
+async fn spawn(setup: &ServerSetup<'_>) -> Result<Server, String> {
+    let (grpc, admin) = (free_port()?, free_port()?);
+    let exe = std::env::current_exe().map_err(|e| e.to_string())?;
+    let log = setup.scratch.join("server.log");
+    let log_file = std::fs::File::create(&log).map_err(|e| e.to_string())?;
+    let child = tokio::process::Command::new(exe)
+        .arg("serve")
+        .args(["--grpc-listen", &grpc.to_string()])
+        .args(["--admin-listen", &admin.to_string()])
+        .args(["--postgres-url", setup.postgres_url])
+        .args(["--db-pool-size", &setup.pool_size.to_string()])
+        .args([
+            "--max-concurrent-requests",
+            &setup.max_concurrent_requests.to_string(),
+        ])
+        .arg("--aws-certificate")
+        .arg(format!("default={}", setup.aws_certificate.display()))
+        .arg("--gcp-jwks")
+        .arg(setup.gcp_jwks)
+        .args(["--log-level", "warn"])
+        .env_remove("AGENT_AUTH_CONFIG")
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(log_file)
+        .kill_on_drop(true)
+        .spawn()
+        .map_err(|e| format!("cannot start the server: {e}"))?;
+    let mut server = Server {
+        grpc_url: format!("http://{grpc}"),
+        metrics: Some(admin),
+        in_process_metrics: false,
+        running: Running::Child { child, log },
+    };
+    let started = Instant::now();
+    loop {
+        let ready = tokio::task::spawn_blocking(move || http_get(admin, "/readyz"))
+            .await
+            .ok()
+            .flatten();
+        if matches!(ready, Some((200, _))) {
+            return Ok(server);
+        }
+        if let Running::Child { child, log } = &mut server.running {
+            let exited = child.try_wait().ok().flatten();
+            if exited.is_some() || started.elapsed() > Duration::from_secs(60) {
+                let text = std::fs::read_to_string(log).unwrap_or_default();
+                let tail: Vec<&str> = text.lines().rev().take(5).collect();
+                return Err(format!(
+                    "the server did not become ready ({}): {}",
+                    exited.map_or("still starting after 60 s".to_owned(), |s| s.to_string()),
+                    tail.into_iter().rev().collect::<Vec<_>>().join(" | ")
+                ));
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+fn free_port() -> Result<SocketAddr, String> {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map_err(|e| e.to_string())
+}
+
+/// A plain HTTP/1.0 GET on loopback: (status, body).
+fn http_get(addr: SocketAddr, path: &str) -> Option<(u16, String)> {
+    use std::io::{Read as _, Write as _};
+    let mut stream = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(2)).ok()?;
+    stream.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    write!(stream, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").ok()?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response).ok()?;
+    let status = response.split_whitespace().nth(1)?.parse().ok()?;
+    let body = response.split_once("\r\n\r\n")?.1.to_owned();
+    Some((status, body))
+}
+
+/// VmHWM from a `/proc/<pid>/status` file, in MiB.
+pub fn peak_rss_mib(status_path: &str) -> Option<f64> {
+    let status = std::fs::read_to_string(status_path).ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kib: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib / 1024.0)
+}
+
+/// The value of an unlabelled sample `name` in Prometheus text.
+pub fn sample(text: &str, name: &str) -> Option<f64> {
+    text.lines()
+        .find(|l| l.split_whitespace().next() == Some(name))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn samples_match_whole_names_only() {
+        let text = "# HELP x\nagent_auth_db_queries_total 42\nagent_auth_db_pool_wait_seconds_sum 0.5\nagent_auth_db_pool_wait_seconds_count 10\n";
+        assert_eq!(sample(text, "agent_auth_db_queries_total"), Some(42.0));
+        assert_eq!(
+            sample(text, "agent_auth_db_pool_wait_seconds_count"),
+            Some(10.0)
+        );
+        assert_eq!(sample(text, "agent_auth_db_pool_wait_seconds"), None);
+        assert!(peak_rss_mib("/proc/self/status").is_some_and(|m| m > 0.0));
+    }
+}

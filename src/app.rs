@@ -46,6 +46,8 @@ pub enum AppError {
     Serve(String),
     #[error("TLS: {0}")]
     Tls(String),
+    #[error("cloud API checks: {0}")]
+    LiveChecks(String),
 }
 
 enum GrpcListener {
@@ -148,7 +150,15 @@ impl App {
         }
         let database = prepare_database(&config).await?;
         let store = Store::connect(&database.url, &config.store)?;
-        let auth = Authenticator::new(trust, store, config.insecure_verify_time);
+        let live = crate::cloud::LiveChecks::new(
+            config.live.aws.clone(),
+            config.live.gcp.clone(),
+            config.live.settings,
+        )
+        .await
+        .map_err(AppError::LiveChecks)?;
+        let auth =
+            Authenticator::new(trust, store, config.insecure_verify_time).with_live_checks(live);
         let grpc_listener = match &config.grpc_listen {
             ListenAddr::Tcp(addr) => GrpcListener::Tcp(bind(*addr).await?),
             ListenAddr::Unix(path) => GrpcListener::Unix(bind_unix(path)?),

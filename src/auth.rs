@@ -9,6 +9,7 @@
 use std::sync::Arc;
 use std::time::{Instant, SystemTime};
 
+use crate::cloud::LiveEvidence;
 use crate::identity::aws::{AwsIdentity, AwsProof, AwsTrust};
 use crate::identity::azure::AzureTrust;
 use crate::identity::gcp::{self, GcpFailure, GcpPolicy, Jwks};
@@ -74,6 +75,8 @@ pub enum AuthError {
     DatabaseUnavailable(String),
     #[error("{0} trust material is not available yet")]
     TrustUnavailable(Cloud),
+    #[error("cloud API check: {0}")]
+    CloudApiUnavailable(String),
     #[error("internal: {0}")]
     Internal(String),
 }
@@ -90,6 +93,7 @@ impl AuthError {
             AuthError::NotLatestBuild { .. } => "NOT_LATEST_BUILD",
             AuthError::DatabaseUnavailable(_) => "DATABASE_UNAVAILABLE",
             AuthError::TrustUnavailable(_) => "TRUST_UNAVAILABLE",
+            AuthError::CloudApiUnavailable(_) => "CLOUD_API_UNAVAILABLE",
             AuthError::Internal(_) => "INTERNAL",
         }
     }
@@ -123,6 +127,9 @@ impl AuthError {
             AuthError::TrustUnavailable(_) => {
                 "The signing keys are not available yet. Retry later.".into()
             }
+            AuthError::CloudApiUnavailable(_) => {
+                "The cloud API could not confirm the instance. Retry later.".into()
+            }
             AuthError::Internal(_) => "Internal error.".into(),
         }
     }
@@ -154,6 +161,8 @@ pub struct Authenticator {
     store: Store,
     /// `--insecure-verify-time`: verify as of this instant instead of now (tests only).
     verify_time: Option<SystemTime>,
+    /// `--aws-ec2-check` / `--gcp-compute-check`.
+    live: Option<Arc<crate::cloud::LiveChecks>>,
 }
 
 impl Authenticator {
@@ -162,7 +171,14 @@ impl Authenticator {
             trust: Arc::new(trust),
             store,
             verify_time,
+            live: None,
         }
+    }
+
+    /// Turns on the live cloud API checks (when any is configured).
+    pub fn with_live_checks(mut self, checks: crate::cloud::LiveChecks) -> Self {
+        self.live = checks.enabled().then(|| Arc::new(checks));
+        self
     }
 
     fn now(&self) -> SystemTime {
@@ -187,6 +203,7 @@ impl Authenticator {
             Err(
                 e @ (AuthError::InvalidIdentity { .. }
                 | AuthError::DatabaseUnavailable(_)
+                | AuthError::CloudApiUnavailable(_)
                 | AuthError::Internal(_)),
             ) => e.to_string(),
             _ => String::new(),
@@ -224,10 +241,25 @@ impl Authenticator {
         )
         .await;
         crate::metrics::record_verify(cloud.label(), verify_started.elapsed());
-        let (cloud, instance_id) = verified?;
+        let (cloud, instance_id, live_evidence) = verified?;
         *instance = short_hash(instance_id.as_str());
         let resolution = self.store.resolve(instance_id.as_str()).await?;
         let agent = select(&instance_id, name, resolution)?;
+        // Only now, with the evidence verified and the agent chosen, may a login spend cloud
+        // API quota: forged and unknown instances never reach this line.
+        if let Some(live) = &self.live {
+            live.check(&live_evidence)
+                .await
+                .map_err(|failure| match failure {
+                    crate::cloud::Failure::Rejected(cause) => AuthError::InvalidIdentity {
+                        cloud,
+                        cause: IdentityError::NotLive(cause),
+                    },
+                    crate::cloud::Failure::Unavailable(cause) => {
+                        AuthError::CloudApiUnavailable(cause)
+                    }
+                })?;
+        }
         Ok(Authenticated {
             cloud,
             instance_id,
@@ -236,7 +268,10 @@ impl Authenticator {
     }
 
     /// Verifies the evidence of any cloud: the only step before the database.
-    async fn verify(&self, evidence: Evidence) -> Result<(Cloud, InstanceId), AuthError> {
+    async fn verify(
+        &self,
+        evidence: Evidence,
+    ) -> Result<(Cloud, InstanceId, LiveEvidence), AuthError> {
         Ok(match evidence {
             Evidence::Aws {
                 document,
@@ -244,11 +279,25 @@ impl Authenticator {
                 rsa2048,
             } => {
                 let identity = self.verify_aws(&document, &signature, &rsa2048)?;
-                (Cloud::Aws, identity.instance_id)
+                let live = LiveEvidence::Aws {
+                    region: identity.region,
+                    account_id: identity.account_id,
+                    instance_id: identity.instance_id.as_str().to_owned(),
+                    pending_time: identity.pending_time,
+                };
+                (Cloud::Aws, identity.instance_id, live)
             }
             Evidence::Google { json_web_token } => {
                 check_field("json_web_token", &json_web_token, true)?;
-                (Cloud::Google, self.verify_gcp(json_web_token.trim()).await?)
+                let identity = self.verify_gcp(json_web_token.trim()).await?;
+                let live = LiveEvidence::Gcp {
+                    project_id: identity.project_id,
+                    zone: identity.zone,
+                    instance_name: identity.instance_name,
+                    instance_id: identity.instance_id.as_str().to_owned(),
+                    instance_creation_timestamp: identity.instance_creation_timestamp,
+                };
+                (Cloud::Google, identity.instance_id, live)
             }
             Evidence::Azure {
                 signature,
@@ -263,6 +312,7 @@ impl Authenticator {
                 (
                     Cloud::Azure,
                     self.verify_azure(&signature).await?.instance_id,
+                    LiveEvidence::None,
                 )
             }
         })
@@ -301,7 +351,7 @@ impl Authenticator {
     }
 
     /// Verifies a GCP token; an unknown `kid` earns one rate-limited JWKS refetch.
-    async fn verify_gcp(&self, token: &str) -> Result<InstanceId, AuthError> {
+    async fn verify_gcp(&self, token: &str) -> Result<gcp::GcpIdentity, AuthError> {
         let keys = &self.trust.gcp_keys;
         let policy = &self.trust.gcp_policy;
         let invalid = |cause| AuthError::InvalidIdentity {
@@ -319,7 +369,7 @@ impl Authenticator {
             other => other,
         };
         match outcome {
-            Ok(identity) => Ok(identity.instance_id),
+            Ok(identity) => Ok(identity),
             Err(GcpFailure::UnknownKid(kid)) => Err(invalid(IdentityError::NoTrustedKey(format!(
                 "JWT kid {kid:?} is not in the JWKS"
             )))),
@@ -372,6 +422,7 @@ fn outcome_label(reason: &str) -> &'static str {
         "NOT_LATEST_BUILD" => "not_latest_build",
         "DATABASE_UNAVAILABLE" => "database_unavailable",
         "TRUST_UNAVAILABLE" => "trust_unavailable",
+        "CLOUD_API_UNAVAILABLE" => "cloud_api_unavailable",
         _ => "internal",
     }
 }

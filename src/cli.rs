@@ -45,6 +45,10 @@ pub struct BenchArgs {
     /// Builds per workspace (older ones keep stale agents of the same instance and name).
     #[arg(long, default_value_t = 3)]
     pub builds: u32,
+    /// Soft-delete the agents of older builds (as Coder does since v2.33.4) instead of
+    /// leaving them live (older deployments).
+    #[arg(long)]
+    pub soft_delete_stale: bool,
     /// Concurrent callers.
     #[arg(long, default_value_t = 32)]
     pub concurrency: usize,
@@ -70,6 +74,9 @@ pub struct BenchArgs {
     /// An empty database to use instead of a private embedded one.
     #[arg(long, value_name = "URL")]
     pub postgres_url: Option<String>,
+    /// A setting of the private embedded PostgreSQL (e.g. shared_buffers=1GB). Repeatable.
+    #[arg(long, value_name = "KEY=VALUE")]
+    pub db_setting: Vec<String>,
     /// Run the server inside the bench process instead of as a child process.
     #[arg(long, conflicts_with = "server")]
     pub in_process: bool,
@@ -294,6 +301,80 @@ pub struct ServeArgs {
     #[arg(long, env = "AGENT_AUTH_SHUTDOWN_GRACE", value_name = "DURATION")]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub shutdown_grace: Option<String>,
+
+    /// Live check: after a verified AWS login, EC2 DescribeInstances must show the instance
+    /// pending or running, launched when the document says (needs ec2:DescribeInstances)
+    /// [default: false]
+    #[arg(long, env = "AGENT_AUTH_AWS_EC2_CHECK", value_name = "BOOL")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub aws_ec2_check: Option<String>,
+
+    /// EC2 endpoint instead of the document's regional one (tests, VPC endpoints)
+    #[arg(long, env = "AGENT_AUTH_AWS_EC2_ENDPOINT", value_name = "URL")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub aws_ec2_endpoint: Option<String>,
+
+    /// Role to assume for instances of an account (ACCOUNT=ROLE_ARN). Repeatable.
+    #[arg(
+        long,
+        env = "AGENT_AUTH_AWS_EC2_ASSUME_ROLE",
+        value_name = "ACCOUNT=ARN",
+        value_delimiter = ','
+    )]
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub aws_ec2_assume_role: Vec<String>,
+
+    /// Let the AWS credential chain fall back to the instance metadata endpoint (after
+    /// environment, profile, web identity and ECS) [default: false]
+    #[arg(long, env = "AGENT_AUTH_AWS_EC2_IMDS_CREDENTIALS", value_name = "BOOL")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub aws_ec2_imds_credentials: Option<String>,
+
+    /// How long EC2 look-ups wait to share one DescribeInstances call [default: 20ms]
+    #[arg(long, env = "AGENT_AUTH_AWS_EC2_BATCH_WINDOW", value_name = "DURATION")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub aws_ec2_batch_window: Option<String>,
+
+    /// Live check: after a verified GCP login, Compute Engine instances.get must show the
+    /// instance running with the token's id and creation time (needs compute.instances.get)
+    /// [default: false]
+    #[arg(long, env = "AGENT_AUTH_GCP_COMPUTE_CHECK", value_name = "BOOL")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub gcp_compute_check: Option<String>,
+
+    /// Compute Engine endpoint [default: https://compute.googleapis.com]
+    #[arg(long, env = "AGENT_AUTH_GCP_COMPUTE_ENDPOINT", value_name = "URL")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub gcp_compute_endpoint: Option<String>,
+
+    /// Service-account key file for Compute Engine (gcp_auth discovery when unset)
+    #[arg(long, env = "AGENT_AUTH_GCP_COMPUTE_CREDENTIALS", value_name = "PATH")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub gcp_compute_credentials: Option<String>,
+
+    /// How long a live check keeps a running instance's answer [default: 60s]
+    #[arg(
+        long,
+        env = "AGENT_AUTH_CLOUD_CHECK_CACHE_TTL",
+        value_name = "DURATION"
+    )]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cloud_check_cache_ttl: Option<String>,
+
+    /// Time limit of one cloud API call attempt [default: 2s]
+    #[arg(long, env = "AGENT_AUTH_CLOUD_CHECK_TIMEOUT", value_name = "DURATION")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cloud_check_timeout: Option<String>,
+
+    /// When a cloud API cannot answer: closed (UNAVAILABLE CLOUD_API_UNAVAILABLE) or open
+    /// (allow, warn, count) [default: closed]
+    #[arg(
+        long,
+        env = "AGENT_AUTH_CLOUD_CHECK_ON_ERROR",
+        value_name = "closed|open"
+    )]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cloud_check_on_error: Option<String>,
 }
 
 /// TLS settings of a client command (`authenticate`, `healthcheck`) for a server with TLS.

@@ -71,6 +71,17 @@ pub struct RawConfig {
     pub log_level: String,
     pub otlp_endpoint: Option<String>,
     pub shutdown_grace: String,
+    pub aws_ec2_check: bool,
+    pub aws_ec2_endpoint: Option<String>,
+    pub aws_ec2_assume_role: Vec<String>,
+    pub aws_ec2_imds_credentials: bool,
+    pub aws_ec2_batch_window: String,
+    pub gcp_compute_check: bool,
+    pub gcp_compute_endpoint: Option<String>,
+    pub gcp_compute_credentials: Option<String>,
+    pub cloud_check_cache_ttl: String,
+    pub cloud_check_timeout: String,
+    pub cloud_check_on_error: String,
 }
 
 impl Default for RawConfig {
@@ -106,6 +117,17 @@ impl Default for RawConfig {
             log_level: "info".into(),
             otlp_endpoint: None,
             shutdown_grace: "10s".into(),
+            aws_ec2_check: false,
+            aws_ec2_endpoint: None,
+            aws_ec2_assume_role: Vec::new(),
+            aws_ec2_imds_credentials: false,
+            aws_ec2_batch_window: "20ms".into(),
+            gcp_compute_check: false,
+            gcp_compute_endpoint: None,
+            gcp_compute_credentials: None,
+            cloud_check_cache_ttl: "60s".into(),
+            cloud_check_timeout: "2s".into(),
+            cloud_check_on_error: "closed".into(),
         }
     }
 }
@@ -180,6 +202,16 @@ pub struct Config {
     /// OTLP/gRPC traces endpoint.
     pub otlp_endpoint: Option<String>,
     pub shutdown_grace: Duration,
+    /// The live cloud API checks (off unless turned on).
+    pub live: LiveCheckConfig,
+}
+
+/// `--aws-ec2-check`, `--gcp-compute-check` and their shared settings.
+#[derive(Debug, Clone)]
+pub struct LiveCheckConfig {
+    pub aws: Option<crate::cloud::aws::AwsCheckConfig>,
+    pub gcp: Option<crate::cloud::gcp::GcpCheckConfig>,
+    pub settings: crate::cloud::CheckSettings,
 }
 
 impl Config {
@@ -202,6 +234,7 @@ impl Config {
 
     /// Parses and validates raw values.
     pub fn from_raw(raw: RawConfig) -> Result<Self, ConfigError> {
+        let live = live_checks(&raw)?;
         let grpc_listen = parse_listen("grpc_listen", &raw.grpc_listen)?;
         let admin_listen = parse_socket("admin_listen", &raw.admin_listen)?;
         let http_listen = match raw.http_listen.as_deref() {
@@ -375,8 +408,101 @@ impl Config {
                 }
             },
             shutdown_grace: parse_duration("shutdown_grace", &raw.shutdown_grace)?,
+            live,
         })
     }
+}
+
+/// Validates the live check settings.
+fn live_checks(raw: &RawConfig) -> Result<LiveCheckConfig, ConfigError> {
+    let endpoint = |key: &str, value: &Option<String>| -> Result<Option<String>, ConfigError> {
+        match value.as_deref().map(str::trim) {
+            None | Some("") => Ok(None),
+            Some(url)
+                if (url.starts_with("http://") || url.starts_with("https://"))
+                    && url.parse::<hyper::Uri>().is_ok() =>
+            {
+                Ok(Some(url.to_owned()))
+            }
+            Some(other) => Err(ConfigError::new(
+                key,
+                format!("expected an http:// or https:// URL, found {other:?}"),
+            )),
+        }
+    };
+    let mut assume_roles = Vec::new();
+    for entry in raw
+        .aws_ec2_assume_role
+        .iter()
+        .filter(|e| !e.trim().is_empty())
+    {
+        match entry.trim().split_once('=') {
+            Some((account, arn))
+                if account.len() == 12
+                    && account.bytes().all(|b| b.is_ascii_digit())
+                    && arn.starts_with("arn:") =>
+            {
+                assume_roles.push((account.to_owned(), arn.to_owned()));
+            }
+            _ => {
+                return Err(ConfigError::new(
+                    "aws_ec2_assume_role",
+                    format!("expected ACCOUNT=arn:aws:iam::ACCOUNT:role/NAME, found {entry:?}"),
+                ));
+            }
+        }
+    }
+    let aws_endpoint = endpoint("aws_ec2_endpoint", &raw.aws_ec2_endpoint)?;
+    let gcp_endpoint = endpoint("gcp_compute_endpoint", &raw.gcp_compute_endpoint)?;
+    let batch_window = parse_duration("aws_ec2_batch_window", &raw.aws_ec2_batch_window)?;
+    if batch_window > Duration::from_secs(1) {
+        return Err(ConfigError::new(
+            "aws_ec2_batch_window",
+            "at most 1s: every first look-up of a batch waits this long",
+        ));
+    }
+    let timeout = parse_duration("cloud_check_timeout", &raw.cloud_check_timeout)?;
+    if timeout.is_zero() {
+        return Err(ConfigError::new(
+            "cloud_check_timeout",
+            "must be above zero",
+        ));
+    }
+    let on_error = match raw.cloud_check_on_error.trim() {
+        "closed" => crate::cloud::OnError::Closed,
+        "open" => crate::cloud::OnError::Open,
+        other => {
+            return Err(ConfigError::new(
+                "cloud_check_on_error",
+                format!("expected closed or open, found {other:?}"),
+            ));
+        }
+    };
+    Ok(LiveCheckConfig {
+        aws: raw
+            .aws_ec2_check
+            .then_some(crate::cloud::aws::AwsCheckConfig {
+                endpoint: aws_endpoint,
+                assume_roles,
+                imds_credentials: raw.aws_ec2_imds_credentials,
+                batch_window,
+            }),
+        gcp: match raw.gcp_compute_check {
+            true => Some(crate::cloud::gcp::GcpCheckConfig {
+                endpoint: gcp_endpoint,
+                credentials: optional_file(
+                    "gcp_compute_credentials",
+                    raw.gcp_compute_credentials.as_deref(),
+                )?,
+            }),
+            false => None,
+        },
+        settings: crate::cloud::CheckSettings {
+            cache_ttl: parse_duration("cloud_check_cache_ttl", &raw.cloud_check_cache_ttl)?,
+            timeout,
+            on_error,
+        },
+    })
 }
 
 fn figment_error(e: figment::Error) -> ConfigError {
@@ -530,6 +656,69 @@ mod tests {
             Some("log_format".into())
         );
         assert_eq!(key(|r| r.schema = "coder".into()), Some("schema".into()));
+        for (edit, name) in [
+            (
+                (|r: &mut RawConfig| r.cloud_check_on_error = "ajar".into()) as fn(&mut RawConfig),
+                "cloud_check_on_error",
+            ),
+            (
+                |r| r.aws_ec2_assume_role = vec!["123=arn:aws:iam::123:role/x".into()],
+                "aws_ec2_assume_role",
+            ),
+            (
+                |r| r.aws_ec2_endpoint = Some("localhost:5000".into()),
+                "aws_ec2_endpoint",
+            ),
+            (
+                |r| r.aws_ec2_batch_window = "5s".into(),
+                "aws_ec2_batch_window",
+            ),
+            (
+                |r| r.cloud_check_timeout = "0s".into(),
+                "cloud_check_timeout",
+            ),
+            (
+                |r| {
+                    r.gcp_compute_check = true;
+                    r.gcp_compute_credentials = Some("/nonexistent/sa.json".into());
+                },
+                "gcp_compute_credentials",
+            ),
+        ] {
+            assert_eq!(key(edit), Some(name.into()));
+        }
+    }
+
+    #[test]
+    fn live_checks_are_off_by_default_and_on_when_asked() {
+        let off = with(|_| {}).map(|c| (c.live.aws.is_none(), c.live.gcp.is_none()));
+        assert_eq!(off, Ok((true, true)));
+        let on = with(|r| {
+            r.aws_ec2_check = true;
+            r.aws_ec2_assume_role = vec!["123456789012=arn:aws:iam::123456789012:role/ro".into()];
+            r.cloud_check_on_error = "open".into();
+        })
+        .map(|c| {
+            let aws = c.live.aws.unwrap_or_default();
+            (
+                aws.assume_roles,
+                aws.batch_window,
+                c.live.settings.cache_ttl,
+                c.live.settings.on_error,
+            )
+        });
+        assert_eq!(
+            on,
+            Ok((
+                vec![(
+                    "123456789012".into(),
+                    "arn:aws:iam::123456789012:role/ro".into()
+                )],
+                Duration::from_millis(20),
+                Duration::from_secs(60),
+                crate::cloud::OnError::Open
+            ))
+        );
     }
 
     #[test]

@@ -93,14 +93,30 @@ where
 
     /// GETs `url`: non-2xx, oversized and slow responses are errors.
     pub async fn get(&self, url: &str) -> Result<Fetched, FetchError> {
+        self.get_with(url, None).await
+    }
+
+    /// GETs `url` with `Authorization: Bearer <token>`.
+    pub async fn get_bearer(&self, url: &str, token: &str) -> Result<Fetched, FetchError> {
+        self.get_with(url, Some(token)).await
+    }
+
+    async fn get_with(&self, url: &str, bearer: Option<&str>) -> Result<Fetched, FetchError> {
         let uri: hyper::Uri = url.parse().map_err(|_| FetchError::Url(url.to_owned()))?;
         if !matches!(uri.scheme_str(), Some("http" | "https")) {
             return Err(FetchError::Url(url.to_owned()));
         }
+        let mut request = hyper::Request::get(uri);
+        if let Some(token) = bearer {
+            request = request.header(hyper::header::AUTHORIZATION, format!("Bearer {token}"));
+        }
+        let request = request
+            .body(Empty::new())
+            .map_err(|_| FetchError::Url(url.to_owned()))?;
         let work = async {
             let response = self
                 .client
-                .get(uri)
+                .request(request)
                 .await
                 .map_err(|e| FetchError::Request(e.to_string()))?;
             let status = response.status();

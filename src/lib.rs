@@ -22,6 +22,7 @@ pub mod auth;
 pub mod bench;
 pub mod cli;
 pub mod client;
+pub mod cloud;
 pub mod config;
 pub mod demo;
 pub mod embedded;

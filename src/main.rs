@@ -158,9 +158,22 @@ async fn bench(args: agent_auth::cli::BenchArgs) -> ExitCode {
         (None, true) => ServerMode::InProcess,
         (None, false) => ServerMode::Spawn,
     };
+    let mut db_settings = Vec::new();
+    for setting in &args.db_setting {
+        match setting.split_once('=') {
+            Some((key, value)) if !key.trim().is_empty() => {
+                db_settings.push((key.trim().to_owned(), value.trim().to_owned()));
+            }
+            _ => {
+                eprintln!("agent-auth: bench: --db-setting expects KEY=VALUE, found {setting:?}");
+                return ExitCode::from(64);
+            }
+        }
+    }
     let options = bench::BenchOptions {
         agents: args.agents,
         builds_per_workspace: args.builds,
+        soft_delete_stale: args.soft_delete_stale,
         concurrency: if args.sweep.is_empty() {
             vec![args.concurrency]
         } else {
@@ -175,6 +188,7 @@ async fn bench(args: agent_auth::cli::BenchArgs) -> ExitCode {
         db_rtt: args.db_rtt,
         explain: args.explain,
         plot: args.plot,
+        db_settings,
     };
     match bench::run(options, args.postgres_url).await {
         Ok(report) => {
@@ -188,12 +202,17 @@ async fn bench(args: agent_auth::cli::BenchArgs) -> ExitCode {
                 }
             } else {
                 println!(
-                    "{} · commit {} · {} agent rows ({} agents x {} builds) · pool {} · deadline {} ms · database round trip {:.2} ms · server: {}",
+                    "{} · commit {} · {} agent rows ({} agents x {} builds{}) · pool {} · deadline {} ms · database round trip {:.2} ms · server: {}",
                     report.date,
                     report.commit.as_deref().unwrap_or("?"),
                     report.agent_rows,
                     report.agents,
                     report.builds_per_workspace,
+                    if report.soft_delete_stale {
+                        ", older agents soft-deleted"
+                    } else {
+                        ""
+                    },
                     report.pool_size,
                     report.deadline_ms,
                     report.db_round_trip_ms,

@@ -18,6 +18,14 @@ pub const REQUESTS_IN_FLIGHT: &str = "agent_auth_requests_in_flight";
 pub const REQUESTS_SHED: &str = "agent_auth_requests_shed_total";
 pub const TRUST_EXPIRY: &str = "agent_auth_trust_certificate_expiry_timestamp_seconds";
 pub const TRUST_REFRESH_FAILURES: &str = "agent_auth_trust_refresh_failures_total";
+pub const CLOUD_API_CALLS: &str = "agent_auth_cloud_api_calls_total";
+pub const CLOUD_API_DURATION: &str = "agent_auth_cloud_api_duration_seconds";
+pub const CLOUD_API_CACHE: &str = "agent_auth_cloud_api_cache_total";
+pub const CLOUD_API_BATCH_SIZE: &str = "agent_auth_cloud_api_batch_size";
+pub const CLOUD_API_FAIL_OPEN: &str = "agent_auth_cloud_api_fail_open_total";
+
+/// Instance ids per EC2 `DescribeInstances` call (at most 100).
+const BATCH_BUCKETS: &[f64] = &[1.0, 2.0, 5.0, 10.0, 20.0, 50.0, 100.0];
 
 /// Latency buckets, in seconds: 0.5 ms to 10 s.
 const BUCKETS: &[f64] = &[
@@ -32,6 +40,11 @@ pub fn handle() -> Option<&'static PrometheusHandle> {
         .get_or_init(|| {
             let handle = PrometheusBuilder::new()
                 .set_buckets(BUCKETS)
+                .ok()?
+                .set_buckets_for_metric(
+                    metrics_exporter_prometheus::Matcher::Full(CLOUD_API_BATCH_SIZE.into()),
+                    BATCH_BUCKETS,
+                )
                 .ok()?
                 .install_recorder()
                 .ok()?;
@@ -58,6 +71,27 @@ fn describe() {
         "Time of the cryptographic check alone, by cloud."
     );
     describe_counter!(DB_QUERIES, "SQL statements run by the authentication path.");
+    describe_counter!(
+        CLOUD_API_CALLS,
+        "Calls to cloud APIs for live instance checks, by cloud and outcome (ok, error)."
+    );
+    describe_histogram!(
+        CLOUD_API_DURATION,
+        Unit::Seconds,
+        "Time of one cloud API call (EC2 calls carry up to 100 instances), by cloud."
+    );
+    describe_counter!(
+        CLOUD_API_CACHE,
+        "Live check look-ups by cloud and result: hit (kept answer), shared (joined a call in flight), miss (made the call)."
+    );
+    describe_histogram!(
+        CLOUD_API_BATCH_SIZE,
+        "Instance ids per EC2 DescribeInstances call."
+    );
+    describe_counter!(
+        CLOUD_API_FAIL_OPEN,
+        "Logins let through unchecked because the cloud API failed and --cloud-check-on-error is open."
+    );
     describe_histogram!(
         DB_POOL_WAIT,
         Unit::Seconds,

@@ -93,6 +93,8 @@ impl Scenario {
 pub struct BenchOptions {
     pub agents: u64,
     pub builds_per_workspace: u32,
+    /// Older builds' agents are soft-deleted (Coder ≥ v2.33.4) instead of live.
+    pub soft_delete_stale: bool,
     /// Caller counts to run every scenario at (one for a plain run, several for a sweep).
     pub concurrency: Vec<usize>,
     pub duration: Duration,
@@ -106,6 +108,8 @@ pub struct BenchOptions {
     pub db_rtt: Duration,
     pub explain: bool,
     pub plot: Option<PathBuf>,
+    /// Extra settings of the private embedded PostgreSQL.
+    pub db_settings: Vec<(String, String)>,
 }
 
 /// Everything a run measured.
@@ -115,6 +119,7 @@ pub struct Report {
     pub commit: Option<String>,
     pub agents: u64,
     pub builds_per_workspace: u32,
+    pub soft_delete_stale: bool,
     pub agent_rows: i64,
     pub seed_seconds: f64,
     pub pool_size: usize,
@@ -123,6 +128,7 @@ pub struct Report {
     /// The round trip to the database measured through the load's path (median of 50 empty
     /// queries): the proxy's delays run on tokio's 1 ms timer, so this is the number to quote.
     pub db_round_trip_ms: f64,
+    pub db_settings: Vec<String>,
     pub server: String,
     pub outcomes: Vec<Outcome>,
     /// Peak RSS of the server process alone (spawned server only).
@@ -150,6 +156,9 @@ pub async fn run(options: BenchOptions, postgres_url: Option<String>) -> Result<
             let mut embedded = crate::embedded::EmbeddedOptions::new(temp.path().join("pg"));
             embedded.ephemeral = true;
             embedded.settings = vec![("max_connections".into(), "300".into())];
+            embedded
+                .settings
+                .extend(options.db_settings.iter().cloned());
             let started = crate::embedded::EmbeddedPostgres::start(embedded)
                 .await
                 .map_err(|e| e.to_string())?;
@@ -191,9 +200,14 @@ async fn run_on(options: &BenchOptions, url: &str, scratch: &Path) -> Result<Rep
         options.agents, options.builds_per_workspace
     );
     let seeding = Instant::now();
-    seed::seed(&client, options.agents, options.builds_per_workspace)
-        .await
-        .map_err(|e| text(&e))?;
+    seed::seed(
+        &client,
+        options.agents,
+        options.builds_per_workspace,
+        options.soft_delete_stale,
+    )
+    .await
+    .map_err(|e| text(&e))?;
     let seed_seconds = seeding.elapsed().as_secs_f64();
     let agent_rows: i64 = client
         .query_one("SELECT count(*) FROM workspace_agents", &[])
@@ -297,12 +311,18 @@ async fn run_on(options: &BenchOptions, url: &str, scratch: &Path) -> Result<Rep
         commit: git_commit(),
         agents: options.agents,
         builds_per_workspace: options.builds_per_workspace,
+        soft_delete_stale: options.soft_delete_stale,
         agent_rows,
         seed_seconds,
         pool_size: options.pool_size,
         deadline_ms: options.deadline.as_millis(),
         db_rtt_ms: options.db_rtt.as_secs_f64() * 1000.0,
         db_round_trip_ms,
+        db_settings: options
+            .db_settings
+            .iter()
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect(),
         server: server_kind.into(),
         outcomes,
         server_peak_rss_mib,

@@ -16,10 +16,14 @@ pub fn side_group_size(agents: u64) -> u64 {
 }
 
 /// Seeds all three groups and runs ANALYZE.
+///
+/// With `soft_delete_stale`, agents of older builds carry `deleted = true`, the invariant
+/// Coder keeps since v2.33.4 (#25207); without it they stay live, as in older deployments.
 pub async fn seed(
     client: &tokio_postgres::Client,
     agents: u64,
     builds: u32,
+    soft_delete_stale: bool,
 ) -> Result<(), tokio_postgres::Error> {
     let builds = i64::from(builds.max(1));
     let agents = i64::try_from(agents).unwrap_or(i64::MAX);
@@ -52,10 +56,10 @@ pub async fn seed(
             .await?;
         client
             .execute(
-                "INSERT INTO workspace_agents (id, name, resource_id, auth_instance_id) \
-                 SELECT md5('a' || $2::bigint || '-' || g)::uuid, 'main', md5('r' || $2::bigint || '-' || g)::uuid, 'i-' || lpad(to_hex(g), 17, '0') \
+                "INSERT INTO workspace_agents (id, name, resource_id, auth_instance_id, deleted) \
+                 SELECT md5('a' || $2::bigint || '-' || g)::uuid, 'main', md5('r' || $2::bigint || '-' || g)::uuid, 'i-' || lpad(to_hex(g), 17, '0'), $3::bool \
                  FROM generate_series(1, $1::bigint) g",
-                &[&agents, &build],
+                &[&agents, &build, &(soft_delete_stale && build < builds)],
             )
             .await?;
     }

@@ -42,7 +42,9 @@ pub fn to_status(error: &AuthError) -> Status {
         AuthError::AmbiguousAgent { .. } | AuthError::NotLatestBuild { .. } => {
             Code::FailedPrecondition
         }
-        AuthError::DatabaseUnavailable(_) | AuthError::TrustUnavailable(_) => Code::Unavailable,
+        AuthError::DatabaseUnavailable(_)
+        | AuthError::TrustUnavailable(_)
+        | AuthError::CloudApiUnavailable(_) => Code::Unavailable,
         AuthError::Internal(_) => Code::Internal,
     };
     with_reason(code, error.message(), error.reason())

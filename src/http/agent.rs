@@ -178,9 +178,9 @@ fn to_response(e: &AuthError) -> Response {
             StatusCode::NOT_FOUND
         }
         AuthError::AmbiguousAgent { .. } => StatusCode::CONFLICT,
-        AuthError::DatabaseUnavailable(_) | AuthError::TrustUnavailable(_) => {
-            StatusCode::SERVICE_UNAVAILABLE
-        }
+        AuthError::DatabaseUnavailable(_)
+        | AuthError::TrustUnavailable(_)
+        | AuthError::CloudApiUnavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
         AuthError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
     };
     let response = error(status, e.message(), String::new());

@@ -101,6 +101,8 @@ pub enum IdentityError {
     Rejected(String),
     #[error("account or project is not allowed: {0}")]
     NotAllowed(String),
+    #[error("the cloud API rules the instance out: {0}")]
+    NotLive(String),
 }
 
 impl IdentityError {
@@ -113,6 +115,7 @@ impl IdentityError {
             IdentityError::UntrustedChain(_) => "untrusted_chain",
             IdentityError::Rejected(_) => "rejected",
             IdentityError::NotAllowed(_) => "not_allowed",
+            IdentityError::NotLive(_) => "not_live",
         }
     }
 }

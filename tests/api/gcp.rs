@@ -15,14 +15,14 @@ use crate::helpers::*;
 use agent_auth::grpc::pb;
 
 /// An RS256 signing key with its JWK.
-struct GcpKey {
+pub(crate) struct GcpKey {
     kid: String,
     der: Vec<u8>,
-    jwk: Value,
+    pub(crate) jwk: Value,
 }
 
 impl GcpKey {
-    fn generate(kid: &str) -> Self {
+    pub(crate) fn generate(kid: &str) -> Self {
         let rsa = Rsa::generate(2048).unwrap();
         let b64 = |bytes: Vec<u8>| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes);
         let jwk = json!({
@@ -36,7 +36,7 @@ impl GcpKey {
         }
     }
 
-    fn sign(&self, claims: &Value) -> String {
+    pub(crate) fn sign(&self, claims: &Value) -> String {
         let mut header = Header::new(Algorithm::RS256);
         header.kid = Some(self.kid.clone());
         jsonwebtoken::encode(&header, claims, &EncodingKey::from_rsa_der(&self.der)).unwrap()
@@ -51,7 +51,7 @@ fn now() -> i64 {
 }
 
 /// Claims of a `format=full` token as GCE issues them.
-fn claims(instance_id: &str, project: &str) -> Value {
+pub(crate) fn claims(instance_id: &str, project: &str) -> Value {
     json!({
         "aud": "coder",
         "azp": "112233445566778899000",
@@ -71,7 +71,7 @@ fn claims(instance_id: &str, project: &str) -> Value {
     })
 }
 
-fn gcp_request(token: &str) -> pb::AuthenticateRequest {
+pub(crate) fn gcp_request(token: &str) -> pb::AuthenticateRequest {
     pb::AuthenticateRequest {
         identity: Some(pb::authenticate_request::Identity::Google(
             pb::GoogleInstanceIdentity {

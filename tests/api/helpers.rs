@@ -664,17 +664,34 @@ impl ServeProcess {
                 .unwrap_or_else(|e| panic!("{e}"))
         };
         let (grpc, admin) = (free(), free());
-        let child = tokio::process::Command::new(env!("CARGO_BIN_EXE_agent-auth"))
+        let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_agent-auth"));
+        command
             .args(["serve", "--postgres-url", &db.url])
             .args(["--grpc-listen", &format!("127.0.0.1:{grpc}")])
-            .args(["--admin-listen", &format!("127.0.0.1:{admin}")])
-            .args([
+            .args(["--admin-listen", &format!("127.0.0.1:{admin}")]);
+        if !extra.contains(&"--gcp-jwks") {
+            command.args([
                 "--gcp-jwks",
                 concat!(
                     env!("CARGO_MANIFEST_DIR"),
                     "/tests/fixtures/gcp/empty-jwks.json"
                 ),
-            ])
+            ]);
+        }
+        // The AWS SDK must never reach an instance metadata endpoint or a developer's own
+        // credentials from a test: explicit test credentials, no profile files, IMDS off.
+        let child = command
+            .env("AWS_EC2_METADATA_DISABLED", "true")
+            .env("AWS_ACCESS_KEY_ID", "testing")
+            .env("AWS_SECRET_ACCESS_KEY", "testing")
+            .env_remove("AWS_SESSION_TOKEN")
+            .env_remove("AWS_PROFILE")
+            .env("AWS_CONFIG_FILE", "/nonexistent/agent-auth-test")
+            .env(
+                "AWS_SHARED_CREDENTIALS_FILE",
+                "/nonexistent/agent-auth-test",
+            )
+            .env_remove("GOOGLE_APPLICATION_CREDENTIALS")
             .args(extra)
             .stderr(std::process::Stdio::piped())
             .kill_on_drop(true)

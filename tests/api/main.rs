@@ -5,6 +5,7 @@
 mod aws;
 mod azure;
 mod cli;
+mod cloud;
 mod contract;
 mod gcp;
 mod helpers;

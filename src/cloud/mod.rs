@@ -1,0 +1,206 @@
+//! Optional live checks against the cloud APIs, after the evidence verified and the one SQL
+//! statement chose the agent (so forged or unknown instances never spend API quota):
+//! EC2 `DescribeInstances` (running, and launched when the document says) and Compute Engine
+//! `instances.get` (running, same id, same creation time).
+//!
+//! Boot storms: look-ups of one instance share one call and its answer is kept
+//! (`--cloud-check-cache-ttl` when live, [`NEGATIVE_TTL`] otherwise, failures never); EC2
+//! look-ups are batched per region and account. Failure policy: `--cloud-check-on-error`.
+
+pub mod aws;
+pub mod cache;
+pub mod gcp;
+
+use std::time::Duration;
+
+use cache::{CacheResult, FlightCache};
+
+/// How long a negative answer (stopped, terminated, unknown) is kept.
+pub const NEGATIVE_TTL: Duration = Duration::from_secs(5);
+
+/// What to do when a cloud API cannot answer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OnError {
+    /// UNAVAILABLE `CLOUD_API_UNAVAILABLE`: retryable, nothing unproven gets in.
+    Closed,
+    /// Let the login through on the signature alone, with a warning and a metric.
+    Open,
+}
+
+/// Settings shared by both checks.
+#[derive(Debug, Clone, Copy)]
+pub struct CheckSettings {
+    pub cache_ttl: Duration,
+    /// Each call's time limit (each attempt of it, for EC2).
+    pub timeout: Duration,
+    pub on_error: OnError,
+}
+
+/// Why a check did not pass. The text is for logs only.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Failure {
+    /// The API answered, and the answer rules the evidence out: INVALID_IDENTITY.
+    Rejected(String),
+    /// The API did not answer: per the failure policy.
+    Unavailable(String),
+}
+
+/// What the verified evidence says, for the live check of its cloud.
+#[derive(Debug, Clone)]
+pub enum LiveEvidence {
+    Aws {
+        region: String,
+        account_id: String,
+        instance_id: String,
+        pending_time: Option<String>,
+    },
+    Gcp {
+        project_id: String,
+        zone: String,
+        instance_name: String,
+        instance_id: String,
+        instance_creation_timestamp: Option<i64>,
+    },
+    /// Azure has no live check.
+    None,
+}
+
+/// Answers by (region, account, instance id) for EC2, (project, zone, name) for GCE.
+type InstanceCache<V> = FlightCache<(String, String, String), V, String>;
+
+/// The configured checks with their caches.
+pub struct LiveChecks {
+    aws: Option<(aws::AwsCheck, InstanceCache<aws::Ec2Instance>)>,
+    gcp: Option<(gcp::GcpCheck, InstanceCache<gcp::GceInstance>)>,
+    on_error: OnError,
+}
+
+impl LiveChecks {
+    pub async fn new(
+        aws: Option<aws::AwsCheckConfig>,
+        gcp: Option<gcp::GcpCheckConfig>,
+        settings: CheckSettings,
+    ) -> Result<Self, String> {
+        let ttl = settings.cache_ttl;
+        let aws = match aws {
+            Some(config) => Some((
+                aws::AwsCheck::new(config, settings).await,
+                FlightCache::new(
+                    move |i: &aws::Ec2Instance| {
+                        if i.is_live() { ttl } else { NEGATIVE_TTL }
+                    },
+                ),
+            )),
+            None => None,
+        };
+        let gcp = match gcp {
+            Some(config) => Some((
+                gcp::GcpCheck::new(config, &settings)?,
+                FlightCache::new(
+                    move |i: &gcp::GceInstance| {
+                        if i.is_live() { ttl } else { NEGATIVE_TTL }
+                    },
+                ),
+            )),
+            None => None,
+        };
+        Ok(Self {
+            aws,
+            gcp,
+            on_error: settings.on_error,
+        })
+    }
+
+    /// Whether any check is on.
+    pub fn enabled(&self) -> bool {
+        self.aws.is_some() || self.gcp.is_some()
+    }
+
+    /// Runs the check for `evidence`'s cloud, if that check is on. `Ok` also when the API could
+    /// not answer and the policy is open (logged and counted).
+    pub async fn check(&self, evidence: &LiveEvidence) -> Result<(), Failure> {
+        let (cloud, result) = match (evidence, &self.aws, &self.gcp) {
+            (
+                LiveEvidence::Aws {
+                    region,
+                    account_id,
+                    instance_id,
+                    pending_time,
+                },
+                Some((check, cache)),
+                _,
+            ) => {
+                let key = (region.clone(), account_id.clone(), instance_id.clone());
+                let (answer, cached) = cache
+                    .get(&key, || check.describe(region, account_id, instance_id))
+                    .await;
+                record_cache("aws", cached);
+                let verdict = answer
+                    .map_err(Failure::Unavailable)
+                    .and_then(|found| aws::judge(&found, pending_time.as_deref()));
+                ("aws", verdict)
+            }
+            (
+                LiveEvidence::Gcp {
+                    project_id,
+                    zone,
+                    instance_name,
+                    instance_id,
+                    instance_creation_timestamp,
+                },
+                _,
+                Some((check, cache)),
+            ) => {
+                let key = (project_id.clone(), zone.clone(), instance_name.clone());
+                let (answer, cached) = cache
+                    .get(&key, || check.get(project_id, zone, instance_name))
+                    .await;
+                record_cache("gcp", cached);
+                let verdict = answer.map_err(Failure::Unavailable).and_then(|found| {
+                    gcp::judge(&found, instance_id, *instance_creation_timestamp)
+                });
+                ("gcp", verdict)
+            }
+            _ => return Ok(()),
+        };
+        match result {
+            Err(Failure::Unavailable(cause)) if self.on_error == OnError::Open => {
+                metrics::counter!(crate::metrics::CLOUD_API_FAIL_OPEN, "cloud" => cloud)
+                    .increment(1);
+                tracing::warn!(
+                    cloud,
+                    cause,
+                    "cloud API check could not be completed; allowed by --cloud-check-on-error open"
+                );
+                Ok(())
+            }
+            other => other,
+        }
+    }
+}
+
+fn record_cache(cloud: &'static str, result: CacheResult) {
+    metrics::counter!(crate::metrics::CLOUD_API_CACHE, "cloud" => cloud, "result" => result.label())
+        .increment(1);
+}
+
+/// Counts and times one call to a cloud API.
+pub(crate) fn record_call(cloud: &'static str, ok: bool, elapsed: Duration) {
+    let outcome = if ok { "ok" } else { "error" };
+    metrics::counter!(crate::metrics::CLOUD_API_CALLS, "cloud" => cloud, "outcome" => outcome)
+        .increment(1);
+    metrics::histogram!(crate::metrics::CLOUD_API_DURATION, "cloud" => cloud)
+        .record(elapsed.as_secs_f64());
+}
+
+/// Exponential backoff with full jitter: up to 100 ms, 200 ms, 400 ms … for attempt 1, 2, 3 …
+pub(crate) fn backoff(attempt: u32) -> Duration {
+    let cap = 100u64 << attempt.saturating_sub(1).min(6);
+    // Jitter from the clock's nanoseconds: spreading retries needs no cryptographic randomness.
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| u64::from(d.subsec_nanos()))
+        .unwrap_or(0);
+    Duration::from_millis(nanos % (cap + 1))
+}

@@ -159,21 +159,31 @@ async fn v2_33_1(
     session.latest_check(&job).await
 }
 
+/// Where and how hard a baseline runs: its callers share `pool` and log in as `instances`.
+pub struct Load<'a> {
+    pub label: &'a str,
+    pub pool: Pool,
+    pub instances: Arc<Vec<String>>,
+    pub concurrency: usize,
+    pub duration: Duration,
+    pub deadline: Duration,
+}
+
 /// Drives logins that each check out a pooled connection and run `login` on it, timing the
 /// checkout.
-async fn drive_on_pool<F, Fut>(
-    label: &str,
-    pool: Pool,
-    instances: Arc<Vec<String>>,
-    concurrency: usize,
-    duration: Duration,
-    deadline: Duration,
-    login: F,
-) -> (Tally, Duration)
+async fn drive_on_pool<F, Fut>(load: Load<'_>, login: F) -> (Tally, Duration)
 where
     F: Fn(Object, String) -> Fut + Clone + Send + Sync + 'static,
     Fut: std::future::Future<Output = Result<u32, String>> + Send,
 {
+    let Load {
+        label,
+        pool,
+        instances,
+        concurrency,
+        duration,
+        deadline,
+    } = load;
     drive(label, concurrency, duration, deadline, move |n| {
         let (pool, login) = (pool.clone(), login.clone());
         let instance = instances[n as usize % instances.len()].clone();
@@ -193,14 +203,7 @@ where
 
 /// The resolver's statement alone: the same prepared statement the service runs, through a
 /// pool of the same size, without gRPC or cryptography.
-pub async fn run_raw(
-    label: &str,
-    pool: Pool,
-    instances: Arc<Vec<String>>,
-    concurrency: usize,
-    duration: Duration,
-    deadline: Duration,
-) -> (Tally, Duration) {
+pub async fn run_raw(load: Load<'_>) -> (Tally, Duration) {
     let login = |client: Object, instance: String| async move {
         let statement = crate::store::resolve::prepare(&client)
             .await
@@ -215,29 +218,14 @@ pub async fn run_raw(
             Ok(1)
         }
     };
-    drive_on_pool(
-        label,
-        pool,
-        instances,
-        concurrency,
-        duration,
-        deadline,
-        login,
-    )
-    .await
+    drive_on_pool(load, login).await
 }
 
 /// An incumbent emulation; `name` is the `agent_name` the callers send (v2.33.1 only).
-#[allow(clippy::too_many_arguments)]
 pub async fn run_incumbent(
-    label: &str,
+    load: Load<'_>,
     version: Incumbent,
     name: Option<&'static str>,
-    pool: Pool,
-    instances: Arc<Vec<String>>,
-    concurrency: usize,
-    duration: Duration,
-    deadline: Duration,
 ) -> (Tally, Duration) {
     let login = move |client: Object, instance: String| async move {
         let mut session = Session {
@@ -250,14 +238,5 @@ pub async fn run_incumbent(
         }
         Ok(session.statements)
     };
-    drive_on_pool(
-        label,
-        pool,
-        instances,
-        concurrency,
-        duration,
-        deadline,
-        login,
-    )
-    .await
+    drive_on_pool(load, login).await
 }

@@ -365,18 +365,13 @@ async fn run_scenario(
 ) -> Outcome {
     let (duration, deadline) = (options.duration, options.deadline);
     let label = format!("{} x{callers}", scenario.key());
-    let pool = store.pool().clone();
-    let incumbent = |version, name, instances: &Arc<Vec<String>>| {
-        baseline::run_incumbent(
-            &label,
-            version,
-            name,
-            pool.clone(),
-            instances.clone(),
-            callers,
-            duration,
-            deadline,
-        )
+    let load = |instances: &Arc<Vec<String>>| baseline::Load {
+        label: &label,
+        pool: store.pool().clone(),
+        instances: instances.clone(),
+        concurrency: callers,
+        duration,
+        deadline,
     };
     let counted = |(tally, elapsed): (Tally, Duration)| {
         let (statements, pool_wait) = tally.counted_costs();
@@ -400,24 +395,18 @@ async fn run_scenario(
                 .map(|(sum, count)| sum * 1000.0 / count.max(1.0));
             (statements, pool_wait, tally, elapsed)
         }
-        Scenario::Raw => counted(
-            baseline::run_raw(
-                &label,
-                pool.clone(),
-                sets.history.clone(),
-                callers,
-                duration,
-                deadline,
-            )
-            .await,
-        ),
-        Scenario::V2_32 => counted(incumbent(Incumbent::V2_32, None, &sets.history).await),
-        Scenario::V2_33_1One => counted(incumbent(Incumbent::V2_33_1, None, &sets.single).await),
-        Scenario::V2_33_1Two => {
-            counted(incumbent(Incumbent::V2_33_1, Some("dev"), &sets.pair).await)
+        Scenario::Raw => counted(baseline::run_raw(load(&sets.history)).await),
+        Scenario::V2_32 => {
+            counted(baseline::run_incumbent(load(&sets.history), Incumbent::V2_32, None).await)
         }
+        Scenario::V2_33_1One => {
+            counted(baseline::run_incumbent(load(&sets.single), Incumbent::V2_33_1, None).await)
+        }
+        Scenario::V2_33_1Two => counted(
+            baseline::run_incumbent(load(&sets.pair), Incumbent::V2_33_1, Some("dev")).await,
+        ),
         Scenario::V2_33_1History => {
-            counted(incumbent(Incumbent::V2_33_1, None, &sets.history).await)
+            counted(baseline::run_incumbent(load(&sets.history), Incumbent::V2_33_1, None).await)
         }
     };
     tally.outcome(

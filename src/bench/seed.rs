@@ -106,12 +106,17 @@ fn group_prefix(group: &str) -> &'static str {
     if group == "s" { "i-s" } else { "i-p" }
 }
 
-/// Up to `sample` instance ids of live history agents (workspace not deleted), spread evenly.
+/// Up to `sample` instance ids of live history agents (workspace not deleted), spread over the
+/// whole range with a prime stride, so that every kind of history (template-import twins every
+/// 10th, sub-agents every 20th) shows up in its share rather than by the sample's alignment.
 pub fn history_instances(agents: u64, sample: usize) -> Vec<String> {
-    let step = (agents / sample.max(1) as u64).max(1);
-    (1..=agents)
-        .step_by(step as usize)
+    const STRIDE: u64 = 7919;
+    let agents = agents.max(1);
+    let mut seen = std::collections::BTreeSet::new();
+    (0..agents)
+        .map(|i| 1 + (i * STRIDE) % agents)
         .filter(|g| g % 20 != 0)
+        .filter(|g| seen.insert(*g))
         .take(sample)
         .map(|g| format!("i-{g:017x}"))
         .collect()
@@ -143,10 +148,23 @@ mod tests {
 
     #[test]
     fn samples_skip_deleted_workspaces_and_match_the_generated_ids() {
-        let ids = history_instances(100, 10);
-        assert_eq!(ids.len(), 10);
+        let ids = history_instances(10_000, 1000);
+        assert_eq!(ids.len(), 1000);
         assert!(ids.iter().all(|id| id.len() == 19 && id.starts_with("i-")));
-        assert!(!ids.contains(&format!("i-{:017x}", 20)));
+        let index = |id: &String| u64::from_str_radix(&id[2..], 16).unwrap();
+        assert!(
+            ids.iter().all(|id| index(id) % 20 != 0),
+            "no deleted workspace"
+        );
+        // Every residue of 10 (template-import twins at 2) is represented.
+        let residues: std::collections::BTreeSet<u64> =
+            ids.iter().map(|id| index(id) % 10).collect();
+        assert_eq!(residues.len(), 10);
+        assert_eq!(
+            history_instances(300, 1000).len(),
+            285,
+            "all live ones of a small set"
+        );
         assert_eq!(single_instances(50, 1000).len(), 100, "at least 100");
         assert_eq!(pair_instances(50_000, 3)[0], "i-p0000000000000001");
     }

@@ -7,7 +7,7 @@ use std::fmt::Write as _;
 use super::drive::Outcome;
 
 const WIDTH: f64 = 960.0;
-const HEIGHT: f64 = 420.0;
+const HEIGHT: f64 = 450.0;
 const PANEL_W: f64 = 380.0;
 const PANEL_H: f64 = 280.0;
 const TOP: f64 = 70.0;

@@ -243,6 +243,33 @@ async fn a_running_instance_passes_once_per_cache_lifetime_and_unproven_logins_s
 }
 
 #[tokio::test]
+async fn a_role_configured_for_the_account_is_assumed_through_sts_first() {
+    // moto serves STS too; the endpoint override applies to the SDK configuration the
+    // AssumeRole provider is built from.
+    let db = TestDb::migrated().await;
+    let key = AwsKey::generate(1024);
+    let (instance, launched) = run_instances(1).await.remove(0);
+    let agent = seed_agent(&db, &instance).await;
+    let server = serve_with_ec2_check(
+        &db,
+        &key,
+        &[
+            "--aws-ec2-assume-role",
+            "123456789012=arn:aws:iam::123456789012:role/agent-auth-reader",
+        ],
+    )
+    .await;
+    let response = agent_auth::client::authenticate(
+        server.channel().await,
+        ec2_request(&key, &instance, launched),
+    )
+    .await
+    .unwrap();
+    assert_eq!(response.session_token, agent.token.to_string());
+    assert_eq!(aws_calls(&server).await, 1.0);
+}
+
+#[tokio::test]
 async fn stopped_terminated_and_earlier_boot_documents_are_invalid_identities() {
     let db = TestDb::migrated().await;
     let key = AwsKey::generate(1024);

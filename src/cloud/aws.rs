@@ -292,10 +292,10 @@ pub fn judge(instance: &Ec2Instance, pending_time: Option<&str>) -> Result<(), F
         .ok_or_else(|| Failure::Rejected("the document has no usable pendingTime".into()))?;
     let launched = launch_time
         .ok_or_else(|| Failure::Rejected("DescribeInstances gave no LaunchTime".into()))?;
-    if (pending - launched).abs() > LAUNCH_TOLERANCE_SECONDS {
+    if pending.abs_diff(launched) > LAUNCH_TOLERANCE_SECONDS.unsigned_abs() {
         return Err(Failure::Rejected(format!(
             "the document's pendingTime is {}s from the instance's LaunchTime (a document from an earlier boot)",
-            pending - launched
+            pending.saturating_sub(launched)
         )));
     }
     Ok(())
@@ -340,5 +340,7 @@ mod tests {
         assert!(judge(&Ec2Instance::NotFound, None).is_err());
         assert!(judge(&running(launch), None).is_err());
         assert!(judge(&running(launch), Some("yesterday")).is_err());
+        // An absurd LaunchTime from the API is a mismatch, not an overflow.
+        assert!(judge(&running(i64::MIN), Some("2026-11-01T10:00:00Z")).is_err());
     }
 }

@@ -154,10 +154,11 @@ fn path_segment(value: &str) -> String {
 /// RFC 3339 with an offset, as Compute Engine writes it (`2026-11-01T03:00:00.123-07:00`),
 /// in Unix seconds.
 pub fn parse_timestamp(text: &str) -> Option<i64> {
-    if text.len() < 20 {
+    // `get`, not `split_at`: a multi-byte character at byte 19 is a bad timestamp, not a panic.
+    let (local, rest) = (text.get(..19)?, text.get(19..)?);
+    if rest.is_empty() {
         return None;
     }
-    let (local, rest) = text.split_at(19);
     let utc = crate::identity::unix_seconds(humantime::parse_rfc3339(&format!("{local}Z")).ok()?);
     let rest = rest.trim_start_matches(|c: char| c == '.' || c.is_ascii_digit());
     let offset = match rest {
@@ -226,6 +227,8 @@ mod tests {
         );
         assert_eq!(parse_timestamp("yesterday"), None);
         assert_eq!(parse_timestamp("2026-11-01T10:00:00 07:00"), None);
+        assert_eq!(parse_timestamp("2026-11-01T10:00:0é+00:00"), None);
+        assert_eq!(parse_timestamp("2026-11-01T10:00:00"), None);
     }
 
     #[test]

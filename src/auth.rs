@@ -248,17 +248,18 @@ impl Authenticator {
         // Only now, with the evidence verified and the agent chosen, may a login spend cloud
         // API quota: forged and unknown instances never reach this line.
         if let Some(live) = &self.live {
-            live.check(&live_evidence)
-                .await
-                .map_err(|failure| match failure {
-                    crate::cloud::Failure::Rejected(cause) => AuthError::InvalidIdentity {
-                        cloud,
-                        cause: IdentityError::NotLive(cause),
-                    },
-                    crate::cloud::Failure::Unavailable(cause) => {
-                        AuthError::CloudApiUnavailable(cause)
-                    }
-                })?;
+            tracing::Instrument::instrument(
+                live.check(&live_evidence),
+                tracing::info_span!("cloud_check", cloud = cloud.label()),
+            )
+            .await
+            .map_err(|failure| match failure {
+                crate::cloud::Failure::Rejected(cause) => AuthError::InvalidIdentity {
+                    cloud,
+                    cause: IdentityError::NotLive(cause),
+                },
+                crate::cloud::Failure::Unavailable(cause) => AuthError::CloudApiUnavailable(cause),
+            })?;
         }
         Ok(Authenticated {
             cloud,

@@ -394,7 +394,20 @@ async fn a_burst_of_200_logins_for_200_instances_makes_a_handful_of_calls() {
         let resource = world.build(world.workspace().await, 1).await;
         tokens.push(world.agent(resource, "main", instance).await.token);
     }
-    let server = serve_with_ec2_check(&db, &key, &["--max-concurrent-requests", "400"]).await;
+    // A window wide enough for the whole burst even on a loaded machine (at the default 20 ms
+    // the same burst made 4 calls alone and 7 to 11 beside the rest of the suite), so the
+    // assertion is about batching, not timing: 200 ids need at least 2 calls of at most 100.
+    let server = serve_with_ec2_check(
+        &db,
+        &key,
+        &[
+            "--max-concurrent-requests",
+            "400",
+            "--aws-ec2-batch-window",
+            "250ms",
+        ],
+    )
+    .await;
     let channel = server.channel().await;
     let logins: Vec<_> = instances
         .iter()
@@ -410,8 +423,7 @@ async fn a_burst_of_200_logins_for_200_instances_makes_a_handful_of_calls() {
     let calls = aws_calls(&server).await;
     let batched = metric(&server, "agent_auth_cloud_api_batch_size_sum", &[]).await;
     println!("200 logins for 200 instances: {calls} DescribeInstances calls, {batched} ids in all");
-    // With the default 20 ms window; arrivals spread over a few windows on a loaded machine.
-    assert!((1.0..=10.0).contains(&calls), "{calls} calls");
+    assert!((2.0..=4.0).contains(&calls), "{calls} calls");
     assert_eq!(batched, 200.0, "every instance asked for exactly once");
 }
 

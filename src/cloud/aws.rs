@@ -16,7 +16,7 @@ use aws_config::timeout::TimeoutConfig;
 use aws_sdk_ec2::config::Region;
 use tokio::sync::{mpsc, oneshot};
 
-use super::{CheckSettings, Failure};
+use super::{Answer, CheckSettings, Failure};
 
 /// At most this many ids per `DescribeInstances` call.
 pub const MAX_BATCH: usize = 100;
@@ -35,9 +35,9 @@ pub enum Ec2Instance {
     NotFound,
 }
 
-impl Ec2Instance {
+impl Answer for Ec2Instance {
     /// `pending` or `running`: kept for the positive lifetime.
-    pub fn is_live(&self) -> bool {
+    fn is_live(&self) -> bool {
         matches!(self, Ec2Instance::Found { state, .. } if state == "pending" || state == "running")
     }
 }

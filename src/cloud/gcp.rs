@@ -5,7 +5,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use super::{CheckSettings, Failure};
+use super::{Answer, CheckSettings, Failure};
 use crate::fetch::{FetchError, Fetcher};
 
 pub const DEFAULT_ENDPOINT: &str = "https://compute.googleapis.com";
@@ -23,8 +23,9 @@ pub enum GceInstance {
     NotFound,
 }
 
-impl GceInstance {
-    pub fn is_live(&self) -> bool {
+impl Answer for GceInstance {
+    /// `RUNNING`, `PROVISIONING` or `STAGING`: kept for the positive lifetime.
+    fn is_live(&self) -> bool {
         matches!(self, GceInstance::Found { status, .. }
             if matches!(status.as_str(), "RUNNING" | "PROVISIONING" | "STAGING"))
     }

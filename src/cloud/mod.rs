@@ -69,6 +69,33 @@ pub enum LiveEvidence {
 /// Answers by (region, account, instance id) for EC2, (project, zone, name) for GCE.
 type InstanceCache<V> = FlightCache<(String, String, String), V, String>;
 
+/// What a cloud API said about one instance: whether it is running decides how long the
+/// answer is kept.
+pub(crate) trait Answer: Clone {
+    fn is_live(&self) -> bool;
+}
+
+/// A cache keeping a running instance's answer for `ttl`, any other for [`NEGATIVE_TTL`].
+fn instance_cache<V: Answer + 'static>(ttl: Duration) -> InstanceCache<V> {
+    FlightCache::new(move |answer: &V| if answer.is_live() { ttl } else { NEGATIVE_TTL })
+}
+
+/// One look-up through `cache` (counted by its cache result); a failed call is `Unavailable`.
+async fn look_up<V, Fut>(
+    cloud: &'static str,
+    cache: &InstanceCache<V>,
+    key: (String, String, String),
+    fetch: impl FnOnce() -> Fut,
+) -> Result<V, Failure>
+where
+    V: Answer,
+    Fut: std::future::Future<Output = Result<V, String>>,
+{
+    let (answer, cached) = cache.get(&key, fetch).await;
+    record_cache(cloud, cached);
+    answer.map_err(Failure::Unavailable)
+}
+
 /// The configured checks with their caches.
 pub struct LiveChecks {
     aws: Option<(aws::AwsCheck, InstanceCache<aws::Ec2Instance>)>,
@@ -82,26 +109,17 @@ impl LiveChecks {
         gcp: Option<gcp::GcpCheckConfig>,
         settings: CheckSettings,
     ) -> Result<Self, String> {
-        let ttl = settings.cache_ttl;
         let aws = match aws {
             Some(config) => Some((
                 aws::AwsCheck::new(config, settings).await,
-                FlightCache::new(
-                    move |i: &aws::Ec2Instance| {
-                        if i.is_live() { ttl } else { NEGATIVE_TTL }
-                    },
-                ),
+                instance_cache(settings.cache_ttl),
             )),
             None => None,
         };
         let gcp = match gcp {
             Some(config) => Some((
                 gcp::GcpCheck::new(config, &settings)?,
-                FlightCache::new(
-                    move |i: &gcp::GceInstance| {
-                        if i.is_live() { ttl } else { NEGATIVE_TTL }
-                    },
-                ),
+                instance_cache(settings.cache_ttl),
             )),
             None => None,
         };
@@ -132,13 +150,11 @@ impl LiveChecks {
                 _,
             ) => {
                 let key = (region.clone(), account_id.clone(), instance_id.clone());
-                let (answer, cached) = cache
-                    .get(&key, || check.describe(region, account_id, instance_id))
-                    .await;
-                record_cache("aws", cached);
-                let verdict = answer
-                    .map_err(Failure::Unavailable)
-                    .and_then(|found| aws::judge(&found, pending_time.as_deref()));
+                let found = look_up("aws", cache, key, || {
+                    check.describe(region, account_id, instance_id)
+                })
+                .await;
+                let verdict = found.and_then(|f| aws::judge(&f, pending_time.as_deref()));
                 ("aws", verdict)
             }
             (
@@ -153,13 +169,12 @@ impl LiveChecks {
                 Some((check, cache)),
             ) => {
                 let key = (project_id.clone(), zone.clone(), instance_name.clone());
-                let (answer, cached) = cache
-                    .get(&key, || check.get(project_id, zone, instance_name))
-                    .await;
-                record_cache("gcp", cached);
-                let verdict = answer.map_err(Failure::Unavailable).and_then(|found| {
-                    gcp::judge(&found, instance_id, *instance_creation_timestamp)
-                });
+                let found = look_up("gcp", cache, key, || {
+                    check.get(project_id, zone, instance_name)
+                })
+                .await;
+                let verdict =
+                    found.and_then(|f| gcp::judge(&f, instance_id, *instance_creation_timestamp));
                 ("gcp", verdict)
             }
             _ => return Ok(()),

@@ -42,8 +42,9 @@ pub struct GcpCheckConfig {
 
 pub struct GcpCheck {
     endpoint: String,
+    /// Set at start-up from `--gcp-compute-credentials`; otherwise found by gcp_auth's
+    /// discovery on first use.
     tokens: tokio::sync::OnceCell<Arc<dyn gcp_auth::TokenProvider>>,
-    credentials: Option<std::path::PathBuf>,
     fetcher: Fetcher,
     timeout: Duration,
 }
@@ -55,15 +56,17 @@ impl GcpCheck {
             .unwrap_or_else(|| DEFAULT_ENDPOINT.to_owned())
             .trim_end_matches('/')
             .to_owned();
-        if let Some(path) = &config.credentials {
-            // Fail at start-up, not at the first login, on a missing or broken key file.
-            gcp_auth::CustomServiceAccount::from_file(path)
-                .map_err(|e| format!("{}: {e}", path.display()))?;
-        }
+        // A missing or broken key file fails start-up, not the first login.
+        let key_file = match &config.credentials {
+            Some(path) => Some(Arc::new(
+                gcp_auth::CustomServiceAccount::from_file(path)
+                    .map_err(|e| format!("{}: {e}", path.display()))?,
+            ) as Arc<dyn gcp_auth::TokenProvider>),
+            None => None,
+        };
         Ok(Self {
             endpoint,
-            tokens: tokio::sync::OnceCell::new(),
-            credentials: config.credentials,
+            tokens: tokio::sync::OnceCell::new_with(key_file),
             fetcher: Fetcher::new(settings.timeout, 1024 * 1024).map_err(|e| e.to_string())?,
             timeout: settings.timeout,
         })
@@ -72,18 +75,11 @@ impl GcpCheck {
     async fn provider(&self) -> Result<Arc<dyn gcp_auth::TokenProvider>, String> {
         self.tokens
             .get_or_try_init(|| async {
-                let provider: Arc<dyn gcp_auth::TokenProvider> = match &self.credentials {
-                    Some(path) => Arc::new(
-                        gcp_auth::CustomServiceAccount::from_file(path)
-                            .map_err(|e| format!("{}: {e}", path.display()))?,
-                    ),
-                    // gcp_auth's discovery has no timeout of its own.
-                    None => tokio::time::timeout(self.timeout * 2, gcp_auth::provider())
-                        .await
-                        .map_err(|_| "gcp_auth found no credentials in time".to_owned())?
-                        .map_err(|e| format!("gcp_auth: {e}"))?,
-                };
-                Ok(provider)
+                // gcp_auth's discovery has no timeout of its own.
+                tokio::time::timeout(self.timeout * 2, gcp_auth::provider())
+                    .await
+                    .map_err(|_| "gcp_auth found no credentials in time".to_owned())?
+                    .map_err(|e| format!("gcp_auth: {e}"))
             })
             .await
             .cloned()

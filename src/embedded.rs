@@ -160,13 +160,12 @@ impl EmbeddedPostgres {
 
     /// A libpq key=value connection string for `dbname`.
     pub fn connection_string(&self, dbname: &str) -> String {
-        let quote = |s: &str| format!("'{}'", s.replace('\\', "\\\\").replace('\'', "\\'"));
         format!(
             "host={} port={} user={} dbname={}",
-            quote(&self.socket_dir.to_string_lossy()),
+            conninfo_quote(&self.socket_dir.to_string_lossy()),
             self.port,
             SUPERUSER,
-            quote(dbname)
+            conninfo_quote(dbname)
         )
     }
 
@@ -377,4 +376,9 @@ pub fn find_binaries() -> Result<PathBuf, EmbeddedError> {
         .pop()
         .map(|(_, bin)| bin)
         .ok_or(EmbeddedError::BinariesMissing)
+}
+
+/// A value for a libpq `key=value` connection string: single-quoted, `\\` and `'` escaped.
+pub fn conninfo_quote(value: &str) -> String {
+    format!("'{}'", value.replace('\\', "\\\\").replace('\'', "\\'"))
 }

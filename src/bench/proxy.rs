@@ -70,7 +70,7 @@ impl LatencyProxy {
 
 /// The same user, password and database, reached through `addr`.
 fn rewrite(config: &tokio_postgres::Config, addr: SocketAddr) -> String {
-    let quote = |s: &str| format!("'{}'", s.replace('\\', "\\\\").replace('\'', "\\'"));
+    let quote = crate::embedded::conninfo_quote;
     let mut url = format!("host={} port={}", addr.ip(), addr.port());
     if let Some(user) = config.get_user() {
         url.push_str(&format!(" user={}", quote(user)));

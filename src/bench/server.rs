@@ -144,29 +144,32 @@ async fn start_in_process(setup: &ServerSetup<'_>) -> Result<Server, String> {
     })
 }
 
-/// Starts `agent-auth serve` (this executable) on free loopback ports and waits until its
-/// readiness endpoint answers 200.
+/// Starts `agent-auth serve` (this executable) on free loopback ports with the same settings
+/// as the in-process server ([`raw_config`], written as its `--config` file), and waits until
+/// its readiness endpoint answers 200.
 async fn spawn(setup: &ServerSetup<'_>) -> Result<Server, String> {
     let (grpc, admin) = (free_port()?, free_port()?);
+    let raw = crate::config::RawConfig {
+        grpc_listen: grpc.to_string(),
+        admin_listen: admin.to_string(),
+        ..raw_config(setup)
+    };
+    let config = setup.scratch.join("server.toml");
+    let text = toml::to_string(&raw).map_err(|e| format!("server configuration: {e}"))?;
+    std::fs::write(&config, text).map_err(|e| format!("{}: {e}", config.display()))?;
     let exe = std::env::current_exe().map_err(|e| e.to_string())?;
     let log = setup.scratch.join("server.log");
     let log_file = std::fs::File::create(&log).map_err(|e| e.to_string())?;
-    let child = tokio::process::Command::new(exe)
-        .arg("serve")
-        .args(["--grpc-listen", &grpc.to_string()])
-        .args(["--admin-listen", &admin.to_string()])
-        .args(["--postgres-url", setup.postgres_url])
-        .args(["--db-pool-size", &setup.pool_size.to_string()])
-        .args([
-            "--max-concurrent-requests",
-            &setup.max_concurrent_requests.to_string(),
-        ])
-        .arg("--aws-certificate")
-        .arg(format!("default={}", setup.aws_certificate.display()))
-        .arg("--gcp-jwks")
-        .arg(setup.gcp_jwks)
-        .args(["--log-level", "warn"])
-        .env_remove("AGENT_AUTH_CONFIG")
+    let mut command = tokio::process::Command::new(exe);
+    command.arg("serve").arg("--config").arg(&config);
+    // The environment would override the file: the child runs on the file alone, like the
+    // in-process server.
+    for (name, _) in std::env::vars_os() {
+        if name.to_string_lossy().starts_with("AGENT_AUTH_") {
+            command.env_remove(name);
+        }
+    }
+    let child = command
         .stdin(std::process::Stdio::null())
         .stdout(std::process::Stdio::null())
         .stderr(log_file)

@@ -152,22 +152,11 @@ async fn serve_with_ec2_check(db: &TestDb, key: &AwsKey, extra: &[&str]) -> Serv
     ServeProcess::start(db, &args).await
 }
 
-/// The sum of the samples of `name` whose labels include every pair in `labels`.
+/// The sum of the samples of `name` with `labels` on the server's /metrics (0 when none).
 async fn metric(server: &ServeProcess, name: &str, labels: &[(&str, &str)]) -> f64 {
     let (status, text) = http_get(&format!("{}/metrics", server.admin_url)).await;
     assert_eq!(status, 200);
-    text.lines()
-        .filter(|line| {
-            line.strip_prefix(name)
-                .is_some_and(|rest| rest.starts_with('{') || rest.starts_with(' '))
-        })
-        .filter(|line| {
-            labels
-                .iter()
-                .all(|(k, v)| line.contains(&format!("{k}=\"{v}\"")))
-        })
-        .filter_map(|line| line.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
+    metric_sum(&text, name, labels).unwrap_or(0.0)
 }
 
 async fn aws_calls(server: &ServeProcess) -> f64 {

@@ -365,6 +365,25 @@ pub async fn http_get(url: &str) -> (u16, String) {
     (status, body)
 }
 
+/// The sum of the Prometheus samples of `name` whose labels include every pair in `labels`;
+/// `None` when no sample matches.
+pub fn metric_sum(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+    let values: Vec<f64> = text
+        .lines()
+        .filter(|line| {
+            line.strip_prefix(name)
+                .is_some_and(|rest| rest.starts_with('{') || rest.starts_with(' '))
+        })
+        .filter(|line| {
+            labels
+                .iter()
+                .all(|(k, v)| line.contains(&format!("{k}=\"{v}\"")))
+        })
+        .filter_map(|line| line.rsplit(' ').next()?.parse::<f64>().ok())
+        .collect();
+    (!values.is_empty()).then(|| values.iter().sum())
+}
+
 /// The code, `ErrorInfo` reason and message of a failed call.
 pub fn failure(
     result: Result<pb::AuthenticateResponse, tonic::Status>,

@@ -575,11 +575,7 @@ async fn a_burst_over_the_limit_ends_ok_shed_or_unavailable_never_internal_and_w
     assert!(outcomes.contains_key("Ok"));
     let (_, metrics) = app.admin_get("/metrics").await;
     if outcomes.contains_key("ResourceExhausted") {
-        let shed: f64 = metrics
-            .lines()
-            .find(|l| l.starts_with("agent_auth_requests_shed_total "))
-            .and_then(|l| l.rsplit(' ').next())
-            .and_then(|v| v.parse().ok())
+        let shed = metric_sum(&metrics, "agent_auth_requests_shed_total", &[])
             .expect("agent_auth_requests_shed_total");
         assert!(shed >= outcomes["ResourceExhausted"] as f64);
     }

@@ -393,43 +393,31 @@ impl Config {
             insecure_verify_time,
             log_format,
             log_level: raw.log_level,
-            otlp_endpoint: match raw.otlp_endpoint.as_deref().map(str::trim) {
-                None | Some("") => None,
-                Some(url) if url.starts_with("http://") || url.starts_with("https://") => {
-                    url.parse::<hyper::Uri>()
-                        .map_err(|e| ConfigError::new("otlp_endpoint", e.to_string()))?;
-                    Some(url.to_owned())
-                }
-                Some(other) => {
-                    return Err(ConfigError::new(
-                        "otlp_endpoint",
-                        format!("expected an http:// or https:// URL, found {other:?}"),
-                    ));
-                }
-            },
+            otlp_endpoint: optional_url("otlp_endpoint", raw.otlp_endpoint.as_deref())?,
             shutdown_grace: parse_duration("shutdown_grace", &raw.shutdown_grace)?,
             live,
         })
     }
 }
 
+/// An optional http:// or https:// URL (empty = unset).
+fn optional_url(key: &str, value: Option<&str>) -> Result<Option<String>, ConfigError> {
+    match value.map(str::trim) {
+        None | Some("") => Ok(None),
+        Some(url) if url.starts_with("http://") || url.starts_with("https://") => {
+            url.parse::<hyper::Uri>()
+                .map_err(|e| ConfigError::new(key, e.to_string()))?;
+            Ok(Some(url.to_owned()))
+        }
+        Some(other) => Err(ConfigError::new(
+            key,
+            format!("expected an http:// or https:// URL, found {other:?}"),
+        )),
+    }
+}
+
 /// Validates the live check settings.
 fn live_checks(raw: &RawConfig) -> Result<LiveCheckConfig, ConfigError> {
-    let endpoint = |key: &str, value: &Option<String>| -> Result<Option<String>, ConfigError> {
-        match value.as_deref().map(str::trim) {
-            None | Some("") => Ok(None),
-            Some(url)
-                if (url.starts_with("http://") || url.starts_with("https://"))
-                    && url.parse::<hyper::Uri>().is_ok() =>
-            {
-                Ok(Some(url.to_owned()))
-            }
-            Some(other) => Err(ConfigError::new(
-                key,
-                format!("expected an http:// or https:// URL, found {other:?}"),
-            )),
-        }
-    };
     let mut assume_roles = Vec::new();
     for entry in raw
         .aws_ec2_assume_role
@@ -452,8 +440,8 @@ fn live_checks(raw: &RawConfig) -> Result<LiveCheckConfig, ConfigError> {
             }
         }
     }
-    let aws_endpoint = endpoint("aws_ec2_endpoint", &raw.aws_ec2_endpoint)?;
-    let gcp_endpoint = endpoint("gcp_compute_endpoint", &raw.gcp_compute_endpoint)?;
+    let aws_endpoint = optional_url("aws_ec2_endpoint", raw.aws_ec2_endpoint.as_deref())?;
+    let gcp_endpoint = optional_url("gcp_compute_endpoint", raw.gcp_compute_endpoint.as_deref())?;
     let batch_window = parse_duration("aws_ec2_batch_window", &raw.aws_ec2_batch_window)?;
     if batch_window > Duration::from_secs(1) {
         return Err(ConfigError::new(

@@ -425,11 +425,7 @@ fn live_checks(raw: &RawConfig) -> Result<LiveCheckConfig, ConfigError> {
         .filter(|e| !e.trim().is_empty())
     {
         match entry.trim().split_once('=') {
-            Some((account, arn))
-                if account.len() == 12
-                    && account.bytes().all(|b| b.is_ascii_digit())
-                    && arn.starts_with("arn:") =>
-            {
+            Some((account, arn)) if is_account_id(account) && arn.starts_with("arn:") => {
                 assume_roles.push((account.to_owned(), arn.to_owned()));
             }
             _ => {
@@ -569,13 +565,18 @@ fn optional_file(key: &str, value: Option<&str>) -> Result<Option<PathBuf>, Conf
     }
 }
 
+/// An AWS account id: 12 digits.
+fn is_account_id(value: &str) -> bool {
+    value.len() == 12 && value.bytes().all(|b| b.is_ascii_digit())
+}
+
 fn parse_accounts(values: &[String]) -> Result<Vec<String>, ConfigError> {
     values
         .iter()
         .map(|v| v.trim())
         .filter(|v| !v.is_empty())
         .map(|account| {
-            if account.len() == 12 && account.bytes().all(|b| b.is_ascii_digit()) {
+            if is_account_id(account) {
                 Ok(account.to_owned())
             } else {
                 Err(ConfigError::new(

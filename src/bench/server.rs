@@ -66,12 +66,7 @@ impl Server {
         if self.in_process_metrics {
             return crate::metrics::handle().map(|h| h.render());
         }
-        let addr = self.metrics?;
-        tokio::task::spawn_blocking(move || http_get(addr, "/metrics"))
-            .await
-            .ok()
-            .flatten()
-            .and_then(|(status, body)| (status == 200).then_some(body))
+        admin_get(self.metrics?, "/metrics").await
     }
 
     /// Peak resident memory of the server process (VmHWM), when it is a child of ours.
@@ -184,11 +179,7 @@ async fn spawn(setup: &ServerSetup<'_>) -> Result<Server, String> {
     };
     let started = Instant::now();
     loop {
-        let ready = tokio::task::spawn_blocking(move || http_get(admin, "/readyz"))
-            .await
-            .ok()
-            .flatten();
-        if matches!(ready, Some((200, _))) {
+        if admin_get(admin, "/readyz").await.is_some() {
             return Ok(server);
         }
         if let Running::Child { child, log } = &mut server.running {
@@ -213,17 +204,14 @@ fn free_port() -> Result<SocketAddr, String> {
         .map_err(|e| e.to_string())
 }
 
-/// A plain HTTP/1.0 GET on loopback: (status, body).
-fn http_get(addr: SocketAddr, path: &str) -> Option<(u16, String)> {
-    use std::io::{Read as _, Write as _};
-    let mut stream = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(2)).ok()?;
-    stream.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
-    write!(stream, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").ok()?;
-    let mut response = String::new();
-    stream.read_to_string(&mut response).ok()?;
-    let status = response.split_whitespace().nth(1)?.parse().ok()?;
-    let body = response.split_once("\r\n\r\n")?.1.to_owned();
-    Some((status, body))
+/// The body of a 2xx answer from the server's admin listener, through the one HTTP client.
+async fn admin_get(addr: SocketAddr, path: &str) -> Option<String> {
+    static HTTP: std::sync::OnceLock<Option<crate::fetch::Fetcher>> = std::sync::OnceLock::new();
+    let fetcher = HTTP
+        .get_or_init(|| crate::fetch::Fetcher::new(Duration::from_secs(5), 16 * 1024 * 1024).ok())
+        .as_ref()?;
+    let fetched = fetcher.get(&format!("http://{addr}{path}")).await.ok()?;
+    Some(String::from_utf8_lossy(&fetched.body).into_owned())
 }
 
 /// VmHWM from a `/proc/<pid>/status` file, in MiB.

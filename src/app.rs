@@ -13,18 +13,15 @@ use tokio_stream::wrappers::{TcpListenerStream, UnixListenerStream};
 use tonic::transport::Server;
 
 use crate::auth::{Authenticator, Trust};
-use crate::config::JwksSource;
 use crate::config::{Config, ListenAddr, SchemaMode};
 use crate::embedded::{EmbeddedError, EmbeddedOptions, EmbeddedPostgres};
-use crate::fetch::{self, Fetcher};
 use crate::grpc::{self, AgentAuthService};
 use crate::http::admin::{self, AdminState};
 use crate::identity::TrustError;
-use crate::identity::aws::AwsTrust;
-use crate::identity::azure::AzureTrust;
-use crate::identity::gcp::{GcpPolicy, Jwks};
+use crate::identity::gcp::GcpPolicy;
 use crate::limit::Limiter;
 use crate::store::{Store, StoreError, migrate};
+use crate::trust::{GcpKeys, TrustSources, TrustStore};
 
 /// The database name the embedded cluster serves.
 pub const EMBEDDED_DATABASE: &str = "agent_auth";
@@ -63,6 +60,7 @@ pub struct App {
     http_listener: Option<TcpListener>,
     auth: Authenticator,
     embedded: Option<EmbeddedPostgres>,
+    hangup: tokio::signal::unix::Signal,
 }
 
 /// The database an app uses: a URL, and the embedded cluster when it started one.
@@ -104,20 +102,24 @@ impl App {
     pub async fn build(config: Config) -> Result<Self, AppError> {
         // One rustls crypto provider per process; a second install is a no-op.
         let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
-        let gcp_keys = match &config.gcp.jwks {
-            JwksSource::Url(url) => {
-                let fetcher = Fetcher::new(fetch::DEFAULT_TIMEOUT, fetch::DEFAULT_MAX_BYTES)
-                    .map_err(|e| AppError::Serve(e.to_string()))?;
-                let jwks = Arc::new(Jwks::from_url(url, fetcher));
-                // In the background: a machine without internet still serves AWS and Azure.
-                jwks.spawn_refresher();
-                jwks
-            }
-            JwksSource::File(path) => Arc::new(Jwks::from_file(path)?),
-        };
+        let gcp =
+            GcpKeys::from_config(&config.gcp.jwks).map_err(|e| AppError::Serve(e.to_string()))?;
+        if let GcpKeys::Remote(jwks) = &gcp {
+            // In the background: a machine without internet still serves AWS and Azure.
+            jwks.spawn_refresher();
+        }
+        let store = Arc::new(TrustStore::load(TrustSources {
+            aws: config.aws.clone(),
+            azure: config.azure.clone(),
+            gcp,
+        })?);
+        crate::metrics::handle();
+        crate::trust::log_sources(&store.current(), store.sources());
+        // From here on SIGHUP reloads trust; it never stops the process.
+        let hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+            .map_err(|e| AppError::Serve(format!("cannot handle SIGHUP: {e}")))?;
         let trust = Trust {
-            aws: AwsTrust::load(&config.aws)?,
-            azure: AzureTrust::load(&config.azure)?,
+            store,
             azure_issuers: if config.azure.fetch_issuers {
                 Some(
                     crate::issuers::IssuerFetcher::new()
@@ -126,28 +128,11 @@ impl App {
             } else {
                 None
             },
-            gcp_keys,
             gcp_policy: GcpPolicy {
                 audience: config.gcp.audience.clone(),
                 allowed_projects: config.gcp.allowed_projects.iter().cloned().collect(),
             },
         };
-        crate::metrics::handle();
-        for pinned in trust.aws.certificates() {
-            let subject = format!(
-                "{} ({})",
-                crate::metrics::subject_label(&pinned.certificate),
-                pinned.region
-            );
-            crate::metrics::record_certificate("aws", subject, &pinned.certificate);
-        }
-        for certificate in trust.azure.certificates() {
-            crate::metrics::record_certificate(
-                "azure",
-                crate::metrics::subject_label(certificate),
-                certificate,
-            );
-        }
         let database = prepare_database(&config).await?;
         let store = Store::connect(&database.url, &config.store)?;
         let live = crate::cloud::LiveChecks::new(
@@ -175,6 +160,7 @@ impl App {
             http_listener,
             auth,
             embedded: database.embedded,
+            hangup,
         })
     }
 
@@ -217,6 +203,7 @@ impl App {
             http_listener,
             auth,
             embedded,
+            mut hangup,
         } = self;
         let limiter = Limiter::new(config.max_concurrent_requests);
         let store = auth.store().clone();
@@ -224,8 +211,18 @@ impl App {
         let (health, health_service) = tonic_health::server::health_reporter();
         let admin_state = AdminState {
             store: store.clone(),
+            trust: auth.trust().clone(),
             draining: draining.clone(),
         };
+        let trust = auth.trust().clone();
+        let reloader = tokio::spawn(async move {
+            while hangup.recv().await.is_some() {
+                tracing::info!("SIGHUP: reloading trust files");
+                // Off the async workers: reading and parsing files blocks.
+                let trust = trust.clone();
+                let _ = tokio::task::spawn_blocking(move || trust.reload()).await;
+            }
+        });
         // Health starts as the first probe finds the database.
         let initially_serving = admin::readiness(&admin_state).await.is_ok();
         admin::set_health(&health, initially_serving).await;
@@ -311,6 +308,7 @@ impl App {
                 Ok(())
             }
         };
+        reloader.abort();
         store.close();
         if let ListenAddr::Unix(path) = &config.grpc_listen {
             let _ = std::fs::remove_file(path);

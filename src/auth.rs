@@ -10,11 +10,11 @@ use std::sync::Arc;
 use std::time::{Instant, SystemTime};
 
 use crate::cloud::LiveEvidence;
-use crate::identity::aws::{AwsIdentity, AwsProof, AwsTrust};
-use crate::identity::azure::AzureTrust;
-use crate::identity::gcp::{self, GcpFailure, GcpPolicy, Jwks};
+use crate::identity::aws::{AwsIdentity, AwsProof};
+use crate::identity::gcp::{self, GcpFailure, GcpPolicy};
 use crate::identity::{Cloud, IdentityError, InstanceId};
 use crate::store::{Candidate, Resolution, Store, StoreError};
+use crate::trust::{TrustSet, TrustStore};
 
 /// The largest accepted string field (DESIGN.md 3.1: "a field over 64 KiB" is malformed).
 pub const MAX_FIELD_BYTES: usize = 64 * 1024;
@@ -144,13 +144,12 @@ impl From<StoreError> for AuthError {
     }
 }
 
-/// The trust material of every cloud.
+/// The trust material of every cloud: the reloadable set, and what never changes at run time.
 pub struct Trust {
-    pub aws: AwsTrust,
-    pub azure: AzureTrust,
+    /// Pinned keys and certificates; SIGHUP swaps them (see `crate::trust`).
+    pub store: Arc<TrustStore>,
     /// Set when `--azure-fetch-issuers` is on.
     pub azure_issuers: Option<crate::issuers::IssuerFetcher>,
-    pub gcp_keys: Arc<Jwks>,
     pub gcp_policy: GcpPolicy,
 }
 
@@ -187,6 +186,11 @@ impl Authenticator {
 
     pub fn store(&self) -> &Store {
         &self.store
+    }
+
+    /// The reloadable trust set.
+    pub fn trust(&self) -> &Arc<TrustStore> {
+        &self.trust.store
     }
 
     /// Authenticates one request and logs one line about it (never the evidence or token).
@@ -268,18 +272,20 @@ impl Authenticator {
         })
     }
 
-    /// Verifies the evidence of any cloud: the only step before the database.
+    /// Verifies the evidence of any cloud: the only step before the database. The whole
+    /// request uses one snapshot of the trust set, even if a reload swaps it meanwhile.
     async fn verify(
         &self,
         evidence: Evidence,
     ) -> Result<(Cloud, InstanceId, LiveEvidence), AuthError> {
+        let set = self.trust.store.current();
         Ok(match evidence {
             Evidence::Aws {
                 document,
                 signature,
                 rsa2048,
             } => {
-                let identity = self.verify_aws(&document, &signature, &rsa2048)?;
+                let identity = verify_aws(&set, &document, &signature, &rsa2048)?;
                 let live = LiveEvidence::Aws {
                     region: identity.region,
                     account_id: identity.account_id,
@@ -290,7 +296,7 @@ impl Authenticator {
             }
             Evidence::Google { json_web_token } => {
                 check_field("json_web_token", &json_web_token, true)?;
-                let identity = self.verify_gcp(json_web_token.trim()).await?;
+                let identity = self.verify_gcp(&set, json_web_token.trim()).await?;
                 let live = LiveEvidence::Gcp {
                     project_id: identity.project_id,
                     zone: identity.zone,
@@ -312,7 +318,7 @@ impl Authenticator {
                 }
                 (
                     Cloud::Azure,
-                    self.verify_azure(&signature).await?.instance_id,
+                    self.verify_azure(&set, &signature).await?.instance_id,
                     LiveEvidence::None,
                 )
             }
@@ -323,6 +329,7 @@ impl Authenticator {
     /// signer's AIA issuers are fetched and the chain is tried once more.
     async fn verify_azure(
         &self,
+        set: &Arc<TrustSet>,
         signature: &str,
     ) -> Result<crate::identity::azure::AzureIdentity, AuthError> {
         let invalid = |cause| AuthError::InvalidIdentity {
@@ -333,7 +340,7 @@ impl Authenticator {
         // Azure logins cannot stall the runtime on a small machine. A failed task is a bug:
         // INTERNAL, not an invalid identity.
         let verify = |extra: Vec<openssl::x509::X509>| {
-            let (trust, signature, now) = (self.trust.clone(), signature.to_owned(), self.now());
+            let (trust, signature, now) = (set.clone(), signature.to_owned(), self.now());
             async move {
                 tokio::task::spawn_blocking(move || {
                     trust.azure.verify_with(&signature, now, &extra)
@@ -343,17 +350,24 @@ impl Authenticator {
             }
         };
         match (verify(Vec::new()).await?, &self.trust.azure_issuers) {
-            (Err(IdentityError::UntrustedChain(_)), Some(fetcher)) => {
-                let urls = crate::identity::azure::issuer_urls(signature).map_err(invalid)?;
-                verify(fetcher.issuers(&urls).await).await?.map_err(invalid)
+            (Err(cause @ IdentityError::UntrustedChain(_)), Some(fetcher)) => {
+                // The signer's name and issuer are judged before any fetch.
+                let fetched = fetcher
+                    .complete_chain(&set.azure, signature)
+                    .await
+                    .map_err(invalid)?;
+                if fetched.is_empty() {
+                    return Err(invalid(cause));
+                }
+                verify(fetched).await?.map_err(invalid)
             }
             (outcome, _) => outcome.map_err(invalid),
         }
     }
 
     /// Verifies a GCP token; an unknown `kid` earns one rate-limited JWKS refetch.
-    async fn verify_gcp(&self, token: &str) -> Result<gcp::GcpIdentity, AuthError> {
-        let keys = &self.trust.gcp_keys;
+    async fn verify_gcp(&self, set: &TrustSet, token: &str) -> Result<gcp::GcpIdentity, AuthError> {
+        let keys = &set.gcp_keys;
         let policy = &self.trust.gcp_policy;
         let invalid = |cause| AuthError::InvalidIdentity {
             cloud: Cloud::Google,
@@ -377,38 +391,38 @@ impl Authenticator {
             Err(GcpFailure::Invalid(cause)) => Err(invalid(cause)),
         }
     }
+}
 
-    fn verify_aws(
-        &self,
-        document: &str,
-        signature: &str,
-        rsa2048: &str,
-    ) -> Result<AwsIdentity, AuthError> {
-        check_field("document", document, true)?;
-        check_field("signature", signature, false)?;
-        check_field("rsa2048", rsa2048, false)?;
-        let proof = match (signature.is_empty(), rsa2048.is_empty()) {
-            (false, true) => AwsProof::Signature(signature),
-            (true, false) => AwsProof::Rsa2048(rsa2048),
-            (true, true) => {
-                return Err(AuthError::Malformed(
-                    "one of signature or rsa2048 is required".into(),
-                ));
-            }
-            (false, false) => {
-                return Err(AuthError::Malformed(
-                    "set signature or rsa2048, not both".into(),
-                ));
-            }
-        };
-        self.trust
-            .aws
-            .verify(document, proof)
-            .map_err(|cause| AuthError::InvalidIdentity {
-                cloud: Cloud::Aws,
-                cause,
-            })
-    }
+/// Checks the AWS request's shape, then verifies the document with its one proof.
+fn verify_aws(
+    set: &TrustSet,
+    document: &str,
+    signature: &str,
+    rsa2048: &str,
+) -> Result<AwsIdentity, AuthError> {
+    check_field("document", document, true)?;
+    check_field("signature", signature, false)?;
+    check_field("rsa2048", rsa2048, false)?;
+    let proof = match (signature.is_empty(), rsa2048.is_empty()) {
+        (false, true) => AwsProof::Signature(signature),
+        (true, false) => AwsProof::Rsa2048(rsa2048),
+        (true, true) => {
+            return Err(AuthError::Malformed(
+                "one of signature or rsa2048 is required".into(),
+            ));
+        }
+        (false, false) => {
+            return Err(AuthError::Malformed(
+                "set signature or rsa2048, not both".into(),
+            ));
+        }
+    };
+    set.aws
+        .verify(document, proof)
+        .map_err(|cause| AuthError::InvalidIdentity {
+            cloud: Cloud::Aws,
+            cause,
+        })
 }
 
 /// The metrics outcome: the reason code in lower case, or `ok` (a bounded set).

@@ -33,6 +33,10 @@ pub enum Command {
     Authenticate(AuthenticateArgs),
     /// Run the whole loop on a private embedded database with the recorded AWS document.
     Demo(DemoArgs),
+    /// List every pinned certificate (built-in and from files, with the serve flags applied):
+    /// cloud, region or role, subject, notAfter, SHA-256, source. Exit 1 when one expires
+    /// within 30 days.
+    Trust(TrustArgs),
     /// Load-test the service next to its own statement alone and the incumbent's emulation.
     Bench(BenchArgs),
 }
@@ -103,6 +107,17 @@ pub struct BenchArgs {
 
 /// Settings shared by `serve` and `migrate`. Every flag also reads `AGENT_AUTH_<FLAG>` and the
 /// key `<flag>` (with `_`) in the `--config` TOML file; precedence flag > env > file > default.
+/// `agent-auth trust`: the serve flags that choose trust, and the output format.
+#[derive(Debug, Clone, Args)]
+pub struct TrustArgs {
+    /// Print JSON (one array of objects) instead of a table.
+    #[arg(long)]
+    pub json: bool,
+
+    #[command(flatten)]
+    pub serve: ServeArgs,
+}
+
 #[derive(Debug, Default, Clone, Args, Serialize)]
 pub struct ServeArgs {
     /// TOML file with any of the keys below (flag names with `-` → `_`).

@@ -66,7 +66,11 @@ where
     R::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
     R::Future: Send,
 {
-    fn with_resolver(resolver: R, timeout: Duration, max_bytes: usize) -> Result<Self, FetchError> {
+    pub fn with_resolver(
+        resolver: R,
+        timeout: Duration,
+        max_bytes: usize,
+    ) -> Result<Self, FetchError> {
         let tls = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
             rustls::crypto::aws_lc_rs::default_provider(),
         ))

@@ -9,6 +9,8 @@
 //! - [`auth`]: the use case. Check the request's shape, verify the evidence, run the one SQL
 //!   statement, choose the agent.
 //! - [`identity`]: pure verifiers of cloud evidence, `(evidence, trust, now) -> instance`.
+//! - [`trust`]: the pinned keys and certificates of every cloud as one set, swapped whole when
+//!   SIGHUP reloads the operator's files.
 //! - [`store`]: the only module that issues SQL: the pool, migrations, the schema check and
 //!   the resolver's single statement.
 //!
@@ -35,3 +37,4 @@ pub mod limit;
 pub mod metrics;
 pub mod store;
 pub mod telemetry;
+pub mod trust;

@@ -55,6 +55,7 @@ fn main() -> ExitCode {
                 }
             }
             Command::Authenticate(args) => authenticate(args).await,
+            Command::Trust(args) => trust(args),
             Command::Bench(args) => bench(args).await,
             Command::Demo(args) => {
                 telemetry::init(agent_auth::config::LogFormat::Text, "warn", None);
@@ -111,6 +112,50 @@ async fn serve(args: ServeArgs) -> ExitCode {
             eprintln!("agent-auth: {e}");
             ExitCode::FAILURE
         }
+    }
+}
+
+/// `agent-auth trust`: what the service would pin with these settings; exit 1 when a
+/// certificate expires within 30 days.
+fn trust(args: agent_auth::cli::TrustArgs) -> ExitCode {
+    use agent_auth::trust;
+    let config = match load(&args.serve) {
+        Ok(config) => config,
+        Err(code) => return code,
+    };
+    let store = trust::GcpKeys::from_config(&config.gcp.jwks)
+        .map_err(|e| e.to_string())
+        .and_then(|gcp| {
+            trust::TrustStore::load(trust::TrustSources {
+                aws: config.aws.clone(),
+                azure: config.azure.clone(),
+                gcp,
+            })
+            .map_err(|e| e.to_string())
+        });
+    let store = match store {
+        Ok(store) => store,
+        Err(e) => {
+            eprintln!("agent-auth: trust: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let pinned = trust::pinned(&store.current());
+    match trust::listing(&pinned, args.json) {
+        Ok(text) => print!("{text}"),
+        Err(e) => {
+            eprintln!("agent-auth: trust: {e}");
+            return ExitCode::FAILURE;
+        }
+    }
+    let warnings = trust::expiry_warnings(&pinned, std::time::SystemTime::now());
+    for warning in &warnings {
+        eprintln!("agent-auth: warning: {warning}");
+    }
+    if warnings.is_empty() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
     }
 }
 

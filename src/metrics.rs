@@ -3,7 +3,7 @@
 //! certificate subjects, never an instance or agent id.
 
 use std::sync::OnceLock;
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 
@@ -17,6 +17,7 @@ pub const DB_POOL_WAIT: &str = "agent_auth_db_pool_wait_seconds";
 pub const REQUESTS_IN_FLIGHT: &str = "agent_auth_requests_in_flight";
 pub const REQUESTS_SHED: &str = "agent_auth_requests_shed_total";
 pub const TRUST_EXPIRY: &str = "agent_auth_trust_certificate_expiry_timestamp_seconds";
+pub const TRUST_RELOADS: &str = "agent_auth_trust_reloads_total";
 pub const TRUST_REFRESH_FAILURES: &str = "agent_auth_trust_refresh_failures_total";
 pub const CLOUD_API_CALLS: &str = "agent_auth_cloud_api_calls_total";
 pub const CLOUD_API_DURATION: &str = "agent_auth_cloud_api_duration_seconds";
@@ -107,35 +108,57 @@ fn describe() {
         REQUESTS_SHED,
         "Requests refused at once because the concurrency limit was reached."
     );
-    describe_gauge!(
-        TRUST_EXPIRY,
-        "Expiry (Unix time) of each pinned certificate, by cloud and subject."
+    describe_counter!(
+        TRUST_RELOADS,
+        "Trust reloads on SIGHUP, by result (ok, error: the previous set stayed)."
     );
+    for result in ["ok", "error"] {
+        metrics::counter!(TRUST_RELOADS, "result" => result).absolute(0);
+    }
     describe_counter!(
         TRUST_REFRESH_FAILURES,
         "Failed fetches of remote trust material (GCP JWKS), by cloud."
     );
 }
 
-/// Records a pinned certificate's expiry, and warns when it ends within 30 days.
-pub fn record_certificate(
-    cloud: &'static str,
-    subject: String,
-    certificate: &openssl::x509::X509Ref,
-) {
-    let Some(expires) = not_after(certificate) else {
-        return;
-    };
-    let remaining = expires - crate::identity::unix_seconds(SystemTime::now());
-    if (0..30 * 86_400).contains(&remaining) {
-        tracing::warn!(
-            cloud,
-            subject,
-            days_left = remaining / 86_400,
-            "pinned certificate expires within 30 days"
+/// Counts one trust reload.
+pub fn record_trust_reload(ok: bool) {
+    let result = if ok { "ok" } else { "error" };
+    metrics::counter!(TRUST_RELOADS, "result" => result).increment(1);
+}
+
+/// The trust-expiry gauge, rendered from the set in force (so a reload replaces its series):
+/// one series per pinned certificate label, the later expiry when two share a label.
+fn render_trust_expiry(pinned: &[crate::trust::Pinned]) -> String {
+    use std::collections::BTreeMap;
+    use std::fmt::Write as _;
+    let mut series: BTreeMap<(&str, &str), i64> = BTreeMap::new();
+    for p in pinned {
+        if let Some(t) = p.not_after_unix {
+            let entry = series.entry((p.cloud, p.label.as_str())).or_insert(t);
+            *entry = (*entry).max(t);
+        }
+    }
+    let mut out = format!(
+        "# HELP {TRUST_EXPIRY} Expiry (Unix time) of each pinned certificate, by cloud and subject.\n# TYPE {TRUST_EXPIRY} gauge\n"
+    );
+    for ((cloud, subject), t) in series {
+        let _ = writeln!(
+            out,
+            "{TRUST_EXPIRY}{{cloud=\"{}\",subject=\"{}\"}} {t}",
+            escape_label(cloud),
+            escape_label(subject)
         );
     }
-    metrics::gauge!(TRUST_EXPIRY, "cloud" => cloud, "subject" => subject).set(expires as f64);
+    out
+}
+
+/// Escapes a label value for the Prometheus text format.
+fn escape_label(value: &str) -> String {
+    value
+        .replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
 }
 
 /// The certificate's notAfter as Unix seconds.
@@ -178,16 +201,18 @@ pub fn record_query() {
 }
 
 /// Renders the Prometheus text, refreshing the pool gauges first.
-pub fn render(pool: deadpool_postgres::Status) -> String {
+pub fn render(pool: deadpool_postgres::Status, trust: &crate::trust::TrustSet) -> String {
     let in_use = pool.size.saturating_sub(pool.available);
     metrics::gauge!(DB_POOL_CONNECTIONS, "state" => "idle").set(pool.available as f64);
     metrics::gauge!(DB_POOL_CONNECTIONS, "state" => "in_use").set(in_use as f64);
     metrics::gauge!(DB_POOL_WAITING).set(pool.waiting as f64);
-    match handle() {
+    let mut text = match handle() {
         Some(handle) => {
             handle.run_upkeep();
             handle.render()
         }
         None => String::new(),
-    }
+    };
+    text.push_str(&render_trust_expiry(&crate::trust::pinned(trust)));
+    text
 }

@@ -23,6 +23,8 @@ pub const PROBE_INTERVAL: Duration = Duration::from_secs(1);
 #[derive(Clone)]
 pub struct AdminState {
     pub store: Store,
+    /// The trust set in force, for the expiry gauge.
+    pub trust: Arc<crate::trust::TrustStore>,
     pub draining: Arc<AtomicBool>,
 }
 
@@ -80,7 +82,7 @@ async fn metrics_text(State(state): State<AdminState>) -> impl axum::response::I
             axum::http::header::CONTENT_TYPE,
             "text/plain; version=0.0.4",
         )],
-        crate::metrics::render(state.store.pool_status()),
+        crate::metrics::render(state.store.pool_status(), &state.trust.current()),
     )
 }
 

@@ -6,9 +6,10 @@
 //! - `rsa2048`: PKCS#7 SignedData (BER, as AWS emits it) under the region's RSA-2048
 //!   certificate, verified with OpenSSL because pure-Rust CMS cannot parse BER today.
 //!
-//! The key is chosen by the document's `region`: a region's own key when one is configured,
-//! otherwise the `default` key. Rule from review: never try every key in turn (Coder does);
-//! a signature under one region's key must not pass for another region.
+//! The key is chosen by the document's `region` exactly (DESIGN.md 4): the operator's
+//! certificate for the region, else the operator's `default`, else the built-in certificate of
+//! the region (all 39 regions, both forms), else no key. Rule from review: never try every key
+//! in turn (Coder does); a signature under one region's key must not pass for another region.
 
 use std::collections::{BTreeMap, HashSet};
 use std::path::{Path, PathBuf};
@@ -22,75 +23,178 @@ use openssl::x509::X509;
 use openssl::x509::store::X509StoreBuilder;
 use serde::Deserialize;
 
-use super::{IdentityError, InstanceId, TrustError};
+use super::{IdentityError, InstanceId, Source, TrustError};
 
-/// The region name that stands for every region without a key of its own.
+/// The region name of an operator certificate that covers every region without an operator
+/// certificate of its own (built-ins included).
 pub const DEFAULT_REGION: &str = "default";
 
-/// AWS's published RSA certificates for the `signature` form, as `(regions, PEM)`.
-/// Sources are listed in `roots/aws/README.md`.
-const BUILTIN_SIGNATURE_CERTIFICATES: &[(&[&str], &[u8])] = &[
-    (&[DEFAULT_REGION], include_bytes!("roots/aws/default.pem")),
-    (&["af-south-1"], include_bytes!("roots/aws/af-south-1.pem")),
-    (&["ap-east-1"], include_bytes!("roots/aws/ap-east-1.pem")),
-    (&["ap-south-2"], include_bytes!("roots/aws/ap-south-2.pem")),
-    (
-        &["ap-southeast-3"],
-        include_bytes!("roots/aws/ap-southeast-3.pem"),
-    ),
-    (
-        &["ap-southeast-4"],
-        include_bytes!("roots/aws/ap-southeast-4.pem"),
-    ),
-    (
-        &["cn-north-1", "cn-northwest-1"],
-        include_bytes!("roots/aws/cn.pem"),
-    ),
-    (
-        &["eu-central-2"],
-        include_bytes!("roots/aws/eu-central-2.pem"),
-    ),
-    (&["eu-south-1"], include_bytes!("roots/aws/eu-south-1.pem")),
-    (&["eu-south-2"], include_bytes!("roots/aws/eu-south-2.pem")),
-    (
-        &["il-central-1"],
-        include_bytes!("roots/aws/il-central-1.pem"),
-    ),
-    (
-        &["me-central-1"],
-        include_bytes!("roots/aws/me-central-1.pem"),
-    ),
-    (&["me-south-1"], include_bytes!("roots/aws/me-south-1.pem")),
-    (
-        &["us-gov-east-1", "us-gov-west-1"],
-        include_bytes!("roots/aws/us-gov.pem"),
-    ),
+/// AWS's published certificates for every region, as `(region, signature PEM, rsa2048 PEM)`.
+/// Sources and fingerprints: `roots/aws/README.md`.
+macro_rules! builtin {
+    ($region:literal) => {
+        (
+            $region,
+            include_bytes!(concat!("roots/aws/rsa/", $region, ".pem")).as_slice(),
+            include_bytes!(concat!("roots/aws/rsa2048/", $region, ".pem")).as_slice(),
+        )
+    };
+}
+
+/// Every region AWS lists (39 in 2026). The legacy shared key is simply the key of the
+/// regions that use it; an unlisted region has no built-in key.
+pub const BUILTIN_CERTIFICATES: &[(&str, &[u8], &[u8])] = &[
+    builtin!("af-south-1"),
+    builtin!("ap-east-1"),
+    builtin!("ap-east-2"),
+    builtin!("ap-northeast-1"),
+    builtin!("ap-northeast-2"),
+    builtin!("ap-northeast-3"),
+    builtin!("ap-south-1"),
+    builtin!("ap-south-2"),
+    builtin!("ap-southeast-1"),
+    builtin!("ap-southeast-2"),
+    builtin!("ap-southeast-3"),
+    builtin!("ap-southeast-4"),
+    builtin!("ap-southeast-5"),
+    builtin!("ap-southeast-6"),
+    builtin!("ap-southeast-7"),
+    builtin!("ca-central-1"),
+    builtin!("ca-west-1"),
+    builtin!("cn-north-1"),
+    builtin!("cn-northwest-1"),
+    builtin!("eu-central-1"),
+    builtin!("eu-central-2"),
+    builtin!("eu-north-1"),
+    builtin!("eu-south-1"),
+    builtin!("eu-south-2"),
+    builtin!("eu-west-1"),
+    builtin!("eu-west-2"),
+    builtin!("eu-west-3"),
+    builtin!("eusc-de-east-1"),
+    builtin!("il-central-1"),
+    builtin!("me-central-1"),
+    builtin!("me-south-1"),
+    builtin!("mx-central-1"),
+    builtin!("sa-east-1"),
+    builtin!("us-east-1"),
+    builtin!("us-east-2"),
+    builtin!("us-gov-east-1"),
+    builtin!("us-gov-west-1"),
+    builtin!("us-west-1"),
+    builtin!("us-west-2"),
 ];
 
-/// Where AWS trust comes from: built-ins, replaced per region by operator files.
-#[derive(Debug, Clone, Default)]
+/// Where AWS trust comes from: built-ins, with the operator's files taking precedence.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct AwsTrustConfig {
-    /// `--aws-certificate REGION=PEM_PATH`: replaces the built-in key for that region.
+    /// `--aws-certificate REGION=PEM_PATH` (`REGION` may be `default`).
     pub signature_certificates: Vec<(String, PathBuf)>,
-    /// `--aws-rsa2048-certificate REGION=PEM_PATH`.
+    /// `--aws-rsa2048-certificate REGION=PEM_PATH` (same rules).
     pub rsa2048_certificates: Vec<(String, PathBuf)>,
     /// `--aws-allowed-account`: when non-empty, only these accounts pass.
     pub allowed_accounts: Vec<String>,
+}
+
+/// The two proof forms, each with its own keys.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AwsForm {
+    /// IMDS `/signature`: RSA PKCS#1 v1.5 over SHA-256 (legacy RSA-1024 keys).
+    Signature,
+    /// IMDS `/rsa2048`: PKCS#7 under the region's RSA-2048 certificate.
+    Rsa2048,
+}
+
+impl AwsForm {
+    /// The proto field name, used in logs, metrics labels and `agent-auth trust`.
+    pub fn label(self) -> &'static str {
+        match self {
+            AwsForm::Signature => "signature",
+            AwsForm::Rsa2048 => "rsa2048",
+        }
+    }
+
+    /// The flag that adds or replaces a key of this form.
+    pub fn flag(self) -> &'static str {
+        match self {
+            AwsForm::Signature => "--aws-certificate",
+            AwsForm::Rsa2048 => "--aws-rsa2048-certificate",
+        }
+    }
 }
 
 /// One pinned certificate, kept for its key and so operators can see its expiry.
 #[derive(Clone)]
 pub struct PinnedCertificate {
     pub region: String,
+    pub form: AwsForm,
+    pub source: Source,
     pub certificate: X509,
     key: PKey<Public>,
+}
+
+/// One form's keys, in the contract's precedence: the operator's certificate for the region,
+/// else the operator's `default`, else the built-in one for the region.
+#[derive(Clone)]
+struct Keys {
+    form: AwsForm,
+    operator: BTreeMap<String, PinnedCertificate>,
+    builtin: BTreeMap<String, PinnedCertificate>,
+}
+
+impl Keys {
+    fn load(
+        form: AwsForm,
+        builtin_pems: impl Iterator<Item = (&'static str, &'static [u8])>,
+        files: &[(String, PathBuf)],
+    ) -> Result<Self, TrustError> {
+        let mut builtin = BTreeMap::new();
+        for (region, pem) in builtin_pems {
+            let what = format!("built-in AWS {} certificate for {region}", form.label());
+            builtin.insert(
+                region.to_owned(),
+                pin(region, form, Source::BuiltIn, pem, &what)?,
+            );
+        }
+        let mut operator = BTreeMap::new();
+        for (region, path) in files {
+            let pem = read(path)?;
+            let source = Source::File(path.clone());
+            let what = path.display().to_string();
+            operator.insert(region.clone(), pin(region, form, source, &pem, &what)?);
+        }
+        Ok(Self {
+            form,
+            operator,
+            builtin,
+        })
+    }
+
+    fn pick(&self, region: &str) -> Result<&PinnedCertificate, IdentityError> {
+        self.operator
+            .get(region)
+            .or_else(|| self.operator.get(DEFAULT_REGION))
+            .or_else(|| self.builtin.get(region))
+            .ok_or_else(|| {
+                IdentityError::NoTrustedKey(format!(
+                    "AWS {} key for region {region}: none is built in; add one with {} {region}=PEM_PATH",
+                    self.form.label(),
+                    self.form.flag()
+                ))
+            })
+    }
+
+    /// Every pinned certificate: the operator's, then the built-ins.
+    fn all(&self) -> impl Iterator<Item = &PinnedCertificate> {
+        self.operator.values().chain(self.builtin.values())
+    }
 }
 
 /// The loaded AWS trust material. Cheap to share behind an `Arc`.
 #[derive(Clone)]
 pub struct AwsTrust {
-    signature_keys: BTreeMap<String, PinnedCertificate>,
-    rsa2048_certificates: BTreeMap<String, PinnedCertificate>,
+    signature_keys: Keys,
+    rsa2048_keys: Keys,
     allowed_accounts: HashSet<String>,
 }
 
@@ -123,44 +227,26 @@ struct Document {
 }
 
 impl AwsTrust {
-    /// Built-in certificates, with the operator's files laid over them.
+    /// Built-in certificates of every region, with the operator's files taking precedence.
     pub fn load(config: &AwsTrustConfig) -> Result<Self, TrustError> {
-        let mut signature_keys = BTreeMap::new();
-        for (regions, pem) in BUILTIN_SIGNATURE_CERTIFICATES {
-            for region in *regions {
-                let pinned = pin(
-                    region,
-                    pem,
-                    &format!("built-in AWS certificate for {region}"),
-                )?;
-                signature_keys.insert((*region).to_owned(), pinned);
-            }
-        }
-        for (region, path) in &config.signature_certificates {
-            signature_keys.insert(
-                region.clone(),
-                pin(region, &read(path)?, &path_label(path))?,
-            );
-        }
-        let mut rsa2048_certificates = BTreeMap::new();
-        for (region, path) in &config.rsa2048_certificates {
-            rsa2048_certificates.insert(
-                region.clone(),
-                pin(region, &read(path)?, &path_label(path))?,
-            );
-        }
         Ok(Self {
-            signature_keys,
-            rsa2048_certificates,
+            signature_keys: Keys::load(
+                AwsForm::Signature,
+                BUILTIN_CERTIFICATES.iter().map(|(r, pem, _)| (*r, *pem)),
+                &config.signature_certificates,
+            )?,
+            rsa2048_keys: Keys::load(
+                AwsForm::Rsa2048,
+                BUILTIN_CERTIFICATES.iter().map(|(r, _, pem)| (*r, *pem)),
+                &config.rsa2048_certificates,
+            )?,
             allowed_accounts: config.allowed_accounts.iter().cloned().collect(),
         })
     }
 
-    /// Every pinned certificate, for expiry reporting.
+    /// Every pinned certificate, for expiry reporting and `agent-auth trust`.
     pub fn certificates(&self) -> impl Iterator<Item = &PinnedCertificate> {
-        self.signature_keys
-            .values()
-            .chain(self.rsa2048_certificates.values())
+        self.signature_keys.all().chain(self.rsa2048_keys.all())
     }
 
     /// Verifies `document` (its exact bytes) with `proof`.
@@ -177,24 +263,28 @@ impl AwsTrust {
                 "document region is not a region name".into(),
             ));
         }
-        match proof {
-            AwsProof::Signature(signature) => {
-                let pinned = pick(&self.signature_keys, &parsed.region, "signature")?;
-                verify_rsa_sha256(
-                    &pinned.key,
-                    document.as_bytes(),
-                    &super::decode_base64(signature)?,
-                )?;
-            }
-            AwsProof::Rsa2048(pkcs7) => {
-                let pinned = pick(&self.rsa2048_certificates, &parsed.region, "rsa2048")?;
-                verify_pkcs7(
-                    &pinned.certificate,
-                    document.as_bytes(),
-                    &super::decode_base64(pkcs7)?,
-                )?;
-            }
-        }
+        let (keys, proof) = match proof {
+            AwsProof::Signature(proof) => (&self.signature_keys, proof),
+            AwsProof::Rsa2048(proof) => (&self.rsa2048_keys, proof),
+        };
+        let pinned = keys.pick(&parsed.region)?;
+        let proof = super::decode_base64(proof)?;
+        let checked = match keys.form {
+            AwsForm::Signature => verify_rsa_sha256(&pinned.key, document.as_bytes(), &proof),
+            AwsForm::Rsa2048 => verify_pkcs7(&pinned.certificate, document.as_bytes(), &proof),
+        };
+        // The log says which key was tried, so an operator can tell a forgery from a region
+        // whose certificate changed.
+        checked.map_err(|e| match e {
+            IdentityError::BadSignature(cause) => IdentityError::BadSignature(format!(
+                "{cause}; AWS {} key for region {}: pinned as {}, {}",
+                keys.form.label(),
+                parsed.region,
+                pinned.region,
+                pinned.source
+            )),
+            other => other,
+        })?;
         // Only a verified document's fields are trusted from here on.
         if !is_instance_id(&parsed.instance_id) {
             return Err(IdentityError::Rejected(
@@ -217,16 +307,6 @@ impl AwsTrust {
             pending_time: parsed.pending_time,
         })
     }
-}
-
-fn pick<'a>(
-    keys: &'a BTreeMap<String, PinnedCertificate>,
-    region: &str,
-    form: &str,
-) -> Result<&'a PinnedCertificate, IdentityError> {
-    keys.get(region)
-        .or_else(|| keys.get(DEFAULT_REGION))
-        .ok_or_else(|| IdentityError::NoTrustedKey(format!("AWS {form} in region {region}")))
 }
 
 fn verify_rsa_sha256(
@@ -274,7 +354,13 @@ fn verify_pkcs7(certificate: &X509, document: &[u8], der: &[u8]) -> Result<(), I
     }
 }
 
-fn pin(region: &str, pem: &[u8], what: &str) -> Result<PinnedCertificate, TrustError> {
+fn pin(
+    region: &str,
+    form: AwsForm,
+    source: Source,
+    pem: &[u8],
+    what: &str,
+) -> Result<PinnedCertificate, TrustError> {
     let bad = |reason: String| TrustError::BadCertificate {
         what: what.to_owned(),
         reason,
@@ -286,6 +372,8 @@ fn pin(region: &str, pem: &[u8], what: &str) -> Result<PinnedCertificate, TrustE
     }
     Ok(PinnedCertificate {
         region: region.to_owned(),
+        form,
+        source,
         certificate,
         key,
     })
@@ -296,10 +384,6 @@ fn read(path: &Path) -> Result<Vec<u8>, TrustError> {
         path: path.to_owned(),
         source,
     })
-}
-
-fn path_label(path: &Path) -> String {
-    path.display().to_string()
 }
 
 /// `i-` and 8 or 17 lower-case hex digits.
@@ -336,7 +420,7 @@ mod tests {
     }
 
     #[test]
-    fn recorded_us_east_1_document_verifies_with_the_builtin_default_key() {
+    fn recorded_us_east_1_document_verifies_with_the_builtin_us_east_1_key() {
         let identity = builtin().verify(DOCUMENT, AwsProof::Signature(SIGNATURE));
         let identity = identity.map_err(|e| e.to_string());
         assert_eq!(
@@ -395,18 +479,39 @@ mod tests {
     }
 
     #[test]
-    fn rsa2048_without_a_configured_certificate_has_no_trusted_key() {
-        assert!(matches!(
-            builtin().verify(DOCUMENT, AwsProof::Rsa2048("AAAA")),
-            Err(IdentityError::NoTrustedKey(_))
-        ));
+    fn a_region_aws_never_listed_has_no_key_and_the_error_names_the_flag() {
+        let moved = DOCUMENT.replace("\"us-east-1\"", "\"xx-nowhere-9\"");
+        let error = builtin().verify(&moved, AwsProof::Signature(SIGNATURE));
+        let Err(IdentityError::NoTrustedKey(text)) = error else {
+            panic!("expected NoTrustedKey, got {:?}", error.map(|_| ()));
+        };
+        assert!(text.contains("xx-nowhere-9"), "{text}");
+        assert!(
+            text.contains("--aws-certificate xx-nowhere-9=PEM_PATH"),
+            "{text}"
+        );
+        let rsa2048 = builtin().verify(&moved, AwsProof::Rsa2048("AAAA"));
+        assert!(
+            matches!(&rsa2048, Err(IdentityError::NoTrustedKey(t)) if t.contains("--aws-rsa2048-certificate")),
+            "{:?}",
+            rsa2048.map(|_| ())
+        );
     }
 
     #[test]
-    fn every_builtin_certificate_holds_an_rsa_key() {
+    fn every_region_has_both_forms_built_in_and_each_holds_an_rsa_key() {
         let trust = builtin();
-        assert_eq!(trust.signature_keys.len(), 16);
+        assert_eq!(BUILTIN_CERTIFICATES.len(), 39);
+        assert_eq!(trust.signature_keys.builtin.len(), 39);
+        assert_eq!(trust.rsa2048_keys.builtin.len(), 39);
         assert!(trust.certificates().all(|c| c.key.rsa().is_ok()));
+        // RSA-2048 keys are what the form's name says.
+        assert!(
+            trust
+                .rsa2048_keys
+                .all()
+                .all(|c| c.key.rsa().map(|k| k.size() * 8).ok() == Some(2048))
+        );
     }
 
     #[test]

@@ -22,7 +22,7 @@ use openssl::x509::verify::X509VerifyParam;
 use openssl::x509::{X509, X509StoreContext};
 use serde::Deserialize;
 
-use super::{IdentityError, InstanceId, TrustError};
+use super::{IdentityError, InstanceId, Source, TrustError};
 
 /// Leeway on `createdOn` and `expiresOn`.
 pub const LEEWAY_SECONDS: i64 = 60;
@@ -35,23 +35,49 @@ const SIGNER_NAMES: &[&str] = &[
     "metadata.microsoftazure.de",
 ];
 
-/// Built-in roots; `--azure-roots` replaces them. Sources: `roots/azure/README.md`.
+/// Built-in roots, those Microsoft's "Azure Certificate Authority details" page lists;
+/// `--azure-roots` replaces them. Sources and fingerprints: `roots/azure/README.md`.
 const BUILTIN_ROOTS: &[&[u8]] = &[
+    include_bytes!("roots/azure/digicert-global-root-ca.pem"),
     include_bytes!("roots/azure/digicert-global-root-g2.pem"),
     include_bytes!("roots/azure/digicert-global-root-g3.pem"),
+    include_bytes!("roots/azure/digicert-tls-ecc-p384-root-g5.pem"),
+    include_bytes!("roots/azure/digicert-tls-rsa4096-root-g5.pem"),
+    include_bytes!("roots/azure/microsoft-ecc-root-certificate-authority-2017.pem"),
+    include_bytes!("roots/azure/microsoft-rsa-root-certificate-authority-2017.pem"),
 ];
 
-/// Built-in intermediates; `--azure-intermediates` adds to them.
+/// Built-in intermediates: every current one (the 2026 G2 chain and the cross-signed Root G2)
+/// and the expired ones the recorded documents chain through (an expired intermediate cannot
+/// complete a chain at a later `now`); `--azure-intermediates` adds to them.
 const BUILTIN_INTERMEDIATES: &[&[u8]] = &[
-    include_bytes!("roots/azure/microsoft-tls-g2-rsa-ca-ocsp-02.pem"),
-    include_bytes!("roots/azure/microsoft-tls-rsa-root-g2-xsign.pem"),
+    include_bytes!("roots/azure/microsoft-azure-ecc-tls-issuing-ca-03.pem"),
+    include_bytes!("roots/azure/microsoft-azure-ecc-tls-issuing-ca-04.pem"),
+    include_bytes!("roots/azure/microsoft-azure-ecc-tls-issuing-ca-07.pem"),
+    include_bytes!("roots/azure/microsoft-azure-ecc-tls-issuing-ca-08.pem"),
+    include_bytes!("roots/azure/microsoft-azure-rsa-tls-issuing-ca-03.pem"),
+    include_bytes!("roots/azure/microsoft-azure-rsa-tls-issuing-ca-04.pem"),
+    include_bytes!("roots/azure/microsoft-azure-rsa-tls-issuing-ca-07.pem"),
     include_bytes!("roots/azure/microsoft-azure-rsa-tls-issuing-ca-08.pem"),
+    include_bytes!("roots/azure/microsoft-azure-tls-issuing-ca-01.pem"),
+    include_bytes!("roots/azure/microsoft-azure-tls-issuing-ca-02.pem"),
     include_bytes!("roots/azure/microsoft-azure-tls-issuing-ca-05.pem"),
+    include_bytes!("roots/azure/microsoft-azure-tls-issuing-ca-06.pem"),
     include_bytes!("roots/azure/microsoft-rsa-tls-ca-01.pem"),
+    include_bytes!("roots/azure/microsoft-rsa-tls-ca-02.pem"),
+    include_bytes!("roots/azure/microsoft-tls-g2-rsa-ca-ocsp-02.pem"),
+    include_bytes!("roots/azure/microsoft-tls-g2-rsa-ca-ocsp-04.pem"),
+    include_bytes!("roots/azure/microsoft-tls-g2-rsa-ca-ocsp-06.pem"),
+    include_bytes!("roots/azure/microsoft-tls-g2-rsa-ca-ocsp-08.pem"),
+    include_bytes!("roots/azure/microsoft-tls-g2-rsa-ca-ocsp-10.pem"),
+    include_bytes!("roots/azure/microsoft-tls-g2-rsa-ca-ocsp-12.pem"),
+    include_bytes!("roots/azure/microsoft-tls-g2-rsa-ca-ocsp-14.pem"),
+    include_bytes!("roots/azure/microsoft-tls-g2-rsa-ca-ocsp-16.pem"),
+    include_bytes!("roots/azure/microsoft-tls-rsa-root-g2-xsign.pem"),
 ];
 
 /// Where Azure trust comes from.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct AzureTrustConfig {
     /// `--azure-roots`: a PEM bundle replacing the built-in roots.
     pub roots: Option<PathBuf>,
@@ -66,9 +92,33 @@ pub struct AzureTrustConfig {
 /// Loaded Azure trust material.
 #[derive(Clone)]
 pub struct AzureTrust {
-    roots: Vec<X509>,
-    intermediates: Vec<X509>,
+    roots: Vec<PinnedCa>,
+    intermediates: Vec<PinnedCa>,
     allowed_subscriptions: HashSet<String>,
+}
+
+/// A root or an intermediate.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CaKind {
+    Root,
+    Intermediate,
+}
+
+impl CaKind {
+    pub fn label(self) -> &'static str {
+        match self {
+            CaKind::Root => "root",
+            CaKind::Intermediate => "intermediate",
+        }
+    }
+}
+
+/// One pinned CA certificate and where it came from.
+#[derive(Clone)]
+pub struct PinnedCa {
+    pub kind: CaKind,
+    pub source: Source,
+    pub certificate: X509,
 }
 
 /// What a verified attested document says.
@@ -98,12 +148,12 @@ struct TimeStamp {
 impl AzureTrust {
     pub fn load(config: &AzureTrustConfig) -> Result<Self, TrustError> {
         let roots = match &config.roots {
-            Some(path) => read_bundle(path)?,
-            None => builtin(BUILTIN_ROOTS, "built-in Azure root")?,
+            Some(path) => read_bundle(path, CaKind::Root)?,
+            None => builtin(BUILTIN_ROOTS, CaKind::Root)?,
         };
-        let mut intermediates = builtin(BUILTIN_INTERMEDIATES, "built-in Azure intermediate")?;
+        let mut intermediates = builtin(BUILTIN_INTERMEDIATES, CaKind::Intermediate)?;
         if let Some(path) = &config.intermediates {
-            intermediates.extend(read_bundle(path)?);
+            intermediates.extend(read_bundle(path, CaKind::Intermediate)?);
         }
         Ok(Self {
             roots,
@@ -112,9 +162,56 @@ impl AzureTrust {
         })
     }
 
-    /// Every pinned certificate, for expiry reporting.
-    pub fn certificates(&self) -> impl Iterator<Item = &X509> {
+    /// Every pinned certificate, for expiry reporting and `agent-auth trust`.
+    pub fn certificates(&self) -> impl Iterator<Item = &PinnedCa> {
         self.roots.iter().chain(self.intermediates.iter())
+    }
+
+    /// The "CA Issuers" URLs worth fetching for a document whose chain did not complete, or
+    /// why none are (DESIGN.md 4: only after the signer's name has passed and when its issuer
+    /// is not pinned). The PKCS#7 signature is checked first, so junk costs no fetch: a
+    /// self-issued signer, a signer that is not Azure metadata, or one whose issuer is already
+    /// pinned (then a fetch cannot help) yields no URL.
+    pub fn issuer_urls_to_fetch(&self, signature: &str) -> Result<Vec<String>, IdentityError> {
+        let der = super::decode_base64(signature)?;
+        let pkcs7 =
+            Pkcs7::from_der(&der).map_err(|e| IdentityError::Malformed(format!("PKCS#7: {e}")))?;
+        let (signer, _) = signed_content(&pkcs7)?;
+        check_signer_name(&signer)?;
+        let issuer = signer
+            .issuer_name()
+            .to_der()
+            .map_err(|e| IdentityError::Malformed(format!("signer issuer: {e}")))?;
+        let subject = signer
+            .subject_name()
+            .to_der()
+            .map_err(|e| IdentityError::Malformed(format!("signer subject: {e}")))?;
+        if issuer == subject {
+            return Err(IdentityError::UntrustedChain(
+                "the signer is self-issued".into(),
+            ));
+        }
+        let pinned = self.certificates().any(|ca| {
+            ca.certificate
+                .subject_name()
+                .to_der()
+                .is_ok_and(|name| name == issuer)
+        });
+        if pinned {
+            return Err(IdentityError::UntrustedChain(
+                "the signer's issuer is pinned; fetching cannot complete the chain".into(),
+            ));
+        }
+        Ok(signer
+            .authority_info()
+            .map(|access| {
+                access
+                    .iter()
+                    .filter(|d| d.method().nid() == Nid::AD_CA_ISSUERS)
+                    .filter_map(|d| d.location().uri().map(str::to_owned))
+                    .collect()
+            })
+            .unwrap_or_default())
     }
 
     /// Verifies a base64 attested document as of `now`.
@@ -179,7 +276,8 @@ impl AzureTrust {
         let bad = |e: openssl::error::ErrorStack| IdentityError::BadSignature(e.to_string());
         let store = self.store_at(unix_now).map_err(bad)?;
         let mut chain = Stack::new().map_err(bad)?;
-        for intermediate in self.intermediates.iter().chain(extra) {
+        let pinned = self.intermediates.iter().map(|ca| &ca.certificate);
+        for intermediate in pinned.chain(extra) {
             chain.push(intermediate.clone()).map_err(bad)?;
         }
         let mut context = X509StoreContext::new().map_err(bad)?;
@@ -201,33 +299,13 @@ impl AzureTrust {
     fn store_at(&self, unix_now: i64) -> Result<X509Store, openssl::error::ErrorStack> {
         let mut builder = X509StoreBuilder::new()?;
         for root in &self.roots {
-            builder.add_cert(root.clone())?;
+            builder.add_cert(root.certificate.clone())?;
         }
         let mut param = X509VerifyParam::new()?;
         param.set_time(unix_now as _);
         builder.set_param(&param)?;
         Ok(builder.build())
     }
-}
-
-/// The "CA Issuers" URLs of the signer certificate (its AIA extension), for fetching a
-/// missing intermediate. Nothing here is trusted: fetched certificates only help build a chain
-/// that must still end at a pinned root.
-pub fn issuer_urls(signature: &str) -> Result<Vec<String>, IdentityError> {
-    let der = super::decode_base64(signature)?;
-    let pkcs7 =
-        Pkcs7::from_der(&der).map_err(|e| IdentityError::Malformed(format!("PKCS#7: {e}")))?;
-    let (signer, _) = signed_content(&pkcs7)?;
-    Ok(signer
-        .authority_info()
-        .map(|access| {
-            access
-                .iter()
-                .filter(|d| d.method().nid() == Nid::AD_CA_ISSUERS)
-                .filter_map(|d| d.location().uri().map(str::to_owned))
-                .collect()
-        })
-        .unwrap_or_default())
 }
 
 /// Verifies the PKCS#7 signature with its embedded signer; returns the signer and the content.
@@ -348,18 +426,23 @@ fn days_from_civil(year: i64, month: i64, day: i64) -> i64 {
     era * 146_097 + day_of_era - 719_468
 }
 
-fn builtin(pems: &[&[u8]], what: &str) -> Result<Vec<X509>, TrustError> {
+fn builtin(pems: &[&[u8]], kind: CaKind) -> Result<Vec<PinnedCa>, TrustError> {
     pems.iter()
         .map(|pem| {
-            X509::from_pem(pem).map_err(|e| TrustError::BadCertificate {
-                what: what.to_owned(),
+            let certificate = X509::from_pem(pem).map_err(|e| TrustError::BadCertificate {
+                what: format!("built-in Azure {}", kind.label()),
                 reason: e.to_string(),
+            })?;
+            Ok(PinnedCa {
+                kind,
+                source: Source::BuiltIn,
+                certificate,
             })
         })
         .collect()
 }
 
-fn read_bundle(path: &Path) -> Result<Vec<X509>, TrustError> {
+fn read_bundle(path: &Path, kind: CaKind) -> Result<Vec<PinnedCa>, TrustError> {
     let pem = std::fs::read(path).map_err(|source| TrustError::Read {
         path: path.to_owned(),
         source,
@@ -374,7 +457,14 @@ fn read_bundle(path: &Path) -> Result<Vec<X509>, TrustError> {
             reason: "no certificate in the file".into(),
         });
     }
-    Ok(certificates)
+    Ok(certificates
+        .into_iter()
+        .map(|certificate| PinnedCa {
+            kind,
+            source: Source::File(path.to_owned()),
+            certificate,
+        })
+        .collect())
 }
 
 #[cfg(test)]
@@ -436,7 +526,13 @@ mod tests {
             Err(e) => panic!("{e}"),
         };
         let baltimore = include_bytes!("../../tests/fixtures/azure/baltimore-cybertrust-root.pem");
-        trust.roots.extend(X509::from_pem(baltimore));
+        trust
+            .roots
+            .extend(X509::from_pem(baltimore).map(|certificate| PinnedCa {
+                kind: CaKind::Root,
+                source: Source::BuiltIn,
+                certificate,
+            }));
         trust
     }
 
@@ -502,7 +598,7 @@ mod tests {
         let trust = AzureTrust::load(&AzureTrustConfig::default());
         assert_eq!(
             trust.map(|t| (t.roots.len(), t.intermediates.len())).ok(),
-            Some((2, 5))
+            Some((7, 23))
         );
     }
 }

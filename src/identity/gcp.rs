@@ -151,7 +151,7 @@ pub fn verify(
 
 /// Where the keys come from.
 enum Source {
-    Static,
+    Static(std::path::PathBuf),
     Remote { url: String, fetcher: Box<Fetcher> },
 }
 
@@ -177,7 +177,7 @@ impl Jwks {
                 what: path.display().to_string(),
                 reason: format!("not a JWKS: {e}"),
             })?;
-        Ok(Self::with(Source::Static, Some(set)))
+        Ok(Self::with(Source::Static(path.to_owned()), Some(set)))
     }
 
     /// Keys from a URL. Call [`Jwks::spawn_refresher`] to fetch them in the background.
@@ -203,6 +203,14 @@ impl Jwks {
     /// The keys in force; `None` until the first fetch succeeded.
     pub fn current(&self) -> Option<Arc<JwkSet>> {
         self.keys.read().ok().and_then(|k| k.clone())
+    }
+
+    /// The file or URL the keys come from.
+    pub fn source_label(&self) -> String {
+        match &self.source {
+            Source::Static(path) => path.display().to_string(),
+            Source::Remote { url, .. } => url.clone(),
+        }
     }
 
     /// How many refreshes failed so far.
@@ -271,7 +279,7 @@ impl Jwks {
     /// Fetches now, then again when `max-age` runs out (bounded to 1 s .. 24 h), retrying
     /// failures with backoff from 1 s to 5 min. Runs until the process ends.
     pub fn spawn_refresher(self: &Arc<Self>) {
-        if matches!(self.source, Source::Static) {
+        if matches!(self.source, Source::Static(_)) {
             return;
         }
         let jwks = Arc::downgrade(self);

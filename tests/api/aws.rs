@@ -272,7 +272,7 @@ async fn the_rsa2048_pkcs7_form_verifies_detached_and_attached_and_rejects_forge
 }
 
 #[tokio::test]
-async fn the_rsa2048_form_without_a_configured_certificate_is_refused() {
+async fn an_rsa2048_proof_under_a_key_other_than_the_regions_built_in_one_is_refused() {
     let db = TestDb::migrated().await;
     let app = TestApp::spawn(&db, |_| {}).await;
     let key = AwsKey::generate(2048);

@@ -59,7 +59,14 @@ fn azure_request(signature: &str) -> pb::AuthenticateRequest {
     }
 }
 
-/// The recorded roots: DigiCert Global Root G2 (built in) and the expired Baltimore root.
+/// The expired Baltimore root, the only root the 2022 document chains to (it is not built in).
+fn baltimore_roots(dir: &std::path::Path) -> String {
+    let path = dir.join("baltimore.pem");
+    std::fs::write(&path, fixture("baltimore-cybertrust-root.pem")).unwrap();
+    path.display().to_string()
+}
+
+/// The recorded roots for the older tests: DigiCert Global Root G2 and Baltimore.
 fn recorded_roots(dir: &std::path::Path) -> String {
     let path = dir.join("roots.pem");
     let g2 = std::fs::read_to_string(format!(
@@ -75,16 +82,18 @@ fn recorded_roots(dir: &std::path::Path) -> String {
     path.display().to_string()
 }
 
+/// Built-in trust alone carries the 2023, 2024 and 2026 documents; the 2022 one needs only
+/// the expired Baltimore root, given by the operator.
 #[tokio::test]
-async fn the_four_recorded_documents_authenticate_at_their_verify_times() {
+async fn the_four_recorded_documents_authenticate_at_their_verify_times_with_built_in_trust() {
     let dir = tempfile::tempdir().unwrap();
-    let roots = recorded_roots(dir.path());
+    let baltimore = baltimore_roots(dir.path());
     for (file, vm_id, verify_at) in RECORDED {
         let db = TestDb::migrated().await;
         let agent = seed_agent(&db, vm_id).await;
-        let roots = roots.clone();
+        let roots = file.contains("2022").then(|| baltimore.clone());
         let app = TestApp::spawn(&db, |c| {
-            c.azure_roots = Some(roots);
+            c.azure_roots = roots;
             c.insecure_verify_time = Some((*verify_at).into());
         })
         .await;
@@ -521,4 +530,234 @@ async fn issuer_fetching_never_requests_a_url_off_the_allow_list() {
         0,
         "a loopback AIA URL must not be fetched"
     );
+}
+
+// ---------------------------------------------------------------------------------------------
+// Issuer fetching (AIA) with a resolver stub: the allowed hosts resolve to a loopback server,
+// so the real fetcher, allow-list and cache run and nothing leaves the machine.
+
+/// Resolves every name to one loopback address and records the names asked.
+#[derive(Clone)]
+struct StubResolver {
+    addr: std::net::SocketAddr,
+    asked: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+}
+
+impl tower::Service<hyper_util::client::legacy::connect::dns::Name> for StubResolver {
+    type Response = std::vec::IntoIter<std::net::SocketAddr>;
+    type Error = std::io::Error;
+    type Future = std::future::Ready<Result<Self::Response, Self::Error>>;
+
+    fn poll_ready(
+        &mut self,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Self::Error>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, name: hyper_util::client::legacy::connect::dns::Name) -> Self::Future {
+        self.asked.lock().unwrap().push(name.as_str().to_owned());
+        std::future::ready(Ok(vec![self.addr].into_iter()))
+    }
+}
+
+/// A loopback "PKI host" that answers every GET with `body`; returns the resolver stub that
+/// points every name at it and the Host headers it was asked with.
+async fn pki_host(body: Vec<u8>) -> (StubResolver, std::sync::Arc<std::sync::Mutex<Vec<String>>>) {
+    use std::sync::{Arc, Mutex};
+    let hosts = Arc::new(Mutex::new(Vec::new()));
+    let seen = hosts.clone();
+    let router = axum::Router::new().fallback(move |headers: axum::http::HeaderMap| {
+        let (seen, body) = (seen.clone(), body.clone());
+        async move {
+            let host = headers
+                .get("host")
+                .and_then(|h| h.to_str().ok())
+                .unwrap_or("")
+                .to_owned();
+            seen.lock().unwrap().push(host);
+            body
+        }
+    });
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, router).await });
+    let resolver = StubResolver {
+        addr,
+        asked: Arc::new(Mutex::new(Vec::new())),
+    };
+    (resolver, hosts)
+}
+
+fn issuer_fetcher(
+    resolver: StubResolver,
+    rate: agent_auth::issuers::FetchRate,
+) -> agent_auth::issuers::IssuerFetcher<StubResolver> {
+    let fetcher = agent_auth::fetch::Fetcher::with_resolver(
+        resolver,
+        Duration::from_secs(5),
+        agent_auth::fetch::DEFAULT_MAX_BYTES,
+    )
+    .unwrap();
+    agent_auth::issuers::IssuerFetcher::with_fetcher(fetcher, rate)
+}
+
+/// A leaf for `cn` with an AIA "CA Issuers" URL, under `issuer` or self-signed.
+#[allow(deprecated)]
+fn aia_leaf(cn: &str, url: &str, issuer: Option<(&X509, &PKey<Private>)>) -> (X509, PKey<Private>) {
+    let leaf_key = key();
+    let mut name = X509NameBuilder::new().unwrap();
+    name.append_entry_by_text("CN", cn).unwrap();
+    let name = name.build();
+    let mut builder = X509::builder().unwrap();
+    builder.set_version(2).unwrap();
+    builder.set_subject_name(&name).unwrap();
+    builder.set_pubkey(&leaf_key).unwrap();
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64;
+    builder
+        .set_not_before(&Asn1Time::from_unix(now - 86_400).unwrap())
+        .unwrap();
+    builder
+        .set_not_after(&Asn1Time::from_unix(now + 86_400).unwrap())
+        .unwrap();
+    let aia = openssl::x509::X509Extension::new_nid(
+        None,
+        None,
+        openssl::nid::Nid::INFO_ACCESS,
+        &format!("caIssuers;URI:{url}"),
+    )
+    .unwrap();
+    builder.append_extension(aia).unwrap();
+    match issuer {
+        Some((issuer, issuer_key)) => {
+            builder.set_issuer_name(issuer.subject_name()).unwrap();
+            builder.sign(issuer_key, MessageDigest::sha256()).unwrap();
+        }
+        None => {
+            builder.set_issuer_name(&name).unwrap();
+            builder.sign(&leaf_key, MessageDigest::sha256()).unwrap();
+        }
+    }
+    (builder.build(), leaf_key)
+}
+
+fn azure_trust_with_roots(roots: String) -> agent_auth::identity::azure::AzureTrust {
+    agent_auth::identity::azure::AzureTrust::load(&agent_auth::identity::azure::AzureTrustConfig {
+        roots: Some(roots.into()),
+        ..Default::default()
+    })
+    .unwrap()
+}
+
+const CAISSUERS_URL: &str = "http://caissuers.microsoft.com/pkiops/certs/Test%20Issuing%20CA.crt";
+
+/// coder#25418: the leaf's issuer lives on `caissuers.microsoft.com`. The fetcher asks that
+/// host, and the chain then completes at the pinned root.
+#[tokio::test]
+async fn a_leaf_whose_issuer_is_on_caissuers_microsoft_com_completes_its_chain_by_fetching_it() {
+    let pki = Pki::new();
+    let (resolver, hosts) = pki_host(pki.intermediate.to_der().unwrap()).await;
+    let asked = resolver.asked.clone();
+    let fetcher = issuer_fetcher(resolver, Default::default());
+    let trust = azure_trust_with_roots(pki.roots());
+    let leaf = aia_leaf(
+        "metadata.azure.com",
+        CAISSUERS_URL,
+        Some((&pki.intermediate, &pki.intermediate_key)),
+    );
+    let vm_id = uuid::Uuid::new_v4().to_string();
+    let signature = pki.sign(&content(&vm_id, "s", -60, 3600), &leaf);
+    let now = SystemTime::now();
+    assert!(matches!(
+        trust.verify(&signature, now),
+        Err(agent_auth::identity::IdentityError::UntrustedChain(_))
+    ));
+    let fetched = fetcher.complete_chain(&trust, &signature).await.unwrap();
+    assert_eq!(fetched.len(), 1);
+    assert_eq!(*asked.lock().unwrap(), ["caissuers.microsoft.com"]);
+    assert_eq!(*hosts.lock().unwrap(), ["caissuers.microsoft.com"]);
+    let verified = trust.verify_with(&signature, now, &fetched).unwrap();
+    assert_eq!(verified.instance_id.as_str(), vm_id);
+    // The second document from the same issuer is served from the cache: no new request.
+    let again = fetcher.complete_chain(&trust, &signature).await.unwrap();
+    assert_eq!(again.len(), 1);
+    assert_eq!(hosts.lock().unwrap().len(), 1);
+}
+
+/// Junk costs nothing: a self-signed "metadata.azure.com", a signer that is not Azure
+/// metadata, and a signer whose issuer is already pinned make no fetch at all.
+#[tokio::test]
+async fn self_signed_misnamed_or_pinned_issuer_signers_make_no_fetch() {
+    let pki = Pki::new();
+    let (resolver, hosts) = pki_host(pki.intermediate.to_der().unwrap()).await;
+    let asked = resolver.asked.clone();
+    let fetcher = issuer_fetcher(resolver, Default::default());
+    let vm_id = uuid::Uuid::new_v4().to_string();
+    let document = content(&vm_id, "s", -60, 3600);
+    let trust = azure_trust_with_roots(pki.roots());
+    let self_signed = aia_leaf("metadata.azure.com", CAISSUERS_URL, None);
+    let misnamed = aia_leaf(
+        "evil.example.com",
+        CAISSUERS_URL,
+        Some((&pki.intermediate, &pki.intermediate_key)),
+    );
+    for leaf in [&self_signed, &misnamed] {
+        let signature = pki.sign(&document, leaf);
+        assert!(fetcher.complete_chain(&trust, &signature).await.is_err());
+    }
+    // The issuer pinned (as an intermediate) but the leaf expired: fetching cannot help.
+    let pinned = agent_auth::identity::azure::AzureTrust::load(
+        &agent_auth::identity::azure::AzureTrustConfig {
+            roots: Some(pki.roots().into()),
+            intermediates: Some(pki.intermediates().into()),
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    let expired = pki.leaf("metadata.azure.com", None, (-10, -1));
+    let signature = pki.sign(&document, &expired);
+    assert!(pinned.verify(&signature, SystemTime::now()).is_err());
+    assert!(fetcher.complete_chain(&pinned, &signature).await.is_err());
+    assert!(asked.lock().unwrap().is_empty());
+    assert!(hosts.lock().unwrap().is_empty());
+}
+
+/// 1,000 distinct AIA URLs (a flood of crafted leaves) leave the cache at its bound.
+#[tokio::test]
+async fn a_thousand_distinct_issuer_urls_leave_the_cache_at_its_bound() {
+    let pki = Pki::new();
+    let (resolver, hosts) = pki_host(pki.intermediate.to_der().unwrap()).await;
+    let fetcher = issuer_fetcher(
+        resolver,
+        agent_auth::issuers::FetchRate {
+            burst: 10_000,
+            per_minute: 1_000_000,
+        },
+    );
+    for i in 0..1000 {
+        let url = format!("http://www.microsoft.com/pkiops/certs/flood-{i}.crt");
+        assert_eq!(fetcher.issuers(&[url]).await.len(), 1);
+    }
+    assert_eq!(hosts.lock().unwrap().len(), 1000);
+    assert_eq!(fetcher.cached(), agent_auth::issuers::CACHE_ENTRIES);
+}
+
+/// With the default rate, a burst of distinct URLs is cut off after the burst allowance.
+#[tokio::test]
+async fn issuer_fetches_are_rate_limited() {
+    let pki = Pki::new();
+    let (resolver, hosts) = pki_host(pki.intermediate.to_der().unwrap()).await;
+    let fetcher = issuer_fetcher(resolver, Default::default());
+    let mut fetched = 0;
+    for i in 0..40 {
+        let url = format!("http://www.microsoft.com/pkiops/certs/burst-{i}.crt");
+        fetched += fetcher.issuers(&[url]).await.len();
+    }
+    let burst = agent_auth::issuers::FetchRate::default().burst as usize;
+    // A test that ran slowly may have earned one or two refills (one per 2 s).
+    assert!((burst..burst + 3).contains(&fetched), "{fetched}");
+    assert_eq!(hosts.lock().unwrap().len(), fetched);
 }

@@ -734,6 +734,13 @@ impl ServeProcess {
             .unwrap_or_else(|e| panic!("{e}"))
     }
 
+    /// Sends `signal` to the process.
+    pub fn signal(&self, signal: nix::sys::signal::Signal) {
+        let pid = self.child.id().unwrap_or_else(|| panic!("exited early"));
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), signal)
+            .unwrap_or_else(|e| panic!("{e}"));
+    }
+
     /// SIGTERM, then the exit status and everything the process wrote to stderr.
     pub async fn terminate(mut self) -> (std::process::ExitStatus, String) {
         use tokio::io::AsyncReadExt;

@@ -13,3 +13,4 @@ mod http;
 mod operations;
 mod resolution;
 mod schema;
+mod trust;

@@ -1,0 +1,336 @@
+//! The trust set: every cloud's pinned keys and certificates, swapped whole on reload.
+//!
+//! DESIGN.md 4, "Trust reload": SIGHUP re-reads every operator trust file (`--aws-certificate`,
+//! `--aws-rsa2048-certificate`, `--azure-roots`, `--azure-intermediates`, a file `--gcp-jwks`)
+//! and swaps the whole set atomically. A request takes one snapshot ([`TrustStore::current`])
+//! and finishes on it, so requests in flight finish on the set they started with. A file that
+//! does not parse keeps the previous set and is counted as an error; nothing here stops the
+//! process.
+
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use arc_swap::ArcSwap;
+
+use crate::config::JwksSource;
+use crate::identity::aws::{AwsTrust, AwsTrustConfig};
+use crate::identity::azure::{AzureTrust, AzureTrustConfig};
+use crate::identity::gcp::Jwks;
+use crate::identity::{TrustError, unix_seconds};
+
+/// A certificate that expires within this many seconds is worth a warning.
+pub const EXPIRY_WARNING_SECONDS: i64 = 30 * 86_400;
+
+/// Where the trust set is read from: the operator's settings (built-ins are always there).
+#[derive(Clone)]
+pub struct TrustSources {
+    pub aws: AwsTrustConfig,
+    pub azure: AzureTrustConfig,
+    pub gcp: GcpKeys,
+}
+
+/// The GCP keys: a file, read again on every reload, or a remote JWKS that keeps its own
+/// background refresher (a reload keeps it as it is).
+#[derive(Clone)]
+pub enum GcpKeys {
+    File(std::path::PathBuf),
+    Remote(Arc<Jwks>),
+}
+
+impl GcpKeys {
+    /// A file source as configured; a URL source as an unfetched JWKS (the caller starts its
+    /// refresher when it serves).
+    pub fn from_config(source: &JwksSource) -> Result<Self, crate::fetch::FetchError> {
+        Ok(match source {
+            JwksSource::File(path) => GcpKeys::File(path.clone()),
+            JwksSource::Url(url) => GcpKeys::Remote(Arc::new(Jwks::from_url(
+                url,
+                crate::fetch::Fetcher::new(
+                    crate::fetch::DEFAULT_TIMEOUT,
+                    crate::fetch::DEFAULT_MAX_BYTES,
+                )?,
+            ))),
+        })
+    }
+}
+
+/// One consistent trust set.
+pub struct TrustSet {
+    pub aws: AwsTrust,
+    pub azure: AzureTrust,
+    pub gcp_keys: Arc<Jwks>,
+}
+
+/// The current trust set and how to read it again.
+pub struct TrustStore {
+    current: ArcSwap<TrustSet>,
+    sources: TrustSources,
+}
+
+impl TrustStore {
+    /// Loads every source once.
+    pub fn load(sources: TrustSources) -> Result<Self, TrustError> {
+        let set = read_set(&sources)?;
+        Ok(Self {
+            current: ArcSwap::from_pointee(set),
+            sources,
+        })
+    }
+
+    /// The sources the set is read from.
+    pub fn sources(&self) -> &TrustSources {
+        &self.sources
+    }
+
+    /// The set a request uses from start to end.
+    pub fn current(&self) -> Arc<TrustSet> {
+        self.current.load_full()
+    }
+
+    /// Re-reads every operator file and swaps the set; on any error the previous set stays.
+    /// Logs one line and counts `agent_auth_trust_reloads_total{result}` either way.
+    pub fn reload(&self) -> Result<(), TrustError> {
+        match read_set(&self.sources) {
+            Ok(set) => {
+                let pinned = pinned(&set);
+                warn_expiring(&pinned, SystemTime::now());
+                self.current.store(Arc::new(set));
+                crate::metrics::record_trust_reload(true);
+                tracing::info!(
+                    certificates = pinned.len(),
+                    "trust reloaded: the new set serves every request from now on"
+                );
+                Ok(())
+            }
+            Err(error) => {
+                crate::metrics::record_trust_reload(false);
+                tracing::error!(%error, "trust reload failed: the previous trust set stays in use");
+                Err(error)
+            }
+        }
+    }
+}
+
+fn read_set(sources: &TrustSources) -> Result<TrustSet, TrustError> {
+    let gcp_keys = match &sources.gcp {
+        GcpKeys::File(path) => Arc::new(Jwks::from_file(path)?),
+        GcpKeys::Remote(remote) => remote.clone(),
+    };
+    Ok(TrustSet {
+        aws: AwsTrust::load(&sources.aws)?,
+        azure: AzureTrust::load(&sources.azure)?,
+        gcp_keys,
+    })
+}
+
+/// One pinned certificate or key, as `agent-auth trust` and the expiry metric show it.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Pinned {
+    /// `aws`, `azure` or `gcp`.
+    pub cloud: &'static str,
+    /// AWS: `REGION FORM` (`default signature`); Azure: `root` or `intermediate`; GCP: `jwks`.
+    pub role: String,
+    /// The certificate's CN (else O); a GCP key's `kid`.
+    pub subject: String,
+    /// The metric's `subject` label: the region and form for AWS, the CN for Azure.
+    pub label: String,
+    /// notAfter as RFC 3339; none for a JWKS key.
+    pub not_after: Option<String>,
+    #[serde(skip)]
+    pub not_after_unix: Option<i64>,
+    /// SHA-256 of the DER certificate, hex.
+    pub sha256: String,
+    /// `built-in` or the file it was read from.
+    pub source: String,
+}
+
+/// Every pinned certificate of a set, AWS (by form, then region) then Azure then GCP.
+pub fn pinned(set: &TrustSet) -> Vec<Pinned> {
+    let mut out = Vec::new();
+    for pinned in set.aws.certificates() {
+        let form = pinned.form.label();
+        out.push(describe(
+            "aws",
+            format!("{} {form}", pinned.region),
+            format!("ec2.amazonaws.com ({}, {form})", pinned.region),
+            &pinned.certificate,
+            pinned.source.to_string(),
+        ));
+    }
+    for ca in set.azure.certificates() {
+        let subject = crate::metrics::subject_label(&ca.certificate);
+        out.push(describe(
+            "azure",
+            ca.kind.label().into(),
+            subject,
+            &ca.certificate,
+            ca.source.to_string(),
+        ));
+    }
+    if let Some(keys) = set.gcp_keys.current() {
+        let source = set.gcp_keys.source_label();
+        for key in &keys.keys {
+            let kid = key.common.key_id.clone().unwrap_or_default();
+            out.push(Pinned {
+                cloud: "gcp",
+                role: "jwks".into(),
+                subject: kid.clone(),
+                label: kid,
+                not_after: None,
+                not_after_unix: None,
+                sha256: String::new(),
+                source: source.clone(),
+            });
+        }
+    }
+    out
+}
+
+fn describe(
+    cloud: &'static str,
+    role: String,
+    label: String,
+    certificate: &openssl::x509::X509Ref,
+    source: String,
+) -> Pinned {
+    let not_after_unix = crate::metrics::not_after(certificate);
+    let not_after = not_after_unix.and_then(|t| u64::try_from(t).ok()).map(|t| {
+        humantime::format_rfc3339_seconds(std::time::UNIX_EPOCH + std::time::Duration::from_secs(t))
+            .to_string()
+    });
+    let sha256 = certificate
+        .digest(openssl::hash::MessageDigest::sha256())
+        .map(|d| d.iter().map(|b| format!("{b:02X}")).collect())
+        .unwrap_or_default();
+    Pinned {
+        cloud,
+        role,
+        subject: crate::metrics::subject_label(certificate),
+        label,
+        not_after,
+        not_after_unix,
+        sha256,
+        source,
+    }
+}
+
+/// Whether a pinned certificate is still valid but ends within [`EXPIRY_WARNING_SECONDS`].
+/// Certificates that have already expired are not "expiring": several are kept on purpose
+/// (AWS keys verify regardless of dates; old Azure intermediates replay recorded documents,
+/// and cannot complete a chain at a later instant).
+pub fn expiring_soon(pinned: &Pinned, now: SystemTime) -> bool {
+    pinned.not_after_unix.is_some_and(|t| {
+        let left = t - unix_seconds(now);
+        (0..EXPIRY_WARNING_SECONDS).contains(&left)
+    })
+}
+
+/// Whether a pinned certificate's notAfter has passed.
+pub fn expired(pinned: &Pinned, now: SystemTime) -> bool {
+    pinned.not_after_unix.is_some_and(|t| t < unix_seconds(now))
+}
+
+/// One line per certificate that expires within 30 days, for `agent-auth trust`.
+pub fn expiry_warnings(pinned: &[Pinned], now: SystemTime) -> Vec<String> {
+    pinned
+        .iter()
+        .filter(|p| expiring_soon(p, now))
+        .map(|p| {
+            format!(
+                "{} {} ({}) expires {}, within 30 days",
+                p.cloud,
+                p.label,
+                p.source,
+                p.not_after.as_deref().unwrap_or("")
+            )
+        })
+        .collect()
+}
+
+/// The `agent-auth trust` output: an aligned table, or a JSON array.
+pub fn listing(pinned: &[Pinned], json: bool) -> Result<String, serde_json::Error> {
+    if json {
+        return serde_json::to_string_pretty(pinned).map(|text| text + "\n");
+    }
+    let now = SystemTime::now();
+    let header = ["CLOUD", "ROLE", "SUBJECT", "NOT AFTER", "SHA-256", "SOURCE"];
+    let rows: Vec<[String; 6]> = pinned
+        .iter()
+        .map(|p| {
+            let mut not_after = p.not_after.clone().unwrap_or_else(|| "-".into());
+            if expired(p, now) {
+                not_after.push_str(" (expired)");
+            } else if expiring_soon(p, now) {
+                not_after.push_str(" (expires within 30 days)");
+            }
+            [
+                p.cloud.to_owned(),
+                p.role.clone(),
+                p.subject.clone(),
+                not_after,
+                if p.sha256.is_empty() {
+                    "-".into()
+                } else {
+                    p.sha256.clone()
+                },
+                p.source.clone(),
+            ]
+        })
+        .collect();
+    let mut widths = header.map(str::len);
+    for row in &rows {
+        for (width, cell) in widths.iter_mut().zip(row) {
+            *width = (*width).max(cell.chars().count());
+        }
+    }
+    let mut out = String::new();
+    let mut line = |cells: &[String]| {
+        let padded: Vec<String> = cells
+            .iter()
+            .zip(widths)
+            .map(|(cell, width)| format!("{cell:<width$}"))
+            .collect();
+        out.push_str(padded.join("  ").trim_end());
+        out.push('\n');
+    };
+    line(&header.map(str::to_owned));
+    for row in &rows {
+        line(row);
+    }
+    Ok(out)
+}
+
+/// Logs one warning per certificate that expires within 30 days.
+pub fn warn_expiring(pinned: &[Pinned], now: SystemTime) {
+    for p in pinned.iter().filter(|p| expiring_soon(p, now)) {
+        tracing::warn!(
+            cloud = p.cloud,
+            subject = %p.label,
+            not_after = p.not_after.as_deref().unwrap_or(""),
+            "pinned certificate expires within 30 days"
+        );
+    }
+}
+
+/// Logs one INFO line per trust source, so an operator sees what the process trusts.
+pub fn log_sources(set: &TrustSet, sources: &TrustSources) {
+    let pinned = pinned(set);
+    let count = |cloud: &str, builtin: bool| {
+        pinned
+            .iter()
+            .filter(|p| p.cloud == cloud && (p.source == "built-in") == builtin)
+            .count()
+    };
+    tracing::info!(
+        built_in = count("aws", true),
+        from_files = count("aws", false),
+        "AWS trust: certificates of every region for both proof forms"
+    );
+    tracing::info!(
+        built_in = count("azure", true),
+        from_files = count("azure", false),
+        replaced_roots = sources.azure.roots.is_some(),
+        "Azure trust: pinned roots and intermediates"
+    );
+    warn_expiring(&pinned, SystemTime::now());
+}

@@ -1,0 +1,418 @@
+//! Built-in trust against real evidence, operator certificates for the newest regions, live
+//! reload on SIGHUP through the binary, and `agent-auth trust`.
+
+use std::time::{Duration, Instant};
+
+use tonic::Code;
+
+use crate::helpers::*;
+use agent_auth::grpc::pb;
+
+/// One real EC2 document from `tests/fixtures/aws-real` with the proofs it has.
+struct RealVector {
+    folder: &'static str,
+    region: &'static str,
+    instance: &'static str,
+    document: String,
+    signature: Option<String>,
+    rsa2048: Option<String>,
+}
+
+const REAL: &[(&str, &str, &str)] = &[
+    (
+        "us-east-2-i-075f088c72ad3271c",
+        "us-east-2",
+        "i-075f088c72ad3271c",
+    ),
+    (
+        "us-west-2-i-078517ca8a70a1dde",
+        "us-west-2",
+        "i-078517ca8a70a1dde",
+    ),
+    (
+        "ap-southeast-2-i-050c2e3dd07033e9e",
+        "ap-southeast-2",
+        "i-050c2e3dd07033e9e",
+    ),
+];
+
+fn real_vectors() -> Vec<RealVector> {
+    let read = |folder: &str, file: &str| {
+        std::fs::read_to_string(format!(
+            "{}/tests/fixtures/aws-real/{folder}/{file}",
+            env!("CARGO_MANIFEST_DIR")
+        ))
+        .ok()
+    };
+    REAL.iter()
+        .map(|(folder, region, instance)| RealVector {
+            folder,
+            region,
+            instance,
+            document: read(folder, "document.json").unwrap(),
+            signature: read(folder, "signature.b64"),
+            rsa2048: read(folder, "rsa2048.b64"),
+        })
+        .collect()
+}
+
+/// `(form, request)` for every proof the vector has.
+fn requests(vector: &RealVector) -> Vec<(&'static str, pb::AuthenticateRequest)> {
+    let request = |signature: &str, rsa2048: &str| pb::AuthenticateRequest {
+        identity: Some(pb::authenticate_request::Identity::Aws(
+            pb::AwsInstanceIdentity {
+                document: vector.document.clone(),
+                signature: signature.into(),
+                rsa2048: rsa2048.into(),
+            },
+        )),
+        agent_name: String::new(),
+    };
+    let mut out = Vec::new();
+    if let Some(signature) = &vector.signature {
+        out.push(("signature", request(signature, "")));
+    }
+    if let Some(rsa2048) = &vector.rsa2048 {
+        out.push(("rsa2048", request("", rsa2048)));
+    }
+    out
+}
+
+#[tokio::test]
+async fn every_real_aws_vector_authenticates_with_built_in_trust_in_every_form_it_has() {
+    let db = TestDb::migrated().await;
+    let vectors = real_vectors();
+    let mut tokens = Vec::new();
+    for vector in &vectors {
+        tokens.push(seed_agent(&db, vector.instance).await.token);
+    }
+    // No trust flag at all.
+    let app = TestApp::spawn(&db, |_| {}).await;
+    let mut forms = 0;
+    for (vector, token) in vectors.iter().zip(&tokens) {
+        for (form, request) in requests(vector) {
+            let response = app.authenticate(request).await.unwrap_or_else(|s| {
+                panic!(
+                    "{} ({form}): {}",
+                    vector.folder,
+                    agent_auth::client::describe(&s)
+                )
+            });
+            assert_eq!(
+                response.session_token,
+                token.to_string(),
+                "{}",
+                vector.folder
+            );
+            assert_eq!(response.instance_id, vector.instance);
+            forms += 1;
+        }
+    }
+    // 3 documents: us-east-2 in both forms, us-west-2 rsa2048, ap-southeast-2 signature.
+    assert_eq!(forms, 4);
+}
+
+#[tokio::test]
+async fn each_real_vector_fails_when_its_regions_key_is_replaced_by_a_generated_one() {
+    let db = TestDb::migrated().await;
+    let vectors = real_vectors();
+    for vector in &vectors {
+        seed_agent(&db, vector.instance).await;
+    }
+    let (small, large) = (AwsKey::generate(1024), AwsKey::generate(2048));
+    let signature_flags: Vec<String> = vectors.iter().map(|v| small.flag(v.region)).collect();
+    let rsa2048_flags: Vec<String> = vectors.iter().map(|v| large.flag(v.region)).collect();
+    let app = TestApp::spawn(&db, |c| {
+        c.aws_certificate = signature_flags;
+        c.aws_rsa2048_certificate = rsa2048_flags;
+    })
+    .await;
+    for vector in &vectors {
+        for (form, request) in requests(vector) {
+            let (code, reason, message) = failure(app.authenticate(request).await);
+            assert_eq!(
+                (code, reason.as_str(), message.as_str()),
+                (
+                    Code::Unauthenticated,
+                    "INVALID_IDENTITY",
+                    "Invalid AWS identity."
+                ),
+                "{} ({form})",
+                vector.folder
+            );
+        }
+    }
+}
+
+/// The seven regions most implementations have no key for.
+const NEWEST_REGIONS: &[&str] = &[
+    "ap-east-2",
+    "ap-southeast-5",
+    "ap-southeast-6",
+    "ap-southeast-7",
+    "ca-west-1",
+    "mx-central-1",
+    "eusc-de-east-1",
+];
+
+#[tokio::test]
+async fn the_seven_newest_regions_take_an_operator_certificate_and_a_foreign_key_fails_naming_the_region()
+ {
+    let db = TestDb::migrated().await;
+    let keys: Vec<AwsKey> = NEWEST_REGIONS
+        .iter()
+        .map(|_| AwsKey::generate(1024))
+        .collect();
+    let mut cases = Vec::new();
+    for region in NEWEST_REGIONS {
+        let instance = instance_id();
+        let agent = seed_agent(&db, &instance).await;
+        cases.push((
+            *region,
+            aws_document(&instance, region, "123456789012"),
+            agent,
+        ));
+    }
+    let flags: Vec<String> = NEWEST_REGIONS
+        .iter()
+        .zip(&keys)
+        .map(|(region, key)| key.flag(region))
+        .collect();
+    let app = TestApp::spawn(&db, |c| c.aws_certificate = flags).await;
+    for ((region, document, agent), key) in cases.iter().zip(&keys) {
+        let response = success(
+            app.authenticate(aws_request(document, &key.sign(document), ""))
+                .await,
+        );
+        assert_eq!(response.session_token, agent.token.to_string(), "{region}");
+    }
+    app.stop().await;
+
+    // Without the operator's certificate the region's built-in key is used, and a document
+    // signed by another key fails; the log line names the region and where the key came from.
+    let server = ServeProcess::start(&db, &[]).await;
+    for ((region, document, _), key) in cases.iter().zip(&keys) {
+        let result = agent_auth::client::authenticate(
+            server.channel().await,
+            aws_request(document, &key.sign(document), ""),
+        )
+        .await;
+        let (code, reason, _) = failure(result);
+        assert_eq!(
+            (code, reason.as_str()),
+            (Code::Unauthenticated, "INVALID_IDENTITY"),
+            "{region}"
+        );
+    }
+    // A region AWS has not listed: no key at all, and the log says which flag adds one.
+    let unknown = aws_document(&instance_id(), "xx-future-1", "123456789012");
+    let key = &keys[0];
+    let result = agent_auth::client::authenticate(
+        server.channel().await,
+        aws_request(&unknown, &key.sign(&unknown), ""),
+    )
+    .await;
+    assert_eq!(failure(result).1, "INVALID_IDENTITY");
+    let (_, log) = server.terminate().await;
+    for region in NEWEST_REGIONS {
+        assert!(
+            log.contains(&format!(
+                "AWS signature key for region {region}: pinned as {region}, built-in"
+            )),
+            "the log does not name {region}:\n{log}"
+        );
+    }
+    assert!(
+        log.contains("--aws-certificate xx-future-1=PEM_PATH"),
+        "the log does not name the flag for an unknown region:\n{log}"
+    );
+}
+
+/// Through the binary: a replaced trust file takes effect on SIGHUP without a restart; a
+/// broken one keeps the previous set, the process alive and ready, and counts one error.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sighup_swaps_in_a_replaced_certificate_and_a_broken_file_keeps_the_old_set() {
+    let db = TestDb::migrated().await;
+    let instance = instance_id();
+    let agent = seed_agent(&db, &instance).await;
+    let document = aws_document(&instance, "us-east-1", "123456789012");
+    let (old, new) = (AwsKey::generate(1024), AwsKey::generate(1024));
+    let dir = tempfile::tempdir().unwrap();
+    let trust_file = dir.path().join("aws.pem");
+    std::fs::copy(&old.pem_path, &trust_file).unwrap();
+    let flag = format!("default={}", trust_file.display());
+    let server = ServeProcess::start(&db, &["--aws-certificate", &flag]).await;
+    let login = async |key: &AwsKey| {
+        agent_auth::client::authenticate(
+            server.channel().await,
+            aws_request(&document, &key.sign(&document), ""),
+        )
+        .await
+    };
+    assert_eq!(
+        success(login(&old).await).session_token,
+        agent.token.to_string()
+    );
+    assert_eq!(failure(login(&new).await).1, "INVALID_IDENTITY");
+
+    std::fs::copy(&new.pem_path, &trust_file).unwrap();
+    let sent = Instant::now();
+    server.signal(nix::sys::signal::Signal::SIGHUP);
+    let swapped = eventually(Duration::from_secs(1), async || login(&new).await.is_ok()).await;
+    let latency = sent.elapsed();
+    assert!(
+        swapped,
+        "the new key did not pass within a second of SIGHUP"
+    );
+    println!("trust reload latency (SIGHUP to first login with the new key): {latency:?}");
+    assert_eq!(failure(login(&old).await).1, "INVALID_IDENTITY");
+
+    std::fs::write(&trust_file, "-----BEGIN CERTIFICATE-----\nbroken\n").unwrap();
+    server.signal(nix::sys::signal::Signal::SIGHUP);
+    let counted = eventually(Duration::from_secs(5), async || {
+        let (_, text) = http_get(&format!("{}/metrics", server.admin_url)).await;
+        metric_sum(
+            &text,
+            "agent_auth_trust_reloads_total",
+            &[("result", "error")],
+        ) == Some(1.0)
+    })
+    .await;
+    assert!(counted, "the failed reload was not counted");
+    assert_eq!(
+        success(login(&new).await).session_token,
+        agent.token.to_string()
+    );
+    assert_eq!(
+        http_get(&format!("{}/readyz", server.admin_url)).await.0,
+        200
+    );
+    let (_, text) = http_get(&format!("{}/metrics", server.admin_url)).await;
+    assert_eq!(
+        metric_sum(&text, "agent_auth_trust_reloads_total", &[("result", "ok")]),
+        Some(1.0)
+    );
+    let (status, log) = server.terminate().await;
+    assert!(status.success(), "{log}");
+    assert!(
+        log.contains("trust reload failed") && log.contains(&trust_file.display().to_string()),
+        "the failed reload's log line does not name the file:\n{log}"
+    );
+}
+
+fn trust_command(args: &[&str]) -> std::process::Output {
+    std::process::Command::new(env!("CARGO_BIN_EXE_agent-auth"))
+        .arg("trust")
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+#[test]
+fn the_trust_command_lists_every_region_in_both_forms_and_every_built_in_azure_ca() {
+    let output = trust_command(&["--json"]);
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let listed: Vec<serde_json::Value> = serde_json::from_slice(&output.stdout).unwrap();
+    let field = |v: &serde_json::Value, k: &str| v[k].as_str().unwrap_or("").to_owned();
+    for form in ["signature", "rsa2048"] {
+        let regions: std::collections::BTreeSet<String> = listed
+            .iter()
+            .filter(|v| field(v, "cloud") == "aws" && field(v, "role").ends_with(form))
+            .map(|v| field(v, "role"))
+            .collect();
+        assert_eq!(regions.len(), 39, "{form}: {regions:?}");
+        assert!(regions.contains(&format!("eusc-de-east-1 {form}")));
+    }
+    let azure_files = std::fs::read_dir(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/src/identity/roots/azure"
+    ))
+    .unwrap()
+    .filter(|e| {
+        e.as_ref()
+            .is_ok_and(|e| e.path().extension().is_some_and(|x| x == "pem"))
+    })
+    .count();
+    let azure: Vec<&serde_json::Value> = listed
+        .iter()
+        .filter(|v| field(v, "cloud") == "azure")
+        .collect();
+    assert_eq!(azure.len(), azure_files);
+    assert_eq!(azure_files, 30);
+    for cn in [
+        "Microsoft TLS G2 RSA CA OCSP 16",
+        "Microsoft TLS RSA Root G2",
+        "DigiCert TLS ECC P384 Root G5",
+        "Microsoft RSA Root Certificate Authority 2017",
+    ] {
+        assert!(
+            azure.iter().any(|v| field(v, "subject") == cn),
+            "{cn} missing"
+        );
+    }
+    assert!(
+        listed
+            .iter()
+            .all(|v| field(v, "source") == "built-in" || field(v, "cloud") == "gcp")
+    );
+    assert!(
+        listed
+            .iter()
+            .filter(|v| field(v, "cloud") != "gcp")
+            .all(|v| field(v, "sha256").len() == 64)
+    );
+
+    // The table names the same things, one line each plus a header.
+    let table = trust_command(&[]);
+    let text = String::from_utf8_lossy(&table.stdout);
+    assert!(text.starts_with("CLOUD"), "{text}");
+    assert!(text.contains("ca-west-1 rsa2048"));
+    assert_eq!(text.lines().count(), listed.len() + 1);
+}
+
+#[test]
+fn the_trust_command_applies_the_flags_and_exits_1_for_a_certificate_expiring_within_30_days() {
+    use openssl::asn1::Asn1Time;
+    let key = openssl::pkey::PKey::from_rsa(openssl::rsa::Rsa::generate(1024).unwrap()).unwrap();
+    let mut name = openssl::x509::X509NameBuilder::new().unwrap();
+    name.append_entry_by_text("CN", "ec2.amazonaws.com")
+        .unwrap();
+    let name = name.build();
+    let mut builder = openssl::x509::X509::builder().unwrap();
+    builder.set_version(2).unwrap();
+    builder.set_subject_name(&name).unwrap();
+    builder.set_issuer_name(&name).unwrap();
+    builder.set_pubkey(&key).unwrap();
+    builder
+        .set_not_before(&Asn1Time::days_from_now(0).unwrap())
+        .unwrap();
+    builder
+        .set_not_after(&Asn1Time::days_from_now(10).unwrap())
+        .unwrap();
+    builder
+        .sign(&key, openssl::hash::MessageDigest::sha256())
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("soon.pem");
+    std::fs::write(&path, builder.build().to_pem().unwrap()).unwrap();
+    let flag = format!("ca-west-1={}", path.display());
+    let output = trust_command(&["--aws-certificate", &flag]);
+    assert_eq!(output.status.code(), Some(1));
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stdout
+            .lines()
+            .any(|l| l.contains("ca-west-1 signature") && l.contains(&path.display().to_string())),
+        "{stdout}"
+    );
+    assert!(
+        stderr.contains("warning: aws ec2.amazonaws.com (ca-west-1, signature)")
+            && stderr.contains("within 30 days"),
+        "{stderr}"
+    );
+}

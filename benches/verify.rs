@@ -22,7 +22,7 @@ use openssl::x509::store::X509StoreBuilder;
 
 const AWS_DOCUMENT: &str = include_str!("../tests/fixtures/aws/us-east-1-document.json");
 const AWS_SIGNATURE: &str = include_str!("../tests/fixtures/aws/us-east-1-signature.txt");
-const AWS_DEFAULT_CERT: &[u8] = include_bytes!("../src/identity/roots/aws/default.pem");
+const AWS_DEFAULT_CERT: &[u8] = include_bytes!("../src/identity/roots/aws/rsa/us-east-1.pem");
 const AZURE_DOCUMENT: &str =
     include_str!("../tests/fixtures/azure/azure-attested-2026-g2-regular.b64");
 

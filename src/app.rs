@@ -8,8 +8,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use tokio::net::{TcpListener, UnixListener};
-use tokio::sync::watch;
-use tokio_stream::wrappers::{TcpListenerStream, UnixListenerStream};
+use tokio::sync::{Semaphore, watch};
 use tonic::transport::Server;
 
 use crate::auth::{Authenticator, Trust};
@@ -20,6 +19,7 @@ use crate::http::admin::{self, AdminState};
 use crate::identity::TrustError;
 use crate::identity::gcp::GcpPolicy;
 use crate::limit::Limiter;
+use crate::listen::{self, Policy};
 use crate::store::{Store, StoreError, migrate};
 use crate::trust::{GcpKeys, TrustSources, TrustStore};
 
@@ -206,6 +206,24 @@ impl App {
             mut hangup,
         } = self;
         let limiter = Limiter::new(config.max_concurrent_requests);
+        let limits = config.connections;
+        let open_files = crate::listen::raise_open_file_limit();
+        let agent_cap = limits.agent_cap(open_files);
+        tracing::info!(
+            open_files,
+            grpc_and_http = agent_cap,
+            admin = limits.admin_max_connections,
+            "connection caps"
+        );
+        let policy = |listener, permits: &Arc<Semaphore>, first_bytes| Policy {
+            listener,
+            permits: permits.clone(),
+            first_bytes,
+            handshake_timeout: limits.handshake_timeout,
+            idle_timeout: limits.idle_timeout,
+        };
+        let agent_permits = Arc::new(Semaphore::new(agent_cap));
+        let admin_permits = Arc::new(Semaphore::new(limits.admin_max_connections));
         let store = auth.store().clone();
         let draining = Arc::new(AtomicBool::new(false));
         let (health, health_service) = tonic_health::server::health_reporter();
@@ -237,7 +255,10 @@ impl App {
         let stopped = |mut rx: watch::Receiver<bool>| async move {
             let _ = rx.wait_for(|stop| *stop).await;
         };
-        let mut server = Server::builder();
+        let mut server = Server::builder()
+            .http2_keepalive_interval(Some(limits.keepalive_interval))
+            .http2_keepalive_timeout(Some(limits.keepalive_timeout))
+            .max_concurrent_streams(Some(limits.max_concurrent_streams));
         if let Some(tls) = &config.tls {
             server = server
                 .tls_config(server_tls(tls)?)
@@ -247,14 +268,18 @@ impl App {
             .add_service(health_service)
             .add_service(reflection_v1)
             .add_service(reflection_v1alpha)
-            .add_service(AgentAuthService::new(auth.clone(), limiter.clone()).into_server());
+            .add_service(
+                AgentAuthService::new(auth.clone(), limiter.clone())
+                    .into_server(limits.max_message_bytes),
+            );
+        let grpc_policy = policy("grpc", &agent_permits, listen::HTTP2_PREFACE_BYTES);
         let grpc_task = match grpc_listener {
             GrpcListener::Tcp(listener) => tokio::spawn(router.serve_with_incoming_shutdown(
-                TcpListenerStream::new(listener),
+                listen::incoming(listener, grpc_policy),
                 stopped(stop_rx.clone()),
             )),
             GrpcListener::Unix(listener) => tokio::spawn(router.serve_with_incoming_shutdown(
-                UnixListenerStream::new(listener),
+                listen::incoming(listener, grpc_policy),
                 stopped(stop_rx.clone()),
             )),
         };
@@ -265,21 +290,21 @@ impl App {
             initially_serving,
         ));
         let admin_router = admin::router(admin_state);
-        let admin_task = tokio::spawn(
-            axum::serve(admin_listener, admin_router)
-                .with_graceful_shutdown(stopped(stop_rx.clone()))
-                .into_future(),
-        );
-        // The agent endpoints share the use case and the concurrency limit with gRPC.
+        let admin_task = tokio::spawn(crate::http::serve(
+            listen::incoming(admin_listener, policy("admin", &admin_permits, 1)),
+            admin_router,
+            limits.header_read_timeout,
+            stopped(stop_rx.clone()),
+        ));
+        // The agent endpoints share the use case, the concurrency limit and the connection cap
+        // with gRPC.
         let http_task = http_listener.map(|listener| {
-            tokio::spawn(
-                axum::serve(
-                    listener,
-                    crate::http::agent::router(auth.clone(), limiter.clone()),
-                )
-                .with_graceful_shutdown(stopped(stop_rx.clone()))
-                .into_future(),
-            )
+            tokio::spawn(crate::http::serve(
+                listen::incoming(listener, policy("http", &agent_permits, 1)),
+                crate::http::agent::router(auth.clone(), limiter.clone(), limits),
+                limits.header_read_timeout,
+                stopped(stop_rx.clone()),
+            ))
         });
         tracing::info!(grpc = ?config.grpc_listen, admin = %config.admin_listen, http = ?config.http_listen, "serving");
 
@@ -301,7 +326,7 @@ impl App {
         })
         .await;
         let result = match drained {
-            Ok((Ok(Ok(())), Ok(Ok(())))) => Ok(()),
+            Ok((Ok(Ok(())), Ok(()))) => Ok(()),
             Ok((grpc, admin)) => Err(AppError::Serve(format!("grpc: {grpc:?}, admin: {admin:?}"))),
             Err(_) => {
                 tracing::warn!(grace = ?config.shutdown_grace, "in-flight requests did not finish within the grace period");

@@ -69,6 +69,13 @@ pub enum AuthError {
         instance_id: InstanceId,
         names: Vec<String>,
     },
+    /// The instance id is on the latest build of more than one live workspace: a VM belongs to
+    /// one workspace, so no token is ever handed out for it (DESIGN.md 2).
+    #[error("instance claimed by workspaces {}", workspaces.iter().map(|w| w.to_string()).collect::<Vec<_>>().join(", "))]
+    InstanceConflict {
+        instance_id: InstanceId,
+        workspaces: Vec<uuid::Uuid>,
+    },
     #[error("not on the latest build")]
     NotLatestBuild { instance_id: InstanceId },
     #[error("{0}")]
@@ -89,7 +96,9 @@ impl AuthError {
             AuthError::InvalidIdentity { .. } => "INVALID_IDENTITY",
             AuthError::InstanceNotFound { .. } => "INSTANCE_NOT_FOUND",
             AuthError::AgentNameNotFound { .. } => "AGENT_NAME_NOT_FOUND",
-            AuthError::AmbiguousAgent { .. } => "AMBIGUOUS_AGENT",
+            AuthError::AmbiguousAgent { .. } | AuthError::InstanceConflict { .. } => {
+                "AMBIGUOUS_AGENT"
+            }
             AuthError::NotLatestBuild { .. } => "NOT_LATEST_BUILD",
             AuthError::DatabaseUnavailable(_) => "DATABASE_UNAVAILABLE",
             AuthError::TrustUnavailable(_) => "TRUST_UNAVAILABLE",
@@ -118,6 +127,10 @@ impl AuthError {
                 "Multiple agents found with instance ID {}. Set CODER_AGENT_NAME to one of: {}",
                 go_quote(instance_id.as_str()),
                 names.join(", ")
+            ),
+            AuthError::InstanceConflict { instance_id, .. } => format!(
+                "Instance ID {} is claimed by more than one workspace.",
+                go_quote(instance_id.as_str())
             ),
             AuthError::NotLatestBuild { instance_id } => format!(
                 "Resource found for id {}, but isn't registered on the latest history.",
@@ -206,6 +219,7 @@ impl Authenticator {
         let detail = match &result {
             Err(
                 e @ (AuthError::InvalidIdentity { .. }
+                | AuthError::InstanceConflict { .. }
                 | AuthError::DatabaseUnavailable(_)
                 | AuthError::CloudApiUnavailable(_)
                 | AuthError::Internal(_)),
@@ -482,7 +496,8 @@ fn agent_name(raw: &str) -> Result<Option<&str>, AuthError> {
 }
 
 /// Chooses the agent from the statement's result (DESIGN.md 2, resolution semantics):
-/// no candidate → NOT_LATEST_BUILD if a stale agent exists, else INSTANCE_NOT_FOUND; a name →
+/// candidates in more than one workspace → a conflict, whatever the name (the rows carry the
+/// workspace, so this costs no second statement); no candidate → NOT_LATEST_BUILD if a stale agent exists, else INSTANCE_NOT_FOUND; a name →
 /// exactly that candidate or AGENT_NAME_NOT_FOUND; no name → the only candidate or
 /// AMBIGUOUS_AGENT listing the sorted names.
 pub fn select(
@@ -503,6 +518,16 @@ pub fn select(
             AuthError::InstanceNotFound {
                 instance_id: instance_id.clone(),
             }
+        });
+    }
+    let mut workspaces: Vec<uuid::Uuid> = candidates.iter().map(|c| c.workspace_id).collect();
+    workspaces.sort();
+    workspaces.dedup();
+    if workspaces.len() > 1 {
+        crate::metrics::record_instance_conflict();
+        return Err(AuthError::InstanceConflict {
+            instance_id: instance_id.clone(),
+            workspaces,
         });
     }
     if let Some(name) = name {

@@ -197,6 +197,84 @@ pub struct ServeArgs {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub max_concurrent_requests: Option<String>,
 
+    /// A new connection must send its first bytes (gRPC: the whole HTTP/2 preface; HTTP: a
+    /// request) within this, on every listener [default: 10s]
+    #[arg(
+        long,
+        env = "AGENT_AUTH_CONN_HANDSHAKE_TIMEOUT",
+        value_name = "DURATION"
+    )]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub conn_handshake_timeout: Option<String>,
+
+    /// A connection with no bytes read or written for this long is closed, on every listener
+    /// [default: 60s]
+    #[arg(long, env = "AGENT_AUTH_CONN_IDLE_TIMEOUT", value_name = "DURATION")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub conn_idle_timeout: Option<String>,
+
+    /// Open gRPC + HTTP connections at most; more are accepted and closed at once [default:
+    /// the open-file limit less 256, at most 16384]
+    #[arg(long, env = "AGENT_AUTH_MAX_CONNECTIONS", value_name = "N")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_connections: Option<String>,
+
+    /// Open admin connections at most [default: 64]
+    #[arg(long, env = "AGENT_AUTH_ADMIN_MAX_CONNECTIONS", value_name = "N")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub admin_max_connections: Option<String>,
+
+    /// HTTP (agent and admin): the whole request head must arrive within this [default: 10s]
+    #[arg(
+        long,
+        env = "AGENT_AUTH_HTTP_HEADER_READ_TIMEOUT",
+        value_name = "DURATION"
+    )]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub http_header_read_timeout: Option<String>,
+
+    /// HTTP: the whole request body must arrive within this [default: 10s]
+    #[arg(
+        long,
+        env = "AGENT_AUTH_HTTP_BODY_READ_TIMEOUT",
+        value_name = "DURATION"
+    )]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub http_body_read_timeout: Option<String>,
+
+    /// HTTP: a larger Content-Length gets 413 at once, before the body [default: 65536]
+    #[arg(long, env = "AGENT_AUTH_HTTP_MAX_BODY_SIZE", value_name = "BYTES")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub http_max_body_size: Option<String>,
+
+    /// gRPC: the largest request message [default: 262144]
+    #[arg(long, env = "AGENT_AUTH_GRPC_MAX_MESSAGE_SIZE", value_name = "BYTES")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub grpc_max_message_size: Option<String>,
+
+    /// gRPC: concurrent requests on one connection [default: 100]
+    #[arg(long, env = "AGENT_AUTH_GRPC_MAX_CONCURRENT_STREAMS", value_name = "N")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub grpc_max_concurrent_streams: Option<String>,
+
+    /// gRPC: send an HTTP/2 keepalive ping this often [default: 30s]
+    #[arg(
+        long,
+        env = "AGENT_AUTH_GRPC_KEEPALIVE_INTERVAL",
+        value_name = "DURATION"
+    )]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub grpc_keepalive_interval: Option<String>,
+
+    /// gRPC: close a connection whose ping is not answered within this [default: 10s]
+    #[arg(
+        long,
+        env = "AGENT_AUTH_GRPC_KEEPALIVE_TIMEOUT",
+        value_name = "DURATION"
+    )]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub grpc_keepalive_timeout: Option<String>,
+
     /// REGION=PEM_PATH: replaces the built-in AWS `signature` key for REGION (or `default`).
     /// Repeatable; comma-separated in the env var.
     #[arg(

@@ -53,6 +53,18 @@ pub struct RawConfig {
     pub db_connect_timeout: String,
     pub db_statement_timeout: String,
     pub max_concurrent_requests: usize,
+    pub conn_handshake_timeout: String,
+    pub conn_idle_timeout: String,
+    /// 0: derived from the open-file limit.
+    pub max_connections: usize,
+    pub admin_max_connections: usize,
+    pub http_header_read_timeout: String,
+    pub http_body_read_timeout: String,
+    pub http_max_body_size: usize,
+    pub grpc_max_message_size: usize,
+    pub grpc_max_concurrent_streams: u32,
+    pub grpc_keepalive_interval: String,
+    pub grpc_keepalive_timeout: String,
     pub aws_certificate: Vec<String>,
     pub aws_rsa2048_certificate: Vec<String>,
     pub aws_allowed_account: Vec<String>,
@@ -99,6 +111,17 @@ impl Default for RawConfig {
             db_connect_timeout: "5s".into(),
             db_statement_timeout: "2s".into(),
             max_concurrent_requests: 256,
+            conn_handshake_timeout: "10s".into(),
+            conn_idle_timeout: "60s".into(),
+            max_connections: 0,
+            admin_max_connections: 64,
+            http_header_read_timeout: "10s".into(),
+            http_body_read_timeout: "10s".into(),
+            http_max_body_size: crate::listen::DEFAULT_MAX_BODY_BYTES,
+            grpc_max_message_size: crate::listen::DEFAULT_MAX_MESSAGE_BYTES,
+            grpc_max_concurrent_streams: 100,
+            grpc_keepalive_interval: "30s".into(),
+            grpc_keepalive_timeout: "10s".into(),
             aws_certificate: Vec::new(),
             aws_rsa2048_certificate: Vec::new(),
             aws_allowed_account: Vec::new(),
@@ -191,6 +214,8 @@ pub struct Config {
     pub schema: SchemaMode,
     pub store: StoreConfig,
     pub max_concurrent_requests: usize,
+    /// Timeouts and caps of the listeners' connections.
+    pub connections: crate::listen::ConnectionLimits,
     pub aws: AwsTrustConfig,
     pub azure: AzureTrustConfig,
     pub gcp: GcpConfig,
@@ -271,6 +296,45 @@ impl Config {
                 "must be at least 1",
             ));
         }
+        let positive = |key: &str, value: usize| {
+            if value == 0 {
+                Err(ConfigError::new(key, "must be at least 1"))
+            } else {
+                Ok(value)
+            }
+        };
+        let connections = crate::listen::ConnectionLimits {
+            handshake_timeout: parse_duration(
+                "conn_handshake_timeout",
+                &raw.conn_handshake_timeout,
+            )?,
+            idle_timeout: parse_duration("conn_idle_timeout", &raw.conn_idle_timeout)?,
+            max_connections: (raw.max_connections > 0).then_some(raw.max_connections),
+            admin_max_connections: positive("admin_max_connections", raw.admin_max_connections)?,
+            header_read_timeout: parse_duration(
+                "http_header_read_timeout",
+                &raw.http_header_read_timeout,
+            )?,
+            body_read_timeout: parse_duration(
+                "http_body_read_timeout",
+                &raw.http_body_read_timeout,
+            )?,
+            max_body_bytes: positive("http_max_body_size", raw.http_max_body_size)?,
+            max_message_bytes: positive("grpc_max_message_size", raw.grpc_max_message_size)?,
+            max_concurrent_streams: u32::try_from(positive(
+                "grpc_max_concurrent_streams",
+                raw.grpc_max_concurrent_streams as usize,
+            )?)
+            .unwrap_or(u32::MAX),
+            keepalive_interval: parse_duration(
+                "grpc_keepalive_interval",
+                &raw.grpc_keepalive_interval,
+            )?,
+            keepalive_timeout: parse_duration(
+                "grpc_keepalive_timeout",
+                &raw.grpc_keepalive_timeout,
+            )?,
+        };
         let store = StoreConfig {
             pool_size: raw.db_pool_size,
             checkout_timeout: parse_duration("db_checkout_timeout", &raw.db_checkout_timeout)?,
@@ -386,6 +450,7 @@ impl Config {
             schema,
             store,
             max_concurrent_requests: raw.max_concurrent_requests,
+            connections,
             aws,
             azure,
             gcp,

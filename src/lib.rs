@@ -15,7 +15,8 @@
 //!   the resolver's single statement.
 //!
 //! Around them: [`config`] (one typed tree from flags, env and a TOML file), [`app`] (binds the
-//! listeners and runs until shutdown), [`http`] (admin endpoints), [`embedded`] (a private
+//! listeners and runs until shutdown), [`listen`] (connection caps, handshake and idle timeouts
+//! for every listener), [`http`] (admin and agent endpoints), [`embedded`] (a private
 //! PostgreSQL cluster for the default `serve`, the demo and the tests), [`client`] (the gRPC client
 //! behind `authenticate` and `demo`), [`demo`], and [`telemetry`].
 
@@ -34,6 +35,7 @@ pub mod http;
 pub mod identity;
 pub mod issuers;
 pub mod limit;
+pub mod listen;
 pub mod metrics;
 pub mod store;
 pub mod telemetry;

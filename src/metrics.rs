@@ -17,6 +17,10 @@ pub const DB_POOL_WAIT: &str = "agent_auth_db_pool_wait_seconds";
 pub const REQUESTS_IN_FLIGHT: &str = "agent_auth_requests_in_flight";
 pub const REQUESTS_SHED: &str = "agent_auth_requests_shed_total";
 pub const TRUST_EXPIRY: &str = "agent_auth_trust_certificate_expiry_timestamp_seconds";
+pub const CONNECTIONS_OPEN: &str = "agent_auth_connections_open";
+pub const CONNECTIONS_REFUSED: &str = "agent_auth_connections_refused_total";
+pub const CONNECTION_TIMEOUTS: &str = "agent_auth_connection_timeouts_total";
+pub const INSTANCE_CONFLICTS: &str = "agent_auth_instance_conflicts_total";
 pub const TRUST_RELOADS: &str = "agent_auth_trust_reloads_total";
 pub const TRUST_REFRESH_FAILURES: &str = "agent_auth_trust_refresh_failures_total";
 pub const CLOUD_API_CALLS: &str = "agent_auth_cloud_api_calls_total";
@@ -108,6 +112,31 @@ fn describe() {
         REQUESTS_SHED,
         "Requests refused at once because the concurrency limit was reached."
     );
+    describe_gauge!(
+        CONNECTIONS_OPEN,
+        "Open connections by listener (grpc, http, admin)."
+    );
+    describe_counter!(
+        CONNECTIONS_REFUSED,
+        "Connections closed at once because the listener's connection cap was reached."
+    );
+    describe_counter!(
+        CONNECTION_TIMEOUTS,
+        "Connections closed by a timeout, by listener and timeout (handshake, idle)."
+    );
+    for listener in ["grpc", "http", "admin"] {
+        metrics::gauge!(CONNECTIONS_OPEN, "listener" => listener).set(0.0);
+        metrics::counter!(CONNECTIONS_REFUSED, "listener" => listener).absolute(0);
+        for timeout in ["handshake", "idle"] {
+            metrics::counter!(CONNECTION_TIMEOUTS, "listener" => listener, "timeout" => timeout)
+                .absolute(0);
+        }
+    }
+    describe_counter!(
+        INSTANCE_CONFLICTS,
+        "Logins refused because the instance id is on the latest build of more than one workspace."
+    );
+    metrics::counter!(INSTANCE_CONFLICTS).absolute(0);
     describe_counter!(
         TRUST_RELOADS,
         "Trust reloads on SIGHUP, by result (ok, error: the previous set stayed)."
@@ -119,6 +148,27 @@ fn describe() {
         TRUST_REFRESH_FAILURES,
         "Failed fetches of remote trust material (GCP JWKS), by cloud."
     );
+}
+
+/// One connection opened (`delta` 1) or closed (-1) on `listener`.
+pub fn record_connection_open(listener: &'static str, delta: f64) {
+    metrics::gauge!(CONNECTIONS_OPEN, "listener" => listener).increment(delta);
+}
+
+/// One connection closed at once because `listener` was at its cap.
+pub fn record_connection_refused(listener: &'static str) {
+    metrics::counter!(CONNECTIONS_REFUSED, "listener" => listener).increment(1);
+}
+
+/// One connection closed by its `timeout` (handshake, idle).
+pub fn record_connection_timeout(listener: &'static str, timeout: &'static str) {
+    metrics::counter!(CONNECTION_TIMEOUTS, "listener" => listener, "timeout" => timeout)
+        .increment(1);
+}
+
+/// Counts one login refused for an instance claimed by several workspaces.
+pub fn record_instance_conflict() {
+    metrics::counter!(INSTANCE_CONFLICTS).increment(1);
 }
 
 /// Counts one trust reload.

@@ -41,8 +41,25 @@ impl AgentAuthService {
         Self { auth, limiter }
     }
 
-    pub fn into_server(self) -> pb::agent_auth_server::AgentAuthServer<Self> {
+    /// The tonic service; a request message over `max_message_bytes` is refused from its
+    /// length prefix (OUT_OF_RANGE), before it is buffered.
+    pub fn into_server(
+        self,
+        max_message_bytes: usize,
+    ) -> pb::agent_auth_server::AgentAuthServer<Self> {
         pb::agent_auth_server::AgentAuthServer::new(self)
+            .max_decoding_message_size(max_message_bytes)
+    }
+}
+
+/// Guarded connections keep the peer information tonic hands to requests.
+impl<T: tonic::transport::server::Connected> tonic::transport::server::Connected
+    for crate::listen::Guarded<T>
+{
+    type ConnectInfo = T::ConnectInfo;
+
+    fn connect_info(&self) -> Self::ConnectInfo {
+        self.get_ref().connect_info()
     }
 }
 

@@ -39,9 +39,9 @@ pub fn to_status(error: &AuthError) -> Status {
         AuthError::Malformed(_) => Code::InvalidArgument,
         AuthError::InvalidIdentity { .. } => Code::Unauthenticated,
         AuthError::InstanceNotFound { .. } | AuthError::AgentNameNotFound { .. } => Code::NotFound,
-        AuthError::AmbiguousAgent { .. } | AuthError::NotLatestBuild { .. } => {
-            Code::FailedPrecondition
-        }
+        AuthError::AmbiguousAgent { .. }
+        | AuthError::InstanceConflict { .. }
+        | AuthError::NotLatestBuild { .. } => Code::FailedPrecondition,
         AuthError::DatabaseUnavailable(_)
         | AuthError::TrustUnavailable(_)
         | AuthError::CloudApiUnavailable(_) => Code::Unavailable,

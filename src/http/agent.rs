@@ -6,12 +6,12 @@
 //!
 //! Body handling: JSON, whatever the `Content-Type` says (Coder reads the body as JSON without
 //! looking at the header, and agents send `application/json`); unknown fields are ignored;
-//! invalid JSON → 400 "Request body must be valid JSON."; a body over 64 KiB → 413.
+//! invalid JSON → 400 "Request body must be valid JSON."; a `Content-Length` over the limit
+//! (64 KiB) → 413 at once, before any of the body is read (so no `100 Continue` is sent); a
+//! body that does not arrive within the body-read timeout → 408 and the connection closes.
 
 use axum::Router;
-use axum::body::Bytes;
-use axum::extract::State;
-use axum::extract::rejection::BytesRejection;
+use axum::extract::{Request, State};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
@@ -20,16 +20,19 @@ use serde::{Deserialize, Serialize};
 use crate::auth::{AuthError, AuthRequest, Authenticator, Evidence};
 use crate::limit::Limiter;
 
-/// The largest accepted body.
-pub const MAX_BODY_BYTES: usize = 64 * 1024;
-
 #[derive(Clone)]
 struct AgentState {
     auth: Authenticator,
     limiter: Limiter,
+    max_body_bytes: usize,
+    body_read_timeout: std::time::Duration,
 }
 
-pub fn router(auth: Authenticator, limiter: Limiter) -> Router {
+pub fn router(
+    auth: Authenticator,
+    limiter: Limiter,
+    limits: crate::listen::ConnectionLimits,
+) -> Router {
     Router::new()
         .route("/api/v2/workspaceagents/aws-instance-identity", post(aws))
         .route(
@@ -40,8 +43,12 @@ pub fn router(auth: Authenticator, limiter: Limiter) -> Router {
             "/api/v2/workspaceagents/google-instance-identity",
             post(google),
         )
-        .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY_BYTES))
-        .with_state(AgentState { auth, limiter })
+        .with_state(AgentState {
+            auth,
+            limiter,
+            max_body_bytes: limits.max_body_bytes,
+            body_read_timeout: limits.body_read_timeout,
+        })
 }
 
 #[derive(Deserialize)]
@@ -85,8 +92,8 @@ struct TokenBody {
     session_token: String,
 }
 
-async fn aws(State(state): State<AgentState>, body: Result<Bytes, BytesRejection>) -> Response {
-    handle(state, body, |b: AwsBody| AuthRequest {
+async fn aws(State(state): State<AgentState>, request: Request) -> Response {
+    handle(state, request, |b: AwsBody| AuthRequest {
         evidence: Some(Evidence::Aws {
             document: b.document,
             signature: b.signature,
@@ -97,8 +104,8 @@ async fn aws(State(state): State<AgentState>, body: Result<Bytes, BytesRejection
     .await
 }
 
-async fn azure(State(state): State<AgentState>, body: Result<Bytes, BytesRejection>) -> Response {
-    handle(state, body, |b: AzureBody| AuthRequest {
+async fn azure(State(state): State<AgentState>, request: Request) -> Response {
+    handle(state, request, |b: AzureBody| AuthRequest {
         evidence: Some(Evidence::Azure {
             signature: b.signature,
             encoding: b.encoding,
@@ -108,8 +115,8 @@ async fn azure(State(state): State<AgentState>, body: Result<Bytes, BytesRejecti
     .await
 }
 
-async fn google(State(state): State<AgentState>, body: Result<Bytes, BytesRejection>) -> Response {
-    handle(state, body, |b: GoogleBody| AuthRequest {
+async fn google(State(state): State<AgentState>, request: Request) -> Response {
+    handle(state, request, |b: GoogleBody| AuthRequest {
         evidence: Some(Evidence::Google {
             json_web_token: b.json_web_token,
         }),
@@ -120,24 +127,45 @@ async fn google(State(state): State<AgentState>, body: Result<Bytes, BytesReject
 
 async fn handle<B: for<'de> Deserialize<'de>>(
     state: AgentState,
-    body: Result<Bytes, BytesRejection>,
+    request: Request,
     into_request: impl FnOnce(B) -> AuthRequest,
 ) -> Response {
-    let body = match body {
-        Ok(body) => body,
-        Err(rejection) if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE => {
-            return error(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                format!("Request body must be at most {MAX_BODY_BYTES} bytes."),
-                String::new(),
-            );
-        }
-        Err(rejection) => {
+    let too_large = || {
+        error(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!(
+                "Request body must be at most {} bytes.",
+                state.max_body_bytes
+            ),
+            String::new(),
+        )
+    };
+    // Judged from the header alone: the body is never polled, so hyper sends no 100 Continue.
+    let declared = request
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|length| length > state.max_body_bytes as u64) {
+        return close_after(too_large());
+    }
+    let read = axum::body::to_bytes(request.into_body(), state.max_body_bytes);
+    let body = match tokio::time::timeout(state.body_read_timeout, read).await {
+        Ok(Ok(body)) => body,
+        Ok(Err(e)) if is_length_limit(&e) => return close_after(too_large()),
+        Ok(Err(e)) => {
             return error(
                 StatusCode::BAD_REQUEST,
                 "Request body could not be read.".into(),
-                rejection.body_text(),
+                e.to_string(),
             );
+        }
+        Err(_) => {
+            return close_after(error(
+                StatusCode::REQUEST_TIMEOUT,
+                "Request body was not received in time.".into(),
+                String::new(),
+            ));
         }
     };
     let parsed: B = match serde_json::from_slice(&body) {
@@ -169,6 +197,26 @@ async fn handle<B: for<'de> Deserialize<'de>>(
     }
 }
 
+/// Whether reading the body stopped at the size limit (a chunked body over it).
+fn is_length_limit(e: &axum::Error) -> bool {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(cause) = source {
+        if cause.is::<http_body_util::LengthLimitError>() {
+            return true;
+        }
+        source = cause.source();
+    }
+    false
+}
+
+/// The connection closes after this response: the rest of a refused body is never read.
+fn close_after(mut response: Response) -> Response {
+    response
+        .headers_mut()
+        .insert(header::CONNECTION, HeaderValue::from_static("close"));
+    response
+}
+
 /// The one mapping of use-case errors to HTTP (DESIGN.md 3.3).
 fn to_response(e: &AuthError) -> Response {
     let status = match e {
@@ -177,7 +225,9 @@ fn to_response(e: &AuthError) -> Response {
         AuthError::InstanceNotFound { .. } | AuthError::AgentNameNotFound { .. } => {
             StatusCode::NOT_FOUND
         }
-        AuthError::AmbiguousAgent { .. } => StatusCode::CONFLICT,
+        AuthError::AmbiguousAgent { .. } | AuthError::InstanceConflict { .. } => {
+            StatusCode::CONFLICT
+        }
         AuthError::DatabaseUnavailable(_)
         | AuthError::TrustUnavailable(_)
         | AuthError::CloudApiUnavailable(_) => StatusCode::SERVICE_UNAVAILABLE,

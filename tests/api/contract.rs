@@ -449,7 +449,27 @@ async fn metrics_expose_outcomes_histograms_statements_and_pinned_certificate_ex
         ),
         2147169600.0
     );
-    assert!(text.contains("agent_auth_trust_certificate_expiry_timestamp_seconds{cloud=\"aws\",subject=\"ec2.amazonaws.com (default)\"}"));
+    // One series per pinned AWS certificate, named by region and form: the built-in
+    // certificates of all 39 regions for both forms.
+    assert!(text.contains("agent_auth_trust_certificate_expiry_timestamp_seconds{cloud=\"aws\",subject=\"ec2.amazonaws.com (us-east-1, signature)\"}"));
+    // ca-west-1's RSA-2048 certificate ends 2203-05-13T15:37:01Z.
+    assert_eq!(
+        value(
+            "agent_auth_trust_certificate_expiry_timestamp_seconds",
+            &[
+                ("cloud", "aws"),
+                ("subject", "ec2.amazonaws.com (ca-west-1, rsa2048)")
+            ]
+        ),
+        7364187421.0
+    );
+    let aws_series = text
+        .lines()
+        .filter(|l| {
+            l.starts_with("agent_auth_trust_certificate_expiry_timestamp_seconds{cloud=\"aws\"")
+        })
+        .count();
+    assert_eq!(aws_series, 39 * 2);
     for name in [
         "agent_auth_db_pool_connections",
         "agent_auth_db_pool_waiting",

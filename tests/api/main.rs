@@ -6,6 +6,7 @@ mod aws;
 mod azure;
 mod cli;
 mod cloud;
+mod connections;
 mod contract;
 mod gcp;
 mod helpers;

@@ -303,3 +303,77 @@ async fn the_statement_returns_one_row_for_all_stale_history() {
     let stale: Option<i64> = rows[1].get("stale");
     assert_eq!(stale, Some(50));
 }
+
+/// A VM belongs to one workspace: when two live workspaces' latest builds both claim the
+/// instance id, no name (not even one only one of them has) yields a token, over gRPC and HTTP,
+/// each refusal is counted, and it still costs one statement.
+#[tokio::test]
+async fn an_instance_claimed_by_two_workspaces_never_yields_a_token_whatever_the_name() {
+    let db = TestDb::migrated().await;
+    let world = World::new(&db).await;
+    let key = AwsKey::generate(1024);
+    let flag = key.flag("default");
+    let app = TestApp::spawn(&db, |c| {
+        c.aws_certificate = vec![flag];
+        c.http_listen = Some("127.0.0.1:0".into());
+    })
+    .await;
+    let instance = instance_id();
+    let first = world.build(world.workspace().await, 1).await;
+    let second = world.build(world.workspace().await, 3).await;
+    world.agent(first, "main", &instance).await;
+    world.agent(first, "alpha", &instance).await;
+    world.agent(second, "main", &instance).await;
+    world.agent(second, "beta", &instance).await;
+    let expected = format!("Instance ID \"{instance}\" is claimed by more than one workspace.");
+
+    db.reset_statements().await;
+    for name in ["main", "alpha", "beta", "", "nobody"] {
+        let (code, reason, message) = failure(login(&app, &key, &instance, name).await);
+        assert_eq!(
+            (code, reason.as_str(), message.as_str()),
+            (
+                Code::FailedPrecondition,
+                "AMBIGUOUS_AGENT",
+                expected.as_str()
+            ),
+            "name {name:?}"
+        );
+    }
+    assert_eq!(db.statements().await, 5, "one statement per login");
+
+    let document = aws_document(&instance, "us-east-1", "123456789012");
+    let body = serde_json::json!({
+        "document": document,
+        "signature": key.sign(&document),
+        "agent_name": "alpha",
+    });
+    let url = format!(
+        "{}/api/v2/workspaceagents/aws-instance-identity",
+        app.http_url.clone().unwrap()
+    );
+    let (status, _, text) = http_post(&url, "application/json", body.to_string().as_bytes()).await;
+    assert_eq!(status, 409);
+    assert_eq!(text, serde_json::json!({ "message": expected }).to_string());
+    assert!(!text.contains('-') || !text.contains("token"));
+
+    let (_, metrics) = app.admin_get("/metrics").await;
+    assert_eq!(
+        metric_sum(&metrics, "agent_auth_instance_conflicts_total", &[]),
+        Some(6.0)
+    );
+
+    // The other workspace moves on to a build without the agent: the claim is single again.
+    let second_workspace: uuid::Uuid = world
+        .client
+        .query_one(
+            "SELECT workspace_id FROM workspace_builds b JOIN workspace_resources r ON r.job_id = b.job_id WHERE r.id = $1",
+            &[&second],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    world.build(second_workspace, 4).await;
+    let response = success(login(&app, &key, &instance, "alpha").await);
+    assert_eq!(response.agent_name, "alpha");
+}

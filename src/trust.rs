@@ -334,3 +334,75 @@ pub fn log_sources(set: &TrustSet, sources: &TrustSources) {
     );
     warn_expiring(&pinned, SystemTime::now());
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const JWKS_A: &str = r#"{"keys":[{"kty":"RSA","alg":"RS256","use":"sig","kid":"a","n":"sXchDaQebHnPiGvyDOAT4saGEUetSyo9MKLOoWFsueri23bOdgWp4Dy1WlUzewbgBHod5pcM9H95GQRV3JDXboIRROSBigeC5yjU1hGzHHyXss8UDprecbAYxknTcQkhslANGRUZmdTOQ5qTRsLAt6BTYuyvVRdhS8exSZEy_c4gs_7svlJJQ4H9_NxsiIoLwAEk7-Q3UXERGYw_75IDrGA84-lA_-Ct4eTlXHBIY2EaV7t7LjJaynVJCpkv4LKjTTAumiGUIuQhrNhZLuF_RJLqHpM2kgWFLU7-VTdL1VbC2tejvcI2BlMkEpk1BzBZI0KQB0GaDWFLN-aEAw3vRw","e":"AQAB"}]}"#;
+
+    fn sources(gcp: std::path::PathBuf) -> TrustSources {
+        TrustSources {
+            aws: AwsTrustConfig::default(),
+            azure: AzureTrustConfig::default(),
+            gcp: GcpKeys::File(gcp),
+        }
+    }
+
+    fn kids(store: &TrustStore) -> Vec<String> {
+        store
+            .current()
+            .gcp_keys
+            .current()
+            .map(|set| {
+                set.keys
+                    .iter()
+                    .filter_map(|k| k.common.key_id.clone())
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    #[test]
+    fn a_reload_rereads_a_gcp_jwks_file_and_a_broken_one_keeps_the_old_keys() {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let path = dir.path().join("jwks.json");
+        let write = |text: &str| std::fs::write(&path, text).unwrap_or_else(|e| panic!("{e}"));
+        write(r#"{"keys":[]}"#);
+        let store = TrustStore::load(sources(path.clone())).unwrap_or_else(|e| panic!("{e}"));
+        assert!(kids(&store).is_empty());
+        let before = store.current();
+        write(JWKS_A);
+        assert!(store.reload().is_ok());
+        assert_eq!(kids(&store), ["a"]);
+        // A request that started before the reload still holds the old set.
+        assert!(before.gcp_keys.current().is_some_and(|k| k.keys.is_empty()));
+        write("{ not json");
+        let failed = store.reload();
+        assert!(
+            matches!(&failed, Err(TrustError::BadCertificate { what, .. }) if what.contains("jwks.json")),
+            "{:?}",
+            failed.err()
+        );
+        assert_eq!(kids(&store), ["a"]);
+    }
+
+    #[test]
+    fn every_built_in_certificate_is_listed_once_with_its_fingerprint() {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let path = dir.path().join("jwks.json");
+        std::fs::write(&path, JWKS_A).unwrap_or_else(|e| panic!("{e}"));
+        let store = TrustStore::load(sources(path)).unwrap_or_else(|e| panic!("{e}"));
+        let listed = pinned(&store.current());
+        assert_eq!(listed.iter().filter(|p| p.cloud == "aws").count(), 78);
+        assert_eq!(listed.iter().filter(|p| p.cloud == "azure").count(), 30);
+        assert_eq!(listed.iter().filter(|p| p.cloud == "gcp").count(), 1);
+        let labels: std::collections::BTreeSet<&str> = listed
+            .iter()
+            .filter(|p| p.cloud == "aws")
+            .map(|p| p.label.as_str())
+            .collect();
+        assert_eq!(labels.len(), 78);
+        assert!(labels.contains("ec2.amazonaws.com (mx-central-1, rsa2048)"));
+    }
+}

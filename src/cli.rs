@@ -152,6 +152,12 @@ pub struct ServeArgs {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub postgres_url: Option<String>,
 
+    /// A file holding the PostgreSQL URL (e.g. a mounted Kubernetes Secret), so the password
+    /// is not in the process arguments. Exclusive with --postgres-url.
+    #[arg(long, env = "AGENT_AUTH_POSTGRES_URL_FILE", value_name = "PATH")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub postgres_url_file: Option<String>,
+
     /// PEM CA for the database's TLS certificate: verify it and the host name (libpq
     /// verify-full). Without it, TLS is used when the server offers it, unverified (libpq
     /// prefer/require); `sslmode` in the URL chooses disable, prefer (default) or require.
@@ -371,7 +377,9 @@ pub struct ServeArgs {
 
     /// Verify certificates and expiry as of this RFC 3339 instant instead of now. For replaying
     /// recorded documents in tests only.
-    #[arg(long, env = "AGENT_AUTH_INSECURE_VERIFY_TIME", value_name = "RFC3339")]
+    /// A command-line flag only: refused from the environment and the config file, so a stray
+    /// variable cannot turn it on in production.
+    #[arg(long, value_name = "RFC3339")]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub insecure_verify_time: Option<String>,
 

@@ -29,7 +29,7 @@ pub struct ConfigError {
 }
 
 impl ConfigError {
-    fn new(key: &str, message: impl Into<String>) -> Self {
+    pub fn new(key: &str, message: impl Into<String>) -> Self {
         Self {
             key: key.to_owned(),
             message: message.into(),
@@ -45,6 +45,7 @@ pub struct RawConfig {
     pub admin_listen: String,
     pub http_listen: Option<String>,
     pub postgres_url: Option<String>,
+    pub postgres_url_file: Option<String>,
     pub postgres_ca: Option<String>,
     pub data_dir: Option<String>,
     pub schema: String,
@@ -103,6 +104,7 @@ impl Default for RawConfig {
             admin_listen: "127.0.0.1:9090".into(),
             http_listen: None,
             postgres_url: None,
+            postgres_url_file: None,
             postgres_ca: None,
             data_dir: None,
             schema: "owned".into(),
@@ -242,7 +244,18 @@ pub struct LiveCheckConfig {
 impl Config {
     /// Layers defaults, the `--config` file and the flags/env from clap, then validates.
     pub fn load(args: &ServeArgs) -> Result<Self, ConfigError> {
+        Self::from_raw(Self::layered(args)?)
+    }
+
+    /// The layered raw values (defaults < file < env < flags), before validation.
+    pub fn layered(args: &ServeArgs) -> Result<RawConfig, ConfigError> {
         let mut figment = Figment::from(Serialized::defaults(RawConfig::default()));
+        if std::env::var_os(INSECURE_VERIFY_TIME_ENV).is_some() {
+            return Err(ConfigError::new(
+                "insecure_verify_time",
+                format!("is a command-line flag only; unset {INSECURE_VERIFY_TIME_ENV}"),
+            ));
+        }
         if let Some(path) = &args.config {
             if !path.is_file() {
                 return Err(ConfigError::new(
@@ -250,11 +263,22 @@ impl Config {
                     format!("{} is not a readable file", path.display()),
                 ));
             }
+            if Figment::from(Toml::file_exact(path))
+                .find_value("insecure_verify_time")
+                .is_ok()
+            {
+                return Err(ConfigError::new(
+                    "insecure_verify_time",
+                    format!(
+                        "is a command-line flag only; remove it from {}",
+                        path.display()
+                    ),
+                ));
+            }
             figment = figment.merge(Toml::file_exact(path));
         }
         figment = figment.merge(Serialized::defaults(args));
-        let raw: RawConfig = figment.extract_lossy().map_err(figment_error)?;
-        Self::from_raw(raw)
+        figment.extract_lossy().map_err(figment_error)
     }
 
     /// Parses and validates raw values.
@@ -277,6 +301,28 @@ impl Config {
             }
         };
         let postgres_url = raw.postgres_url.filter(|u| !u.trim().is_empty());
+        let postgres_url = match raw.postgres_url_file.as_deref().filter(|p| !p.is_empty()) {
+            None => postgres_url,
+            Some(_) if postgres_url.is_some() => {
+                return Err(ConfigError::new(
+                    "postgres_url_file",
+                    "set postgres_url or postgres_url_file, not both",
+                ));
+            }
+            Some(path) => {
+                let text = std::fs::read_to_string(path).map_err(|e| {
+                    ConfigError::new("postgres_url_file", format!("cannot read {path}: {e}"))
+                })?;
+                let url = text.trim().to_owned();
+                if url.is_empty() {
+                    return Err(ConfigError::new(
+                        "postgres_url_file",
+                        format!("{path} is empty"),
+                    ));
+                }
+                Some(url)
+            }
+        };
         if schema == SchemaMode::Coder && postgres_url.is_none() {
             return Err(ConfigError::new(
                 "schema",
@@ -284,8 +330,12 @@ impl Config {
             ));
         }
         if let Some(url) = &postgres_url {
-            url.parse::<tokio_postgres::Config>()
-                .map_err(|e| ConfigError::new("postgres_url", e.to_string()))?;
+            url.parse::<tokio_postgres::Config>().map_err(|e| {
+                ConfigError::new(
+                    "postgres_url",
+                    format!("{e} (in {})", redact_postgres_url(url)),
+                )
+            })?;
         }
         if raw.db_pool_size == 0 {
             return Err(ConfigError::new("db_pool_size", "must be at least 1"));
@@ -583,6 +633,109 @@ fn parse_listen(key: &str, value: &str) -> Result<ListenAddr, ConfigError> {
     }
 }
 
+/// The environment variable that `--insecure-verify-time` must never be read from.
+const INSECURE_VERIFY_TIME_ENV: &str = "AGENT_AUTH_INSECURE_VERIFY_TIME";
+
+/// What stands in for a password wherever a URL or conninfo is printed or logged.
+pub const REDACTED: &str = "REDACTED";
+
+impl RawConfig {
+    /// The settings as TOML that `--config` reads back, with every password redacted and the
+    /// command-line-only `insecure_verify_time` left out.
+    pub fn to_redacted_toml(&self) -> Result<String, String> {
+        let mut shown = self.clone();
+        shown.postgres_url = shown.postgres_url.as_deref().map(redact_postgres_url);
+        shown.insecure_verify_time = None;
+        toml::to_string(&shown).map_err(|e| e.to_string())
+    }
+}
+
+/// A PostgreSQL URL (`postgres://user:password@host/db?password=…`) or libpq key=value
+/// string (`password=… host=…`) with every password replaced by [`REDACTED`].
+pub fn redact_postgres_url(value: &str) -> String {
+    match value.split_once("://") {
+        Some((scheme, rest)) => {
+            let end = rest.find(['/', '?']).unwrap_or(rest.len());
+            let (authority, tail) = rest.split_at(end);
+            let authority = match authority.rsplit_once('@') {
+                Some((userinfo, hosts)) => match userinfo.split_once(':') {
+                    Some((user, _)) => format!("{user}:{REDACTED}@{hosts}"),
+                    None => format!("{userinfo}@{hosts}"),
+                },
+                None => authority.to_owned(),
+            };
+            let tail = match tail.split_once('?') {
+                Some((path, query)) => {
+                    let query: Vec<String> = query
+                        .split('&')
+                        .map(|pair| match pair.split_once('=') {
+                            Some((key, _)) if key == "password" => format!("{key}={REDACTED}"),
+                            _ => pair.to_owned(),
+                        })
+                        .collect();
+                    format!("{path}?{}", query.join("&"))
+                }
+                None => tail.to_owned(),
+            };
+            format!("{scheme}://{authority}{tail}")
+        }
+        None => redact_conninfo(value),
+    }
+}
+
+/// `password = value` in a libpq key=value string (the value bare or single-quoted with
+/// backslash escapes) becomes `password=REDACTED`; everything else is kept.
+fn redact_conninfo(value: &str) -> String {
+    let chars: Vec<char> = value.chars().collect();
+    let mut out = String::with_capacity(value.len());
+    let mut i = 0;
+    while i < chars.len() {
+        if chars[i].is_whitespace() {
+            out.push(chars[i]);
+            i += 1;
+            continue;
+        }
+        let key_start = i;
+        while i < chars.len() && chars[i] != '=' && !chars[i].is_whitespace() {
+            i += 1;
+        }
+        let key: String = chars[key_start..i].iter().collect();
+        while i < chars.len() && chars[i].is_whitespace() {
+            i += 1;
+        }
+        if i >= chars.len() || chars[i] != '=' {
+            out.push_str(&key);
+            continue;
+        }
+        i += 1;
+        while i < chars.len() && chars[i].is_whitespace() {
+            i += 1;
+        }
+        let value_start = i;
+        if i < chars.len() && chars[i] == '\'' {
+            i += 1;
+            while i < chars.len() && chars[i] != '\'' {
+                i += if chars[i] == '\\' { 2 } else { 1 };
+            }
+            i = (i + 1).min(chars.len());
+        } else {
+            while i < chars.len() && !chars[i].is_whitespace() {
+                i += if chars[i] == '\\' { 2 } else { 1 };
+            }
+            i = i.min(chars.len());
+        }
+        let original: String = chars[value_start..i].iter().collect();
+        out.push_str(&key);
+        out.push('=');
+        if key == "password" {
+            out.push_str(REDACTED);
+        } else {
+            out.push_str(&original);
+        }
+    }
+    out
+}
+
 fn parse_duration(key: &str, value: &str) -> Result<Duration, ConfigError> {
     let duration = humantime::parse_duration(value)
         .map_err(|e| ConfigError::new(key, format!("{e} (use a duration such as 500ms or 2s)")))?;
@@ -670,6 +823,39 @@ pub fn default_data_dir() -> PathBuf {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn passwords_are_redacted_from_urls_and_conninfo_strings() {
+        let cases = [
+            (
+                "postgres://u:pw@h:5432/db?sslmode=require",
+                "postgres://u:REDACTED@h:5432/db?sslmode=require",
+            ),
+            (
+                "postgres://u:p%40w@h1,h2/db",
+                "postgres://u:REDACTED@h1,h2/db",
+            ),
+            ("postgres://u@h/db", "postgres://u@h/db"),
+            (
+                "postgres://h/db?password=pw&x=1",
+                "postgres://h/db?password=REDACTED&x=1",
+            ),
+            ("postgres://u:p@w@h/db", "postgres://u:REDACTED@h/db"),
+            (
+                "host=h password=pw dbname=d",
+                "host=h password=REDACTED dbname=d",
+            ),
+            (
+                "host=h password = 'p w\\' x' dbname=d",
+                "host=h password=REDACTED dbname=d",
+            ),
+            ("password=", "password=REDACTED"),
+            ("host=h", "host=h"),
+        ];
+        for (input, expected) in cases {
+            assert_eq!(super::redact_postgres_url(input), expected, "{input}");
+        }
+    }
+
     use super::*;
 
     fn with(edit: impl FnOnce(&mut RawConfig)) -> Result<Config, ConfigError> {

@@ -84,8 +84,20 @@ async fn serve(args: ServeArgs) -> ExitCode {
         Err(code) => return code,
     };
     if args.check_config {
-        println!("{config:#?}");
-        return ExitCode::SUCCESS;
+        // The effective settings as TOML that --config reads back, passwords redacted.
+        return match Config::layered(&args).and_then(|raw| {
+            raw.to_redacted_toml()
+                .map_err(|e| agent_auth::config::ConfigError::new("config", e))
+        }) {
+            Ok(text) => {
+                print!("{text}");
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("agent-auth: {e}");
+                ExitCode::from(EXIT_CONFIG as u8)
+            }
+        };
     }
     let telemetry = telemetry::init(
         config.log_format,

@@ -78,17 +78,120 @@ fn flags_beat_env_which_beats_the_file() {
     );
     let printed = String::from_utf8_lossy(&output.stdout);
     assert!(
-        printed.contains("pool_size: 3,"),
+        printed.contains("db_pool_size = 3\n"),
         "file value kept: {printed}"
     );
     assert!(
-        printed.contains("max_concurrent_requests: 77,"),
+        printed.contains("max_concurrent_requests = 77\n"),
         "flag wins: {printed}"
     );
     assert!(
-        printed.contains("shutdown_grace: 5s,"),
+        printed.contains("shutdown_grace = \"5s\"\n"),
         "env beats file: {printed}"
     );
+}
+
+/// `--check-config` prints TOML that `--config` reads back, with no password in it, whether
+/// the URL or a libpq key=value string carries it.
+#[test]
+fn check_config_prints_toml_that_reads_back_and_never_the_password() {
+    let dir = tempfile::tempdir().unwrap();
+    for url in [
+        "postgres://agent:s3cr%40t@db.example:5432/coder?sslmode=require",
+        "postgresql://agent:s3cr%40t@db.example/coder?password=s3cr%40t&sslmode=require",
+        "host=db.example user=agent password='s3cr@t with space' dbname=coder",
+        "host=db.example password=s3cr@t dbname=coder",
+    ] {
+        let output = agent_auth()
+            .args(["serve", "--check-config", "--postgres-url", url])
+            .args(["--grpc-listen", "0.0.0.0:7000"])
+            .output()
+            .unwrap();
+        assert!(output.status.success(), "{url}");
+        let printed = String::from_utf8_lossy(&output.stdout).into_owned();
+        assert!(!printed.contains("s3cr"), "{printed}");
+        assert!(printed.contains("REDACTED"), "{printed}");
+        assert!(
+            printed.contains("grpc_listen = \"0.0.0.0:7000\""),
+            "{printed}"
+        );
+        let file = dir.path().join("printed.toml");
+        std::fs::write(&file, &printed).unwrap();
+        let again = agent_auth()
+            .args(["serve", "--check-config", "--config"])
+            .arg(&file)
+            .output()
+            .unwrap();
+        assert!(
+            again.status.success(),
+            "{url}: {}",
+            String::from_utf8_lossy(&again.stderr)
+        );
+        assert_eq!(String::from_utf8_lossy(&again.stdout), printed);
+    }
+}
+
+/// A production pod with a stray variable or config key must not accept expired evidence.
+#[test]
+fn insecure_verify_time_is_a_command_line_flag_only() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("agent-auth.toml");
+    std::fs::write(&file, "insecure_verify_time = \"2022-04-19T02:27:21Z\"\n").unwrap();
+    let from_file = agent_auth()
+        .args(["serve", "--check-config", "--config"])
+        .arg(&file)
+        .output()
+        .unwrap();
+    let from_env = agent_auth()
+        .args(["serve", "--check-config"])
+        .env("AGENT_AUTH_INSECURE_VERIFY_TIME", "2022-04-19T02:27:21Z")
+        .output()
+        .unwrap();
+    for output in [from_file, from_env] {
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(64), "{stderr}");
+        assert_eq!(stderr.lines().count(), 1, "{stderr}");
+        assert!(
+            stderr.contains("insecure_verify_time") && stderr.contains("command-line flag only"),
+            "{stderr}"
+        );
+    }
+    let flag = agent_auth()
+        .args([
+            "serve",
+            "--check-config",
+            "--insecure-verify-time",
+            "2022-04-19T02:27:21Z",
+        ])
+        .output()
+        .unwrap();
+    assert!(flag.status.success());
+}
+
+/// `--postgres-url-file` (a mounted Secret) takes the place of `--postgres-url`.
+#[tokio::test]
+async fn the_postgres_url_can_come_from_a_file() {
+    let db = TestDb::new().await;
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("url");
+    std::fs::write(&file, format!("{}\n", db.url)).unwrap();
+    let output = agent_auth()
+        .args(["migrate", "--postgres-url-file"])
+        .arg(&file)
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let both = agent_auth()
+        .args(["migrate", "--postgres-url", &db.url, "--postgres-url-file"])
+        .arg(&file)
+        .output()
+        .unwrap();
+    assert_eq!(both.status.code(), Some(64));
+    assert!(String::from_utf8_lossy(&both.stderr).contains("postgres_url_file"));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -380,16 +380,65 @@ async fn bind(addr: SocketAddr) -> Result<TcpListener, AppError> {
 }
 
 /// Binds a unix socket readable and writable by our own user only (mode 0600).
+///
+/// Whatever is at `path` is never removed unless it is a stale socket (one nobody answers
+/// on): a live socket is another server's, and a file, directory or symlink is refused. The
+/// socket is bound inside a private (0700) staging directory next to `path`, given mode 0600
+/// there, and then hard-linked into place, so it is never reachable with a wider mode and the
+/// link cannot replace anything that appeared meanwhile.
 fn bind_unix(path: &std::path::Path) -> Result<UnixListener, AppError> {
+    use std::io::{Error, ErrorKind};
+    use std::os::unix::fs::FileTypeExt;
     let err = |source: std::io::Error| AppError::Bind {
         addr: format!("unix:{}", path.display()),
         source,
     };
-    if path.exists() {
-        std::fs::remove_file(path).map_err(err)?;
+    match std::fs::symlink_metadata(path) {
+        Ok(meta) if meta.file_type().is_socket() => {
+            match std::os::unix::net::UnixStream::connect(path) {
+                Ok(_) => {
+                    return Err(err(Error::new(
+                        ErrorKind::AddrInUse,
+                        "another process is listening on this socket",
+                    )));
+                }
+                Err(e) if e.kind() == ErrorKind::ConnectionRefused => {
+                    tracing::info!(path = %path.display(), "removing a stale socket");
+                    std::fs::remove_file(path).map_err(err)?;
+                }
+                Err(e) => return Err(err(e)),
+            }
+        }
+        Ok(meta) => {
+            let kind = if meta.is_dir() {
+                "a directory"
+            } else if meta.file_type().is_symlink() {
+                "a symbolic link"
+            } else {
+                "a file that is not a socket"
+            };
+            return Err(err(Error::new(
+                ErrorKind::AlreadyExists,
+                format!("{kind} is in the way; refusing to remove it"),
+            )));
+        }
+        Err(e) if e.kind() == ErrorKind::NotFound => {}
+        Err(e) => return Err(err(e)),
     }
-    let listener = UnixListener::bind(path).map_err(err)?;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).map_err(err)?;
+    let parent = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(std::path::Path::new("."));
+    let staging = tempfile::Builder::new()
+        .prefix(".agent-auth-socket-")
+        .tempdir_in(parent)
+        .map_err(err)?;
+    let staged = staging.path().join("grpc.sock");
+    let listener = UnixListener::bind(&staged).map_err(err)?;
+    std::fs::set_permissions(&staged, std::fs::Permissions::from_mode(0o600)).map_err(err)?;
+    std::fs::hard_link(&staged, path).map_err(err)?;
+    // Dropping the staging directory removes the staged name; the listener keeps the socket.
+    drop(staging);
     Ok(listener)
 }
 

@@ -381,6 +381,62 @@ async fn a_database_that_refuses_connections_is_unavailable_and_recovery_needs_n
     assert_eq!(app.admin_get("/readyz").await.0, 200);
 }
 
+/// `--grpc-listen unix:PATH` removes only a stale socket: a file, a directory, a symlink and a
+/// socket another process listens on are refused with a clear error and left as they were.
+#[tokio::test]
+async fn a_unix_socket_path_replaces_only_a_stale_socket() {
+    let db = TestDb::migrated().await;
+    let dir = tempfile::tempdir().unwrap();
+    let build = |path: &std::path::Path| {
+        let mut raw = test_config(&db);
+        raw.grpc_listen = format!("unix:{}", path.display());
+        agent_auth::app::App::build(agent_auth::config::Config::from_raw(raw).unwrap())
+    };
+    let file = dir.path().join("file.sock");
+    std::fs::write(&file, "precious").unwrap();
+    let directory = dir.path().join("dir.sock");
+    std::fs::create_dir(&directory).unwrap();
+    let link = dir.path().join("link.sock");
+    std::os::unix::fs::symlink(&file, &link).unwrap();
+    let live = dir.path().join("live.sock");
+    let _other = std::os::unix::net::UnixListener::bind(&live).unwrap();
+    for (path, words) in [
+        (&file, "not a socket"),
+        (&directory, "a directory"),
+        (&link, "a symbolic link"),
+        (&live, "another process is listening"),
+    ] {
+        let error = match build(path).await {
+            Ok(_) => panic!("{} was accepted", path.display()),
+            Err(e) => e.to_string(),
+        };
+        assert!(error.contains(words), "{}: {error}", path.display());
+    }
+    assert_eq!(std::fs::read_to_string(&file).unwrap(), "precious");
+    assert!(directory.is_dir());
+    assert!(
+        std::fs::symlink_metadata(&link)
+            .unwrap()
+            .file_type()
+            .is_symlink()
+    );
+    assert!(std::os::unix::net::UnixStream::connect(&live).is_ok());
+    // A stale socket (its listener gone, the file left behind) is replaced.
+    let stale = dir.path().join("stale.sock");
+    drop(std::os::unix::net::UnixListener::bind(&stale).unwrap());
+    let app = build(&stale).await.unwrap();
+    drop(app);
+    // Nothing of the staging directory is left next to the socket.
+    let names: Vec<String> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert!(
+        names.iter().all(|n| !n.starts_with(".agent-auth-socket-")),
+        "{names:?}"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_unix_socket_listener_is_private_to_its_user_and_serves_grpc() {
     use std::os::unix::fs::PermissionsExt;

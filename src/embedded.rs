@@ -88,8 +88,15 @@ impl EmbeddedPostgres {
         let data_dir = options.data_dir.clone();
         let pgdata = data_dir.join("pgdata");
         let socket_dir = data_dir.join("run");
-        private_dir(&data_dir, account.as_ref())?;
-        private_dir(&socket_dir, account.as_ref())?;
+        // The top level stays ours (root's, when root) and only traversable by others; the
+        // cluster's own directories belong to the account that runs it. No step follows a
+        // symbolic link.
+        fs::create_dir_all(&data_dir)
+            .map_err(|e| EmbeddedError::Io(format!("{}: {e}", data_dir.display())))?;
+        let top_mode = if account.is_some() { 0o711 } else { 0o700 };
+        prepare_dir(&data_dir, None, top_mode)?;
+        prepare_dir(&pgdata, account.as_ref(), 0o700)?;
+        prepare_dir(&socket_dir, account.as_ref(), 0o700)?;
         let log_path = data_dir.join("postgres.log");
         if !pgdata.join("PG_VERSION").is_file() {
             let mut initdb = Command::new(bin.join("initdb"));
@@ -334,21 +341,66 @@ fn unprivileged_account() -> Result<Option<Account>, EmbeddedError> {
     }
 }
 
-fn private_dir(dir: &Path, account: Option<&Account>) -> Result<(), EmbeddedError> {
+/// Creates `dir` if missing (its parent must exist), then sets its owner (`account`, else
+/// ourselves) and `mode` through a handle opened with `O_NOFOLLOW | O_DIRECTORY`: a symbolic
+/// link (or anything but a directory) at `dir` is refused, never followed, so a planted link
+/// cannot hand another directory to the `postgres` account.
+fn prepare_dir(dir: &Path, account: Option<&Account>, mode: u32) -> Result<(), EmbeddedError> {
+    use std::os::unix::fs::OpenOptionsExt;
     let io = |e: std::io::Error| EmbeddedError::Io(format!("{}: {e}", dir.display()));
-    fs::create_dir_all(dir).map_err(io)?;
-    if let Some(account) = account {
-        std::os::unix::fs::chown(dir, Some(account.uid), Some(account.gid)).map_err(io)?;
+    match fs::create_dir(dir) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+        Err(e) => return Err(io(e)),
     }
-    fs::set_permissions(dir, fs::Permissions::from_mode(0o700)).map_err(io)
+    let handle = OpenOptions::new()
+        .read(true)
+        .custom_flags(nix::libc::O_NOFOLLOW | nix::libc::O_DIRECTORY)
+        .open(dir)
+        .map_err(|e| refuse_link(dir, e))?;
+    let (uid, gid) = match account {
+        Some(account) => (account.uid, account.gid),
+        None => (
+            nix::unistd::geteuid().as_raw(),
+            nix::unistd::getegid().as_raw(),
+        ),
+    };
+    std::os::unix::fs::fchown(&handle, Some(uid), Some(gid)).map_err(io)?;
+    handle
+        .set_permissions(fs::Permissions::from_mode(mode))
+        .map_err(io)
 }
 
+/// Opens the server log for appending; a symbolic link there is refused, never followed.
 fn log_file(path: &Path) -> Result<File, EmbeddedError> {
+    use std::os::unix::fs::OpenOptionsExt;
     OpenOptions::new()
         .create(true)
         .append(true)
+        .mode(0o600)
+        .custom_flags(nix::libc::O_NOFOLLOW)
         .open(path)
-        .map_err(|e| EmbeddedError::Io(format!("{}: {e}", path.display())))
+        .map_err(|e| refuse_link(path, e))
+}
+
+/// A refused open said plainly: `O_NOFOLLOW` meets a symbolic link as `ELOOP` (or `ENOTDIR`
+/// with `O_DIRECTORY`).
+fn refuse_link(path: &Path, e: std::io::Error) -> EmbeddedError {
+    let refused = [nix::errno::Errno::ELOOP, nix::errno::Errno::ENOTDIR]
+        .iter()
+        .any(|code| e.raw_os_error() == Some(*code as i32));
+    if !refused {
+        return EmbeddedError::Io(format!("{}: {e}", path.display()));
+    }
+    let link = fs::symlink_metadata(path).is_ok_and(|m| m.file_type().is_symlink());
+    EmbeddedError::Io(if link {
+        format!(
+            "{} is a symbolic link; refusing to follow it (remove it and start again)",
+            path.display()
+        )
+    } else {
+        format!("{} is not a directory; refusing to use it", path.display())
+    })
 }
 
 /// The directory holding both `initdb` and `postgres`.

@@ -9,6 +9,7 @@ mod cloud;
 mod connections;
 mod contract;
 mod gcp;
+mod hardening;
 mod helpers;
 mod http;
 mod operations;

@@ -183,13 +183,17 @@ impl tower::Service<Name> for PublicOnlyResolver {
 }
 
 /// False for loopback, private, link-local, multicast, unspecified, broadcast, documentation,
-/// carrier-grade NAT, benchmarking, reserved and the IPv6 equivalents (IPv4-mapped addresses
-/// are judged as IPv4).
+/// carrier-grade NAT, benchmarking, reserved and the IPv6 equivalents. An IPv6 address that
+/// embeds an IPv4 address is judged by that IPv4 address: IPv4-mapped `::ffff:a.b.c.d`,
+/// IPv4-compatible `::a.b.c.d`, IPv4-translated `::ffff:0:a.b.c.d`, NAT64 `64:ff9b::/96` and
+/// 6to4 `2002::/16`. Other transition and special ranges are refused: Teredo `2001::/32`,
+/// local-use NAT64 `64:ff9b:1::/48`, site-local `fec0::/10`, discard `100::/64`, ORCHID and
+/// benchmarking.
 pub fn is_public(ip: std::net::IpAddr) -> bool {
-    use std::net::IpAddr;
+    use std::net::{IpAddr, Ipv4Addr};
     match ip {
         IpAddr::V4(v4) => {
-            let [a, b, ..] = v4.octets();
+            let [a, b, c, _] = v4.octets();
             !(v4.is_loopback()
                 || v4.is_private()
                 || v4.is_link_local()
@@ -201,22 +205,36 @@ pub fn is_public(ip: std::net::IpAddr) -> bool {
                 || a >= 240
                 || (a == 100 && (64..128).contains(&b))
                 || (a == 198 && (18..20).contains(&b))
-                || (a == 192 && b == 0 && v4.octets()[2] == 0))
+                || (a == 192 && b == 0 && c == 0))
         }
         IpAddr::V6(v6) => {
-            if let Some(v4) = v6.to_ipv4_mapped() {
-                return is_public(IpAddr::V4(v4));
-            }
             let s = v6.segments();
-            !(v6.is_loopback()
-                || v6.is_unspecified()
-                || v6.is_multicast()
+            let embedded = |hi: u16, lo: u16| {
+                IpAddr::V4(Ipv4Addr::from((u32::from(hi) << 16) | u32::from(lo)))
+            };
+            // ::/96 (compatible, and :: and ::1), ::ffff:0:0/96 (mapped), ::ffff:0:0:0/96
+            // (translated), 64:ff9b::/96 (NAT64): the last 32 bits are the IPv4 address.
+            if s[..5] == [0; 5] && (s[5] == 0 || s[5] == 0xffff)
+                || s[..6] == [0, 0, 0, 0, 0xffff, 0]
+                || s[..6] == [0x64, 0xff9b, 0, 0, 0, 0]
+            {
+                return is_public(embedded(s[6], s[7]));
+            }
+            // 6to4: 2002:AABB:CCDD::/48 carries AA.BB.CC.DD.
+            if s[0] == 0x2002 {
+                return is_public(embedded(s[1], s[2]));
+            }
+            !(v6.is_multicast()
                 || (s[0] & 0xfe00) == 0xfc00
                 || (s[0] & 0xffc0) == 0xfe80
+                || (s[0] & 0xffc0) == 0xfec0
+                || s[0] == 0x0064
+                || (s[0] == 0x0100 && s[1..4] == [0, 0, 0])
                 || (s[0] == 0x2001 && s[1] == 0x0db8)
-                || (s[0] == 0x0064 && s[1] == 0xff9b)
-                || (s[0] == 0x0100 && s[1] == 0 && s[2] == 0 && s[3] == 0)
-                || (s[0] == 0x2001 && s[1] == 0x0002 && s[2] == 0))
+                || (s[0] == 0x2001 && s[1] == 0)
+                || (s[0] == 0x2001 && s[1] == 0x0002 && s[2] == 0)
+                || (s[0] == 0x2001 && (s[1] & 0xfff0) == 0x0010)
+                || (s[0] == 0x2001 && (s[1] & 0xfff0) == 0x0020))
         }
     }
 }
@@ -260,6 +278,24 @@ mod tests {
             "fd00::1",
             "::ffff:169.254.169.254",
             "2001:db8::1",
+            // The review's gaps: embedded private IPv4 in every IPv6 form, and ranges that
+            // reach an IPv4 network by translation or tunnelling.
+            "::127.0.0.1",
+            "::169.254.169.254",
+            "::ffff:0:127.0.0.1",
+            "::ffff:0:10.0.0.1",
+            "2002:7f00:0001::1",
+            "2002:a9fe:a9fe::1",
+            "2001::1",
+            "2001:0:4136:e378:8000:63bf:3fff:fdd2",
+            "fec0::1",
+            "feff::1",
+            "64:ff9b::10.0.0.1",
+            "64:ff9b::169.254.169.254",
+            "64:ff9b:1::1.2.3.4",
+            "100::1",
+            "2001:20::1",
+            "::",
         ] {
             assert!(
                 !is_public(
@@ -270,7 +306,13 @@ mod tests {
                 "{private}"
             );
         }
-        for public in ["13.107.246.45", "2620:1ec:bdf::45"] {
+        for public in [
+            "13.107.246.45",
+            "2620:1ec:bdf::45",
+            "::ffff:13.107.246.45",
+            "64:ff9b::13.107.246.45",
+            "2002:0d6b:f62d::1",
+        ] {
             assert!(
                 is_public(
                     public

@@ -211,8 +211,18 @@ impl Authenticator {
         let started = Instant::now();
         let request_id = uuid::Uuid::new_v4().simple().to_string();
         let cloud = request.evidence.as_ref().map(evidence_cloud);
+        let cloud_label = cloud.map(Cloud::label).unwrap_or("none");
+        // Counts and logs the request as `cancelled` if this future is dropped before the
+        // answer (the caller went away, or its deadline passed), wherever it was.
+        let mut unfinished = Unfinished {
+            request_id: &request_id,
+            cloud: cloud_label,
+            started,
+            armed: true,
+        };
         let mut instance = String::new();
         let result = self.run(request, &mut instance).await;
+        unfinished.armed = false;
         // The reason code (contract) and its lower-case metrics label; "ok" on success.
         let reason = result.as_ref().err().map(AuthError::reason).unwrap_or("");
         let outcome = outcome_label(if reason.is_empty() { "ok" } else { reason });
@@ -226,7 +236,6 @@ impl Authenticator {
             ) => e.to_string(),
             _ => String::new(),
         };
-        let cloud_label = cloud.map(Cloud::label).unwrap_or("none");
         crate::metrics::record_authentication(cloud_label, outcome, started.elapsed());
         tracing::info!(
             request_id,
@@ -439,21 +448,39 @@ fn verify_aws(
         })
 }
 
-/// The metrics outcome: the reason code in lower case, or `ok` (a bounded set).
-fn outcome_label(reason: &str) -> &'static str {
-    match reason {
-        "ok" => "ok",
-        "MALFORMED_REQUEST" => "malformed_request",
-        "INVALID_IDENTITY" => "invalid_identity",
-        "INSTANCE_NOT_FOUND" => "instance_not_found",
-        "AGENT_NAME_NOT_FOUND" => "agent_name_not_found",
-        "AMBIGUOUS_AGENT" => "ambiguous_agent",
-        "NOT_LATEST_BUILD" => "not_latest_build",
-        "DATABASE_UNAVAILABLE" => "database_unavailable",
-        "TRUST_UNAVAILABLE" => "trust_unavailable",
-        "CLOUD_API_UNAVAILABLE" => "cloud_api_unavailable",
-        _ => "internal",
+/// Records an authentication whose future was dropped before it answered.
+struct Unfinished<'a> {
+    request_id: &'a str,
+    cloud: &'static str,
+    started: Instant,
+    armed: bool,
+}
+
+impl Drop for Unfinished<'_> {
+    fn drop(&mut self) {
+        if !self.armed {
+            return;
+        }
+        crate::metrics::record_authentication(self.cloud, "cancelled", self.started.elapsed());
+        tracing::info!(
+            request_id = self.request_id,
+            cloud = self.cloud,
+            outcome = "cancelled",
+            reason = "",
+            duration_ms = self.started.elapsed().as_secs_f64() * 1000.0,
+            "authentication"
+        );
     }
+}
+
+/// The metrics outcome: the reason code in lower case, or `ok`; one of
+/// [`crate::metrics::OUTCOMES`] (an unknown reason counts as `internal`).
+fn outcome_label(reason: &str) -> &'static str {
+    crate::metrics::OUTCOMES
+        .iter()
+        .find(|label| label.eq_ignore_ascii_case(reason))
+        .copied()
+        .unwrap_or("internal")
 }
 
 /// The first 12 hex digits of SHA-256: enough to correlate log lines, not an identifier.

@@ -29,6 +29,26 @@ pub const CLOUD_API_CACHE: &str = "agent_auth_cloud_api_cache_total";
 pub const CLOUD_API_BATCH_SIZE: &str = "agent_auth_cloud_api_batch_size";
 pub const CLOUD_API_FAIL_OPEN: &str = "agent_auth_cloud_api_fail_open_total";
 
+/// Every `outcome` label of `agent_auth_authentications_total`: `ok`, each contract reason in
+/// lower case, and `cancelled` (the caller went away before the answer).
+pub const OUTCOMES: &[&str] = &[
+    "ok",
+    "malformed_request",
+    "invalid_identity",
+    "instance_not_found",
+    "agent_name_not_found",
+    "ambiguous_agent",
+    "not_latest_build",
+    "database_unavailable",
+    "trust_unavailable",
+    "cloud_api_unavailable",
+    "internal",
+    "cancelled",
+];
+
+/// Every `cloud` label of the authentication metrics (`none`: no identity in the request).
+pub const CLOUDS: &[&str] = &["aws", "gcp", "azure", "none"];
+
 /// Instance ids per EC2 `DescribeInstances` call (at most 100).
 const BATCH_BUCKETS: &[f64] = &[1.0, 2.0, 5.0, 10.0, 20.0, 50.0, 100.0];
 
@@ -112,6 +132,7 @@ fn describe() {
         REQUESTS_SHED,
         "Requests refused at once because the concurrency limit was reached."
     );
+    export_zeros();
     describe_gauge!(
         CONNECTIONS_OPEN,
         "Open connections by listener (grpc, http, admin)."
@@ -169,6 +190,30 @@ pub fn record_connection_timeout(listener: &'static str, timeout: &'static str) 
 /// Counts one login refused for an instance claimed by several workspaces.
 pub fn record_instance_conflict() {
     metrics::counter!(INSTANCE_CONFLICTS).increment(1);
+}
+
+/// Every counter of DESIGN.md 3.2 (and ours) exists from the start, at 0, with each label set
+/// that is known in advance, so dashboards and alerts see a series before the first event.
+fn export_zeros() {
+    for cloud in CLOUDS {
+        for outcome in OUTCOMES {
+            metrics::counter!(AUTHENTICATIONS, "cloud" => *cloud, "outcome" => *outcome)
+                .absolute(0);
+        }
+    }
+    metrics::counter!(DB_QUERIES).absolute(0);
+    metrics::counter!(REQUESTS_SHED).absolute(0);
+    metrics::gauge!(REQUESTS_IN_FLIGHT).set(0.0);
+    metrics::counter!(TRUST_REFRESH_FAILURES, "cloud" => "gcp").absolute(0);
+    for cloud in ["aws", "gcp"] {
+        for outcome in ["ok", "error"] {
+            metrics::counter!(CLOUD_API_CALLS, "cloud" => cloud, "outcome" => outcome).absolute(0);
+        }
+        for result in ["hit", "shared", "miss"] {
+            metrics::counter!(CLOUD_API_CACHE, "cloud" => cloud, "result" => result).absolute(0);
+        }
+        metrics::counter!(CLOUD_API_FAIL_OPEN, "cloud" => cloud).absolute(0);
+    }
 }
 
 /// Counts one trust reload.

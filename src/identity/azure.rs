@@ -372,58 +372,24 @@ fn is_metadata_name(name: &str) -> bool {
     })
 }
 
-/// Parses IMDS's `MM/DD/YY HH:MM:SS -0000` into Unix seconds.
+/// Parses IMDS's `MM/DD/YY HH:MM:SS -0000` into Unix seconds with the `time` crate: every
+/// field two digits (four for the offset), a real calendar date (no 02/31), years 2000–2099.
 fn parse_timestamp(value: &str) -> Result<i64, IdentityError> {
+    use time::macros::format_description;
     let bad = || IdentityError::Malformed(format!("timestamp {value:?}"));
-    let mut parts = value.split(' ');
-    let (Some(date), Some(time), Some(offset), None) =
-        (parts.next(), parts.next(), parts.next(), parts.next())
-    else {
-        return Err(bad());
-    };
-    let numbers = |s: &str, sep: char| -> Option<Vec<i64>> {
-        let fields: Vec<i64> = s
-            .split(sep)
-            .map(|f| f.parse().ok())
-            .collect::<Option<_>>()?;
-        (fields.len() == 3 && s.split(sep).all(|f| f.len() == 2)).then_some(fields)
-    };
-    let date = numbers(date, '/').ok_or_else(bad)?;
-    let time = numbers(time, ':').ok_or_else(bad)?;
-    let (month, day, year) = (date[0], date[1], 2000 + date[2]);
-    let (hour, minute, second) = (time[0], time[1], time[2]);
-    if !(1..=12).contains(&month)
-        || !(1..=31).contains(&day)
-        || hour > 23
-        || minute > 59
-        || second > 60
-    {
+    // `time` cannot give a two-digit year a century: write it out first. Everything else is
+    // checked by the format itself.
+    let (date, rest) = value.split_at_checked(6).ok_or_else(bad)?;
+    if !date.ends_with('/') {
         return Err(bad());
     }
-    let sign = match offset.as_bytes().first() {
-        Some(b'+') => 1,
-        Some(b'-') => -1,
-        _ => return Err(bad()),
-    };
-    let digits = &offset[1..];
-    if digits.len() != 4 || !digits.bytes().all(|b| b.is_ascii_digit()) {
-        return Err(bad());
-    }
-    let offset_minutes: i64 = digits[..2].parse::<i64>().map_err(|_| bad())? * 60
-        + digits[2..].parse::<i64>().map_err(|_| bad())?;
-    let days = days_from_civil(year, month, day);
-    Ok(days * 86_400 + hour * 3600 + minute * 60 + second - sign * offset_minutes * 60)
-}
-
-/// Days since 1970-01-01 of a proleptic Gregorian date (Howard Hinnant's algorithm).
-fn days_from_civil(year: i64, month: i64, day: i64) -> i64 {
-    let year = if month <= 2 { year - 1 } else { year };
-    let era = year.div_euclid(400);
-    let year_of_era = year - era * 400;
-    let month_index = (month + 9) % 12;
-    let day_of_year = (153 * month_index + 2) / 5 + day - 1;
-    let day_of_era = year_of_era * 365 + year_of_era / 4 - year_of_era / 100 + day_of_year;
-    era * 146_097 + day_of_era - 719_468
+    let full = format!("{date}20{rest}");
+    let format = format_description!(
+        "[month]/[day]/[year] [hour]:[minute]:[second] [offset_hour sign:mandatory][offset_minute]"
+    );
+    time::OffsetDateTime::parse(&full, format)
+        .map(|t| t.unix_timestamp())
+        .map_err(|_| bad())
 }
 
 fn builtin(pems: &[&[u8]], kind: CaKind) -> Result<Vec<PinnedCa>, TrustError> {
@@ -482,12 +448,24 @@ mod tests {
             parse_timestamp("06/25/26 20:56:45 +0200").ok(),
             Some(1_782_413_805)
         );
+        // A leap day that exists.
+        assert!(parse_timestamp("02/29/28 00:00:00 -0000").is_ok());
         for bad in [
             "",
             "06/25/26 18:56:45",
             "6/25/26 18:56:45 -0000",
             "13/25/26 18:56:45 -0000",
             "06/25/26 18:56:45 0000",
+            "02/31/26 18:56:45 -0000",
+            "02/29/26 00:00:00 -0000",
+            "-1/25/26 18:56:45 -0000",
+            "06/-5/26 18:56:45 -0000",
+            "06/25/-6 18:56:45 -0000",
+            "06/25/26 -1:56:45 -0000",
+            "06/25/26 24:00:00 -0000",
+            "06/25/26 18:56:45 -0000 ",
+            "06/25/26\u{a0}18:56:45 -0000",
+            "ü6/25/26 18:56:45 -0000",
         ] {
             assert!(parse_timestamp(bad).is_err(), "{bad:?}");
         }

@@ -115,10 +115,10 @@ pub fn verify(
         .map_err(|e| invalid(IdentityError::BadSignature(format!("JWT: {e}"))))?
         .claims;
     let now = super::unix_seconds(now);
-    if claims.exp + LEEWAY_SECONDS < now {
+    if claims.exp.saturating_add(LEEWAY_SECONDS) < now {
         return Err(invalid(IdentityError::Rejected("token expired".into())));
     }
-    if claims.iat - LEEWAY_SECONDS > now {
+    if claims.iat.saturating_sub(LEEWAY_SECONDS) > now {
         return Err(invalid(IdentityError::Rejected(
             "token issued in the future".into(),
         )));

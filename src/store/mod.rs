@@ -49,8 +49,6 @@ pub enum StoreError {
 pub struct Store {
     pool: Pool,
     pg_config: tokio_postgres::Config,
-    /// For cancel requests, which open a connection of their own.
-    tls: tokio_postgres_rustls::MakeRustlsConnect,
 }
 
 impl Store {
@@ -72,7 +70,7 @@ impl Store {
         let tls = tls::connector(config.ca.as_deref())?;
         let manager = Manager::from_config(
             pg_config.clone(),
-            tls.clone(),
+            tls,
             ManagerConfig {
                 recycling_method: RecyclingMethod::Fast,
             },
@@ -96,11 +94,7 @@ impl Store {
             .runtime(Runtime::Tokio1)
             .build()
             .map_err(|e| StoreError::Internal(format!("cannot build the pool: {e}")))?;
-        Ok(Self {
-            pool,
-            pg_config,
-            tls,
-        })
+        Ok(Self { pool, pg_config })
     }
 
     /// The connection settings, for dedicated connections (migrations, schema checks).

@@ -79,57 +79,49 @@ pub struct Resolution {
 impl Store {
     /// Runs [`RESOLVE_SQL`] once. If the pooled connection turns out dead (the statement never
     /// reached the server), it is dropped and the statement retried once on another connection.
+    ///
+    /// The statement runs in a task of its own that owns the pooled connection: a caller that
+    /// goes away (deadline, reset) does not abandon it mid-statement. The statement finishes
+    /// (bounded by `statement_timeout`) and the connection goes back to the pool, so a
+    /// cancelled login costs the database no more than a completed one, and no cancel request
+    /// is ever sent (one would cancel whatever that backend runs at that moment). A caller gone
+    /// before its connection is checked out costs no statement at all.
     #[tracing::instrument(name = "query", skip_all, fields(db.system = "postgresql", db.operation = "resolve"))]
     pub async fn resolve(&self, instance_id: &str) -> Result<Resolution, StoreError> {
+        let (answer, answered) = tokio::sync::oneshot::channel();
+        let store = self.clone();
+        let instance_id = instance_id.to_owned();
+        tokio::spawn(tracing::Instrument::in_current_span(async move {
+            let result = store.resolve_detached(&instance_id, &answer).await;
+            let _ = answer.send(result);
+        }));
+        answered
+            .await
+            .map_err(|_| StoreError::Internal("the resolver task ended without an answer".into()))?
+    }
+
+    async fn resolve_detached(
+        &self,
+        instance_id: &str,
+        answer: &tokio::sync::oneshot::Sender<Result<Resolution, StoreError>>,
+    ) -> Result<Resolution, StoreError> {
+        let gone = || StoreError::Unavailable("the caller went away before the statement".into());
         let client = self.checkout().await?;
-        let mut guard = CancelOnDrop::arm(&client, self);
+        if answer.is_closed() {
+            return Err(gone());
+        }
         let rows = match query(&client, instance_id).await {
             Err(e) if is_connection_lost(&e) => {
                 drop(deadpool_postgres::Object::take(client));
                 let fresh = self.checkout().await?;
-                guard = CancelOnDrop::arm(&fresh, self);
+                if answer.is_closed() {
+                    return Err(gone());
+                }
                 query(&fresh, instance_id).await.map_err(query_error)?
             }
             other => other.map_err(query_error)?,
         };
-        guard.disarm();
         parse(&rows)
-    }
-}
-
-/// When a request is abandoned mid-statement (its deadline passed, the caller went away), the
-/// statement would keep its connection busy on the server until `statement_timeout`. Dropping
-/// this guard while armed sends PostgreSQL a cancel request instead.
-struct CancelOnDrop {
-    token: Option<tokio_postgres::CancelToken>,
-    tls: tokio_postgres_rustls::MakeRustlsConnect,
-}
-
-impl CancelOnDrop {
-    fn arm(client: &tokio_postgres::Client, store: &Store) -> Self {
-        Self {
-            token: Some(client.cancel_token()),
-            tls: store.tls.clone(),
-        }
-    }
-
-    fn disarm(&mut self) {
-        self.token = None;
-    }
-}
-
-impl Drop for CancelOnDrop {
-    fn drop(&mut self) {
-        if let Some(token) = self.token.take()
-            && let Ok(runtime) = tokio::runtime::Handle::try_current()
-        {
-            let tls = self.tls.clone();
-            runtime.spawn(async move {
-                if let Err(e) = token.cancel_query(tls).await {
-                    tracing::debug!(error = %e, "cancel request failed");
-                }
-            });
-        }
     }
 }
 

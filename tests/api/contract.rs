@@ -264,6 +264,102 @@ async fn over_the_concurrency_limit_requests_are_shed_at_once_as_overloaded() {
     );
 }
 
+/// The server-side pids of the service's pooled connections to `db`.
+async fn agent_backends(db: &TestDb) -> Vec<i32> {
+    admin()
+        .await
+        .query(
+            "SELECT pid FROM pg_stat_activity WHERE datname = $1 AND application_name = 'agent-auth' ORDER BY pid",
+            &[&db.name],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|row| row.get(0))
+        .collect()
+}
+
+/// Hardening defect 9: 200 requests abandoned mid-statement (their deadline passes while the
+/// statement waits on a lock) drop no connection and send no cancel request: the pool's
+/// backends stay, it opens no connection beyond its size, and every later login succeeds.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn abandoned_logins_keep_their_connections_and_unrelated_logins_never_fail() {
+    use prost::Message;
+    let db = TestDb::migrated().await;
+    seed_agent(&db, RECORDED_INSTANCE).await;
+    let app = TestApp::spawn(&db, |c| {
+        c.db_pool_size = 4;
+        c.db_statement_timeout = "10s".into();
+        c.db_checkout_timeout = "5s".into();
+    })
+    .await;
+    success(
+        app.authenticate(aws_request(RECORDED_DOCUMENT, RECORDED_SIGNATURE, ""))
+            .await,
+    );
+    let before = agent_backends(&db).await;
+    let sessions = async || -> i64 {
+        admin()
+            .await
+            .query_one(
+                "SELECT sessions FROM pg_stat_database WHERE datname = $1",
+                &[&db.name],
+            )
+            .await
+            .unwrap()
+            .get(0)
+    };
+    let sessions_before = sessions().await;
+
+    let lock = lock_agents(&db).await;
+    let message = aws_request(RECORDED_DOCUMENT, RECORDED_SIGNATURE, "").encode_to_vec();
+    let addr = app.grpc_url.trim_start_matches("http://").to_owned();
+    let mut abandoned = tokio::task::JoinSet::new();
+    for _ in 0..200 {
+        let (addr, message) = (addr.clone(), message.clone());
+        abandoned.spawn(async move { raw_grpc_status(&addr, "100m", message).await });
+    }
+    // DEADLINE_EXCEEDED from us, or CANCELLED when tonic's own deadline timer wins the race
+    // on a busy machine: either way the caller's deadline ended the request.
+    let ended = [Code::DeadlineExceeded, Code::Cancelled].map(|c| (c as i32).to_string());
+    while let Some(status) = abandoned.join_next().await {
+        let status = status.unwrap();
+        assert!(ended.contains(&status), "grpc-status {status}");
+    }
+    lock.batch_execute("ROLLBACK").await.unwrap();
+    let channel = agent_auth::client::connect(&app.grpc_url, Duration::from_secs(30))
+        .await
+        .unwrap();
+    let mut later = tokio::task::JoinSet::new();
+    for _ in 0..50 {
+        later.spawn(agent_auth::client::authenticate(
+            channel.clone(),
+            aws_request(RECORDED_DOCUMENT, RECORDED_SIGNATURE, ""),
+        ));
+    }
+    while let Some(result) = later.join_next().await {
+        success(result.unwrap());
+    }
+    // No connection was dropped, and the only new sessions are the lock's and the pool
+    // growing to its size (the old behaviour reconnected once per abandoned login).
+    let after = agent_backends(&db).await;
+    assert!(
+        before.iter().all(|pid| after.contains(pid)),
+        "{before:?} -> {after:?}"
+    );
+    assert!(after.len() <= 4, "{after:?}");
+    let opened = sessions().await - sessions_before;
+    assert!(opened <= 1 + 3, "{opened} sessions opened");
+    // Metrics are process-wide (other tests run beside this one): at least our 200.
+    let (_, metrics) = app.admin_get("/metrics").await;
+    let cancelled = metric_sum(
+        &metrics,
+        "agent_auth_authentications_total",
+        &[("cloud", "aws"), ("outcome", "cancelled")],
+    );
+    assert!(cancelled.unwrap_or(0.0) >= 200.0, "{cancelled:?}");
+}
+
 /// One unary call over a bare HTTP/2 connection, so no client-side timer races the server's
 /// answer; returns `grpc-status`.
 async fn raw_grpc_status(addr: &str, grpc_timeout: &str, message: Vec<u8>) -> String {
@@ -320,29 +416,40 @@ async fn the_callers_deadline_is_honoured_with_deadline_exceeded_while_the_datab
     let status = raw_grpc_status(&addr, "300m", message).await;
     let waited = started.elapsed();
     assert_eq!(status, (Code::DeadlineExceeded as i32).to_string());
-    // The abandoned statement is cancelled on the server instead of waiting on the lock.
-    let cancelled = eventually(Duration::from_secs(5), async || {
-        admin()
-            .await
-            .query_one("SELECT count(*) FROM pg_stat_activity WHERE datname = $1 AND wait_event_type = 'Lock'", &[&db.name])
-            .await
-            .unwrap()
-            .get::<_, i64>(0)
-            == 0
-    });
-    assert!(
-        cancelled.await,
-        "the statement still waits after the deadline"
-    );
-    lock.batch_execute("ROLLBACK").await.unwrap();
     assert!(
         waited < Duration::from_secs(5),
         "answered after {waited:?}, far past the 300 ms deadline"
     );
+    // The abandoned statement is not cancelled (a cancel request would cancel whatever that
+    // backend runs next) and its connection is not dropped: it finishes when the lock goes,
+    // and the same backend serves the next login.
+    let waiting = admin()
+        .await
+        .query(
+            "SELECT pid FROM pg_stat_activity WHERE datname = $1 AND wait_event_type = 'Lock'",
+            &[&db.name],
+        )
+        .await
+        .unwrap();
+    assert_eq!(waiting.len(), 1, "the statement should still be running");
+    let pid: i32 = waiting[0].get(0);
+    lock.batch_execute("ROLLBACK").await.unwrap();
     success(
         app.authenticate(aws_request(RECORDED_DOCUMENT, RECORDED_SIGNATURE, ""))
             .await,
     );
+    assert!(
+        agent_backends(&db).await.contains(&pid),
+        "the abandoned statement's connection was dropped"
+    );
+    // Metrics are process-wide (other tests run beside this one): at least ours.
+    let (_, metrics) = app.admin_get("/metrics").await;
+    let cancelled = metric_sum(
+        &metrics,
+        "agent_auth_authentications_total",
+        &[("cloud", "aws"), ("outcome", "cancelled")],
+    );
+    assert!(cancelled.unwrap_or(0.0) >= 1.0, "{cancelled:?}");
 }
 
 #[tokio::test]
@@ -466,6 +573,45 @@ async fn a_unix_socket_listener_is_private_to_its_user_and_serves_grpc() {
     ));
     app.stop().await;
     assert!(!socket.exists(), "the socket file is removed at shutdown");
+}
+
+/// Every counter of DESIGN.md 3.2 is exported at 0 from the start, with its known label sets,
+/// before any request (here: a fresh server process, whose /metrics is its own).
+#[tokio::test]
+async fn every_counter_is_exported_at_zero_before_the_first_request() {
+    let db = TestDb::migrated().await;
+    let server = ServeProcess::start(&db, &[]).await;
+    let (status, text) = http_get(&format!("{}/metrics", server.admin_url)).await;
+    assert_eq!(status, 200);
+    for (name, labels) in [
+        ("agent_auth_requests_shed_total", vec![]),
+        ("agent_auth_db_queries_total", vec![]),
+        ("agent_auth_instance_conflicts_total", vec![]),
+        ("agent_auth_trust_reloads_total", vec![("result", "error")]),
+        (
+            "agent_auth_authentications_total",
+            vec![("cloud", "aws"), ("outcome", "ok")],
+        ),
+        (
+            "agent_auth_authentications_total",
+            vec![("cloud", "azure"), ("outcome", "cancelled")],
+        ),
+        (
+            "agent_auth_connections_refused_total",
+            vec![("listener", "grpc")],
+        ),
+    ] {
+        assert_eq!(
+            metric_sum(&text, name, &labels),
+            Some(0.0),
+            "{name} {labels:?} missing from:\n{text}"
+        );
+    }
+    assert_eq!(
+        metric_sum(&text, "agent_auth_requests_in_flight", &[]),
+        Some(0.0)
+    );
+    server.terminate().await;
 }
 
 #[tokio::test]

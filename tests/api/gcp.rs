@@ -386,3 +386,30 @@ async fn the_authenticate_command_sends_a_gcp_token() {
     let token = token.display().to_string();
     assert_authenticate_command_prints(&app.grpc_url, &["--gcp-token", &token], agent.token).await;
 }
+
+/// Hostile numbers in the time claims (`exp` at i64::MAX, `iat` at i64::MIN) are judged with
+/// checked arithmetic: no overflow panic, a clear answer, and the server goes on serving.
+#[tokio::test]
+async fn extreme_exp_and_iat_claims_are_judged_without_overflow() {
+    let key = GcpKey::generate("k1");
+    let server = JwksServer::start(vec![key.jwk.clone()], 300).await;
+    let db = TestDb::migrated().await;
+    let agent = seed_agent(&db, "4343434343434343").await;
+    let url = server.url.clone();
+    let app = TestApp::spawn(&db, |c| c.gcp_jwks = url).await;
+    let good = key.sign(&claims("4343434343434343", "p"));
+    wait_for_keys(&app, &good).await;
+    let mut extreme = claims("4343434343434343", "p");
+    extreme["exp"] = json!(i64::MAX);
+    extreme["iat"] = json!(i64::MIN);
+    let response = success(app.authenticate(gcp_request(&key.sign(&extreme))).await);
+    assert_eq!(response.session_token, agent.token.to_string());
+    let mut past = claims("4343434343434343", "p");
+    past["exp"] = json!(i64::MIN);
+    let (code, reason, _) = failure(app.authenticate(gcp_request(&key.sign(&past))).await);
+    assert_eq!(
+        (code, reason.as_str()),
+        (Code::Unauthenticated, "INVALID_IDENTITY")
+    );
+    success(app.authenticate(gcp_request(&good)).await);
+}

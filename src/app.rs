@@ -81,10 +81,11 @@ pub async fn prepare_database(config: &Config) -> Result<Database, AppError> {
             (cluster.connection_string(EMBEDDED_DATABASE), Some(cluster))
         }
     };
-    let pg_config: tokio_postgres::Config = url
-        .parse()
-        .map_err(|e| StoreError::Internal(format!("invalid postgres url: {e}")))?;
-    let tls = crate::store::tls::connector(config.store.ca.as_deref())?;
+    let crate::store::tls::Target {
+        config: pg_config,
+        tls,
+        ..
+    } = crate::store::tls::target(&url, config.store.ca.as_deref())?;
     match config.schema {
         SchemaMode::Owned => {
             let applied = migrate::run_migrations_with(&pg_config, tls).await?;

@@ -330,7 +330,7 @@ impl Config {
             ));
         }
         if let Some(url) = &postgres_url {
-            url.parse::<tokio_postgres::Config>().map_err(|e| {
+            crate::store::tls::parse(url).map_err(|e| {
                 ConfigError::new(
                     "postgres_url",
                     format!("{e} (in {})", redact_postgres_url(url)),
@@ -683,57 +683,19 @@ pub fn redact_postgres_url(value: &str) -> String {
     }
 }
 
-/// `password = value` in a libpq key=value string (the value bare or single-quoted with
-/// backslash escapes) becomes `password=REDACTED`; everything else is kept.
+/// `password=…` in a libpq key=value string becomes `password=REDACTED`; a string that does
+/// not split into pairs is redacted whole.
 fn redact_conninfo(value: &str) -> String {
-    let chars: Vec<char> = value.chars().collect();
-    let mut out = String::with_capacity(value.len());
-    let mut i = 0;
-    while i < chars.len() {
-        if chars[i].is_whitespace() {
-            out.push(chars[i]);
-            i += 1;
-            continue;
-        }
-        let key_start = i;
-        while i < chars.len() && chars[i] != '=' && !chars[i].is_whitespace() {
-            i += 1;
-        }
-        let key: String = chars[key_start..i].iter().collect();
-        while i < chars.len() && chars[i].is_whitespace() {
-            i += 1;
-        }
-        if i >= chars.len() || chars[i] != '=' {
-            out.push_str(&key);
-            continue;
-        }
-        i += 1;
-        while i < chars.len() && chars[i].is_whitespace() {
-            i += 1;
-        }
-        let value_start = i;
-        if i < chars.len() && chars[i] == '\'' {
-            i += 1;
-            while i < chars.len() && chars[i] != '\'' {
-                i += if chars[i] == '\\' { 2 } else { 1 };
+    use crate::store::conninfo;
+    match conninfo::pairs(value) {
+        Some(mut pairs) => {
+            for pair in pairs.iter_mut().filter(|p| p.key == "password") {
+                pair.raw = REDACTED.into();
             }
-            i = (i + 1).min(chars.len());
-        } else {
-            while i < chars.len() && !chars[i].is_whitespace() {
-                i += if chars[i] == '\\' { 2 } else { 1 };
-            }
-            i = i.min(chars.len());
+            conninfo::join(&pairs)
         }
-        let original: String = chars[value_start..i].iter().collect();
-        out.push_str(&key);
-        out.push('=');
-        if key == "password" {
-            out.push_str(REDACTED);
-        } else {
-            out.push_str(&original);
-        }
+        None => REDACTED.into(),
     }
-    out
 }
 
 fn parse_duration(key: &str, value: &str) -> Result<Duration, ConfigError> {

@@ -12,12 +12,12 @@
 //!   costs one round trip on a cached plan;
 //! - `statement_timeout` travels in the startup packet (`options`), never as a `SET`.
 
+pub mod conninfo;
 pub mod migrate;
 pub mod resolve;
 pub mod seed;
 pub mod tls;
 
-use std::str::FromStr;
 use std::time::Duration;
 
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
@@ -54,8 +54,12 @@ pub struct Store {
 impl Store {
     /// Builds the pool. No connection is made until the first checkout.
     pub fn connect(url: &str, config: &StoreConfig) -> Result<Self, StoreError> {
-        let mut pg_config = tokio_postgres::Config::from_str(url)
-            .map_err(|e| StoreError::Internal(format!("invalid postgres url: {e}")))?;
+        let tls::Target {
+            config: mut pg_config,
+            tls,
+            verified,
+        } = tls::target(url, config.ca.as_deref())?;
+        tls::warn_if_unverified(&pg_config, verified);
         pg_config.connect_timeout(config.connect_timeout);
         let statement_ms = config.statement_timeout.as_millis().max(1);
         let mut options = pg_config.get_options().unwrap_or_default().to_owned();
@@ -67,7 +71,6 @@ impl Store {
         if pg_config.get_application_name().is_none() {
             pg_config.application_name("agent-auth");
         }
-        let tls = tls::connector(config.ca.as_deref())?;
         let manager = Manager::from_config(
             pg_config.clone(),
             tls,

@@ -1,14 +1,18 @@
-//! TLS to PostgreSQL, with libpq's meaning of `sslmode` (tokio-postgres knows `disable`,
-//! `prefer` — the default — and `require`):
-//! - without `--postgres-ca`, the connection is encrypted when the server offers TLS, but the
-//!   server certificate is not verified (libpq's `prefer`/`require` do not verify either), so a
-//!   server with a self-signed certificate keeps working as it did over plaintext;
-//! - with `--postgres-ca FILE`, the certificate must chain to that CA and match the host name
-//!   (libpq's `verify-full`).
+//! TLS to PostgreSQL, with libpq's meaning of `sslmode` and `sslrootcert` in the URL or
+//! key=value string (tokio-postgres itself knows only `disable`, `prefer` and `require`, and
+//! no `sslrootcert`; [`target`] takes both out and carries them out here):
+//! - `disable`: plaintext;
+//! - `prefer` (the default) and `require`: encrypted (when offered / always), the server
+//!   certificate not verified, as libpq does; with a CA (`sslrootcert` or `--postgres-ca`)
+//!   the certificate must chain to it and match the host name, as before;
+//! - `verify-ca`: TLS always, the certificate must chain to the CA (host name not checked);
+//! - `verify-full`: TLS always, chain and host name. Both need a CA.
 //!
-//! PostgreSQL never uses TLS on a unix socket, so the embedded database is unaffected.
+//! An unverified connection to a database that is not on loopback or a unix socket is warned
+//! about once at start-up. PostgreSQL never uses TLS on a unix socket, so the embedded database
+//! is unaffected.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
@@ -18,32 +22,248 @@ use tokio_postgres_rustls::MakeRustlsConnect;
 
 use super::StoreError;
 
-/// The connector for every connection the service opens (pool, migrations, schema check).
+/// libpq's `sslmode` values.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SslMode {
+    Disable,
+    Prefer,
+    Require,
+    VerifyCa,
+    VerifyFull,
+}
+
+impl SslMode {
+    fn parse(value: &str) -> Result<Self, String> {
+        Ok(match value {
+            "disable" => SslMode::Disable,
+            "allow" | "prefer" => SslMode::Prefer,
+            "require" => SslMode::Require,
+            "verify-ca" => SslMode::VerifyCa,
+            "verify-full" => SslMode::VerifyFull,
+            other => {
+                return Err(format!(
+                    "sslmode {other:?} is not one of disable, prefer, require, verify-ca, verify-full"
+                ));
+            }
+        })
+    }
+}
+
+/// A connection string read the way libpq reads it: tokio-postgres's settings, and the TLS
+/// parameters it does not know.
+#[derive(Debug, Clone)]
+pub struct Parsed {
+    pub config: tokio_postgres::Config,
+    pub mode: SslMode,
+    pub root_cert: Option<PathBuf>,
+}
+
+/// Parses a URL or key=value string; the message never contains the password.
+pub fn parse(url: &str) -> Result<Parsed, String> {
+    let (rest, taken) = super::conninfo::take(url, &["sslmode", "sslrootcert"])
+        .ok_or_else(|| "not a PostgreSQL URL or key=value connection string".to_owned())?;
+    let mut mode = SslMode::Prefer;
+    let mut root_cert = None;
+    for (key, value) in taken {
+        match key.as_str() {
+            "sslmode" => mode = SslMode::parse(&value)?,
+            _ => root_cert = Some(PathBuf::from(value)),
+        }
+    }
+    let config = rest
+        .parse::<tokio_postgres::Config>()
+        .map_err(|e| e.to_string())?;
+    Ok(Parsed {
+        config,
+        mode,
+        root_cert,
+    })
+}
+
+/// Where and how to connect.
+pub struct Target {
+    pub config: tokio_postgres::Config,
+    pub tls: MakeRustlsConnect,
+    /// Whether the server's certificate is verified.
+    pub verified: bool,
+}
+
+/// The settings and TLS connector for `url`; `ca` is `--postgres-ca` (the URL's
+/// `sslrootcert` wins).
+pub fn target(url: &str, ca: Option<&Path>) -> Result<Target, StoreError> {
+    let parsed =
+        parse(url).map_err(|e| StoreError::Internal(format!("invalid postgres url: {e}")))?;
+    let root = parsed.root_cert.as_deref().or(ca);
+    let mut config = parsed.config;
+    let (ssl_mode, check) = match (parsed.mode, root) {
+        (SslMode::Disable, _) => (tokio_postgres::config::SslMode::Disable, Check::None),
+        (SslMode::Prefer, None) => (tokio_postgres::config::SslMode::Prefer, Check::None),
+        (SslMode::Require, None) => (tokio_postgres::config::SslMode::Require, Check::None),
+        (SslMode::Prefer, Some(root)) => {
+            (tokio_postgres::config::SslMode::Prefer, Check::Full(root))
+        }
+        (SslMode::Require | SslMode::VerifyFull, Some(root)) => {
+            (tokio_postgres::config::SslMode::Require, Check::Full(root))
+        }
+        (SslMode::VerifyCa, Some(root)) => {
+            (tokio_postgres::config::SslMode::Require, Check::Chain(root))
+        }
+        (SslMode::VerifyCa | SslMode::VerifyFull, None) => {
+            return Err(StoreError::Internal(
+                "sslmode=verify-ca and verify-full need a CA: add sslrootcert=FILE to the URL or pass --postgres-ca".into(),
+            ));
+        }
+    };
+    config.ssl_mode(ssl_mode);
+    let verified =
+        !matches!(check, Check::None) && ssl_mode != tokio_postgres::config::SslMode::Disable;
+    Ok(Target {
+        config,
+        tls: build(check)?,
+        verified,
+    })
+}
+
+/// Logs one warning when the database is reached over a network without a verified
+/// certificate (loopback and unix sockets are exempt).
+pub fn warn_if_unverified(config: &tokio_postgres::Config, verified: bool) {
+    let remote = unverified_remote_hosts(config, verified);
+    if !remote.is_empty() {
+        tracing::warn!(
+            hosts = remote.join(","),
+            "the database's TLS certificate is not verified: an attacker on the network could \
+             impersonate it; set sslmode=verify-full and sslrootcert (or --postgres-ca)"
+        );
+    }
+}
+
+/// The hosts reached over a network without a verified certificate.
+fn unverified_remote_hosts(config: &tokio_postgres::Config, verified: bool) -> Vec<String> {
+    use tokio_postgres::config::Host;
+    if verified {
+        return Vec::new();
+    }
+    config
+        .get_hosts()
+        .iter()
+        .filter_map(|host| match host {
+            Host::Tcp(name) if !is_loopback(name) => Some(name.clone()),
+            _ => None,
+        })
+        .collect()
+}
+
+fn is_loopback(host: &str) -> bool {
+    host == "localhost"
+        || host
+            .trim_matches(['[', ']'])
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
+}
+
+/// What the connector checks of the server's certificate.
+enum Check<'a> {
+    None,
+    Chain(&'a Path),
+    Full(&'a Path),
+}
+
+/// The connector for connections outside the pool's settings (tests, bench): verify-full with
+/// `ca`, else unverified TLS when offered.
 pub fn connector(ca: Option<&Path>) -> Result<MakeRustlsConnect, StoreError> {
+    build(ca.map_or(Check::None, Check::Full))
+}
+
+fn build(check: Check<'_>) -> Result<MakeRustlsConnect, StoreError> {
     let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
     let builder = rustls::ClientConfig::builder_with_provider(provider.clone())
         .with_safe_default_protocol_versions()
         .map_err(|e| StoreError::Internal(format!("TLS setup: {e}")))?;
-    let config = match ca {
-        Some(path) => {
-            let pem = std::fs::read(path)
-                .map_err(|e| StoreError::Internal(format!("{}: {e}", path.display())))?;
-            let mut roots = rustls::RootCertStore::empty();
-            for certificate in rustls_pemfile::certs(&mut pem.as_slice()) {
-                let certificate = certificate
-                    .map_err(|e| StoreError::Internal(format!("{}: {e}", path.display())))?;
-                roots
-                    .add(certificate)
-                    .map_err(|e| StoreError::Internal(format!("{}: {e}", path.display())))?;
-            }
-            builder.with_root_certificates(roots).with_no_client_auth()
+    let roots = |path: &Path| -> Result<rustls::RootCertStore, StoreError> {
+        use rustls::pki_types::pem::PemObject as _;
+        let bad = |e: String| StoreError::Internal(format!("{}: {e}", path.display()));
+        let pem = std::fs::read(path).map_err(|e| bad(e.to_string()))?;
+        let mut roots = rustls::RootCertStore::empty();
+        for certificate in CertificateDer::pem_slice_iter(&pem) {
+            roots
+                .add(certificate.map_err(|e| bad(e.to_string()))?)
+                .map_err(|e| bad(e.to_string()))?;
         }
-        None => builder
+        if roots.is_empty() {
+            return Err(bad("no certificate in the file".into()));
+        }
+        Ok(roots)
+    };
+    let config = match check {
+        Check::Full(path) => builder
+            .with_root_certificates(roots(path)?)
+            .with_no_client_auth(),
+        Check::Chain(path) => {
+            let webpki = rustls::client::WebPkiServerVerifier::builder_with_provider(
+                Arc::new(roots(path)?),
+                provider,
+            )
+            .build()
+            .map_err(|e| StoreError::Internal(format!("TLS setup: {e}")))?;
+            builder
+                .dangerous()
+                .with_custom_certificate_verifier(Arc::new(ChainOnly(webpki)))
+                .with_no_client_auth()
+        }
+        Check::None => builder
             .dangerous()
             .with_custom_certificate_verifier(Arc::new(EncryptOnly(provider)))
             .with_no_client_auth(),
     };
     Ok(MakeRustlsConnect::new(config))
+}
+
+/// libpq's `verify-ca`: the chain must end at the CA; the host name is not checked.
+#[derive(Debug)]
+struct ChainOnly(Arc<rustls::client::WebPkiServerVerifier>);
+
+impl ServerCertVerifier for ChainOnly {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        server_name: &ServerName<'_>,
+        ocsp_response: &[u8],
+        now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        use rustls::{CertificateError, Error};
+        match self
+            .0
+            .verify_server_cert(end_entity, intermediates, server_name, ocsp_response, now)
+        {
+            Err(Error::InvalidCertificate(
+                CertificateError::NotValidForName | CertificateError::NotValidForNameContext { .. },
+            )) => Ok(ServerCertVerified::assertion()),
+            other => other,
+        }
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.0.verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.0.verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.0.supported_verify_schemes()
+    }
 }
 
 /// Accepts any server certificate but still checks the handshake signatures, which is what
@@ -94,5 +314,38 @@ impl ServerCertVerifier for EncryptOnly {
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
         self.0.signature_verification_algorithms.supported_schemes()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn remote(url: &str, verified: bool) -> Vec<String> {
+        let config = parse(url).map(|p| p.config).unwrap_or_default();
+        unverified_remote_hosts(&config, verified)
+    }
+
+    #[test]
+    fn only_unverified_connections_over_a_network_are_warned_about() {
+        assert_eq!(
+            remote("postgres://u@db.example.com/d", false),
+            ["db.example.com"]
+        );
+        assert!(remote("postgres://u@db.example.com/d", true).is_empty());
+        for local in [
+            "postgres://u@localhost/d",
+            "postgres://u@127.0.0.1/d",
+            "postgres://u@[::1]/d",
+            "host=/var/run/postgresql dbname=d",
+        ] {
+            assert!(remote(local, false).is_empty(), "{local}");
+        }
+    }
+
+    #[test]
+    fn unknown_sslmodes_are_refused() {
+        assert!(parse("postgres://u@h/d?sslmode=maybe").is_err());
+        assert!(parse("postgres://u@h/d?sslmode=verify-ca").is_ok());
     }
 }

@@ -66,3 +66,171 @@ async fn the_embedded_data_dir_never_follows_a_symlink() {
     }
     cluster.stop().await.unwrap();
 }
+
+/// A CA and a server certificate for `db.internal` only, written for PostgreSQL.
+struct DbPki {
+    dir: tempfile::TempDir,
+}
+
+impl DbPki {
+    fn new() -> Self {
+        use openssl::asn1::Asn1Time;
+        use openssl::hash::MessageDigest;
+        use openssl::pkey::PKey;
+        use openssl::rsa::Rsa;
+        use openssl::x509::extension::{BasicConstraints, SubjectAlternativeName};
+        use openssl::x509::{X509, X509NameBuilder};
+        let name = |cn: &str| {
+            let mut name = X509NameBuilder::new().unwrap();
+            name.append_entry_by_text("CN", cn).unwrap();
+            name.build()
+        };
+        let serial = |n: u32| {
+            openssl::bn::BigNum::from_u32(n)
+                .unwrap()
+                .to_asn1_integer()
+                .unwrap()
+        };
+        let ca_key = PKey::from_rsa(Rsa::generate(2048).unwrap()).unwrap();
+        let mut ca = X509::builder().unwrap();
+        ca.set_version(2).unwrap();
+        ca.set_serial_number(&serial(1)).unwrap();
+        ca.set_subject_name(&name("Test DB CA")).unwrap();
+        ca.set_issuer_name(&name("Test DB CA")).unwrap();
+        ca.set_pubkey(&ca_key).unwrap();
+        ca.set_not_before(&Asn1Time::days_from_now(0).unwrap())
+            .unwrap();
+        ca.set_not_after(&Asn1Time::days_from_now(30).unwrap())
+            .unwrap();
+        ca.append_extension(BasicConstraints::new().critical().ca().build().unwrap())
+            .unwrap();
+        ca.sign(&ca_key, MessageDigest::sha256()).unwrap();
+        let ca = ca.build();
+        let key = PKey::from_rsa(Rsa::generate(2048).unwrap()).unwrap();
+        let mut cert = X509::builder().unwrap();
+        cert.set_version(2).unwrap();
+        cert.set_serial_number(&serial(2)).unwrap();
+        cert.set_subject_name(&name("db.internal")).unwrap();
+        cert.set_issuer_name(ca.subject_name()).unwrap();
+        cert.set_pubkey(&key).unwrap();
+        cert.set_not_before(&Asn1Time::days_from_now(0).unwrap())
+            .unwrap();
+        cert.set_not_after(&Asn1Time::days_from_now(30).unwrap())
+            .unwrap();
+        let san = SubjectAlternativeName::new()
+            .dns("db.internal")
+            .build(&cert.x509v3_context(Some(&ca), None))
+            .unwrap();
+        cert.append_extension(san).unwrap();
+        cert.sign(&ca_key, MessageDigest::sha256()).unwrap();
+        let cert = cert.build();
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+        std::fs::write(dir.path().join("ca.pem"), ca.to_pem().unwrap()).unwrap();
+        std::fs::write(dir.path().join("server.pem"), cert.to_pem().unwrap()).unwrap();
+        let key_path = dir.path().join("server.key");
+        std::fs::write(&key_path, key.private_key_to_pem_pkcs8().unwrap()).unwrap();
+        std::fs::set_permissions(&key_path, std::fs::Permissions::from_mode(0o600)).unwrap();
+        if nix::unistd::geteuid().is_root() {
+            let postgres = nix::unistd::User::from_name("postgres").unwrap().unwrap();
+            for file in ["server.pem", "server.key"] {
+                std::os::unix::fs::chown(
+                    dir.path().join(file),
+                    Some(postgres.uid.as_raw()),
+                    Some(postgres.gid.as_raw()),
+                )
+                .unwrap();
+            }
+        }
+        Self { dir }
+    }
+
+    fn path(&self, file: &str) -> String {
+        self.dir.path().join(file).display().to_string()
+    }
+}
+
+/// `sslmode` in the URL or key=value string means what it means to libpq, against a real
+/// PostgreSQL with TLS on loopback: `verify-full` checks the chain and the name, `verify-ca`
+/// the chain only, `require` encrypts, `disable` does not, and the verifying modes refuse to
+/// run without a CA.
+#[tokio::test]
+async fn sslmode_and_sslrootcert_are_honoured_against_a_tls_postgres() {
+    let pki = DbPki::new();
+    let data = tempfile::tempdir().unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mut options = options(data.path());
+    options.port = port;
+    options.settings = vec![
+        ("listen_addresses".into(), "127.0.0.1".into()),
+        ("ssl".into(), "on".into()),
+        ("ssl_cert_file".into(), pki.path("server.pem")),
+        ("ssl_key_file".into(), pki.path("server.key")),
+    ];
+    let cluster = EmbeddedPostgres::start(options).await.unwrap();
+    let other_ca = DbPki::new();
+    // Connects as the pool would, and reports whether the session is encrypted.
+    let connect = async |url: &str| -> Result<bool, String> {
+        let target = agent_auth::store::tls::target(url, None).map_err(|e| e.to_string())?;
+        let (client, connection) = target
+            .config
+            .connect(target.tls)
+            .await
+            .map_err(|e| e.to_string())?;
+        tokio::spawn(connection);
+        let row = client
+            .query_one(
+                "SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()",
+                &[],
+            )
+            .await
+            .map_err(|e| e.to_string())?;
+        Ok(row.get(0))
+    };
+    let ca = pki.path("ca.pem");
+    let by_ip = format!("postgres://agent_auth@127.0.0.1:{port}/postgres");
+    let by_name =
+        format!("host=db.internal hostaddr=127.0.0.1 port={port} user=agent_auth dbname=postgres");
+    // verify-full: right CA and name.
+    assert_eq!(
+        connect(&format!("{by_name} sslmode=verify-full sslrootcert={ca}")).await,
+        Ok(true)
+    );
+    // verify-full: the name does not match 127.0.0.1.
+    assert!(
+        connect(&format!("{by_ip}?sslmode=verify-full&sslrootcert={ca}"))
+            .await
+            .is_err()
+    );
+    // verify-ca: the chain is enough.
+    assert_eq!(
+        connect(&format!("{by_ip}?sslmode=verify-ca&sslrootcert={ca}")).await,
+        Ok(true)
+    );
+    // Another CA fails both verifying modes.
+    let wrong = other_ca.path("ca.pem");
+    for mode in ["verify-ca", "verify-full"] {
+        assert!(
+            connect(&format!("{by_name} sslmode={mode} sslrootcert={wrong}"))
+                .await
+                .is_err(),
+            "{mode}"
+        );
+    }
+    // require encrypts without verifying; disable does not encrypt.
+    assert_eq!(connect(&format!("{by_ip}?sslmode=require")).await, Ok(true));
+    assert_eq!(
+        connect(&format!("{by_ip}?sslmode=disable")).await,
+        Ok(false)
+    );
+    // The verifying modes need a CA.
+    let error = connect(&format!("{by_ip}?sslmode=verify-full"))
+        .await
+        .unwrap_err();
+    assert!(error.contains("sslrootcert"), "{error}");
+    cluster.stop().await.unwrap();
+}

@@ -134,6 +134,15 @@ impl App {
                 allowed_projects: config.gcp.allowed_projects.iter().cloned().collect(),
             },
         };
+        if config.live.aws.is_none() && config.aws.allowed_accounts.is_empty() {
+            // SECURITY.md: an AWS identity document never expires, so a copy that leaked from
+            // any EC2 instance of any account replays until the instance's agent row is gone.
+            tracing::warn!(
+                "AWS identity documents are accepted from any account and are not checked \
+                 against EC2: a leaked document replays for as long as its agent exists; set \
+                 --aws-allowed-account and --aws-ec2-check"
+            );
+        }
         let database = prepare_database(&config).await?;
         let store = Store::connect(&database.url, &config.store)?;
         let live = crate::cloud::LiveChecks::new(

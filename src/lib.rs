@@ -30,6 +30,8 @@ pub mod config;
 pub mod demo;
 pub mod embedded;
 pub mod fetch;
+#[cfg(any(test, feature = "fuzzing"))]
+pub mod fuzz;
 pub mod grpc;
 pub mod http;
 pub mod identity;

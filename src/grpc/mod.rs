@@ -149,13 +149,18 @@ fn into_response(authenticated: Authenticated) -> pb::AuthenticateResponse {
     }
 }
 
-/// Parses the `grpc-timeout` header (gRPC over HTTP/2: digits and a unit H, M, S, m, u, n).
+/// Reads the `grpc-timeout` header.
 fn grpc_timeout(metadata: &tonic::metadata::MetadataMap) -> Option<Duration> {
-    let value = metadata.get("grpc-timeout")?.to_str().ok()?;
-    if value.len() < 2 || value.len() > 9 {
+    parse_grpc_timeout(metadata.get("grpc-timeout")?.to_str().ok()?)
+}
+
+/// Parses a `grpc-timeout` value (gRPC over HTTP/2: 1 to 8 ASCII digits and a unit H, M, S,
+/// m, u, n); anything else is no deadline.
+pub(crate) fn parse_grpc_timeout(value: &str) -> Option<Duration> {
+    let (digits, unit) = value.split_at_checked(value.len().checked_sub(1)?)?;
+    if digits.is_empty() || digits.len() > 8 || !digits.bytes().all(|b| b.is_ascii_digit()) {
         return None;
     }
-    let (digits, unit) = value.split_at(value.len() - 1);
     let amount: u64 = digits.parse().ok()?;
     Some(match unit {
         "H" => Duration::from_secs(amount.saturating_mul(3600)),
@@ -185,5 +190,7 @@ mod tests {
         assert_eq!(timeout_of("1H"), Some(Duration::from_secs(3600)));
         assert_eq!(timeout_of("5x"), None);
         assert_eq!(timeout_of("S"), None);
+        assert_eq!(timeout_of("+5S"), None);
+        assert_eq!(timeout_of("123456789S"), None);
     }
 }

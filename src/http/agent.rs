@@ -52,7 +52,7 @@ pub fn router(
 }
 
 #[derive(Deserialize)]
-struct AwsBody {
+pub(crate) struct AwsBody {
     #[serde(default)]
     signature: String,
     #[serde(default)]
@@ -62,7 +62,7 @@ struct AwsBody {
 }
 
 #[derive(Deserialize)]
-struct AzureBody {
+pub(crate) struct AzureBody {
     #[serde(default)]
     signature: String,
     #[serde(default)]
@@ -72,7 +72,7 @@ struct AzureBody {
 }
 
 #[derive(Deserialize)]
-struct GoogleBody {
+pub(crate) struct GoogleBody {
     #[serde(default)]
     json_web_token: String,
     #[serde(default)]

@@ -174,9 +174,11 @@ impl AzureTrust {
     /// pinned (then a fetch cannot help) yields no URL.
     pub fn issuer_urls_to_fetch(&self, signature: &str) -> Result<Vec<String>, IdentityError> {
         let der = super::decode_base64(signature)?;
+        let named = super::pkcs7::check_envelope(&der)?;
         let pkcs7 =
             Pkcs7::from_der(&der).map_err(|e| IdentityError::Malformed(format!("PKCS#7: {e}")))?;
         let (signer, _) = signed_content(&pkcs7)?;
+        named.check(&signer)?;
         check_signer_name(&signer)?;
         let issuer = signer
             .issuer_name()
@@ -227,9 +229,11 @@ impl AzureTrust {
         extra: &[X509],
     ) -> Result<AzureIdentity, IdentityError> {
         let der = super::decode_base64(signature)?;
+        let named = super::pkcs7::check_envelope(&der)?;
         let pkcs7 =
             Pkcs7::from_der(&der).map_err(|e| IdentityError::Malformed(format!("PKCS#7: {e}")))?;
         let (signer, content) = signed_content(&pkcs7)?;
+        named.check(&signer)?;
         let unix_now = super::unix_seconds(now);
         self.verify_chain(&signer, unix_now, extra)?;
         check_signer_name(&signer)?;
@@ -374,7 +378,7 @@ fn is_metadata_name(name: &str) -> bool {
 
 /// Parses IMDS's `MM/DD/YY HH:MM:SS -0000` into Unix seconds with the `time` crate: every
 /// field two digits (four for the offset), a real calendar date (no 02/31), years 2000–2099.
-fn parse_timestamp(value: &str) -> Result<i64, IdentityError> {
+pub(crate) fn parse_timestamp(value: &str) -> Result<i64, IdentityError> {
     use time::macros::format_description;
     let bad = || IdentityError::Malformed(format!("timestamp {value:?}"));
     // `time` cannot give a two-digit year a century: write it out first. Everything else is

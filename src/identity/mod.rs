@@ -8,6 +8,7 @@
 pub mod aws;
 pub mod azure;
 pub mod gcp;
+mod pkcs7;
 
 use std::fmt;
 use std::path::PathBuf;

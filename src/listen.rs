@@ -277,6 +277,29 @@ impl<T: AsyncRead + Unpin> AsyncRead for Guarded<T> {
     }
 }
 
+impl<T> Guarded<T> {
+    /// A write's outcome: progress resets the idle deadline; waiting checks the deadlines.
+    fn after_write(
+        &mut self,
+        cx: &mut Context<'_>,
+        poll: Poll<io::Result<usize>>,
+    ) -> Poll<io::Result<usize>> {
+        match poll {
+            Poll::Ready(Ok(written)) => {
+                if written > 0 {
+                    self.last_progress = Instant::now();
+                }
+                Poll::Ready(Ok(written))
+            }
+            Poll::Pending => match self.check_deadlines(cx) {
+                Ok(()) => Poll::Pending,
+                Err(e) => Poll::Ready(Err(e)),
+            },
+            ready => ready,
+        }
+    }
+}
+
 impl<T: AsyncWrite + Unpin> AsyncWrite for Guarded<T> {
     fn poll_write(
         self: Pin<&mut Self>,
@@ -284,19 +307,8 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for Guarded<T> {
         data: &[u8],
     ) -> Poll<io::Result<usize>> {
         let this = self.get_mut();
-        match Pin::new(&mut this.inner).poll_write(cx, data) {
-            Poll::Ready(Ok(written)) => {
-                if written > 0 {
-                    this.last_progress = Instant::now();
-                }
-                Poll::Ready(Ok(written))
-            }
-            Poll::Pending => match this.check_deadlines(cx) {
-                Ok(()) => Poll::Pending,
-                Err(e) => Poll::Ready(Err(e)),
-            },
-            ready => ready,
-        }
+        let poll = Pin::new(&mut this.inner).poll_write(cx, data);
+        this.after_write(cx, poll)
     }
 
     fn poll_write_vectored(
@@ -305,19 +317,8 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for Guarded<T> {
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
         let this = self.get_mut();
-        match Pin::new(&mut this.inner).poll_write_vectored(cx, bufs) {
-            Poll::Ready(Ok(written)) => {
-                if written > 0 {
-                    this.last_progress = Instant::now();
-                }
-                Poll::Ready(Ok(written))
-            }
-            Poll::Pending => match this.check_deadlines(cx) {
-                Ok(()) => Poll::Pending,
-                Err(e) => Poll::Ready(Err(e)),
-            },
-            ready => ready,
-        }
+        let poll = Pin::new(&mut this.inner).poll_write_vectored(cx, bufs);
+        this.after_write(cx, poll)
     }
 
     fn is_write_vectored(&self) -> bool {

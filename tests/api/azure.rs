@@ -469,43 +469,11 @@ async fn issuer_fetching_never_requests_a_url_off_the_allow_list() {
     tokio::spawn(async move { axum::serve(listener, router).await });
 
     let pki = Pki::new();
-    let leaf_key = key();
-    #[allow(deprecated)]
-    let leaf = {
-        let mut name = X509NameBuilder::new().unwrap();
-        name.append_entry_by_text("CN", "metadata.azure.com")
-            .unwrap();
-        let name = name.build();
-        let mut builder = X509::builder().unwrap();
-        builder.set_version(2).unwrap();
-        builder.set_subject_name(&name).unwrap();
-        builder
-            .set_issuer_name(pki.intermediate.subject_name())
-            .unwrap();
-        builder.set_pubkey(&leaf_key).unwrap();
-        let now = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .unwrap()
-            .as_secs() as i64;
-        builder
-            .set_not_before(&Asn1Time::from_unix(now - 86_400).unwrap())
-            .unwrap();
-        builder
-            .set_not_after(&Asn1Time::from_unix(now + 86_400).unwrap())
-            .unwrap();
-        let aia = openssl::x509::X509Extension::new_nid(
-            None,
-            None,
-            openssl::nid::Nid::INFO_ACCESS,
-            &format!("caIssuers;URI:http://{addr}/issuer.crt"),
-        )
-        .unwrap();
-        builder.append_extension(aia).unwrap();
-        builder
-            .sign(&pki.intermediate_key, MessageDigest::sha256())
-            .unwrap();
-        builder.build()
-    };
+    let (leaf, leaf_key) = aia_leaf(
+        "metadata.azure.com",
+        &format!("http://{addr}/issuer.crt"),
+        Some((&pki.intermediate, &pki.intermediate_key)),
+    );
     let db = TestDb::migrated().await;
     let vm_id = uuid::Uuid::new_v4().to_string();
     seed_agent(&db, &vm_id).await;

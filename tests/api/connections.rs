@@ -318,18 +318,9 @@ async fn connections_over_the_cap_are_closed_at_once_and_the_service_recovers() 
         Some(251.0)
     );
     // The held ones hit the 3 s handshake timeout; a new connection then gets in.
-    let recovered = eventually(
-        Duration::from_secs(8),
-        async || match agent_auth::client::connect(&app.grpc_url, Duration::from_secs(1)).await {
-            Ok(channel) => agent_auth::client::authenticate(
-                channel,
-                aws_request(RECORDED_DOCUMENT, RECORDED_SIGNATURE, ""),
-            )
-            .await
-            .is_ok(),
-            Err(_) => false,
-        },
-    )
+    let recovered = eventually(Duration::from_secs(8), async || {
+        logs_in_over_a_new_connection(&app.grpc_url, Duration::from_secs(1)).await
+    })
     .await;
     assert!(recovered);
     drop(held);
@@ -423,18 +414,9 @@ async fn accept_errors_back_off_and_the_server_recovers() {
     tokio::time::sleep(Duration::from_millis(500)).await;
     drop(flood);
     let url = format!("http://127.0.0.1:{grpc}");
-    let recovered = eventually(
-        Duration::from_secs(10),
-        async || match agent_auth::client::connect(&url, Duration::from_secs(1)).await {
-            Ok(channel) => agent_auth::client::authenticate(
-                channel,
-                aws_request(RECORDED_DOCUMENT, RECORDED_SIGNATURE, ""),
-            )
-            .await
-            .is_ok(),
-            Err(_) => false,
-        },
-    )
+    let recovered = eventually(Duration::from_secs(10), async || {
+        logs_in_over_a_new_connection(&url, Duration::from_secs(1)).await
+    })
     .await;
     assert!(recovered, "logins did not resume after the flood");
     let pid = child.id().unwrap();

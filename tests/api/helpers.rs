@@ -652,6 +652,20 @@ impl World {
     }
 }
 
+/// Whether the recorded AWS document logs in over a new connection to `url` (connect within
+/// `timeout`); false for any failure, refused connections included.
+pub async fn logs_in_over_a_new_connection(url: &str, timeout: Duration) -> bool {
+    match agent_auth::client::connect(url, timeout).await {
+        Ok(channel) => agent_auth::client::authenticate(
+            channel,
+            aws_request(RECORDED_DOCUMENT, RECORDED_SIGNATURE, ""),
+        )
+        .await
+        .is_ok(),
+        Err(_) => false,
+    }
+}
+
 /// Polls `check` until it holds or `limit` passes.
 pub async fn eventually(limit: Duration, mut check: impl AsyncFnMut() -> bool) -> bool {
     let deadline = tokio::time::Instant::now() + limit;

@@ -519,15 +519,7 @@ async fn mtls_refuses_callers_without_a_certificate_from_the_client_ca() {
             .is_err(),
         "a certificate from another CA"
     );
-    let plaintext = match agent_auth::client::connect(&app.grpc_url, Duration::from_secs(2)).await {
-        Ok(channel) => agent_auth::client::authenticate(
-            channel,
-            aws_request(RECORDED_DOCUMENT, RECORDED_SIGNATURE, ""),
-        )
-        .await
-        .is_ok(),
-        Err(_) => false,
-    };
+    let plaintext = logs_in_over_a_new_connection(&app.grpc_url, Duration::from_secs(2)).await;
     assert!(!plaintext, "plaintext is refused");
 }
 

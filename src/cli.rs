@@ -132,74 +132,139 @@ pub struct ServeArgs {
 
     /// gRPC listener: HOST:PORT, or unix:/path for a socket created with mode 0600
     /// [default: 127.0.0.1:50051]
-    #[arg(long, env = "AGENT_AUTH_GRPC_LISTEN", value_name = "ADDR")]
+    #[arg(
+        long,
+        help_heading = "Listeners",
+        env = "AGENT_AUTH_GRPC_LISTEN",
+        value_name = "ADDR"
+    )]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub grpc_listen: Option<String>,
 
-    /// Admin HTTP listener (/healthz, /readyz) [default: 127.0.0.1:9090]
-    #[arg(long, env = "AGENT_AUTH_ADMIN_LISTEN", value_name = "ADDR")]
+    /// Admin HTTP listener (/healthz, /readyz, /metrics) [default: 127.0.0.1:9090]
+    #[arg(
+        long,
+        help_heading = "Listeners",
+        env = "AGENT_AUTH_ADMIN_LISTEN",
+        value_name = "ADDR"
+    )]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub admin_listen: Option<String>,
 
     /// Coder-compatible HTTP listener for agents (off unless set)
-    #[arg(long, env = "AGENT_AUTH_HTTP_LISTEN", value_name = "ADDR")]
+    #[arg(
+        long,
+        help_heading = "Listeners",
+        env = "AGENT_AUTH_HTTP_LISTEN",
+        value_name = "ADDR"
+    )]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub http_listen: Option<String>,
 
     /// PostgreSQL URL or key=value string. Without it, an embedded PostgreSQL is started
     /// in --data-dir.
-    #[arg(long, env = "AGENT_AUTH_POSTGRES_URL", value_name = "URL")]
+    #[arg(
+        long,
+        help_heading = "Database",
+        env = "AGENT_AUTH_POSTGRES_URL",
+        value_name = "URL"
+    )]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub postgres_url: Option<String>,
 
     /// A file holding the PostgreSQL URL (e.g. a mounted Kubernetes Secret), so the password
     /// is not in the process arguments. Exclusive with --postgres-url.
-    #[arg(long, env = "AGENT_AUTH_POSTGRES_URL_FILE", value_name = "PATH")]
+    #[arg(
+        long,
+        help_heading = "Database",
+        env = "AGENT_AUTH_POSTGRES_URL_FILE",
+        value_name = "PATH"
+    )]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub postgres_url_file: Option<String>,
 
-    /// PEM CA for the database's TLS certificate: verify it and the host name (libpq
-    /// verify-full). Without it, TLS is used when the server offers it, unverified (libpq
-    /// prefer/require); `sslmode` in the URL chooses disable, prefer (default) or require.
-    #[arg(long, env = "AGENT_AUTH_POSTGRES_CA", value_name = "PEM_PATH")]
+    /// PEM CA for the database's TLS certificate when the URL has no `sslrootcert`: with it,
+    /// chain and host name are verified. `sslmode` in the URL (disable, prefer, require,
+    /// verify-ca, verify-full) means what it means to libpq.
+    #[arg(
+        long,
+        help_heading = "Database",
+        env = "AGENT_AUTH_POSTGRES_CA",
+        value_name = "PEM_PATH"
+    )]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub postgres_ca: Option<String>,
 
     /// Embedded database directory [default: $XDG_DATA_HOME/agent-auth, or
     /// /var/lib/agent-auth as root]
-    #[arg(long, env = "AGENT_AUTH_DATA_DIR", value_name = "DIR")]
+    #[arg(
+        long,
+        help_heading = "Database",
+        env = "AGENT_AUTH_DATA_DIR",
+        value_name = "DIR"
+    )]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub data_dir: Option<String>,
 
     /// owned (run migrations) or coder (read an existing control-plane schema, write
     /// nothing) [default: owned]
-    #[arg(long, env = "AGENT_AUTH_SCHEMA", value_name = "MODE")]
+    #[arg(
+        long,
+        help_heading = "Database",
+        env = "AGENT_AUTH_SCHEMA",
+        value_name = "MODE"
+    )]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub schema: Option<String>,
 
     /// Maximum pooled database connections [default: 10]
-    #[arg(long, env = "AGENT_AUTH_DB_POOL_SIZE", value_name = "N")]
+    #[arg(
+        long,
+        help_heading = "Database",
+        env = "AGENT_AUTH_DB_POOL_SIZE",
+        value_name = "N"
+    )]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub db_pool_size: Option<String>,
 
     /// Longest wait for a pooled connection [default: 1s]
-    #[arg(long, env = "AGENT_AUTH_DB_CHECKOUT_TIMEOUT", value_name = "DURATION")]
+    #[arg(
+        long,
+        help_heading = "Database",
+        env = "AGENT_AUTH_DB_CHECKOUT_TIMEOUT",
+        value_name = "DURATION"
+    )]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub db_checkout_timeout: Option<String>,
 
     /// Longest wait to open a database connection [default: 5s]
-    #[arg(long, env = "AGENT_AUTH_DB_CONNECT_TIMEOUT", value_name = "DURATION")]
+    #[arg(
+        long,
+        help_heading = "Database",
+        env = "AGENT_AUTH_DB_CONNECT_TIMEOUT",
+        value_name = "DURATION"
+    )]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub db_connect_timeout: Option<String>,
 
     /// Server-side statement_timeout for every statement [default: 2s]
-    #[arg(long, env = "AGENT_AUTH_DB_STATEMENT_TIMEOUT", value_name = "DURATION")]
+    #[arg(
+        long,
+        help_heading = "Database",
+        env = "AGENT_AUTH_DB_STATEMENT_TIMEOUT",
+        value_name = "DURATION"
+    )]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub db_statement_timeout: Option<String>,
 
     /// Process-wide limit of concurrent authentications; more are shed at once with
     /// RESOURCE_EXHAUSTED [default: 256]
-    #[arg(long, env = "AGENT_AUTH_MAX_CONCURRENT_REQUESTS", value_name = "N")]
+    #[arg(
+        long,
+        help_heading = "Limits and timeouts",
+        env = "AGENT_AUTH_MAX_CONCURRENT_REQUESTS",
+        value_name = "N"
+    )]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub max_concurrent_requests: Option<String>,
 
@@ -207,6 +272,7 @@ pub struct ServeArgs {
     /// request) within this, on every listener [default: 10s]
     #[arg(
         long,
+        help_heading = "Limits and timeouts",
         env = "AGENT_AUTH_CONN_HANDSHAKE_TIMEOUT",
         value_name = "DURATION"
     )]
@@ -215,24 +281,40 @@ pub struct ServeArgs {
 
     /// A connection with no bytes read or written for this long is closed, on every listener
     /// [default: 60s]
-    #[arg(long, env = "AGENT_AUTH_CONN_IDLE_TIMEOUT", value_name = "DURATION")]
+    #[arg(
+        long,
+        help_heading = "Limits and timeouts",
+        env = "AGENT_AUTH_CONN_IDLE_TIMEOUT",
+        value_name = "DURATION"
+    )]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub conn_idle_timeout: Option<String>,
 
     /// Open gRPC + HTTP connections at most; more are accepted and closed at once [default:
     /// the open-file limit less 256, at most 16384]
-    #[arg(long, env = "AGENT_AUTH_MAX_CONNECTIONS", value_name = "N")]
+    #[arg(
+        long,
+        help_heading = "Limits and timeouts",
+        env = "AGENT_AUTH_MAX_CONNECTIONS",
+        value_name = "N"
+    )]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub max_connections: Option<String>,
 
     /// Open admin connections at most [default: 64]
-    #[arg(long, env = "AGENT_AUTH_ADMIN_MAX_CONNECTIONS", value_name = "N")]
+    #[arg(
+        long,
+        help_heading = "Limits and timeouts",
+        env = "AGENT_AUTH_ADMIN_MAX_CONNECTIONS",
+        value_name = "N"
+    )]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub admin_max_connections: Option<String>,
 
     /// HTTP (agent and admin): the whole request head must arrive within this [default: 10s]
     #[arg(
         long,
+        help_heading = "Limits and timeouts",
         env = "AGENT_AUTH_HTTP_HEADER_READ_TIMEOUT",
         value_name = "DURATION"
     )]
@@ -242,6 +324,7 @@ pub struct ServeArgs {
     /// HTTP: the whole request body must arrive within this [default: 10s]
     #[arg(
         long,
+        help_heading = "Limits and timeouts",
         env = "AGENT_AUTH_HTTP_BODY_READ_TIMEOUT",
         value_name = "DURATION"
     )]
@@ -249,23 +332,39 @@ pub struct ServeArgs {
     pub http_body_read_timeout: Option<String>,
 
     /// HTTP: a larger Content-Length gets 413 at once, before the body [default: 65536]
-    #[arg(long, env = "AGENT_AUTH_HTTP_MAX_BODY_SIZE", value_name = "BYTES")]
+    #[arg(
+        long,
+        help_heading = "Limits and timeouts",
+        env = "AGENT_AUTH_HTTP_MAX_BODY_SIZE",
+        value_name = "BYTES"
+    )]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub http_max_body_size: Option<String>,
 
     /// gRPC: the largest request message [default: 262144]
-    #[arg(long, env = "AGENT_AUTH_GRPC_MAX_MESSAGE_SIZE", value_name = "BYTES")]
+    #[arg(
+        long,
+        help_heading = "Limits and timeouts",
+        env = "AGENT_AUTH_GRPC_MAX_MESSAGE_SIZE",
+        value_name = "BYTES"
+    )]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub grpc_max_message_size: Option<String>,
 
     /// gRPC: concurrent requests on one connection [default: 100]
-    #[arg(long, env = "AGENT_AUTH_GRPC_MAX_CONCURRENT_STREAMS", value_name = "N")]
+    #[arg(
+        long,
+        help_heading = "Limits and timeouts",
+        env = "AGENT_AUTH_GRPC_MAX_CONCURRENT_STREAMS",
+        value_name = "N"
+    )]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub grpc_max_concurrent_streams: Option<String>,
 
     /// gRPC: send an HTTP/2 keepalive ping this often [default: 30s]
     #[arg(
         long,
+        help_heading = "Limits and timeouts",
         env = "AGENT_AUTH_GRPC_KEEPALIVE_INTERVAL",
         value_name = "DURATION"
     )]
@@ -275,6 +374,7 @@ pub struct ServeArgs {
     /// gRPC: close a connection whose ping is not answered within this [default: 10s]
     #[arg(
         long,
+        help_heading = "Limits and timeouts",
         env = "AGENT_AUTH_GRPC_KEEPALIVE_TIMEOUT",
         value_name = "DURATION"
     )]
@@ -285,6 +385,7 @@ pub struct ServeArgs {
     /// Repeatable; comma-separated in the env var.
     #[arg(
         long,
+        help_heading = "AWS",
         env = "AGENT_AUTH_AWS_CERTIFICATE",
         value_name = "REGION=PEM",
         value_delimiter = ','
@@ -296,6 +397,7 @@ pub struct ServeArgs {
     /// Repeatable; comma-separated in the env var.
     #[arg(
         long,
+        help_heading = "AWS",
         env = "AGENT_AUTH_AWS_RSA2048_CERTIFICATE",
         value_name = "REGION=PEM",
         value_delimiter = ','
@@ -306,6 +408,7 @@ pub struct ServeArgs {
     /// Only AWS accounts listed here pass (all when none). Repeatable.
     #[arg(
         long,
+        help_heading = "AWS",
         env = "AGENT_AUTH_AWS_ALLOWED_ACCOUNT",
         value_name = "ID",
         value_delimiter = ','
@@ -315,18 +418,29 @@ pub struct ServeArgs {
 
     /// GCP JWKS: a URL (fetched in the background, cached for max-age) or a file
     /// [default: https://www.googleapis.com/oauth2/v3/certs]
-    #[arg(long, env = "AGENT_AUTH_GCP_JWKS", value_name = "URL_OR_PATH")]
+    #[arg(
+        long,
+        help_heading = "GCP",
+        env = "AGENT_AUTH_GCP_JWKS",
+        value_name = "URL_OR_PATH"
+    )]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub gcp_jwks: Option<String>,
 
     /// Required `aud` of GCP tokens; agents request `coder` [default: coder]
-    #[arg(long, env = "AGENT_AUTH_GCP_AUDIENCE", value_name = "AUD")]
+    #[arg(
+        long,
+        help_heading = "GCP",
+        env = "AGENT_AUTH_GCP_AUDIENCE",
+        value_name = "AUD"
+    )]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub gcp_audience: Option<String>,
 
     /// Only GCP projects listed here pass (all when none). Repeatable.
     #[arg(
         long,
+        help_heading = "GCP",
         env = "AGENT_AUTH_GCP_ALLOWED_PROJECT",
         value_name = "ID",
         value_delimiter = ','
@@ -335,24 +449,42 @@ pub struct ServeArgs {
     pub gcp_allowed_project: Vec<String>,
 
     /// PEM bundle that replaces the built-in Azure roots (DigiCert Global Root G2 and G3).
-    #[arg(long, env = "AGENT_AUTH_AZURE_ROOTS", value_name = "PEM_PATH")]
+    #[arg(
+        long,
+        help_heading = "Azure",
+        env = "AGENT_AUTH_AZURE_ROOTS",
+        value_name = "PEM_PATH"
+    )]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub azure_roots: Option<String>,
 
     /// PEM bundle of intermediates added to the built-in Azure ones.
-    #[arg(long, env = "AGENT_AUTH_AZURE_INTERMEDIATES", value_name = "PEM_PATH")]
+    #[arg(
+        long,
+        help_heading = "Azure",
+        env = "AGENT_AUTH_AZURE_INTERMEDIATES",
+        value_name = "PEM_PATH"
+    )]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub azure_intermediates: Option<String>,
 
     /// Fetch missing Azure issuer certificates through the signer's AIA URLs (Microsoft and
     /// DigiCert hosts only, public addresses only, 5 s, 1 MiB, cached) [default: false]
-    #[arg(long, env = "AGENT_AUTH_AZURE_FETCH_ISSUERS", value_name = "BOOL")]
+    #[arg(
+        long,
+        help_heading = "Azure",
+        env = "AGENT_AUTH_AZURE_FETCH_ISSUERS",
+        value_name = "BOOL",
+        num_args = 0..=1,
+        default_missing_value = "true"
+    )]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub azure_fetch_issuers: Option<String>,
 
     /// Only Azure subscriptions listed here pass (all when none). Repeatable.
     #[arg(
         long,
+        help_heading = "Azure",
         env = "AGENT_AUTH_AZURE_ALLOWED_SUBSCRIPTION",
         value_name = "ID",
         value_delimiter = ','
@@ -361,17 +493,32 @@ pub struct ServeArgs {
     pub azure_allowed_subscription: Vec<String>,
 
     /// PEM certificate (chain) for TLS on the gRPC listener; with --tls-key.
-    #[arg(long, env = "AGENT_AUTH_TLS_CERT", value_name = "PEM_PATH")]
+    #[arg(
+        long,
+        help_heading = "gRPC TLS",
+        env = "AGENT_AUTH_TLS_CERT",
+        value_name = "PEM_PATH"
+    )]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub tls_cert: Option<String>,
 
     /// PEM private key for --tls-cert.
-    #[arg(long, env = "AGENT_AUTH_TLS_KEY", value_name = "PEM_PATH")]
+    #[arg(
+        long,
+        help_heading = "gRPC TLS",
+        env = "AGENT_AUTH_TLS_KEY",
+        value_name = "PEM_PATH"
+    )]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub tls_key: Option<String>,
 
     /// PEM CA bundle: callers must present a certificate from it (mTLS).
-    #[arg(long, env = "AGENT_AUTH_TLS_CLIENT_CA", value_name = "PEM_PATH")]
+    #[arg(
+        long,
+        help_heading = "gRPC TLS",
+        env = "AGENT_AUTH_TLS_CLIENT_CA",
+        value_name = "PEM_PATH"
+    )]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub tls_client_ca: Option<String>,
 
@@ -379,45 +526,78 @@ pub struct ServeArgs {
     /// recorded documents in tests only.
     /// A command-line flag only: refused from the environment and the config file, so a stray
     /// variable cannot turn it on in production.
-    #[arg(long, value_name = "RFC3339")]
+    #[arg(long, help_heading = "Testing only", value_name = "RFC3339")]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub insecure_verify_time: Option<String>,
 
     /// json or text [default: json]
-    #[arg(long, env = "AGENT_AUTH_LOG_FORMAT", value_name = "FORMAT")]
+    #[arg(
+        long,
+        help_heading = "Telemetry",
+        env = "AGENT_AUTH_LOG_FORMAT",
+        value_name = "FORMAT"
+    )]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub log_format: Option<String>,
 
     /// A tracing filter such as `info` or `agent_auth=debug` [default: info]
-    #[arg(long, env = "AGENT_AUTH_LOG_LEVEL", value_name = "FILTER")]
+    #[arg(
+        long,
+        help_heading = "Telemetry",
+        env = "AGENT_AUTH_LOG_LEVEL",
+        value_name = "FILTER"
+    )]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub log_level: Option<String>,
 
     /// OTLP/gRPC collector for traces, e.g. http://otel-collector:4317 (off unless set)
-    #[arg(long, env = "AGENT_AUTH_OTLP_ENDPOINT", value_name = "URL")]
+    #[arg(
+        long,
+        help_heading = "Telemetry",
+        env = "AGENT_AUTH_OTLP_ENDPOINT",
+        value_name = "URL"
+    )]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub otlp_endpoint: Option<String>,
 
     /// How long in-flight requests may run after SIGTERM [default: 10s]
-    #[arg(long, env = "AGENT_AUTH_SHUTDOWN_GRACE", value_name = "DURATION")]
+    #[arg(
+        long,
+        help_heading = "Limits and timeouts",
+        env = "AGENT_AUTH_SHUTDOWN_GRACE",
+        value_name = "DURATION"
+    )]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub shutdown_grace: Option<String>,
 
     /// Live check: after a verified AWS login, EC2 DescribeInstances must show the instance
     /// pending or running, launched when the document says (needs ec2:DescribeInstances)
     /// [default: false]
-    #[arg(long, env = "AGENT_AUTH_AWS_EC2_CHECK", value_name = "BOOL")]
+    #[arg(
+        long,
+        help_heading = "Live cloud API checks",
+        env = "AGENT_AUTH_AWS_EC2_CHECK",
+        value_name = "BOOL",
+        num_args = 0..=1,
+        default_missing_value = "true"
+    )]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub aws_ec2_check: Option<String>,
 
     /// EC2 endpoint instead of the document's regional one (tests, VPC endpoints)
-    #[arg(long, env = "AGENT_AUTH_AWS_EC2_ENDPOINT", value_name = "URL")]
+    #[arg(
+        long,
+        help_heading = "Live cloud API checks",
+        env = "AGENT_AUTH_AWS_EC2_ENDPOINT",
+        value_name = "URL"
+    )]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub aws_ec2_endpoint: Option<String>,
 
     /// Role to assume for instances of an account (ACCOUNT=ROLE_ARN). Repeatable.
     #[arg(
         long,
+        help_heading = "Live cloud API checks",
         env = "AGENT_AUTH_AWS_EC2_ASSUME_ROLE",
         value_name = "ACCOUNT=ARN",
         value_delimiter = ','
@@ -427,35 +607,65 @@ pub struct ServeArgs {
 
     /// Let the AWS credential chain fall back to the instance metadata endpoint (after
     /// environment, profile, web identity and ECS) [default: false]
-    #[arg(long, env = "AGENT_AUTH_AWS_EC2_IMDS_CREDENTIALS", value_name = "BOOL")]
+    #[arg(
+        long,
+        help_heading = "Live cloud API checks",
+        env = "AGENT_AUTH_AWS_EC2_IMDS_CREDENTIALS",
+        value_name = "BOOL",
+        num_args = 0..=1,
+        default_missing_value = "true"
+    )]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub aws_ec2_imds_credentials: Option<String>,
 
     /// How long EC2 look-ups wait to share one DescribeInstances call [default: 20ms]
-    #[arg(long, env = "AGENT_AUTH_AWS_EC2_BATCH_WINDOW", value_name = "DURATION")]
+    #[arg(
+        long,
+        help_heading = "Live cloud API checks",
+        env = "AGENT_AUTH_AWS_EC2_BATCH_WINDOW",
+        value_name = "DURATION"
+    )]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub aws_ec2_batch_window: Option<String>,
 
     /// Live check: after a verified GCP login, Compute Engine instances.get must show the
     /// instance running with the token's id and creation time (needs compute.instances.get)
     /// [default: false]
-    #[arg(long, env = "AGENT_AUTH_GCP_COMPUTE_CHECK", value_name = "BOOL")]
+    #[arg(
+        long,
+        help_heading = "Live cloud API checks",
+        env = "AGENT_AUTH_GCP_COMPUTE_CHECK",
+        value_name = "BOOL",
+        num_args = 0..=1,
+        default_missing_value = "true"
+    )]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub gcp_compute_check: Option<String>,
 
     /// Compute Engine endpoint [default: https://compute.googleapis.com]
-    #[arg(long, env = "AGENT_AUTH_GCP_COMPUTE_ENDPOINT", value_name = "URL")]
+    #[arg(
+        long,
+        help_heading = "Live cloud API checks",
+        env = "AGENT_AUTH_GCP_COMPUTE_ENDPOINT",
+        value_name = "URL"
+    )]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub gcp_compute_endpoint: Option<String>,
 
     /// Service-account key file for Compute Engine (gcp_auth discovery when unset)
-    #[arg(long, env = "AGENT_AUTH_GCP_COMPUTE_CREDENTIALS", value_name = "PATH")]
+    #[arg(
+        long,
+        help_heading = "Live cloud API checks",
+        env = "AGENT_AUTH_GCP_COMPUTE_CREDENTIALS",
+        value_name = "PATH"
+    )]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub gcp_compute_credentials: Option<String>,
 
     /// How long a live check keeps a running instance's answer [default: 60s]
     #[arg(
         long,
+        help_heading = "Live cloud API checks",
         env = "AGENT_AUTH_CLOUD_CHECK_CACHE_TTL",
         value_name = "DURATION"
     )]
@@ -463,7 +673,12 @@ pub struct ServeArgs {
     pub cloud_check_cache_ttl: Option<String>,
 
     /// Time limit of one cloud API call attempt [default: 2s]
-    #[arg(long, env = "AGENT_AUTH_CLOUD_CHECK_TIMEOUT", value_name = "DURATION")]
+    #[arg(
+        long,
+        help_heading = "Live cloud API checks",
+        env = "AGENT_AUTH_CLOUD_CHECK_TIMEOUT",
+        value_name = "DURATION"
+    )]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub cloud_check_timeout: Option<String>,
 

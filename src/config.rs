@@ -20,9 +20,14 @@ use crate::store::StoreConfig;
 /// Exit code for bad configuration (sysexits EX_USAGE).
 pub const EXIT_CONFIG: i32 = 64;
 
-/// A configuration error: the key and what is wrong with it.
+/// A configuration error: the key and what is wrong with it. Shown with all three names an
+/// operator may have used: `--flag`, `AGENT_AUTH_FLAG` and the TOML key.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("invalid configuration: {key}: {message}")]
+#[error(
+    "invalid configuration: --{} (env AGENT_AUTH_{}, key {key}): {message}",
+    key.replace('_', "-"),
+    key.to_ascii_uppercase()
+)]
 pub struct ConfigError {
     pub key: String,
     pub message: String,
@@ -278,6 +283,18 @@ impl Config {
             figment = figment.merge(Toml::file_exact(path));
         }
         figment = figment.merge(Serialized::defaults(args));
+        // figment reads "yes", "on" and "1" as true; operators get exactly true or false.
+        for key in BOOLEAN_KEYS {
+            if let Ok(figment::value::Value::String(_, text)) = figment.find_value(key)
+                && text != "true"
+                && text != "false"
+            {
+                return Err(ConfigError::new(
+                    key,
+                    format!("expected true or false, found {text:?}"),
+                ));
+            }
+        }
         figment.extract_lossy().map_err(figment_error)
     }
 
@@ -632,6 +649,14 @@ fn parse_listen(key: &str, value: &str) -> Result<ListenAddr, ConfigError> {
         None => parse_socket(key, value).map(ListenAddr::Tcp),
     }
 }
+
+/// The settings that take exactly `true` or `false`.
+const BOOLEAN_KEYS: &[&str] = &[
+    "azure_fetch_issuers",
+    "aws_ec2_check",
+    "aws_ec2_imds_credentials",
+    "gcp_compute_check",
+];
 
 /// The environment variable that `--insecure-verify-time` must never be read from.
 const INSECURE_VERIFY_TIME_ENV: &str = "AGENT_AUTH_INSECURE_VERIFY_TIME";

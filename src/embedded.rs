@@ -39,6 +39,11 @@ pub enum EmbeddedError {
     NoUnprivilegedUser,
     #[error("embedded database: {0}")]
     Io(String),
+    #[error(
+        "the data dir {dir} is in use by PostgreSQL process {pid} (another agent-auth serve?): \
+         stop it or choose another --data-dir"
+    )]
+    InUse { dir: String, pid: i32 },
     #[error("embedded database did not start: {0}")]
     Start(String),
 }
@@ -125,6 +130,13 @@ impl EmbeddedPostgres {
                     log_path.display()
                 )));
             }
+        }
+        // A cluster another process runs here is not ours to use or to stop.
+        if let Some(pid) = running_postmaster(&pgdata) {
+            return Err(EmbeddedError::InUse {
+                dir: data_dir.display().to_string(),
+                pid,
+            });
         }
         let mut postgres = Command::new(bin.join("postgres"));
         postgres
@@ -401,6 +413,20 @@ fn refuse_link(path: &Path, e: std::io::Error) -> EmbeddedError {
     } else {
         format!("{} is not a directory; refusing to use it", path.display())
     })
+}
+
+/// The PID in `pgdata/postmaster.pid` when that process is alive (a stale file from a crash
+/// is PostgreSQL's own to clear).
+fn running_postmaster(pgdata: &Path) -> Option<i32> {
+    let text = fs::read_to_string(pgdata.join("postmaster.pid")).ok()?;
+    let pid: i32 = text.lines().next()?.trim().parse().ok()?;
+    if pid <= 0 {
+        return None;
+    }
+    match nix::sys::signal::kill(Pid::from_raw(pid), None) {
+        Ok(()) | Err(nix::errno::Errno::EPERM) => Some(pid),
+        Err(_) => None,
+    }
 }
 
 /// The directory holding both `initdb` and `postgres`.

@@ -43,7 +43,10 @@ fn main() -> ExitCode {
                 )
                 .await
                 {
-                    Ok(true) => ExitCode::SUCCESS,
+                    Ok(true) => {
+                        println!("SERVING");
+                        ExitCode::SUCCESS
+                    }
                     Ok(false) => {
                         eprintln!("agent-auth: {} is not serving", args.server);
                         ExitCode::FAILURE
@@ -110,8 +113,8 @@ async fn serve(args: ServeArgs) -> ExitCode {
     let app = match App::build(config).await {
         Ok(app) => app,
         Err(e) => {
+            // Once, in the configured log format (JSON lines stay parseable).
             tracing::error!(error = %e, "start-up failed");
-            eprintln!("agent-auth: {e}");
             return ExitCode::FAILURE;
         }
     };

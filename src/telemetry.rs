@@ -37,8 +37,12 @@ impl Telemetry {
 /// Installs the global subscriber (once per process; later calls only return a handle).
 /// Must run inside a tokio runtime when `otlp_endpoint` is set.
 pub fn init(format: LogFormat, filter: &str, otlp_endpoint: Option<&str>) -> Telemetry {
-    let filter = tracing_subscriber::EnvFilter::try_new(filter)
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    // Third-party chatter stays out of the operator's log unless asked for by name:
+    // PostgreSQL NOTICEs (e.g. refinery's "relation … already exists, skipping") arrive through
+    // tokio-postgres at INFO, and refinery logs its source paths.
+    let quiet = "tokio_postgres=warn,refinery=warn,refinery_core=warn";
+    let filter = tracing_subscriber::EnvFilter::try_new(format!("{quiet},{filter}"))
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(format!("{quiet},info")));
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
     let logs = match format {
         LogFormat::Json => tracing_subscriber::fmt::layer()

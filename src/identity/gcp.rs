@@ -163,6 +163,8 @@ pub struct Jwks {
     last_kid_refetch: Mutex<Option<Instant>>,
     /// Refreshes that failed (kept keys stayed in use), for logs and metrics.
     refresh_failures: std::sync::atomic::AtomicU64,
+    /// Whether the last fetch failed (so a run of failures warns once).
+    failing: std::sync::atomic::AtomicBool,
 }
 
 impl Jwks {
@@ -197,6 +199,7 @@ impl Jwks {
             keys: RwLock::new(keys.map(Arc::new)),
             last_kid_refetch: Mutex::new(None),
             refresh_failures: std::sync::atomic::AtomicU64::new(0),
+            failing: std::sync::atomic::AtomicBool::new(false),
         }
     }
 
@@ -257,7 +260,14 @@ impl Jwks {
                 if let Ok(mut keys) = self.keys.write() {
                     *keys = Some(Arc::new(set));
                 }
-                tracing::debug!(url, ?max_age, "GCP JWKS fetched");
+                if self
+                    .failing
+                    .swap(false, std::sync::atomic::Ordering::Relaxed)
+                {
+                    tracing::info!(url, "GCP JWKS fetched again after failures");
+                } else {
+                    tracing::debug!(url, ?max_age, "GCP JWKS fetched");
+                }
                 Some(max_age.unwrap_or(DEFAULT_REFRESH))
             }
             Err(error) => {
@@ -265,12 +275,21 @@ impl Jwks {
                     .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 metrics::counter!(crate::metrics::TRUST_REFRESH_FAILURES, "cloud" => "gcp")
                     .increment(1);
-                tracing::warn!(
-                    url,
-                    error,
-                    kept_keys = self.current().is_some(),
-                    "GCP JWKS fetch failed"
-                );
+                // One WARN when fetching starts to fail; retries stay at DEBUG until a fetch
+                // succeeds again (a machine without Google access is not an emergency).
+                if self
+                    .failing
+                    .swap(true, std::sync::atomic::Ordering::Relaxed)
+                {
+                    tracing::debug!(url, error, "GCP JWKS fetch failed again");
+                } else {
+                    tracing::warn!(
+                        url,
+                        error,
+                        kept_keys = self.current().is_some(),
+                        "GCP JWKS fetch failed; retrying in the background (further failures at DEBUG)"
+                    );
+                }
                 None
             }
         }

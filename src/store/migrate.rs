@@ -49,7 +49,7 @@ pub async fn dedicated_with(
     let (client, connection) = config
         .connect(tls)
         .await
-        .map_err(|e| StoreError::Unavailable(format!("cannot connect: {e}")))?;
+        .map_err(|e| StoreError::Unavailable(super::connect_error(&e, config)))?;
     tokio::spawn(async move {
         if let Err(e) = connection.await {
             tracing::debug!(error = %e, "schema connection ended");

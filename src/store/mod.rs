@@ -108,7 +108,11 @@ impl Store {
     /// Checks out a connection, mapping pool failures to [`StoreError`].
     async fn checkout(&self) -> Result<deadpool_postgres::Object, StoreError> {
         let started = std::time::Instant::now();
-        let result = self.pool.get().await.map_err(pool_error);
+        let result = self
+            .pool
+            .get()
+            .await
+            .map_err(|e| pool_error(e, &self.pg_config));
         metrics::histogram!(crate::metrics::DB_POOL_WAIT).record(started.elapsed().as_secs_f64());
         result
     }
@@ -144,11 +148,11 @@ impl Store {
     }
 }
 
-fn pool_error(e: deadpool_postgres::PoolError) -> StoreError {
+fn pool_error(e: deadpool_postgres::PoolError, config: &tokio_postgres::Config) -> StoreError {
     use deadpool_postgres::PoolError;
     match e {
         PoolError::Timeout(kind) => StoreError::Unavailable(format!("pool timeout ({kind:?})")),
-        PoolError::Backend(e) => StoreError::Unavailable(format!("cannot connect: {e}")),
+        PoolError::Backend(e) => StoreError::Unavailable(connect_error(&e, config)),
         PoolError::Closed => StoreError::Unavailable("pool closed".into()),
         PoolError::PostCreateHook(e) => {
             StoreError::Unavailable(format!("preparing a new connection: {e}"))
@@ -159,6 +163,54 @@ fn pool_error(e: deadpool_postgres::PoolError) -> StoreError {
 
 /// Connection-level failures and server shutdown or overload are retryable (UNAVAILABLE);
 /// anything else (a schema mismatch, a type error) is a bug or misconfiguration (INTERNAL).
+/// A failed connection said the way an operator can act on it: where (host or socket, port,
+/// database, user; never the password) and PostgreSQL's own reason (`password authentication
+/// failed for user "x"`, `database "x" does not exist`) or the system's (`Connection refused`,
+/// a host name that does not resolve).
+pub fn connect_error(e: &tokio_postgres::Error, config: &tokio_postgres::Config) -> String {
+    use tokio_postgres::config::Host;
+    let hosts: Vec<String> = config
+        .get_hosts()
+        .iter()
+        .map(|host| match host {
+            Host::Tcp(name) => name.clone(),
+            Host::Unix(path) => format!("socket {}", path.display()),
+        })
+        .collect();
+    let ports: Vec<String> = config.get_ports().iter().map(u16::to_string).collect();
+    let user = config.get_user().unwrap_or("(default)");
+    let database = config.get_dbname().unwrap_or(user);
+    let reason = match e.as_db_error() {
+        Some(db) => db.message().to_owned(),
+        None => {
+            // The innermost cause: the I/O error under tokio-postgres's "error connecting".
+            let mut cause: &dyn std::error::Error = e;
+            while let Some(next) = cause.source() {
+                cause = next;
+            }
+            let text = cause.to_string();
+            if text.contains("lookup address") || text.contains("Name or service not known") {
+                format!("could not translate host name to an address: {text}")
+            } else {
+                text
+            }
+        }
+    };
+    format!(
+        "cannot connect to PostgreSQL at {} port {} (database {database:?}, user {user:?}): {reason}",
+        if hosts.is_empty() {
+            "localhost".into()
+        } else {
+            hosts.join(",")
+        },
+        if ports.is_empty() {
+            "5432".into()
+        } else {
+            ports.join(",")
+        },
+    )
+}
+
 fn query_error(e: tokio_postgres::Error) -> StoreError {
     if is_connection_lost(&e) {
         return StoreError::Unavailable(format!("connection lost: {e}"));

@@ -253,16 +253,35 @@ async fn migrate_applies_the_owned_schema_and_healthcheck_probes_a_server() {
         .unwrap()
         .get(0);
     assert_eq!(tables, 5);
+    // Again, on the migrated schema: PostgreSQL's NOTICEs ("… already exists, skipping") and
+    // refinery's own lines stay out of the operator's log.
+    let url = db.url.clone();
+    let again = tokio::task::spawn_blocking(move || {
+        agent_auth()
+            .args(["migrate", "--postgres-url", &url])
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    assert!(again.status.success());
+    let log = String::from_utf8_lossy(&again.stderr);
+    assert!(
+        !log.contains("NOTICE") && !log.contains("refinery"),
+        "{log}"
+    );
 
     let app = TestApp::spawn(&db, |_| {}).await;
     let server = app.grpc_url.clone();
     let serving = tokio::task::spawn_blocking(move || {
         agent_auth()
             .args(["healthcheck", "--server", &server])
-            .status()
+            .output()
             .unwrap()
     });
-    assert!(serving.await.unwrap().success());
+    let serving = serving.await.unwrap();
+    assert!(serving.status.success());
+    assert_eq!(String::from_utf8_lossy(&serving.stdout), "SERVING\n");
     let closed = free_port();
     let down = tokio::task::spawn_blocking(move || {
         agent_auth()
@@ -494,4 +513,107 @@ fn bench_rejects_an_unknown_scenario_with_a_usage_error() {
     assert_eq!(output.status.code(), Some(64));
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.contains("unknown scenario \"v9\""), "{stderr}");
+}
+
+/// A database that cannot be reached is named with its cause, once, and never with a password.
+#[tokio::test]
+async fn database_failures_name_where_and_why() {
+    let db = TestDb::new().await;
+    let closed = free_port();
+    let missing_db = db.url.replace(&db.name, "no_such_database");
+    let cases = [
+        (
+            format!("postgres://agent:s3cret@127.0.0.1:{closed}/coder"),
+            vec![
+                format!("127.0.0.1 port {closed}"),
+                "\"coder\"".into(),
+                "Connection refused".into(),
+            ],
+        ),
+        (
+            missing_db,
+            vec![
+                "database \"no_such_database\" does not exist".into(),
+                "socket".into(),
+            ],
+        ),
+        (
+            "postgres://agent:s3cret@no-such-host.invalid/coder".into(),
+            vec![
+                "no-such-host.invalid".into(),
+                "could not translate host name".into(),
+            ],
+        ),
+    ];
+    for (url, expected) in cases {
+        let output = agent_auth()
+            .args(["serve", "--log-format", "text", "--postgres-url", &url])
+            .args([
+                "--grpc-listen",
+                "127.0.0.1:0",
+                "--admin-listen",
+                "127.0.0.1:0",
+            ])
+            .args(["--db-connect-timeout", "3s"])
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(1), "{stderr}");
+        for words in expected {
+            assert!(stderr.contains(&words), "{words:?} not in {stderr}");
+        }
+        assert!(!stderr.contains("s3cret"), "{stderr}");
+        assert_eq!(
+            stderr.matches("cannot connect to PostgreSQL").count(),
+            1,
+            "printed once: {stderr}"
+        );
+    }
+}
+
+/// A second `serve` on a data dir whose cluster is running refuses to start, naming the PID,
+/// and leaves the first cluster alone.
+#[tokio::test]
+async fn a_second_serve_on_a_busy_data_dir_exits_1_naming_the_pid() {
+    let data = tempfile::tempdir().unwrap();
+    let mut options = agent_auth::embedded::EmbeddedOptions::new(data.path());
+    options.ephemeral = true;
+    let first = agent_auth::embedded::EmbeddedPostgres::start(options)
+        .await
+        .unwrap();
+    let pid = std::fs::read_to_string(data.path().join("pgdata/postmaster.pid"))
+        .unwrap()
+        .lines()
+        .next()
+        .unwrap()
+        .to_owned();
+    let output = agent_auth()
+        .args(["serve", "--log-format", "text", "--data-dir"])
+        .arg(data.path())
+        .args([
+            "--grpc-listen",
+            "127.0.0.1:0",
+            "--admin-listen",
+            "127.0.0.1:0",
+        ])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains(&format!("process {pid}")), "{stderr}");
+    assert!(!stderr.contains("embedded PostgreSQL started"), "{stderr}");
+    assert!(first.is_running());
+    first.stop().await.unwrap();
+}
+
+/// A JWKS that cannot be fetched is one warning, then quiet retries (DEBUG) until it changes.
+#[tokio::test]
+async fn an_unreachable_jwks_warns_once() {
+    let db = TestDb::migrated().await;
+    let jwks = format!("http://127.0.0.1:{}/certs", free_port());
+    let server = ServeProcess::start(&db, &["--gcp-jwks", &jwks, "--log-format", "text"]).await;
+    // The refresher retries after 1 s, then 2 s: three attempts in 3.5 s.
+    tokio::time::sleep(std::time::Duration::from_millis(3500)).await;
+    let (_, log) = server.terminate().await;
+    assert_eq!(log.matches("GCP JWKS fetch failed").count(), 1, "{log}");
 }

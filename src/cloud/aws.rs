@@ -5,18 +5,30 @@
 //! with `InstanceIds`, one unknown id (a terminated instance long gone) fails the whole call
 //! with `InvalidInstanceID.NotFound`; with the filter it is simply absent from the answer.
 
+#[cfg(feature = "live-checks")]
 use std::collections::HashMap;
+#[cfg(feature = "live-checks")]
 use std::sync::Mutex;
-use std::time::{Duration, Instant};
+use std::time::Duration;
+#[cfg(feature = "live-checks")]
+use std::time::Instant;
 
+#[cfg(feature = "live-checks")]
 use aws_config::BehaviorVersion;
+#[cfg(feature = "live-checks")]
 use aws_config::meta::credentials::CredentialsProviderChain;
+#[cfg(feature = "live-checks")]
 use aws_config::retry::RetryConfig;
+#[cfg(feature = "live-checks")]
 use aws_config::timeout::TimeoutConfig;
+#[cfg(feature = "live-checks")]
 use aws_sdk_ec2::config::Region;
+#[cfg(feature = "live-checks")]
 use tokio::sync::{mpsc, oneshot};
 
-use super::{Answer, CheckSettings, Failure};
+#[cfg(feature = "live-checks")]
+use super::CheckSettings;
+use super::{Answer, Failure};
 
 /// At most this many ids per `DescribeInstances` call.
 pub const MAX_BATCH: usize = 100;
@@ -56,10 +68,13 @@ pub struct AwsCheckConfig {
     pub batch_window: Duration,
 }
 
+#[cfg(feature = "live-checks")]
 type Reply = oneshot::Sender<Result<Ec2Instance, String>>;
+#[cfg(feature = "live-checks")]
 /// Look-ups queued for one batcher: the instance id and where its answer goes.
 type Lookups = mpsc::Sender<(String, Reply)>;
 
+#[cfg(feature = "live-checks")]
 /// The check's clients and batchers, one per (region, account).
 pub struct AwsCheck {
     config: AwsCheckConfig,
@@ -69,6 +84,7 @@ pub struct AwsCheck {
     batchers: Mutex<HashMap<(String, String), Lookups>>,
 }
 
+#[cfg(feature = "live-checks")]
 impl AwsCheck {
     /// Builds the shared SDK configuration. Nothing is contacted here.
     pub async fn new(config: AwsCheckConfig, settings: CheckSettings) -> Self {
@@ -180,6 +196,7 @@ impl AwsCheck {
     }
 }
 
+#[cfg(feature = "live-checks")]
 /// Collects look-ups for one window (or until 100 ids), then calls once for all of them.
 async fn run_batcher(
     client: aws_sdk_ec2::Client,
@@ -219,6 +236,7 @@ async fn run_batcher(
     }
 }
 
+#[cfg(feature = "live-checks")]
 /// One `DescribeInstances` call (following pages) for `ids`.
 async fn describe(
     client: &aws_sdk_ec2::Client,

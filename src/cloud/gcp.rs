@@ -2,13 +2,19 @@
 //! verified token, with an OAuth token from gcp_auth (a service-account key file, or gcp_auth's
 //! discovery: the metadata server on GCE/GKE, gcloud's credentials elsewhere).
 
+#[cfg(feature = "live-checks")]
 use std::sync::Arc;
+#[cfg(feature = "live-checks")]
 use std::time::{Duration, Instant};
 
-use super::{Answer, CheckSettings, Failure};
+#[cfg(feature = "live-checks")]
+use super::CheckSettings;
+use super::{Answer, Failure};
+#[cfg(feature = "live-checks")]
 use crate::fetch::{FetchError, Fetcher};
 
 pub const DEFAULT_ENDPOINT: &str = "https://compute.googleapis.com";
+#[cfg(feature = "live-checks")]
 const SCOPE: &str = "https://www.googleapis.com/auth/compute.readonly";
 
 /// What `instances.get` says about one instance.
@@ -40,6 +46,7 @@ pub struct GcpCheckConfig {
     pub credentials: Option<std::path::PathBuf>,
 }
 
+#[cfg(feature = "live-checks")]
 pub struct GcpCheck {
     endpoint: String,
     /// Set at start-up from `--gcp-compute-credentials`; otherwise found by gcp_auth's
@@ -49,6 +56,7 @@ pub struct GcpCheck {
     timeout: Duration,
 }
 
+#[cfg(feature = "live-checks")]
 impl GcpCheck {
     pub fn new(config: GcpCheckConfig, settings: &CheckSettings) -> Result<Self, String> {
         let endpoint = config
@@ -129,6 +137,7 @@ impl GcpCheck {
     }
 }
 
+#[cfg(feature = "live-checks")]
 fn retryable(e: &FetchError) -> bool {
     match e {
         FetchError::Status(status) => *status == 429 || *status >= 500,
@@ -137,6 +146,7 @@ fn retryable(e: &FetchError) -> bool {
     }
 }
 
+#[cfg(feature = "live-checks")]
 /// Names from a verified token are plain, but never let one change the URL's shape.
 fn path_segment(value: &str) -> String {
     value
@@ -228,6 +238,7 @@ mod tests {
         assert_eq!(parse_timestamp("2026-11-01T10:00:00"), None);
     }
 
+    #[cfg(feature = "live-checks")]
     #[test]
     fn judges_status_id_and_creation() {
         let found = |status: &str, id: &str, created| GceInstance::Found {

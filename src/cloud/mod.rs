@@ -13,6 +13,7 @@ pub mod gcp;
 
 use std::time::Duration;
 
+#[cfg(feature = "live-checks")]
 use cache::{CacheResult, FlightCache};
 
 /// How long a negative answer (stopped, terminated, unknown) is kept.
@@ -66,6 +67,7 @@ pub enum LiveEvidence {
     None,
 }
 
+#[cfg(feature = "live-checks")]
 /// Answers by (region, account, instance id) for EC2, (project, zone, name) for GCE.
 type InstanceCache<V> = FlightCache<(String, String, String), V, String>;
 
@@ -75,11 +77,13 @@ pub(crate) trait Answer: Clone {
     fn is_live(&self) -> bool;
 }
 
+#[cfg(feature = "live-checks")]
 /// A cache keeping a running instance's answer for `ttl`, any other for [`NEGATIVE_TTL`].
 fn instance_cache<V: Answer + 'static>(ttl: Duration) -> InstanceCache<V> {
     FlightCache::new(move |answer: &V| if answer.is_live() { ttl } else { NEGATIVE_TTL })
 }
 
+#[cfg(feature = "live-checks")]
 /// One look-up through `cache` (counted by its cache result); a failed call is `Unavailable`.
 async fn look_up<V, Fut>(
     cloud: &'static str,
@@ -97,12 +101,14 @@ where
 }
 
 /// The configured checks with their caches.
+#[cfg(feature = "live-checks")]
 pub struct LiveChecks {
     aws: Option<(aws::AwsCheck, InstanceCache<aws::Ec2Instance>)>,
     gcp: Option<(gcp::GcpCheck, InstanceCache<gcp::GceInstance>)>,
     on_error: OnError,
 }
 
+#[cfg(feature = "live-checks")]
 impl LiveChecks {
     pub async fn new(
         aws: Option<aws::AwsCheckConfig>,
@@ -195,11 +201,13 @@ impl LiveChecks {
     }
 }
 
+#[cfg(feature = "live-checks")]
 fn record_cache(cloud: &'static str, result: CacheResult) {
     metrics::counter!(crate::metrics::CLOUD_API_CACHE, "cloud" => cloud, "result" => result.label())
         .increment(1);
 }
 
+#[cfg(feature = "live-checks")]
 /// Counts and times one call to a cloud API.
 pub(crate) fn record_call(cloud: &'static str, ok: bool, elapsed: Duration) {
     let outcome = if ok { "ok" } else { "error" };
@@ -209,6 +217,7 @@ pub(crate) fn record_call(cloud: &'static str, ok: bool, elapsed: Duration) {
         .record(elapsed.as_secs_f64());
 }
 
+#[cfg(feature = "live-checks")]
 /// Exponential backoff with full jitter: up to 100 ms, 200 ms, 400 ms … for attempt 1, 2, 3 …
 pub(crate) fn backoff(attempt: u32) -> Duration {
     let cap = 100u64 << attempt.saturating_sub(1).min(6);
@@ -218,4 +227,58 @@ pub(crate) fn backoff(attempt: u32) -> Duration {
         .map(|d| u64::from(d.subsec_nanos()))
         .unwrap_or(0);
     Duration::from_millis(nanos % (cap + 1))
+}
+
+/// A build without the `live-checks` feature has no cloud API client: turning a check on is a
+/// start-up error, and with none on every login passes on its evidence alone.
+#[cfg(not(feature = "live-checks"))]
+pub struct LiveChecks;
+
+#[cfg(not(feature = "live-checks"))]
+impl LiveChecks {
+    pub async fn new(
+        aws: Option<aws::AwsCheckConfig>,
+        gcp: Option<gcp::GcpCheckConfig>,
+        _settings: CheckSettings,
+    ) -> Result<Self, String> {
+        if aws.is_some() || gcp.is_some() {
+            return Err(
+                "this build has no live cloud API checks (built without the `live-checks` \
+                 feature): rebuild with the default features, or turn the checks off"
+                    .into(),
+            );
+        }
+        Ok(Self)
+    }
+
+    pub fn enabled(&self) -> bool {
+        false
+    }
+
+    pub async fn check(&self, _evidence: &LiveEvidence) -> Result<(), Failure> {
+        Ok(())
+    }
+}
+
+#[cfg(all(test, not(feature = "live-checks")))]
+mod without_live_checks {
+    use super::*;
+
+    fn settings() -> CheckSettings {
+        CheckSettings {
+            cache_ttl: Duration::from_secs(60),
+            timeout: Duration::from_secs(2),
+            on_error: OnError::Closed,
+        }
+    }
+
+    #[tokio::test]
+    async fn a_build_without_the_sdks_refuses_to_turn_a_check_on() {
+        let aws = LiveChecks::new(Some(aws::AwsCheckConfig::default()), None, settings()).await;
+        assert!(aws.is_err_and(|e| e.contains("live-checks")));
+        let gcp = LiveChecks::new(None, Some(gcp::GcpCheckConfig::default()), settings()).await;
+        assert!(gcp.is_err());
+        let off = LiveChecks::new(None, None, settings()).await;
+        assert!(off.is_ok_and(|checks| !checks.enabled()));
+    }
 }

@@ -39,6 +39,13 @@ fn bad_configuration_exits_64_with_one_line_naming_the_key() {
             "azure_fetch_issuers",
         ),
         (vec!["--gcp-jwks", "/no/such/jwks.json"], vec![], "gcp_jwks"),
+        // Booleans are exactly true or false (or the flag alone).
+        (vec!["--aws-ec2-check", "yes"], vec![], "aws_ec2_check"),
+        (
+            vec![],
+            vec![("AGENT_AUTH_GCP_COMPUTE_CHECK", "on")],
+            "gcp_compute_check",
+        ),
     ];
     for (args, env, key) in cases {
         let output = agent_auth()
@@ -51,6 +58,13 @@ fn bad_configuration_exits_64_with_one_line_naming_the_key() {
         assert_eq!(output.status.code(), Some(64), "{args:?} {env:?}: {stderr}");
         assert_eq!(stderr.lines().count(), 1, "{stderr}");
         assert!(stderr.contains(key), "{key} not named in {stderr}");
+        // The flag, the env var and the TOML key, whichever the operator used.
+        let flag = format!("--{}", key.replace('_', "-"));
+        let env = format!("AGENT_AUTH_{}", key.to_ascii_uppercase());
+        assert!(
+            stderr.contains(&flag) && stderr.contains(&env),
+            "{flag} / {env} not named in {stderr}"
+        );
     }
 }
 
@@ -616,4 +630,48 @@ async fn an_unreachable_jwks_warns_once() {
     tokio::time::sleep(std::time::Duration::from_millis(3500)).await;
     let (_, log) = server.terminate().await;
     assert_eq!(log.matches("GCP JWKS fetch failed").count(), 1, "{log}");
+}
+
+/// A wrong password against a server that checks passwords (scram-sha-256 on loopback) is
+/// said as PostgreSQL says it, and the password itself is never printed.
+#[tokio::test]
+async fn a_wrong_password_is_named_as_the_cause() {
+    let data = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let mut options = agent_auth::embedded::EmbeddedOptions::new(data.path());
+    options.ephemeral = true;
+    options.port = port;
+    options.settings = vec![("listen_addresses".into(), "127.0.0.1".into())];
+    let cluster = agent_auth::embedded::EmbeddedPostgres::start(options)
+        .await
+        .unwrap();
+    std::fs::write(
+        data.path().join("pgdata/pg_hba.conf"),
+        "local all all trust\nhost all all 127.0.0.1/32 scram-sha-256\n",
+    )
+    .unwrap();
+    let admin = connect(&cluster.connection_string("postgres")).await;
+    admin
+        .batch_execute("CREATE ROLE agent LOGIN PASSWORD 'right-one'; SELECT pg_reload_conf()")
+        .await
+        .unwrap();
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    let output = agent_auth()
+        .args(["serve", "--log-format", "text", "--postgres-url"])
+        .arg(format!(
+            "postgres://agent:wrong-one@127.0.0.1:{port}/postgres?sslmode=disable"
+        ))
+        .args(["--grpc-listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0"])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("password authentication failed for user \"agent\""),
+        "{stderr}"
+    );
+    assert!(stderr.contains(&format!("127.0.0.1 port {port}")), "{stderr}");
+    assert!(!stderr.contains("wrong-one"), "{stderr}");
+    drop(admin);
+    cluster.stop().await.unwrap();
 }

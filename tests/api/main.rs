@@ -5,6 +5,7 @@
 mod aws;
 mod azure;
 mod cli;
+#[cfg(feature = "live-checks")]
 mod cloud;
 mod connections;
 mod contract;

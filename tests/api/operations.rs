@@ -338,14 +338,27 @@ async fn a_dead_collector_changes_nothing_for_callers() {
     );
 }
 
-/// `promtool` from Debian's `prometheus` package (`.ci/run` installs it).
+/// `promtool`: on the machine, else extracted from Debian's `prometheus` package into
+/// `/var/tmp/agent-auth-tools` on first use (only that binary, not the server), as the tests
+/// get moto. Fails, never skips, when neither works.
 fn promtool() -> std::path::PathBuf {
-    for candidate in ["/usr/bin/promtool", "/usr/local/bin/promtool"] {
+    let fetched = "/var/tmp/agent-auth-tools/promtool";
+    for candidate in ["/usr/bin/promtool", "/usr/local/bin/promtool", fetched] {
         if std::path::Path::new(candidate).exists() {
             return candidate.into();
         }
     }
-    panic!("promtool is needed: apt-get install prometheus (or run .ci/run, which extracts it)");
+    let script = "set -e; d=$(mktemp -d); cd \"$d\"; \
+        apt-get download prometheus >/dev/null 2>&1 || { apt-get update -qq && apt-get download prometheus >/dev/null; }; \
+        dpkg -x prometheus_*.deb root; mkdir -p /var/tmp/agent-auth-tools; \
+        install -m 0755 root/usr/bin/promtool /var/tmp/agent-auth-tools/promtool; rm -rf \"$d\"";
+    let status = std::process::Command::new("sh").args(["-c", script]).status();
+    assert!(
+        matches!(status, Ok(s) if s.success()) && std::path::Path::new(fetched).exists(),
+        "promtool is needed and could not be fetched ({status:?}): apt-get install prometheus, \
+         or put promtool on /usr/local/bin"
+    );
+    fetched.into()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

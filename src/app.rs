@@ -215,6 +215,12 @@ impl App {
             embedded,
             mut hangup,
         } = self;
+        let grpc_bound = match &grpc_listener {
+            GrpcListener::Tcp(listener) => listener.local_addr().ok(),
+            GrpcListener::Unix(_) => None,
+        };
+        let admin_bound = admin_listener.local_addr().ok();
+        let http_bound = http_listener.as_ref().and_then(|l| l.local_addr().ok());
         let limiter = Limiter::new(config.max_concurrent_requests);
         let limits = config.connections;
         let open_files = crate::listen::raise_open_file_limit();
@@ -316,7 +322,28 @@ impl App {
                 stopped(stop_rx.clone()),
             ))
         });
-        tracing::info!(grpc = ?config.grpc_listen, admin = %config.admin_listen, http = ?config.http_listen, "serving");
+        // One line per listener, with the bound address, so an operator sees what serves where.
+        match (&config.grpc_listen, grpc_bound) {
+            (ListenAddr::Unix(path), _) => tracing::info!(
+                socket = %path.display(),
+                "gRPC listening on a unix socket (mode 0600; agentauth.v1, health, reflection)"
+            ),
+            (ListenAddr::Tcp(configured), bound) => tracing::info!(
+                address = %bound.unwrap_or(*configured),
+                tls = config.tls.is_some(),
+                "gRPC listening (agentauth.v1, health, reflection)"
+            ),
+        }
+        tracing::info!(
+            address = %admin_bound.unwrap_or(config.admin_listen),
+            "admin HTTP listening (/healthz, /readyz, /metrics)"
+        );
+        if let Some(addr) = http_bound {
+            tracing::info!(
+                address = %addr,
+                "Coder-compatible agent HTTP listening (/api/v2/workspaceagents/*)"
+            );
+        }
 
         shutdown.await;
         tracing::info!("shutting down: not serving, draining in-flight requests");

@@ -332,6 +332,17 @@ pub fn log_sources(set: &TrustSet, sources: &TrustSources) {
         replaced_roots = sources.azure.roots.is_some(),
         "Azure trust: pinned roots and intermediates"
     );
+    match &sources.gcp {
+        GcpKeys::File(path) => tracing::info!(
+            file = %path.display(),
+            keys = count("gcp", false),
+            "GCP trust: JWKS from a file"
+        ),
+        GcpKeys::Remote(jwks) => tracing::info!(
+            url = jwks.source_label(),
+            "GCP trust: JWKS fetched in the background (GCP logins wait for the first fetch)"
+        ),
+    }
     warn_expiring(&pinned, SystemTime::now());
 }
 

@@ -661,7 +661,12 @@ async fn a_wrong_password_is_named_as_the_cause() {
         .arg(format!(
             "postgres://agent:wrong-one@127.0.0.1:{port}/postgres?sslmode=disable"
         ))
-        .args(["--grpc-listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0"])
+        .args([
+            "--grpc-listen",
+            "127.0.0.1:0",
+            "--admin-listen",
+            "127.0.0.1:0",
+        ])
         .output()
         .unwrap();
     let stderr = String::from_utf8_lossy(&output.stderr);
@@ -670,7 +675,10 @@ async fn a_wrong_password_is_named_as_the_cause() {
         stderr.contains("password authentication failed for user \"agent\""),
         "{stderr}"
     );
-    assert!(stderr.contains(&format!("127.0.0.1 port {port}")), "{stderr}");
+    assert!(
+        stderr.contains(&format!("127.0.0.1 port {port}")),
+        "{stderr}"
+    );
     assert!(!stderr.contains("wrong-one"), "{stderr}");
     drop(admin);
     cluster.stop().await.unwrap();

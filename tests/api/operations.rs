@@ -352,7 +352,9 @@ fn promtool() -> std::path::PathBuf {
         apt-get download prometheus >/dev/null 2>&1 || { apt-get update -qq && apt-get download prometheus >/dev/null; }; \
         dpkg -x prometheus_*.deb root; mkdir -p /var/tmp/agent-auth-tools; \
         install -m 0755 root/usr/bin/promtool /var/tmp/agent-auth-tools/promtool; rm -rf \"$d\"";
-    let status = std::process::Command::new("sh").args(["-c", script]).status();
+    let status = std::process::Command::new("sh")
+        .args(["-c", script])
+        .status();
     assert!(
         matches!(status, Ok(s) if s.success()) && std::path::Path::new(fetched).exists(),
         "promtool is needed and could not be fetched ({status:?}): apt-get install prometheus, \

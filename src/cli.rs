@@ -291,7 +291,7 @@ pub struct ServeArgs {
     pub conn_idle_timeout: Option<String>,
 
     /// Open gRPC + HTTP connections at most; more are accepted and closed at once [default:
-    /// the open-file limit less 256, at most 16384]
+    /// the open-file limit less 256 and the admin cap, at most 16384]
     #[arg(
         long,
         help_heading = "Limits and timeouts",

@@ -529,6 +529,25 @@ fn bench_rejects_an_unknown_scenario_with_a_usage_error() {
     assert!(stderr.contains("unknown scenario \"v9\""), "{stderr}");
 }
 
+/// Runs `serve ARGS` on loopback listeners with text logs, expects exit 1 (a start-up failure)
+/// and returns what it wrote to stderr.
+fn serve_fails(args: &[&str]) -> String {
+    let output = agent_auth()
+        .args(["serve", "--log-format", "text"])
+        .args([
+            "--grpc-listen",
+            "127.0.0.1:0",
+            "--admin-listen",
+            "127.0.0.1:0",
+        ])
+        .args(args)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
+    assert_eq!(output.status.code(), Some(1), "{stderr}");
+    stderr
+}
+
 /// A database that cannot be reached is named with its cause, once, and never with a password.
 #[tokio::test]
 async fn database_failures_name_where_and_why() {
@@ -560,19 +579,7 @@ async fn database_failures_name_where_and_why() {
         ),
     ];
     for (url, expected) in cases {
-        let output = agent_auth()
-            .args(["serve", "--log-format", "text", "--postgres-url", &url])
-            .args([
-                "--grpc-listen",
-                "127.0.0.1:0",
-                "--admin-listen",
-                "127.0.0.1:0",
-            ])
-            .args(["--db-connect-timeout", "3s"])
-            .output()
-            .unwrap();
-        let stderr = String::from_utf8_lossy(&output.stderr);
-        assert_eq!(output.status.code(), Some(1), "{stderr}");
+        let stderr = serve_fails(&["--postgres-url", &url, "--db-connect-timeout", "3s"]);
         for words in expected {
             assert!(stderr.contains(&words), "{words:?} not in {stderr}");
         }
@@ -601,19 +608,8 @@ async fn a_second_serve_on_a_busy_data_dir_exits_1_naming_the_pid() {
         .next()
         .unwrap()
         .to_owned();
-    let output = agent_auth()
-        .args(["serve", "--log-format", "text", "--data-dir"])
-        .arg(data.path())
-        .args([
-            "--grpc-listen",
-            "127.0.0.1:0",
-            "--admin-listen",
-            "127.0.0.1:0",
-        ])
-        .output()
-        .unwrap();
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert_eq!(output.status.code(), Some(1), "{stderr}");
+    let data_dir = data.path().display().to_string();
+    let stderr = serve_fails(&["--data-dir", &data_dir]);
     assert!(stderr.contains(&format!("process {pid}")), "{stderr}");
     assert!(!stderr.contains("embedded PostgreSQL started"), "{stderr}");
     assert!(first.is_running());
@@ -656,21 +652,8 @@ async fn a_wrong_password_is_named_as_the_cause() {
         .await
         .unwrap();
     tokio::time::sleep(std::time::Duration::from_millis(300)).await;
-    let output = agent_auth()
-        .args(["serve", "--log-format", "text", "--postgres-url"])
-        .arg(format!(
-            "postgres://agent:wrong-one@127.0.0.1:{port}/postgres?sslmode=disable"
-        ))
-        .args([
-            "--grpc-listen",
-            "127.0.0.1:0",
-            "--admin-listen",
-            "127.0.0.1:0",
-        ])
-        .output()
-        .unwrap();
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert_eq!(output.status.code(), Some(1), "{stderr}");
+    let url = format!("postgres://agent:wrong-one@127.0.0.1:{port}/postgres?sslmode=disable");
+    let stderr = serve_fails(&["--postgres-url", &url]);
     assert!(
         stderr.contains("password authentication failed for user \"agent\""),
         "{stderr}"

@@ -194,11 +194,6 @@ impl App {
         self.admin_listener.local_addr().ok()
     }
 
-    /// The use case, for callers embedding the service.
-    pub fn authenticator(&self) -> &Authenticator {
-        &self.auth
-    }
-
     /// Serves until `shutdown` resolves, then: readiness and health flip to not serving, the
     /// listeners stop accepting, in-flight requests get `shutdown_grace` to finish, the pool
     /// closes and an embedded database stops.

@@ -227,11 +227,6 @@ impl EmbeddedPostgres {
         Ok(client)
     }
 
-    /// Where the server writes its log.
-    pub fn log_path(&self) -> &Path {
-        &self.log_path
-    }
-
     /// True while the server process runs.
     pub fn is_running(&self) -> bool {
         self.exited.borrow().is_none()

@@ -161,8 +161,6 @@ pub struct Jwks {
     keys: RwLock<Option<Arc<JwkSet>>>,
     /// When the last refetch for an unknown kid started (background refreshes do not count).
     last_kid_refetch: Mutex<Option<Instant>>,
-    /// Refreshes that failed (kept keys stayed in use), for logs and metrics.
-    refresh_failures: std::sync::atomic::AtomicU64,
     /// Whether the last fetch failed (so a run of failures warns once).
     failing: std::sync::atomic::AtomicBool,
 }
@@ -198,7 +196,6 @@ impl Jwks {
             source,
             keys: RwLock::new(keys.map(Arc::new)),
             last_kid_refetch: Mutex::new(None),
-            refresh_failures: std::sync::atomic::AtomicU64::new(0),
             failing: std::sync::atomic::AtomicBool::new(false),
         }
     }
@@ -214,12 +211,6 @@ impl Jwks {
             Source::Static(path) => path.display().to_string(),
             Source::Remote { url, .. } => url.clone(),
         }
-    }
-
-    /// How many refreshes failed so far.
-    pub fn refresh_failures(&self) -> u64 {
-        self.refresh_failures
-            .load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// For an unknown `kid`: refetch unless one started within the last minute. Returns the
@@ -271,8 +262,6 @@ impl Jwks {
                 Some(max_age.unwrap_or(DEFAULT_REFRESH))
             }
             Err(error) => {
-                self.refresh_failures
-                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 metrics::counter!(crate::metrics::TRUST_REFRESH_FAILURES, "cloud" => "gcp")
                     .increment(1);
                 // One WARN when fetching starts to fail; retries stay at DEBUG until a fetch

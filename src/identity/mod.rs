@@ -47,13 +47,6 @@ impl fmt::Display for Cloud {
     }
 }
 
-/// An instance whose evidence verified.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct VerifiedInstance {
-    pub cloud: Cloud,
-    pub instance_id: InstanceId,
-}
-
 /// A cloud instance id that came out of verified evidence. It is never empty.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct InstanceId(String);
@@ -121,21 +114,6 @@ pub enum IdentityError {
     NotAllowed(String),
     #[error("the cloud API rules the instance out: {0}")]
     NotLive(String),
-}
-
-impl IdentityError {
-    /// A bounded label for metrics and logs.
-    pub fn kind(&self) -> &'static str {
-        match self {
-            IdentityError::Malformed(_) => "malformed",
-            IdentityError::BadSignature(_) => "bad_signature",
-            IdentityError::NoTrustedKey(_) => "no_trusted_key",
-            IdentityError::UntrustedChain(_) => "untrusted_chain",
-            IdentityError::Rejected(_) => "rejected",
-            IdentityError::NotAllowed(_) => "not_allowed",
-            IdentityError::NotLive(_) => "not_live",
-        }
-    }
 }
 
 /// Seconds since the Unix epoch (negative before it), for comparing with token and document

@@ -100,11 +100,6 @@ impl Store {
         Ok(Self { pool, pg_config })
     }
 
-    /// The connection settings, for dedicated connections (migrations, schema checks).
-    pub fn pg_config(&self) -> &tokio_postgres::Config {
-        &self.pg_config
-    }
-
     /// Checks out a connection, mapping pool failures to [`StoreError`].
     async fn checkout(&self) -> Result<deadpool_postgres::Object, StoreError> {
         let started = std::time::Instant::now();

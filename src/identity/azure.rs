@@ -173,12 +173,7 @@ impl AzureTrust {
     /// self-issued signer, a signer that is not Azure metadata, or one whose issuer is already
     /// pinned (then a fetch cannot help) yields no URL.
     pub fn issuer_urls_to_fetch(&self, signature: &str) -> Result<Vec<String>, IdentityError> {
-        let der = super::decode_base64(signature)?;
-        let named = super::pkcs7::check_envelope(&der)?;
-        let pkcs7 =
-            Pkcs7::from_der(&der).map_err(|e| IdentityError::Malformed(format!("PKCS#7: {e}")))?;
-        let (signer, _) = signed_content(&pkcs7)?;
-        named.check(&signer)?;
+        let (signer, _) = open_signed(signature)?;
         check_signer_name(&signer)?;
         let issuer = signer
             .issuer_name()
@@ -228,12 +223,7 @@ impl AzureTrust {
         now: SystemTime,
         extra: &[X509],
     ) -> Result<AzureIdentity, IdentityError> {
-        let der = super::decode_base64(signature)?;
-        let named = super::pkcs7::check_envelope(&der)?;
-        let pkcs7 =
-            Pkcs7::from_der(&der).map_err(|e| IdentityError::Malformed(format!("PKCS#7: {e}")))?;
-        let (signer, content) = signed_content(&pkcs7)?;
-        named.check(&signer)?;
+        let (signer, content) = open_signed(signature)?;
         let unix_now = super::unix_seconds(now);
         self.verify_chain(&signer, unix_now, extra)?;
         check_signer_name(&signer)?;
@@ -310,6 +300,19 @@ impl AzureTrust {
         builder.set_param(&param)?;
         Ok(builder.build())
     }
+}
+
+/// Decodes a base64 attested document, checks its envelope strictly, verifies its signature
+/// with the embedded signer and that the signer info names that signer exactly; returns the
+/// signer and the content. Every reader of a document goes through here.
+fn open_signed(signature: &str) -> Result<(X509, Vec<u8>), IdentityError> {
+    let der = super::decode_base64(signature)?;
+    let named = super::pkcs7::check_envelope(&der)?;
+    let pkcs7 =
+        Pkcs7::from_der(&der).map_err(|e| IdentityError::Malformed(format!("PKCS#7: {e}")))?;
+    let (signer, content) = signed_content(&pkcs7)?;
+    named.check(&signer)?;
+    Ok((signer, content))
 }
 
 /// Verifies the PKCS#7 signature with its embedded signer; returns the signer and the content.

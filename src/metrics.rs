@@ -308,6 +308,6 @@ pub fn render(pool: deadpool_postgres::Status, trust: &crate::trust::TrustSet) -
         }
         None => String::new(),
     };
-    text.push_str(&render_trust_expiry(&crate::trust::pinned(trust)));
+    text.push_str(&render_trust_expiry(&trust.certificates));
     text
 }

@@ -58,6 +58,9 @@ impl GcpKeys {
 pub struct TrustSet {
     pub aws: AwsTrust,
     pub azure: AzureTrust,
+    /// The AWS and Azure certificates as listed and exported: derived once when the set is
+    /// read (fingerprints and dates do not change under a set), not on every `/metrics` scrape.
+    pub certificates: Vec<Pinned>,
     pub gcp_keys: Arc<Jwks>,
 }
 
@@ -92,12 +95,12 @@ impl TrustStore {
     pub fn reload(&self) -> Result<(), TrustError> {
         match read_set(&self.sources) {
             Ok(set) => {
-                let pinned = pinned(&set);
-                warn_expiring(&pinned, SystemTime::now());
+                warn_expiring(&set.certificates, SystemTime::now());
+                let certificates = set.certificates.len();
                 self.current.store(Arc::new(set));
                 crate::metrics::record_trust_reload(true);
                 tracing::info!(
-                    certificates = pinned.len(),
+                    certificates,
                     "trust reloaded: the new set serves every request from now on"
                 );
                 Ok(())
@@ -116,9 +119,13 @@ fn read_set(sources: &TrustSources) -> Result<TrustSet, TrustError> {
         GcpKeys::File(path) => Arc::new(Jwks::from_file(path)?),
         GcpKeys::Remote(remote) => remote.clone(),
     };
+    let aws = AwsTrust::load(&sources.aws)?;
+    let azure = AzureTrust::load(&sources.azure)?;
+    let certificates = describe_certificates(&aws, &azure);
     Ok(TrustSet {
-        aws: AwsTrust::load(&sources.aws)?,
-        azure: AzureTrust::load(&sources.azure)?,
+        aws,
+        azure,
+        certificates,
         gcp_keys,
     })
 }
@@ -144,29 +151,10 @@ pub struct Pinned {
     pub source: String,
 }
 
-/// Every pinned certificate of a set, AWS (by form, then region) then Azure then GCP.
+/// Every pinned certificate and key of a set: AWS (by form, then region), Azure, then the GCP
+/// keys in force (a remote JWKS changes under the set, so they are read now).
 pub fn pinned(set: &TrustSet) -> Vec<Pinned> {
-    let mut out = Vec::new();
-    for pinned in set.aws.certificates() {
-        let form = pinned.form.label();
-        out.push(describe(
-            "aws",
-            format!("{} {form}", pinned.region),
-            format!("ec2.amazonaws.com ({}, {form})", pinned.region),
-            &pinned.certificate,
-            pinned.source.to_string(),
-        ));
-    }
-    for ca in set.azure.certificates() {
-        let subject = crate::metrics::subject_label(&ca.certificate);
-        out.push(describe(
-            "azure",
-            ca.kind.label().into(),
-            subject,
-            &ca.certificate,
-            ca.source.to_string(),
-        ));
-    }
+    let mut out = set.certificates.clone();
     if let Some(keys) = set.gcp_keys.current() {
         let source = set.gcp_keys.source_label();
         for key in &keys.keys {
@@ -182,6 +170,32 @@ pub fn pinned(set: &TrustSet) -> Vec<Pinned> {
                 source: source.clone(),
             });
         }
+    }
+    out
+}
+
+/// The AWS and Azure certificates of a set, with their fingerprints and dates.
+fn describe_certificates(aws: &AwsTrust, azure: &AzureTrust) -> Vec<Pinned> {
+    let mut out = Vec::new();
+    for pinned in aws.certificates() {
+        let form = pinned.form.label();
+        out.push(describe(
+            "aws",
+            format!("{} {form}", pinned.region),
+            format!("ec2.amazonaws.com ({}, {form})", pinned.region),
+            &pinned.certificate,
+            pinned.source.to_string(),
+        ));
+    }
+    for ca in azure.certificates() {
+        let subject = crate::metrics::subject_label(&ca.certificate);
+        out.push(describe(
+            "azure",
+            ca.kind.label().into(),
+            subject,
+            &ca.certificate,
+            ca.source.to_string(),
+        ));
     }
     out
 }

@@ -145,26 +145,14 @@ fn describe() {
         CONNECTION_TIMEOUTS,
         "Connections closed by a timeout, by listener and timeout (handshake, idle)."
     );
-    for listener in ["grpc", "http", "admin"] {
-        metrics::gauge!(CONNECTIONS_OPEN, "listener" => listener).set(0.0);
-        metrics::counter!(CONNECTIONS_REFUSED, "listener" => listener).absolute(0);
-        for timeout in ["handshake", "idle"] {
-            metrics::counter!(CONNECTION_TIMEOUTS, "listener" => listener, "timeout" => timeout)
-                .absolute(0);
-        }
-    }
     describe_counter!(
         INSTANCE_CONFLICTS,
         "Logins refused because the instance id is on the latest build of more than one workspace."
     );
-    metrics::counter!(INSTANCE_CONFLICTS).absolute(0);
     describe_counter!(
         TRUST_RELOADS,
         "Trust reloads on SIGHUP, by result (ok, error: the previous set stayed)."
     );
-    for result in ["ok", "error"] {
-        metrics::counter!(TRUST_RELOADS, "result" => result).absolute(0);
-    }
     describe_counter!(
         TRUST_REFRESH_FAILURES,
         "Failed fetches of remote trust material (GCP JWKS), by cloud."
@@ -213,6 +201,18 @@ fn export_zeros() {
             metrics::counter!(CLOUD_API_CACHE, "cloud" => cloud, "result" => result).absolute(0);
         }
         metrics::counter!(CLOUD_API_FAIL_OPEN, "cloud" => cloud).absolute(0);
+    }
+    metrics::counter!(INSTANCE_CONFLICTS).absolute(0);
+    for result in ["ok", "error"] {
+        metrics::counter!(TRUST_RELOADS, "result" => result).absolute(0);
+    }
+    for listener in ["grpc", "http", "admin"] {
+        metrics::gauge!(CONNECTIONS_OPEN, "listener" => listener).set(0.0);
+        metrics::counter!(CONNECTIONS_REFUSED, "listener" => listener).absolute(0);
+        for timeout in ["handshake", "idle"] {
+            metrics::counter!(CONNECTION_TIMEOUTS, "listener" => listener, "timeout" => timeout)
+                .absolute(0);
+        }
     }
 }
 

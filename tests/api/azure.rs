@@ -158,6 +158,20 @@ fn certificate(
     days: (i64, i64),
     san: Option<&str>,
 ) -> X509 {
+    certificate_with(cn, key, issuer, ca, days, san, None)
+}
+
+/// As [`certificate`], with an AIA "CA Issuers" URL when `aia` is given.
+#[allow(deprecated)]
+fn certificate_with(
+    cn: &str,
+    key: &PKey<Private>,
+    issuer: Option<(&X509, &PKey<Private>)>,
+    ca: bool,
+    days: (i64, i64),
+    san: Option<&str>,
+    aia: Option<&str>,
+) -> X509 {
     let mut name = X509NameBuilder::new().unwrap();
     name.append_entry_by_text("CN", cn).unwrap();
     let name = name.build();
@@ -191,6 +205,16 @@ fn certificate(
             .build(&builder.x509v3_context(issuer.map(|i| &**i.0), None))
             .unwrap();
         builder.append_extension(ext).unwrap();
+    }
+    if let Some(url) = aia {
+        let extension = openssl::x509::X509Extension::new_nid(
+            None,
+            None,
+            openssl::nid::Nid::INFO_ACCESS,
+            &format!("caIssuers;URI:{url}"),
+        )
+        .unwrap();
+        builder.append_extension(extension).unwrap();
     }
     match issuer {
         Some((issuer, issuer_key)) => {
@@ -570,46 +594,12 @@ fn issuer_fetcher(
     agent_auth::issuers::IssuerFetcher::with_fetcher(fetcher, rate)
 }
 
-/// A leaf for `cn` with an AIA "CA Issuers" URL, under `issuer` or self-signed.
-#[allow(deprecated)]
+/// A leaf for `cn` with an AIA "CA Issuers" URL, under `issuer` or self-signed, valid from a
+/// day ago to a day ahead.
 fn aia_leaf(cn: &str, url: &str, issuer: Option<(&X509, &PKey<Private>)>) -> (X509, PKey<Private>) {
     let leaf_key = key();
-    let mut name = X509NameBuilder::new().unwrap();
-    name.append_entry_by_text("CN", cn).unwrap();
-    let name = name.build();
-    let mut builder = X509::builder().unwrap();
-    builder.set_version(2).unwrap();
-    builder.set_subject_name(&name).unwrap();
-    builder.set_pubkey(&leaf_key).unwrap();
-    let now = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_secs() as i64;
-    builder
-        .set_not_before(&Asn1Time::from_unix(now - 86_400).unwrap())
-        .unwrap();
-    builder
-        .set_not_after(&Asn1Time::from_unix(now + 86_400).unwrap())
-        .unwrap();
-    let aia = openssl::x509::X509Extension::new_nid(
-        None,
-        None,
-        openssl::nid::Nid::INFO_ACCESS,
-        &format!("caIssuers;URI:{url}"),
-    )
-    .unwrap();
-    builder.append_extension(aia).unwrap();
-    match issuer {
-        Some((issuer, issuer_key)) => {
-            builder.set_issuer_name(issuer.subject_name()).unwrap();
-            builder.sign(issuer_key, MessageDigest::sha256()).unwrap();
-        }
-        None => {
-            builder.set_issuer_name(&name).unwrap();
-            builder.sign(&leaf_key, MessageDigest::sha256()).unwrap();
-        }
-    }
-    (builder.build(), leaf_key)
+    let leaf = certificate_with(cn, &leaf_key, issuer, false, (-1, 1), None, Some(url));
+    (leaf, leaf_key)
 }
 
 fn azure_trust_with_roots(roots: String) -> agent_auth::identity::azure::AzureTrust {

@@ -236,16 +236,14 @@ impl Authenticator {
             ) => e.to_string(),
             _ => String::new(),
         };
-        crate::metrics::record_authentication(cloud_label, outcome, started.elapsed());
-        tracing::info!(
-            request_id,
-            cloud = cloud_label,
+        record_outcome(
+            &request_id,
+            cloud_label,
+            started,
             outcome,
             reason,
-            instance,
-            detail,
-            duration_ms = started.elapsed().as_secs_f64() * 1000.0,
-            "authentication"
+            &instance,
+            &detail,
         );
         result
     }
@@ -461,16 +459,39 @@ impl Drop for Unfinished<'_> {
         if !self.armed {
             return;
         }
-        crate::metrics::record_authentication(self.cloud, "cancelled", self.started.elapsed());
-        tracing::info!(
-            request_id = self.request_id,
-            cloud = self.cloud,
-            outcome = "cancelled",
-            reason = "",
-            duration_ms = self.started.elapsed().as_secs_f64() * 1000.0,
-            "authentication"
+        record_outcome(
+            self.request_id,
+            self.cloud,
+            self.started,
+            "cancelled",
+            "",
+            "",
+            "",
         );
     }
+}
+
+/// The one metric and the one log line of every authentication (never the evidence or token).
+fn record_outcome(
+    request_id: &str,
+    cloud: &'static str,
+    started: Instant,
+    outcome: &'static str,
+    reason: &str,
+    instance: &str,
+    detail: &str,
+) {
+    crate::metrics::record_authentication(cloud, outcome, started.elapsed());
+    tracing::info!(
+        request_id,
+        cloud,
+        outcome,
+        reason,
+        instance,
+        detail,
+        duration_ms = started.elapsed().as_secs_f64() * 1000.0,
+        "authentication"
+    );
 }
 
 /// The metrics outcome: the reason code in lower case, or `ok`; one of

@@ -329,36 +329,35 @@ fn verify_rsa_sha256(
 /// Verifies AWS's PKCS#7 against the pinned certificate only (no chain: the certificate is the
 /// trust anchor, as in AWS's own `openssl smime -verify -noverify` procedure). Content carried
 /// inside the PKCS#7 (IMDS attaches the document) must verify and equal the document byte for
-/// byte; only a PKCS#7 with no content at all is checked against the document as detached
-/// content. (Verifying detached first would ignore an altered embedded copy.)
+/// byte; only a PKCS#7 whose envelope carries no content is checked against the document as
+/// detached content. (Verifying detached whenever possible would ignore an altered embedded
+/// copy.)
 fn verify_pkcs7(certificate: &X509, document: &[u8], der: &[u8]) -> Result<(), IdentityError> {
     let bad = |e: openssl::error::ErrorStack| IdentityError::BadSignature(e.to_string());
-    super::pkcs7::check_envelope(der)?.check(certificate)?;
+    let envelope = super::pkcs7::check_envelope(der)?;
+    envelope.check_signer(certificate)?;
     let pkcs7 =
         Pkcs7::from_der(der).map_err(|e| IdentityError::Malformed(format!("PKCS#7: {e}")))?;
     let mut certs = Stack::new().map_err(bad)?;
     certs.push(certificate.clone()).map_err(bad)?;
     let store = X509StoreBuilder::new().map_err(bad)?.build();
     let flags = Pkcs7Flags::NOVERIFY | Pkcs7Flags::NOINTERN | Pkcs7Flags::BINARY;
-    let mut content = Vec::new();
-    match pkcs7.verify(&certs, &store, None, Some(&mut content), flags) {
-        Ok(()) if content == document => Ok(()),
-        Ok(()) => Err(IdentityError::BadSignature(
-            "PKCS#7 content differs from the document".into(),
-        )),
-        Err(e) if no_content(&e) => pkcs7
+    if !envelope.attached {
+        return pkcs7
             .verify(&certs, &store, Some(document), None, flags)
-            .map_err(bad),
-        Err(e) => Err(bad(e)),
+            .map_err(bad);
     }
-}
-
-/// OpenSSL's "no content" (PKCS7_R_NO_CONTENT): the PKCS#7 is detached.
-fn no_content(e: &openssl::error::ErrorStack) -> bool {
-    e.errors().iter().any(|e| {
-        e.reason()
-            .is_some_and(|r| r.eq_ignore_ascii_case("no content"))
-    })
+    let mut content = Vec::new();
+    pkcs7
+        .verify(&certs, &store, None, Some(&mut content), flags)
+        .map_err(bad)?;
+    if content == document {
+        Ok(())
+    } else {
+        Err(IdentityError::BadSignature(
+            "PKCS#7 content differs from the document".into(),
+        ))
+    }
 }
 
 fn pin(

@@ -307,11 +307,11 @@ impl AzureTrust {
 /// signer and the content. Every reader of a document goes through here.
 fn open_signed(signature: &str) -> Result<(X509, Vec<u8>), IdentityError> {
     let der = super::decode_base64(signature)?;
-    let named = super::pkcs7::check_envelope(&der)?;
+    let envelope = super::pkcs7::check_envelope(&der)?;
     let pkcs7 =
         Pkcs7::from_der(&der).map_err(|e| IdentityError::Malformed(format!("PKCS#7: {e}")))?;
     let (signer, content) = signed_content(&pkcs7)?;
-    named.check(&signer)?;
+    envelope.check_signer(&signer)?;
     Ok((signer, content))
 }
 

@@ -184,19 +184,22 @@ fn version_one(content: &[u8]) -> Result<(), IdentityError> {
     }
 }
 
-/// Who the single SignerInfo says signed: its issuerAndSerialNumber, as written.
-pub struct Signer<'a> {
+/// What the envelope says beyond the signature: whether the content is attached, and who the
+/// single SignerInfo says signed (its issuerAndSerialNumber, as written).
+pub struct Envelope<'a> {
+    /// The SignedData carries its content (else it is detached).
+    pub attached: bool,
     /// The issuer Name, its whole DER encoding.
     issuer: &'a [u8],
     /// The serial INTEGER's content octets.
     serial: &'a [u8],
 }
 
-impl Signer<'_> {
+impl Envelope<'_> {
     /// Whether `certificate` is the one named, byte for byte: OpenSSL finds the signer by a
     /// canonical (case-folding) comparison of names, so a changed letter in the issuer would
     /// otherwise still verify.
-    pub fn check(&self, certificate: &openssl::x509::X509Ref) -> Result<(), IdentityError> {
+    pub fn check_signer(&self, certificate: &openssl::x509::X509Ref) -> Result<(), IdentityError> {
         let named = certificate
             .issuer_name()
             .to_der()
@@ -242,7 +245,7 @@ fn well_formed(input: &[u8], depth: usize) -> Result<(), IdentityError> {
 /// CRLs, and one SignerInfo of version 1 with that digest, a known signature algorithm and no
 /// unauthenticated attributes, with nothing after it. The signature itself, the certificates
 /// and the authenticated attributes are OpenSSL's to verify.
-pub fn check_envelope(der: &[u8]) -> Result<Signer<'_>, IdentityError> {
+pub fn check_envelope(der: &[u8]) -> Result<Envelope<'_>, IdentityError> {
     let depth = 1;
     well_formed(der, depth)?;
     let (content_info, trailing) = expect(der, SEQUENCE, depth)?;
@@ -315,8 +318,9 @@ pub fn check_envelope(der: &[u8]) -> Result<Signer<'_>, IdentityError> {
     let (version, rest) = expect(signer, INTEGER, depth)?;
     version_one(version)?;
     let (issuer_and_serial, rest) = expect(rest, SEQUENCE, depth)?;
-    let signer_id = match children(issuer_and_serial, depth + 1)?.as_slice() {
-        [issuer, serial] if issuer.tag == SEQUENCE && serial.tag == INTEGER => Signer {
+    let envelope = match children(issuer_and_serial, depth + 1)?.as_slice() {
+        [issuer, serial] if issuer.tag == SEQUENCE && serial.tag == INTEGER => Envelope {
+            attached: !content.is_empty(),
             issuer: issuer.raw,
             serial: serial.content,
         },
@@ -342,7 +346,7 @@ pub fn check_envelope(der: &[u8]) -> Result<Signer<'_>, IdentityError> {
                 .map(|(_, signatures)| *signatures)
                 .unwrap_or(&[]);
             algorithm(signature_algorithm, allowed, depth + 1)?;
-            Ok(signer_id)
+            Ok(envelope)
         }
         [_, _, unauthenticated] if unauthenticated.tag == CONTEXT_1 => {
             Err(malformed("unauthenticated attributes"))

@@ -215,6 +215,14 @@ impl<T> Guarded<T> {
         &self.inner
     }
 
+    /// The inner stream is waiting: `Pending`, or the error of a deadline that passed.
+    fn waiting<R>(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<R>> {
+        match self.check_deadlines(cx) {
+            Ok(()) => Poll::Pending,
+            Err(e) => Poll::Ready(Err(e)),
+        }
+    }
+
     /// `Err` once a deadline passed; registers the waker for both otherwise.
     fn check_deadlines(&mut self, cx: &mut Context<'_>) -> io::Result<()> {
         if let Some(handshake) = &mut self.handshake
@@ -268,10 +276,7 @@ impl<T: AsyncRead + Unpin> AsyncRead for Guarded<T> {
                 }
                 Poll::Ready(Ok(()))
             }
-            Poll::Pending => match this.check_deadlines(cx) {
-                Ok(()) => Poll::Pending,
-                Err(e) => Poll::Ready(Err(e)),
-            },
+            Poll::Pending => this.waiting(cx),
             ready => ready,
         }
     }
@@ -291,10 +296,7 @@ impl<T> Guarded<T> {
                 }
                 Poll::Ready(Ok(written))
             }
-            Poll::Pending => match self.check_deadlines(cx) {
-                Ok(()) => Poll::Pending,
-                Err(e) => Poll::Ready(Err(e)),
-            },
+            Poll::Pending => self.waiting(cx),
             ready => ready,
         }
     }

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use crate::app::{App, EMBEDDED_DATABASE};
 use crate::cli::DemoArgs;
-use crate::config::{Config, RawConfig};
+use crate::config::{Config, Settings};
 use crate::embedded::{EmbeddedOptions, EmbeddedPostgres};
 use crate::grpc::pb;
 use crate::store::{migrate, seed};
@@ -72,18 +72,23 @@ async fn with_cluster(
         (None, true) => "127.0.0.1:50051".into(),
         (None, false) => "127.0.0.1:0".into(),
     };
-    let mut raw = RawConfig {
-        grpc_listen,
-        admin_listen: "127.0.0.1:0".into(),
-        postgres_url: Some(url),
-        ..RawConfig::default()
-    };
-    raw.log_level = "warn".into();
     // The demo is AWS only: no GCP keys, so nothing is fetched from the internet.
     let empty_jwks = cluster_dir.join("gcp-jwks.json");
     std::fs::write(&empty_jwks, r#"{"keys":[]}"#).map_err(|e| e.to_string())?;
-    raw.gcp_jwks = empty_jwks.display().to_string();
-    let config = Config::from_raw(raw).map_err(|e| e.to_string())?;
+    let settings = Settings::from_flags([
+        "--grpc-listen".into(),
+        grpc_listen,
+        "--admin-listen".into(),
+        "127.0.0.1:0".into(),
+        "--postgres-url".into(),
+        url,
+        "--log-level".into(),
+        "warn".into(),
+        "--gcp-jwks".into(),
+        empty_jwks.display().to_string(),
+    ])
+    .map_err(|e| e.to_string())?;
+    let config = Config::try_from(settings).map_err(|e| e.to_string())?;
     let app = App::build(config).await.map_err(|e| e.to_string())?;
     let addr = app.grpc_addr().ok_or("the gRPC listener has no address")?;
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();

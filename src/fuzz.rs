@@ -108,32 +108,34 @@ pub fn http_body(data: &[u8]) {
 /// Configuration values: the first byte picks a setting, the rest is its value. Settings that
 /// name files are left out (a fuzzer must not read `/dev/zero`).
 pub fn config_value(data: &[u8]) {
-    use crate::config::{Config, RawConfig};
     let Some((which, rest)) = data.split_first() else {
         return;
     };
     let value = String::from_utf8_lossy(rest).into_owned();
-    let mut raw = RawConfig {
-        postgres_url: Some("postgres://u@127.0.0.1/d".into()),
-        gcp_jwks: "https://www.googleapis.com/oauth2/v3/certs".into(),
-        ..RawConfig::default()
+    let flag = match which % 12 {
+        0 => "--grpc-listen",
+        1 => "--admin-listen",
+        2 => "--http-listen",
+        3 => "--postgres-url",
+        4 => "--schema",
+        5 => "--db-checkout-timeout",
+        6 => "--conn-idle-timeout",
+        7 => "--aws-allowed-account",
+        8 => "--log-format",
+        9 => "--otlp-endpoint",
+        10 => "--insecure-verify-time",
+        _ => "--aws-ec2-assume-role",
     };
-    match which % 12 {
-        0 => raw.grpc_listen = value,
-        1 => raw.admin_listen = value,
-        2 => raw.http_listen = Some(value),
-        3 => raw.postgres_url = Some(value),
-        4 => raw.schema = value,
-        5 => raw.db_checkout_timeout = value,
-        6 => raw.conn_idle_timeout = value,
-        7 => raw.aws_allowed_account = vec![value],
-        8 => raw.log_format = value,
-        9 => raw.otlp_endpoint = Some(value),
-        10 => raw.insecure_verify_time = Some(value),
-        _ => raw.aws_ec2_assume_role = vec![value],
+    let flags = [
+        "--postgres-url",
+        "postgres://u@127.0.0.1/d",
+        flag,
+        value.as_str(),
+    ];
+    if let Ok(settings) = crate::config::Settings::from_flags(flags) {
+        let _ = crate::config::Config::try_from(settings);
     }
-    let _ = Config::from_raw(raw);
-    let _ = crate::config::redact_postgres_url(&String::from_utf8_lossy(rest));
+    let _ = crate::config::redact_postgres_url(&value);
 }
 
 #[cfg(test)]

@@ -10,7 +10,17 @@ use agent_auth::{client, demo, telemetry};
 use clap::Parser;
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        // A setting's bad value gets the same one line, naming the key, wherever it came from.
+        Err(e) => match agent_auth::config::ConfigError::from_clap(&e) {
+            Some(error) => {
+                eprintln!("agent-auth: {error}");
+                return ExitCode::from(EXIT_CONFIG as u8);
+            }
+            None => e.exit(),
+        },
+    };
     // One TLS crypto provider for the whole process (rustls panics when it must guess).
     let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
@@ -88,8 +98,9 @@ async fn serve(args: ServeArgs) -> ExitCode {
     };
     if args.check_config {
         // The effective settings as TOML that --config reads back, passwords redacted.
-        return match Config::layered(&args).and_then(|raw| {
-            raw.to_redacted_toml()
+        return match Config::layered(&args).and_then(|settings| {
+            settings
+                .to_redacted_toml()
                 .map_err(|e| agent_auth::config::ConfigError::new("config", e))
         }) {
             Ok(text) => {

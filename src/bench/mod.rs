@@ -256,7 +256,7 @@ async fn run_on(options: &BenchOptions, url: &str, scratch: &Path) -> Result<Rep
         scratch,
     };
     // The baselines' pool has the server's settings (size, checkout and statement timeouts).
-    let store_config = crate::config::Config::from_raw(server::raw_config(&setup))
+    let store_config = crate::config::Config::try_from(server::settings(&setup)?)
         .map_err(|e| text(&e))?
         .store;
     let server = server::Server::start(&options.server, &setup).await?;

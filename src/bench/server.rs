@@ -103,22 +103,30 @@ impl Server {
 }
 
 /// The server's settings; the baselines take their pool settings from here too.
-pub fn raw_config(setup: &ServerSetup<'_>) -> crate::config::RawConfig {
-    crate::config::RawConfig {
-        grpc_listen: "127.0.0.1:0".into(),
-        admin_listen: "127.0.0.1:0".into(),
-        postgres_url: Some(setup.postgres_url.to_owned()),
-        db_pool_size: setup.pool_size,
-        max_concurrent_requests: setup.max_concurrent_requests,
-        aws_certificate: vec![format!("default={}", setup.aws_certificate.display())],
-        gcp_jwks: setup.gcp_jwks.display().to_string(),
-        log_level: "warn".into(),
-        ..crate::config::RawConfig::default()
-    }
+pub fn settings(setup: &ServerSetup<'_>) -> Result<crate::config::Settings, String> {
+    crate::config::Settings::from_flags([
+        "--grpc-listen".to_owned(),
+        "127.0.0.1:0".into(),
+        "--admin-listen".into(),
+        "127.0.0.1:0".into(),
+        "--postgres-url".into(),
+        setup.postgres_url.to_owned(),
+        "--db-pool-size".into(),
+        setup.pool_size.to_string(),
+        "--max-concurrent-requests".into(),
+        setup.max_concurrent_requests.to_string(),
+        "--aws-certificate".into(),
+        format!("default={}", setup.aws_certificate.display()),
+        "--gcp-jwks".into(),
+        setup.gcp_jwks.display().to_string(),
+        "--log-level".into(),
+        "warn".into(),
+    ])
+    .map_err(|e| e.to_string())
 }
 
 async fn start_in_process(setup: &ServerSetup<'_>) -> Result<Server, String> {
-    let config = crate::config::Config::from_raw(raw_config(setup)).map_err(|e| e.to_string())?;
+    let config = crate::config::Config::try_from(settings(setup)?).map_err(|e| e.to_string())?;
     let app = crate::app::App::build(config)
         .await
         .map_err(|e| e.to_string())?;
@@ -140,14 +148,14 @@ async fn start_in_process(setup: &ServerSetup<'_>) -> Result<Server, String> {
 }
 
 /// Starts `agent-auth serve` (this executable) on free loopback ports with the same settings
-/// as the in-process server ([`raw_config`], written as its `--config` file), and waits until
+/// as the in-process server ([`settings`], written as its `--config` file), and waits until
 /// its readiness endpoint answers 200.
 async fn spawn(setup: &ServerSetup<'_>) -> Result<Server, String> {
     let (grpc, admin) = (free_port()?, free_port()?);
-    let raw = crate::config::RawConfig {
-        grpc_listen: grpc.to_string(),
-        admin_listen: admin.to_string(),
-        ..raw_config(setup)
+    let raw = crate::config::Settings {
+        grpc_listen: crate::config::ListenAddr::Tcp(grpc),
+        admin_listen: admin,
+        ..settings(setup)?
     };
     let config = setup.scratch.join("server.toml");
     let text = toml::to_string(&raw).map_err(|e| format!("server configuration: {e}"))?;

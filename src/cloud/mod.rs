@@ -20,8 +20,7 @@ use cache::{CacheResult, FlightCache};
 pub const NEGATIVE_TTL: Duration = Duration::from_secs(5);
 
 /// What to do when a cloud API cannot answer.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
-#[serde(rename_all = "lowercase")]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum OnError {
     /// UNAVAILABLE `CLOUD_API_UNAVAILABLE`: retryable, nothing unproven gets in.
     Closed,

@@ -81,7 +81,7 @@ async fn one_authentication_runs_exactly_one_statement_and_a_forgery_runs_none()
     }
     let key = AwsKey::generate(1024);
     let flag = key.flag("us-east-1");
-    let app2 = TestApp::spawn(&db, |c| c.aws_certificate = vec![flag]).await;
+    let app2 = TestApp::spawn(&db, |c| c.aws_certificate = vec![value(flag)]).await;
     let document = aws_document(&instance, "us-east-1", "123456789012");
     db.reset_statements().await;
     let (code, reason, _) = failure(
@@ -109,7 +109,7 @@ async fn the_key_is_chosen_by_the_document_region() {
     let default_key = AwsKey::generate(1024);
     let hong_kong_key = AwsKey::generate(1024);
     let flags = vec![default_key.flag("default"), hong_kong_key.flag("ap-east-1")];
-    let app = TestApp::spawn(&db, |c| c.aws_certificate = flags).await;
+    let app = TestApp::spawn(&db, |c| c.aws_certificate = values(&flags)).await;
 
     for (region, key, other) in [
         ("us-east-1", &default_key, &hong_kong_key),
@@ -151,8 +151,8 @@ async fn invalid_aws_evidence_is_unauthenticated_with_only_the_fixed_message() {
     let stranger = AwsKey::generate(1024);
     let flag = key.flag("default");
     let app = TestApp::spawn(&db, |c| {
-        c.aws_certificate = vec![flag];
-        c.aws_allowed_account = vec!["123456789012".into()];
+        c.aws_certificate = vec![value(flag)];
+        c.aws_allowed_account = vec![value("123456789012")];
     })
     .await;
     let instance = instance_id();
@@ -239,7 +239,7 @@ async fn the_rsa2048_pkcs7_form_verifies_detached_and_attached_and_rejects_forge
     let key = AwsKey::generate(2048);
     let stranger = AwsKey::generate(2048);
     let flag = key.flag("default");
-    let app = TestApp::spawn(&db, |c| c.aws_rsa2048_certificate = vec![flag]).await;
+    let app = TestApp::spawn(&db, |c| c.aws_rsa2048_certificate = vec![value(flag)]).await;
     let instance = instance_id();
     let agent = seed_agent(&db, &instance).await;
     let document = aws_document(&instance, "eu-west-1", "123456789012");

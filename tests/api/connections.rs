@@ -9,12 +9,12 @@ use tokio::net::TcpStream;
 use crate::helpers::*;
 
 /// Short timeouts so the tests take seconds.
-fn short(c: &mut agent_auth::config::RawConfig) {
-    c.http_listen = Some("127.0.0.1:0".into());
-    c.conn_handshake_timeout = "1s".into();
-    c.conn_idle_timeout = "2s".into();
-    c.http_header_read_timeout = "1s".into();
-    c.http_body_read_timeout = "1s".into();
+fn short(c: &mut agent_auth::config::Settings) {
+    c.http_listen = Some(value("127.0.0.1:0"));
+    c.conn_handshake_timeout = value("1s");
+    c.conn_idle_timeout = value("2s");
+    c.http_header_read_timeout = value("1s");
+    c.http_body_read_timeout = value("1s");
 }
 
 fn addr(url: &str) -> String {
@@ -201,7 +201,7 @@ async fn idle_keep_alive_and_unresponsive_http2_connections_are_closed() {
     let db = TestDb::migrated().await;
     let app = TestApp::spawn(&db, |c| {
         short(c);
-        c.conn_idle_timeout = "1s".into();
+        c.conn_idle_timeout = value("1s");
     })
     .await;
     let started = Instant::now();
@@ -217,9 +217,9 @@ async fn idle_keep_alive_and_unresponsive_http2_connections_are_closed() {
     assert!(started.elapsed() < Duration::from_secs(4));
     let pinging = TestApp::spawn(&db, |c| {
         short(c);
-        c.conn_idle_timeout = "60s".into();
-        c.grpc_keepalive_interval = "300ms".into();
-        c.grpc_keepalive_timeout = "300ms".into();
+        c.conn_idle_timeout = value("60s");
+        c.grpc_keepalive_interval = value("300ms");
+        c.grpc_keepalive_timeout = value("300ms");
     })
     .await;
     let started = Instant::now();
@@ -238,8 +238,8 @@ async fn a_connection_with_no_traffic_at_all_is_closed_at_the_idle_timeout() {
     let app = TestApp::spawn(&db, |c| {
         short(c);
         // The handshake is long; only the idle timeout can close it.
-        c.conn_handshake_timeout = "60s".into();
-        c.conn_idle_timeout = "1s".into();
+        c.conn_handshake_timeout = value("60s");
+        c.conn_idle_timeout = value("1s");
     })
     .await;
     let mut stream = TcpStream::connect(addr(&app.grpc_url)).await.unwrap();
@@ -272,8 +272,8 @@ async fn connections_over_the_cap_are_closed_at_once_and_the_service_recovers() 
     seed_agent(&db, RECORDED_INSTANCE).await;
     let app = TestApp::spawn(&db, |c| {
         short(c);
-        c.conn_handshake_timeout = "3s".into();
-        c.max_connections = 50;
+        c.conn_handshake_timeout = value("3s");
+        c.max_connections = Some(50);
     })
     .await;
     let established = app.channel().await;
@@ -331,7 +331,7 @@ async fn connections_over_the_cap_are_closed_at_once_and_the_service_recovers() 
 #[tokio::test]
 async fn grpc_messages_over_the_limit_are_refused_and_streams_per_connection_are_capped() {
     let db = TestDb::migrated().await;
-    let app = TestApp::spawn(&db, |c| c.grpc_max_concurrent_streams = 7).await;
+    let app = TestApp::spawn(&db, |c| c.grpc_max_concurrent_streams = value(7)).await;
     let document = "x".repeat(300 * 1024);
     let (code, _, _) = failure(app.authenticate(aws_request(&document, "c2ln", "")).await);
     assert!(

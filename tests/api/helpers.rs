@@ -7,7 +7,7 @@ use std::sync::OnceLock;
 use std::time::Duration;
 
 use agent_auth::app::App;
-use agent_auth::config::{Config, RawConfig};
+use agent_auth::config::{Config, Settings};
 use agent_auth::embedded::{EmbeddedOptions, EmbeddedPostgres};
 use agent_auth::grpc::pb;
 use base64::Engine as _;
@@ -241,10 +241,10 @@ pub struct TestApp {
 
 impl TestApp {
     /// Starts the server on loopback with `db`, after `edit` adjusts the settings.
-    pub async fn spawn(db: &TestDb, edit: impl FnOnce(&mut RawConfig)) -> Self {
-        let mut raw = test_config(db);
-        edit(&mut raw);
-        Self::spawn_config(Config::from_raw(raw).unwrap_or_else(|e| panic!("{e}"))).await
+    pub async fn spawn(db: &TestDb, edit: impl FnOnce(&mut Settings)) -> Self {
+        let mut settings = test_config(db);
+        edit(&mut settings);
+        Self::spawn_config(Config::try_from(settings).unwrap_or_else(|e| panic!("{e}"))).await
     }
 
     pub async fn spawn_config(config: Config) -> Self {
@@ -316,21 +316,46 @@ impl Drop for TestApp {
 }
 
 /// Settings for a test server: loopback, port 0, the test's database.
-pub fn test_config(db: &TestDb) -> RawConfig {
-    RawConfig {
-        grpc_listen: "127.0.0.1:0".into(),
-        admin_listen: "127.0.0.1:0".into(),
-        postgres_url: Some(db.url.clone()),
-        log_level: "warn".into(),
-        db_pool_size: 4,
+pub fn test_config(db: &TestDb) -> Settings {
+    Settings::from_flags([
+        "--grpc-listen",
+        "127.0.0.1:0",
+        "--admin-listen",
+        "127.0.0.1:0",
+        "--postgres-url",
+        &db.url,
+        "--log-level",
+        "warn",
+        "--db-pool-size",
+        "4",
         // Never the real Google URL: tests reach loopback only.
-        gcp_jwks: concat!(
+        "--gcp-jwks",
+        concat!(
             env!("CARGO_MANIFEST_DIR"),
             "/tests/fixtures/gcp/empty-jwks.json"
-        )
-        .into(),
-        ..RawConfig::default()
-    }
+        ),
+    ])
+    .unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// A setting's value from the text an operator would write for it.
+pub fn value<T>(text: impl std::fmt::Display) -> T
+where
+    T: std::str::FromStr,
+    T::Err: std::fmt::Display,
+{
+    let text = text.to_string();
+    text.parse()
+        .unwrap_or_else(|e| panic!("{text:?} as a setting: {e}"))
+}
+
+/// [`value`] for each of several.
+pub fn values<T>(texts: &[String]) -> Vec<T>
+where
+    T: std::str::FromStr,
+    T::Err: std::fmt::Display,
+{
+    texts.iter().map(value).collect()
 }
 
 /// A minimal HTTP/1.1 GET over a plain TCP connection; status 0 when nothing listens.

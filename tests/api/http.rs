@@ -11,10 +11,10 @@ const GOOGLE: &str = "/api/v2/workspaceagents/google-instance-identity";
 
 async fn http_app(
     db: &TestDb,
-    edit: impl FnOnce(&mut agent_auth::config::RawConfig),
+    edit: impl FnOnce(&mut agent_auth::config::Settings),
 ) -> (TestApp, String) {
     let app = TestApp::spawn(db, |c| {
-        c.http_listen = Some("127.0.0.1:0".into());
+        c.http_listen = Some(value("127.0.0.1:0"));
         edit(c);
     })
     .await;
@@ -88,7 +88,7 @@ async fn the_aws_endpoint_returns_the_session_token_and_coder_shaped_errors() {
     world.build(ws, 2).await;
     let key = AwsKey::generate(1024);
     let flag = key.flag("default");
-    let (_app2, base2) = http_app(&db, |c| c.aws_certificate = vec![flag]).await;
+    let (_app2, base2) = http_app(&db, |c| c.aws_certificate = vec![value(flag)]).await;
     let document = aws_document(stale, "us-east-1", "123456789012");
     let body = json!({"signature": key.sign(&document), "document": document});
     let (status, _, text) = http_post(
@@ -167,7 +167,7 @@ async fn the_azure_and_google_endpoints_authenticate_real_evidence() {
     let vm_id = "dc18de58-292f-4794-9a5d-a4192bad0039";
     let azure_agent = seed_agent(&db, vm_id).await;
     let (_app, base) = http_app(&db, |c| {
-        c.insecure_verify_time = Some("2026-06-25T19:56:45Z".into())
+        c.insecure_verify_time = Some(value("2026-06-25T19:56:45Z"))
     })
     .await;
     let signature = std::fs::read_to_string(concat!(
@@ -217,7 +217,7 @@ async fn the_azure_and_google_endpoints_authenticate_real_evidence() {
 async fn overload_is_429_and_an_unavailable_database_is_503_with_retry_after() {
     let db = TestDb::migrated().await;
     seed_agent(&db, RECORDED_INSTANCE).await;
-    let (app, base) = http_app(&db, |c| c.max_concurrent_requests = 1).await;
+    let (app, base) = http_app(&db, |c| c.max_concurrent_requests = value(1)).await;
     let url = format!("{base}{AWS}");
     assert_eq!(
         http_post(&url, "application/json", &aws_body(None)).await.0,

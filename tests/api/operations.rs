@@ -46,8 +46,8 @@ async fn a_database_restart_flips_readiness_and_the_service_recovers_by_itself()
         .unwrap();
     seed_agent(&db, RECORDED_INSTANCE).await;
     let app = TestApp::spawn(&db, |c| {
-        c.db_checkout_timeout = "500ms".into();
-        c.db_connect_timeout = "1s".into();
+        c.db_checkout_timeout = value("500ms");
+        c.db_connect_timeout = value("1s");
     })
     .await;
     success(
@@ -114,8 +114,8 @@ async fn an_exhausted_pool_answers_unavailable_after_the_checkout_timeout() {
     let db = TestDb::migrated().await;
     seed_agent(&db, RECORDED_INSTANCE).await;
     let app = TestApp::spawn(&db, |c| {
-        c.db_pool_size = 1;
-        c.db_checkout_timeout = "200ms".into();
+        c.db_pool_size = value(1);
+        c.db_checkout_timeout = value("200ms");
     })
     .await;
     // Warm the pool: the statement is prepared when a connection opens, and preparing would
@@ -496,9 +496,9 @@ async fn mtls_refuses_callers_without_a_certificate_from_the_client_ca() {
     let db = TestDb::migrated().await;
     let agent = seed_agent(&db, RECORDED_INSTANCE).await;
     let app = TestApp::spawn(&db, |c| {
-        c.tls_cert = Some(cert_path);
-        c.tls_key = Some(key_path);
-        c.tls_client_ca = Some(client_ca_path);
+        c.tls_cert = Some(value(cert_path));
+        c.tls_key = Some(value(key_path));
+        c.tls_client_ca = Some(value(client_ca_path));
     })
     .await;
     let url = app.grpc_url.replace("http://", "https://");
@@ -543,9 +543,9 @@ async fn a_burst_over_the_limit_ends_ok_shed_or_unavailable_never_internal_and_w
     let db = TestDb::migrated().await;
     seed_agent(&db, RECORDED_INSTANCE).await;
     let app = TestApp::spawn(&db, |c| {
-        c.max_concurrent_requests = 4;
-        c.db_pool_size = 2;
-        c.db_checkout_timeout = "300ms".into();
+        c.max_concurrent_requests = value(4);
+        c.db_pool_size = value(2);
+        c.db_checkout_timeout = value("300ms");
     })
     .await;
     let channel = app.channel().await;
@@ -674,7 +674,7 @@ async fn postgres_tls_encrypts_by_default_and_verifies_with_a_ca() {
     let ca_arg = ca_path.display().to_string();
     let app = TestApp::spawn(&local, |c| {
         c.postgres_url = Some(tcp.clone());
-        c.postgres_ca = Some(ca_arg.clone());
+        c.postgres_ca = Some(value(ca_arg.clone()));
     })
     .await;
     success(
@@ -689,8 +689,8 @@ async fn postgres_tls_encrypts_by_default_and_verifies_with_a_ca() {
     std::fs::write(&other_path, other.cert.to_pem().unwrap()).unwrap();
     let mut raw = test_config(&local);
     raw.postgres_url = Some(tcp.clone());
-    raw.postgres_ca = Some(other_path.display().to_string());
-    let error = agent_auth::app::App::build(agent_auth::config::Config::from_raw(raw).unwrap())
+    raw.postgres_ca = Some(value(other_path.display().to_string()));
+    let error = agent_auth::app::App::build(agent_auth::config::Config::try_from(raw).unwrap())
         .await
         .err()
         .expect("an untrusted database certificate fails start-up");

@@ -10,7 +10,7 @@ async fn setup() -> (TestDb, World, TestApp, AwsKey) {
     let world = World::new(&db).await;
     let key = AwsKey::generate(1024);
     let flag = key.flag("default");
-    let app = TestApp::spawn(&db, |c| c.aws_certificate = vec![flag]).await;
+    let app = TestApp::spawn(&db, |c| c.aws_certificate = vec![value(flag)]).await;
     (db, world, app, key)
 }
 
@@ -314,8 +314,8 @@ async fn an_instance_claimed_by_two_workspaces_never_yields_a_token_whatever_the
     let key = AwsKey::generate(1024);
     let flag = key.flag("default");
     let app = TestApp::spawn(&db, |c| {
-        c.aws_certificate = vec![flag];
-        c.http_listen = Some("127.0.0.1:0".into());
+        c.aws_certificate = vec![value(flag)];
+        c.http_listen = Some(value("127.0.0.1:0"));
     })
     .await;
     let instance = instance_id();

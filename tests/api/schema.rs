@@ -164,7 +164,7 @@ async fn coder_mode_resolves_against_coders_schema_through_a_read_only_role() {
     world.agent(latest, "sidecar", instance).await;
     let read_only_url = db.url_as(&role);
     let app = TestApp::spawn(&db, |c| {
-        c.schema = "coder".into();
+        c.schema = value("coder");
         c.postgres_url = Some(read_only_url);
     })
     .await;
@@ -201,8 +201,8 @@ async fn coder_mode_refuses_to_start_naming_a_missing_column() {
         .await
         .unwrap();
     let mut raw = test_config(&db);
-    raw.schema = "coder".into();
-    let error = App::build(Config::from_raw(raw).unwrap())
+    raw.schema = value("coder");
+    let error = App::build(Config::try_from(raw).unwrap())
         .await
         .err()
         .expect("start-up must fail");

@@ -1,0 +1,787 @@
+//! One configuration tree, layered defaults < TOML file < env < flag (DESIGN.md 3.4).
+//!
+//! [`Settings`] defines every setting once (flag, env var, TOML key, default, type, help).
+//! clap parses flags and env vars into it, typed; [`Config::layered`] lays the ones given
+//! explicitly over the `--config` file and the defaults with figment; `Config::try_from`
+//! checks what involves several settings and builds the tree the rest of the service reads.
+//! Every error names its key, and `main` prints it on one line and exits 64 (EX_USAGE).
+
+mod reference;
+pub mod settings;
+pub mod values;
+
+use std::collections::BTreeSet;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::{Duration, SystemTime};
+
+use clap::{Args, FromArgMatches};
+use figment::Figment;
+use figment::providers::{Format, Serialized, Toml};
+
+use crate::identity::aws::AwsTrustConfig;
+use crate::identity::azure::AzureTrustConfig;
+use crate::store::StoreConfig;
+
+pub use reference::settings_table;
+pub use settings::Settings;
+pub use values::{JwksSource, ListenAddr, LogFormat, SchemaMode};
+
+/// Exit code for bad configuration (sysexits EX_USAGE).
+pub const EXIT_CONFIG: i32 = 64;
+
+/// A configuration error: the key and what is wrong with it. Shown with all three names an
+/// operator may have used: `--flag`, `AGENT_AUTH_FLAG` and the TOML key.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "invalid configuration: --{} (env AGENT_AUTH_{}, key {key}): {message}",
+    key.replace('_', "-"),
+    key.to_ascii_uppercase()
+)]
+pub struct ConfigError {
+    pub key: String,
+    pub message: String,
+}
+
+impl ConfigError {
+    pub fn new(key: &str, message: impl Into<String>) -> Self {
+        Self {
+            key: key.to_owned(),
+            message: message.into(),
+        }
+    }
+
+    /// A flag or env var that clap could not parse into its setting's type, as a
+    /// configuration error naming the setting (other clap errors are clap's to print).
+    pub fn from_clap(error: &clap::Error) -> Option<Self> {
+        use clap::error::{ContextKind, ContextValue, ErrorKind};
+        if !matches!(
+            error.kind(),
+            ErrorKind::ValueValidation | ErrorKind::InvalidValue
+        ) {
+            return None;
+        }
+        let Some(ContextValue::String(arg)) = error.get(ContextKind::InvalidArg) else {
+            return None;
+        };
+        let key = arg
+            .trim_start_matches("--")
+            .split([' ', '='])
+            .next()?
+            .replace('-', "_");
+        if !Settings::keys().any(|k| k == key) {
+            return None;
+        }
+        let message = match std::error::Error::source(error) {
+            Some(source) => source.to_string(),
+            None => match error.get(ContextKind::InvalidValue) {
+                Some(value) => format!("invalid value {value}"),
+                None => "invalid value".to_owned(),
+            },
+        };
+        Some(Self::new(&key, message))
+    }
+}
+
+/// `serve`, `migrate` and `trust`: the settings, the file to layer them over, and which of
+/// them the operator gave as a flag or env var (those beat the file; the rest are defaults).
+#[derive(Debug, Clone)]
+pub struct ServeArgs {
+    pub config: Option<PathBuf>,
+    pub check_config: bool,
+    pub settings: Settings,
+    /// Keys given on the command line or in the environment.
+    pub explicit: BTreeSet<String>,
+}
+
+/// The clap side of [`ServeArgs`]: the two file options and the flattened settings.
+#[derive(Debug, Clone, Args)]
+struct ServeFlags {
+    /// TOML file with any of the keys below (flag names with `-` → `_`).
+    #[arg(long, env = "AGENT_AUTH_CONFIG")]
+    config: Option<PathBuf>,
+    /// Validate the configuration, print it, and exit.
+    #[arg(long)]
+    check_config: bool,
+    #[command(flatten)]
+    settings: Settings,
+}
+
+impl FromArgMatches for ServeArgs {
+    fn from_arg_matches(matches: &clap::ArgMatches) -> Result<Self, clap::Error> {
+        use clap::parser::ValueSource;
+        let flags = ServeFlags::from_arg_matches(matches)?;
+        let explicit = Settings::keys()
+            .filter(|key| {
+                matches!(
+                    matches.value_source(key),
+                    Some(ValueSource::CommandLine | ValueSource::EnvVariable)
+                )
+            })
+            .collect();
+        Ok(Self {
+            config: flags.config,
+            check_config: flags.check_config,
+            settings: flags.settings,
+            explicit,
+        })
+    }
+
+    fn update_from_arg_matches(&mut self, matches: &clap::ArgMatches) -> Result<(), clap::Error> {
+        *self = Self::from_arg_matches(matches)?;
+        Ok(())
+    }
+}
+
+impl Args for ServeArgs {
+    fn augment_args(command: clap::Command) -> clap::Command {
+        ServeFlags::augment_args(command)
+    }
+
+    fn augment_args_for_update(command: clap::Command) -> clap::Command {
+        ServeFlags::augment_args_for_update(command)
+    }
+}
+
+impl ServeArgs {
+    /// The defaults alone, as if `serve` had been run with no flag, env var or file.
+    pub fn defaults() -> Result<Self, ConfigError> {
+        Ok(Self {
+            config: None,
+            check_config: false,
+            settings: Settings::defaults()?,
+            explicit: BTreeSet::new(),
+        })
+    }
+
+    /// These settings, all of them taken as given explicitly (over any file).
+    pub fn explicit(settings: Settings) -> Self {
+        Self {
+            config: None,
+            check_config: false,
+            settings,
+            explicit: Settings::keys().collect(),
+        }
+    }
+}
+
+impl Settings {
+    /// The settings as clap defines them, without reading any env var.
+    fn command() -> clap::Command {
+        Self::augment_args(clap::Command::new("agent-auth").no_binary_name(true))
+            .mut_args(|arg| arg.env(None::<&str>))
+    }
+
+    /// Every key (TOML key = clap id = field name).
+    pub fn keys() -> impl Iterator<Item = String> {
+        Self::command()
+            .get_arguments()
+            .map(|arg| arg.get_id().as_str().to_owned())
+            .collect::<Vec<_>>()
+            .into_iter()
+    }
+
+    /// The settings these `serve` flags give over the defaults; no env var or file is read.
+    pub fn from_flags<I, T>(flags: I) -> Result<Self, ConfigError>
+    where
+        I: IntoIterator<Item = T>,
+        T: Into<std::ffi::OsString> + Clone,
+    {
+        let clap_error = |e: clap::Error| {
+            ConfigError::from_clap(&e).unwrap_or_else(|| ConfigError::new("config", e.to_string()))
+        };
+        let matches = Self::command()
+            .try_get_matches_from(flags)
+            .map_err(clap_error)?;
+        Self::from_arg_matches(&matches).map_err(clap_error)
+    }
+
+    /// Every setting at its default (the `default_value`s of [`Settings`]).
+    pub fn defaults() -> Result<Self, ConfigError> {
+        Self::from_flags(std::iter::empty::<String>())
+    }
+}
+
+/// The validated configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub grpc_listen: ListenAddr,
+    pub admin_listen: SocketAddr,
+    /// Coder-compatible HTTP endpoints; off when `None`.
+    pub http_listen: Option<SocketAddr>,
+    /// `None`: start the embedded database in `data_dir`.
+    pub postgres_url: Option<String>,
+    pub data_dir: PathBuf,
+    pub schema: SchemaMode,
+    pub store: StoreConfig,
+    pub max_concurrent_requests: usize,
+    /// Timeouts and caps of the listeners' connections.
+    pub connections: crate::listen::ConnectionLimits,
+    pub aws: AwsTrustConfig,
+    pub azure: AzureTrustConfig,
+    pub gcp: GcpConfig,
+    /// TLS (and mTLS with a client CA) on the gRPC listener.
+    pub tls: Option<TlsConfig>,
+    pub insecure_verify_time: Option<SystemTime>,
+    pub log_format: LogFormat,
+    pub log_level: String,
+    /// OTLP/gRPC traces endpoint.
+    pub otlp_endpoint: Option<String>,
+    pub shutdown_grace: Duration,
+    /// The live cloud API checks (off unless turned on).
+    pub live: LiveCheckConfig,
+}
+
+/// GCP settings.
+#[derive(Debug, Clone)]
+pub struct GcpConfig {
+    pub jwks: JwksSource,
+    pub audience: String,
+    pub allowed_projects: Vec<String>,
+}
+
+/// `--tls-cert`, `--tls-key`, `--tls-client-ca`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsConfig {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    /// When set, callers must present a certificate signed by it.
+    pub client_ca: Option<PathBuf>,
+}
+
+/// `--aws-ec2-check`, `--gcp-compute-check` and their shared settings.
+#[derive(Debug, Clone)]
+pub struct LiveCheckConfig {
+    pub aws: Option<crate::cloud::aws::AwsCheckConfig>,
+    pub gcp: Option<crate::cloud::gcp::GcpCheckConfig>,
+    pub settings: crate::cloud::CheckSettings,
+}
+
+/// The environment variable that `--insecure-verify-time` must never be read from.
+const INSECURE_VERIFY_TIME_ENV: &str = "AGENT_AUTH_INSECURE_VERIFY_TIME";
+
+impl Config {
+    /// Layers defaults, the `--config` file and the flags/env from clap, then validates.
+    pub fn load(args: &ServeArgs) -> Result<Self, ConfigError> {
+        Self::try_from(Self::layered(args)?)
+    }
+
+    /// The layered settings (defaults < file < env < flags), before cross-setting checks.
+    pub fn layered(args: &ServeArgs) -> Result<Settings, ConfigError> {
+        if std::env::var_os(INSECURE_VERIFY_TIME_ENV).is_some() {
+            return Err(ConfigError::new(
+                "insecure_verify_time",
+                format!("is a command-line flag only; unset {INSECURE_VERIFY_TIME_ENV}"),
+            ));
+        }
+        let mut figment = Figment::from(Serialized::defaults(&args.settings));
+        if let Some(path) = &args.config {
+            if !path.is_file() {
+                return Err(ConfigError::new(
+                    "config",
+                    format!("{} is not a readable file", path.display()),
+                ));
+            }
+            if Figment::from(Toml::file_exact(path))
+                .find_value("insecure_verify_time")
+                .is_ok()
+            {
+                return Err(ConfigError::new(
+                    "insecure_verify_time",
+                    format!(
+                        "is a command-line flag only; remove it from {}",
+                        path.display()
+                    ),
+                ));
+            }
+            figment = figment.merge(Toml::file_exact(path));
+        }
+        let given = figment::value::Value::serialize(&args.settings).map_err(figment_error)?;
+        let explicit: figment::value::Dict = given
+            .into_dict()
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|(key, _)| args.explicit.contains(key))
+            .collect();
+        let mut settings: Settings = figment
+            .merge(Serialized::defaults(explicit))
+            .extract()
+            .map_err(figment_error)?;
+        // Never layered: from the command line or nowhere.
+        settings.insecure_verify_time = args.settings.insecure_verify_time;
+        Ok(settings)
+    }
+}
+
+impl TryFrom<Settings> for Config {
+    type Error = ConfigError;
+
+    /// The checks that involve several settings, and the tree the service reads.
+    fn try_from(s: Settings) -> Result<Self, ConfigError> {
+        let postgres_url = s.postgres_url.filter(|u| !u.trim().is_empty());
+        let postgres_url = match s.postgres_url_file.filter(|p| !p.as_os_str().is_empty()) {
+            None => postgres_url,
+            Some(_) if postgres_url.is_some() => {
+                return Err(ConfigError::new(
+                    "postgres_url_file",
+                    "set postgres_url or postgres_url_file, not both",
+                ));
+            }
+            Some(path) => {
+                let text = std::fs::read_to_string(&path).map_err(|e| {
+                    ConfigError::new(
+                        "postgres_url_file",
+                        format!("cannot read {}: {e}", path.display()),
+                    )
+                })?;
+                match text.trim() {
+                    "" => {
+                        return Err(ConfigError::new(
+                            "postgres_url_file",
+                            format!("{} is empty", path.display()),
+                        ));
+                    }
+                    url => Some(url.to_owned()),
+                }
+            }
+        };
+        if s.schema == SchemaMode::Coder && postgres_url.is_none() {
+            return Err(ConfigError::new(
+                "schema",
+                "coder reads an existing control-plane database: set postgres_url",
+            ));
+        }
+        if let Some(url) = &postgres_url {
+            crate::store::tls::parse(url).map_err(|e| {
+                ConfigError::new(
+                    "postgres_url",
+                    format!("{e} (in {})", redact_postgres_url(url)),
+                )
+            })?;
+        }
+        let tls = match (s.tls_cert, s.tls_key, s.tls_client_ca) {
+            (None, None, None) => None,
+            (Some(cert), Some(key), client_ca) => {
+                if matches!(s.grpc_listen, ListenAddr::Unix(_)) {
+                    return Err(ConfigError::new(
+                        "tls_cert",
+                        "TLS is for TCP listeners; a unix socket is protected by its file mode",
+                    ));
+                }
+                Some(TlsConfig {
+                    cert: cert.0,
+                    key: key.0,
+                    client_ca: client_ca.map(|ca| ca.0),
+                })
+            }
+            (None, _, Some(_)) => {
+                return Err(ConfigError::new(
+                    "tls_client_ca",
+                    "needs tls_cert and tls_key",
+                ));
+            }
+            (Some(_), None, _) => {
+                return Err(ConfigError::new("tls_key", "tls_cert needs tls_key"));
+            }
+            (None, Some(_), _) => {
+                return Err(ConfigError::new("tls_cert", "tls_key needs tls_cert"));
+            }
+        };
+        if s.aws_ec2_batch_window.0 > Duration::from_secs(1) {
+            return Err(ConfigError::new(
+                "aws_ec2_batch_window",
+                "at most 1s: every first look-up of a batch waits this long",
+            ));
+        }
+        let gcp_check = match s.gcp_compute_check.0 {
+            false => None,
+            true => Some(crate::cloud::gcp::GcpCheckConfig {
+                endpoint: s.gcp_compute_endpoint.map(|u| u.0),
+                credentials: match s.gcp_compute_credentials {
+                    Some(path) if !path.is_file() => {
+                        return Err(ConfigError::new(
+                            "gcp_compute_credentials",
+                            format!("{} is not a readable file", path.display()),
+                        ));
+                    }
+                    other => other,
+                },
+            }),
+        };
+        let trimmed = |values: Vec<String>| -> Vec<String> {
+            values
+                .iter()
+                .map(|v| v.trim().to_owned())
+                .filter(|v| !v.is_empty())
+                .collect()
+        };
+        let region_files = |files: Vec<values::RegionFile>| -> Vec<(String, PathBuf)> {
+            files.into_iter().map(|f| (f.region, f.path)).collect()
+        };
+        Ok(Self {
+            grpc_listen: s.grpc_listen,
+            admin_listen: s.admin_listen,
+            http_listen: s.http_listen,
+            postgres_url,
+            data_dir: s
+                .data_dir
+                .filter(|d| !d.as_os_str().is_empty())
+                .unwrap_or_else(default_data_dir),
+            schema: s.schema,
+            store: StoreConfig {
+                pool_size: s.db_pool_size.get(),
+                checkout_timeout: s.db_checkout_timeout.0,
+                connect_timeout: s.db_connect_timeout.0,
+                statement_timeout: s.db_statement_timeout.0,
+                ca: s.postgres_ca.map(|ca| ca.0),
+            },
+            max_concurrent_requests: s.max_concurrent_requests.get(),
+            connections: crate::listen::ConnectionLimits {
+                handshake_timeout: s.conn_handshake_timeout.0,
+                idle_timeout: s.conn_idle_timeout.0,
+                max_connections: s.max_connections.filter(|n| *n > 0),
+                admin_max_connections: s.admin_max_connections.get(),
+                header_read_timeout: s.http_header_read_timeout.0,
+                body_read_timeout: s.http_body_read_timeout.0,
+                max_body_bytes: s.http_max_body_size.get(),
+                max_message_bytes: s.grpc_max_message_size.get(),
+                max_concurrent_streams: s.grpc_max_concurrent_streams.get(),
+                keepalive_interval: s.grpc_keepalive_interval.0,
+                keepalive_timeout: s.grpc_keepalive_timeout.0,
+            },
+            aws: AwsTrustConfig {
+                signature_certificates: region_files(s.aws_certificate),
+                rsa2048_certificates: region_files(s.aws_rsa2048_certificate),
+                allowed_accounts: s.aws_allowed_account.into_iter().map(|a| a.0).collect(),
+            },
+            azure: AzureTrustConfig {
+                roots: s.azure_roots.map(|f| f.0),
+                intermediates: s.azure_intermediates.map(|f| f.0),
+                allowed_subscriptions: trimmed(s.azure_allowed_subscription),
+                fetch_issuers: s.azure_fetch_issuers.0,
+            },
+            gcp: GcpConfig {
+                jwks: s.gcp_jwks,
+                audience: s.gcp_audience.0,
+                allowed_projects: trimmed(s.gcp_allowed_project),
+            },
+            tls,
+            insecure_verify_time: s.insecure_verify_time.map(|t| t.0),
+            log_format: s.log_format,
+            log_level: s.log_level.0,
+            otlp_endpoint: s.otlp_endpoint.map(|u| u.0),
+            shutdown_grace: s.shutdown_grace.0,
+            live: LiveCheckConfig {
+                aws: s
+                    .aws_ec2_check
+                    .0
+                    .then_some(crate::cloud::aws::AwsCheckConfig {
+                        endpoint: s.aws_ec2_endpoint.map(|u| u.0),
+                        assume_roles: s
+                            .aws_ec2_assume_role
+                            .into_iter()
+                            .map(|r| (r.account, r.arn))
+                            .collect(),
+                        imds_credentials: s.aws_ec2_imds_credentials.0,
+                        batch_window: s.aws_ec2_batch_window.0,
+                    }),
+                gcp: gcp_check,
+                settings: crate::cloud::CheckSettings {
+                    cache_ttl: s.cloud_check_cache_ttl.0,
+                    timeout: s.cloud_check_timeout.0,
+                    on_error: s.cloud_check_on_error,
+                },
+            },
+        })
+    }
+}
+
+fn figment_error(e: figment::Error) -> ConfigError {
+    let key = if e.path.is_empty() {
+        "config".to_owned()
+    } else {
+        e.path.join(".")
+    };
+    ConfigError::new(&key, e.kind.to_string())
+}
+
+/// What stands in for a password wherever a URL or conninfo is printed or logged.
+pub const REDACTED: &str = "REDACTED";
+
+impl Settings {
+    /// The settings as TOML that `--config` reads back, with every password redacted and the
+    /// command-line-only `insecure_verify_time` left out.
+    pub fn to_redacted_toml(&self) -> Result<String, String> {
+        let mut shown = self.clone();
+        shown.postgres_url = shown.postgres_url.as_deref().map(redact_postgres_url);
+        shown.insecure_verify_time = None;
+        toml::to_string(&shown).map_err(|e| e.to_string())
+    }
+}
+
+/// A PostgreSQL URL (`postgres://user:password@host/db?password=…`) or libpq key=value
+/// string (`password=… host=…`) with every password replaced by [`REDACTED`].
+pub fn redact_postgres_url(value: &str) -> String {
+    match value.split_once("://") {
+        Some((scheme, rest)) => {
+            let end = rest.find(['/', '?']).unwrap_or(rest.len());
+            let (authority, tail) = rest.split_at(end);
+            let authority = match authority.rsplit_once('@') {
+                Some((userinfo, hosts)) => match userinfo.split_once(':') {
+                    Some((user, _)) => format!("{user}:{REDACTED}@{hosts}"),
+                    None => format!("{userinfo}@{hosts}"),
+                },
+                None => authority.to_owned(),
+            };
+            let tail = match tail.split_once('?') {
+                Some((path, query)) => {
+                    let query: Vec<String> = query
+                        .split('&')
+                        .map(|pair| match pair.split_once('=') {
+                            Some((key, _)) if key == "password" => format!("{key}={REDACTED}"),
+                            _ => pair.to_owned(),
+                        })
+                        .collect();
+                    format!("{path}?{}", query.join("&"))
+                }
+                None => tail.to_owned(),
+            };
+            format!("{scheme}://{authority}{tail}")
+        }
+        None => redact_conninfo(value),
+    }
+}
+
+/// `password=…` in a libpq key=value string becomes `password=REDACTED`; a string that does
+/// not split into pairs is redacted whole.
+fn redact_conninfo(value: &str) -> String {
+    use crate::store::conninfo;
+    match conninfo::pairs(value) {
+        Some(mut pairs) => {
+            for pair in pairs.iter_mut().filter(|p| p.key == "password") {
+                pair.raw = REDACTED.into();
+            }
+            conninfo::join(&pairs)
+        }
+        None => REDACTED.into(),
+    }
+}
+
+/// `$XDG_DATA_HOME/agent-auth` (or `~/.local/share/agent-auth`); `/var/lib/agent-auth` as root,
+/// since the unprivileged account that runs PostgreSQL cannot enter `/root`.
+pub fn default_data_dir() -> PathBuf {
+    if nix::unistd::geteuid().is_root() {
+        return PathBuf::from("/var/lib/agent-auth");
+    }
+    if let Some(xdg) = std::env::var_os("XDG_DATA_HOME").filter(|v| !v.is_empty()) {
+        return PathBuf::from(xdg).join("agent-auth");
+    }
+    match std::env::var_os("HOME") {
+        Some(home) => PathBuf::from(home).join(".local/share/agent-auth"),
+        None => PathBuf::from("agent-auth-data"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn passwords_are_redacted_from_urls_and_conninfo_strings() {
+        let cases = [
+            (
+                "postgres://u:pw@h:5432/db?sslmode=require",
+                "postgres://u:REDACTED@h:5432/db?sslmode=require",
+            ),
+            (
+                "postgres://u:p%40w@h1,h2/db",
+                "postgres://u:REDACTED@h1,h2/db",
+            ),
+            ("postgres://u@h/db", "postgres://u@h/db"),
+            (
+                "postgres://h/db?password=pw&x=1",
+                "postgres://h/db?password=REDACTED&x=1",
+            ),
+            ("postgres://u:p@w@h/db", "postgres://u:REDACTED@h/db"),
+            (
+                "host=h password=pw dbname=d",
+                "host=h password=REDACTED dbname=d",
+            ),
+            (
+                "host=h password = 'p w\\' x' dbname=d",
+                "host=h password=REDACTED dbname=d",
+            ),
+            ("password=", "password=REDACTED"),
+            ("host=h", "host=h"),
+        ];
+        for (input, expected) in cases {
+            assert_eq!(super::redact_postgres_url(input), expected, "{input}");
+        }
+    }
+
+    use super::*;
+
+    fn with(edit: impl FnOnce(&mut Settings)) -> Result<Config, ConfigError> {
+        let mut settings = Settings::defaults()?;
+        edit(&mut settings);
+        Config::try_from(settings)
+    }
+
+    /// What `serve` makes of these flags (no env var: clap reads them, tests may not set them).
+    fn parse(flags: &[&str]) -> Result<Config, ConfigError> {
+        let command = ServeArgs::augment_args(clap::Command::new("serve").no_binary_name(true))
+            .mut_args(|arg| arg.env(None::<&str>));
+        let args = command
+            .try_get_matches_from(flags)
+            .map_err(|e| {
+                ConfigError::from_clap(&e).unwrap_or_else(|| ConfigError::new("?", e.to_string()))
+            })
+            .and_then(|m| {
+                ServeArgs::from_arg_matches(&m).map_err(|e| ConfigError::new("?", e.to_string()))
+            })?;
+        Config::load(&args)
+    }
+
+    #[test]
+    fn a_file_takes_booleans_and_the_text_of_flags() {
+        let dir = tempfile::tempdir().map_err(|e| e.to_string());
+        let Ok(dir) = dir else {
+            return assert!(dir.is_ok());
+        };
+        let path = dir.path().join("c.toml");
+        let text = "aws_ec2_check = true\ngcp_compute_check = \"false\"\nshutdown_grace = \"3s\"\n";
+        assert!(std::fs::write(&path, text).is_ok());
+        let config = parse(&["--config", &path.display().to_string()]).map(|c| {
+            (
+                c.live.aws.is_some(),
+                c.live.gcp.is_some(),
+                c.shutdown_grace,
+                c.store.pool_size,
+            )
+        });
+        assert_eq!(config, Ok((true, false, Duration::from_secs(3), 10)));
+    }
+
+    #[test]
+    fn defaults_are_valid() {
+        let config = with(|_| {}).map_err(|e| e.to_string());
+        assert!(config.is_ok(), "{config:?}");
+    }
+
+    #[test]
+    fn bad_values_name_their_key() {
+        let key = |flags: &[&str]| parse(flags).err().map(|e| e.key);
+        for (flags, name) in [
+            (&["--grpc-listen", "nowhere"][..], "grpc_listen"),
+            (&["--schema", "theirs"], "schema"),
+            (&["--db-checkout-timeout", "soon"], "db_checkout_timeout"),
+            (&["--db-pool-size", "0"], "db_pool_size"),
+            (&["--aws-certificate", "nokey"], "aws_certificate"),
+            (&["--aws-allowed-account", "12"], "aws_allowed_account"),
+            (&["--log-format", "xml"], "log_format"),
+            (&["--schema", "coder"], "schema"),
+            (&["--cloud-check-on-error", "ajar"], "cloud_check_on_error"),
+            (
+                &["--aws-ec2-assume-role", "123=arn:aws:iam::123:role/x"],
+                "aws_ec2_assume_role",
+            ),
+            (
+                &["--aws-ec2-endpoint", "localhost:5000"],
+                "aws_ec2_endpoint",
+            ),
+            (&["--aws-ec2-batch-window", "5s"], "aws_ec2_batch_window"),
+            (&["--cloud-check-timeout", "0s"], "cloud_check_timeout"),
+            (
+                &[
+                    "--gcp-compute-check",
+                    "--gcp-compute-credentials",
+                    "/nonexistent/sa.json",
+                ],
+                "gcp_compute_credentials",
+            ),
+        ] {
+            assert_eq!(key(flags), Some(name.into()), "{flags:?}");
+        }
+        // Credentials for a check that is off are not looked at.
+        assert!(parse(&["--gcp-compute-credentials", "/nonexistent/sa.json"]).is_ok());
+    }
+
+    #[test]
+    fn live_checks_are_off_by_default_and_on_when_asked() {
+        let off = with(|_| {}).map(|c| (c.live.aws.is_none(), c.live.gcp.is_none()));
+        assert_eq!(off, Ok((true, true)));
+        let on = parse(&[
+            "--aws-ec2-check",
+            "--aws-ec2-assume-role",
+            "123456789012=arn:aws:iam::123456789012:role/ro",
+            "--cloud-check-on-error",
+            "open",
+        ])
+        .map(|c| {
+            let aws = c.live.aws.unwrap_or_default();
+            (
+                aws.assume_roles,
+                aws.batch_window,
+                c.live.settings.cache_ttl,
+                c.live.settings.on_error,
+            )
+        });
+        assert_eq!(
+            on,
+            Ok((
+                vec![(
+                    "123456789012".into(),
+                    "arn:aws:iam::123456789012:role/ro".into()
+                )],
+                Duration::from_millis(20),
+                Duration::from_secs(60),
+                crate::cloud::OnError::Open
+            ))
+        );
+    }
+
+    #[test]
+    fn flags_beat_the_file_which_beats_defaults() {
+        let dir = tempfile::tempdir().map_err(|e| e.to_string());
+        let Ok(dir) = dir else {
+            return assert!(dir.is_ok());
+        };
+        let path = dir.path().join("agent-auth.toml");
+        let written = std::fs::write(&path, "db_pool_size = 7\nmax_concurrent_requests = 9\n");
+        assert!(written.is_ok());
+        let config = parse(&[
+            "--config",
+            &path.display().to_string(),
+            "--max-concurrent-requests",
+            "11",
+        ])
+        .map_err(|e| e.to_string());
+        assert_eq!(
+            config.map(|c| (c.store.pool_size, c.max_concurrent_requests, c.schema)),
+            Ok((7, 11, SchemaMode::Owned))
+        );
+    }
+
+    #[test]
+    fn unknown_and_mistyped_file_keys_are_errors() {
+        let dir = tempfile::tempdir().map_err(|e| e.to_string());
+        let Ok(dir) = dir else {
+            return assert!(dir.is_ok());
+        };
+        for (text, key) in [
+            ("db_pool_sise = 7\n", "db_pool_sise"),
+            ("db_pool_size = \"many\"\n", "db_pool_size"),
+            ("db_pool_size = 0\n", "db_pool_size"),
+            ("aws_ec2_check = \"yes\"\n", "aws_ec2_check"),
+            ("grpc_listen = \"unix:run/a.sock\"\n", "grpc_listen"),
+        ] {
+            let path = dir.path().join("c.toml");
+            assert!(std::fs::write(&path, text).is_ok());
+            assert_eq!(
+                parse(&["--config", &path.display().to_string()])
+                    .err()
+                    .map(|e| e.key),
+                Some(key.to_owned()),
+                "{text}"
+            );
+        }
+    }
+}

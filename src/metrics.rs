@@ -29,22 +29,19 @@ pub const CLOUD_API_CACHE: &str = "agent_auth_cloud_api_cache_total";
 pub const CLOUD_API_BATCH_SIZE: &str = "agent_auth_cloud_api_batch_size";
 pub const CLOUD_API_FAIL_OPEN: &str = "agent_auth_cloud_api_fail_open_total";
 
-/// Every `outcome` label of `agent_auth_authentications_total`: `ok`, each contract reason in
-/// lower case, and `cancelled` (the caller went away before the answer).
-pub const OUTCOMES: &[&str] = &[
-    "ok",
-    "malformed_request",
-    "invalid_identity",
-    "instance_not_found",
-    "agent_name_not_found",
-    "ambiguous_agent",
-    "not_latest_build",
-    "database_unavailable",
-    "trust_unavailable",
-    "cloud_api_unavailable",
-    "internal",
-    "cancelled",
-];
+/// Every `outcome` label of `agent_auth_authentications_total`: `ok`, each counted reason of
+/// the error table in lower case ([`crate::auth::Kind`]), and `cancelled` (the caller went away
+/// before the answer).
+pub fn outcomes() -> impl Iterator<Item = &'static str> {
+    std::iter::once("ok")
+        .chain(
+            crate::auth::Kind::ALL
+                .into_iter()
+                .filter(|kind| kind.counted)
+                .map(|kind| kind.outcome),
+        )
+        .chain(std::iter::once("cancelled"))
+}
 
 /// Every `cloud` label of the authentication metrics (`none`: no identity in the request).
 pub const CLOUDS: &[&str] = &["aws", "gcp", "azure", "none"];
@@ -184,8 +181,8 @@ pub fn record_instance_conflict() {
 /// that is known in advance, so dashboards and alerts see a series before the first event.
 fn export_zeros() {
     for cloud in CLOUDS {
-        for outcome in OUTCOMES {
-            metrics::counter!(AUTHENTICATIONS, "cloud" => *cloud, "outcome" => *outcome)
+        for outcome in outcomes() {
+            metrics::counter!(AUTHENTICATIONS, "cloud" => *cloud, "outcome" => outcome)
                 .absolute(0);
         }
     }

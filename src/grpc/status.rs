@@ -26,26 +26,16 @@ pub fn malformed(what: &str) -> Status {
 
 /// RESOURCE_EXHAUSTED / OVERLOADED.
 pub fn overloaded() -> Status {
-    with_reason(
-        Code::ResourceExhausted,
-        "The server is overloaded. Retry later.".into(),
-        "OVERLOADED",
-    )
+    to_status(&AuthError::Overloaded)
 }
 
-/// Maps a use-case error to its status. Internals (verifier causes, SQL errors) stay in logs.
+/// Maps an error to its status from the error table. Internals (verifier causes, SQL errors)
+/// stay in logs.
 pub fn to_status(error: &AuthError) -> Status {
-    let code = match error {
-        AuthError::Malformed(_) => Code::InvalidArgument,
-        AuthError::InvalidIdentity { .. } => Code::Unauthenticated,
-        AuthError::InstanceNotFound { .. } | AuthError::AgentNameNotFound { .. } => Code::NotFound,
-        AuthError::AmbiguousAgent { .. }
-        | AuthError::InstanceConflict { .. }
-        | AuthError::NotLatestBuild { .. } => Code::FailedPrecondition,
-        AuthError::DatabaseUnavailable(_)
-        | AuthError::TrustUnavailable(_)
-        | AuthError::CloudApiUnavailable(_) => Code::Unavailable,
-        AuthError::Internal(_) => Code::Internal,
-    };
-    with_reason(code, error.message(), error.reason())
+    let kind = error.kind();
+    with_reason(
+        Code::from_i32(kind.grpc as i32),
+        error.message(),
+        kind.reason,
+    )
 }

@@ -179,11 +179,7 @@ async fn handle<B: for<'de> Deserialize<'de>>(
         }
     };
     let Some(_permit) = state.limiter.try_acquire() else {
-        return with_retry_after(error(
-            StatusCode::TOO_MANY_REQUESTS,
-            "The server is overloaded. Retry later.".into(),
-            String::new(),
-        ));
+        return to_response(&AuthError::Overloaded);
     };
     match state.auth.authenticate(into_request(parsed)).await {
         Ok(authenticated) => (
@@ -217,24 +213,12 @@ fn close_after(mut response: Response) -> Response {
     response
 }
 
-/// The one mapping of use-case errors to HTTP (DESIGN.md 3.3).
+/// A use-case error as its HTTP answer, from the error table (DESIGN.md 3.3).
 fn to_response(e: &AuthError) -> Response {
-    let status = match e {
-        AuthError::Malformed(_) | AuthError::NotLatestBuild { .. } => StatusCode::BAD_REQUEST,
-        AuthError::InvalidIdentity { .. } => StatusCode::UNAUTHORIZED,
-        AuthError::InstanceNotFound { .. } | AuthError::AgentNameNotFound { .. } => {
-            StatusCode::NOT_FOUND
-        }
-        AuthError::AmbiguousAgent { .. } | AuthError::InstanceConflict { .. } => {
-            StatusCode::CONFLICT
-        }
-        AuthError::DatabaseUnavailable(_)
-        | AuthError::TrustUnavailable(_)
-        | AuthError::CloudApiUnavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
-        AuthError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
-    };
+    let kind = e.kind();
+    let status = StatusCode::from_u16(kind.http).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
     let response = error(status, e.message(), String::new());
-    if status == StatusCode::SERVICE_UNAVAILABLE {
+    if kind.retryable() {
         with_retry_after(response)
     } else {
         response

@@ -14,7 +14,10 @@ use crate::identity::aws::{AwsIdentity, AwsProof};
 use crate::identity::gcp::{self, GcpFailure, GcpPolicy};
 use crate::identity::{Cloud, IdentityError, InstanceId};
 use crate::store::{Candidate, Resolution, Store, StoreError};
+
+mod error;
 use crate::trust::{TrustSet, TrustStore};
+pub use error::{AuthError, GrpcCode, Kind};
 
 /// The largest accepted string field (DESIGN.md 3.1: "a field over 64 KiB" is malformed).
 pub const MAX_FIELD_BYTES: usize = 64 * 1024;
@@ -48,104 +51,6 @@ pub struct Authenticated {
     pub cloud: Cloud,
     pub instance_id: InstanceId,
     pub agent: Candidate,
-}
-
-/// Every way an authentication can fail. `message()` is what the caller may see.
-#[derive(Debug, thiserror::Error)]
-pub enum AuthError {
-    #[error("malformed request: {0}")]
-    Malformed(String),
-    #[error("invalid {cloud} identity: {cause}")]
-    InvalidIdentity { cloud: Cloud, cause: IdentityError },
-    #[error("instance not found")]
-    InstanceNotFound { instance_id: InstanceId },
-    #[error("agent name not found")]
-    AgentNameNotFound {
-        instance_id: InstanceId,
-        name: String,
-    },
-    #[error("ambiguous agent")]
-    AmbiguousAgent {
-        instance_id: InstanceId,
-        names: Vec<String>,
-    },
-    /// The instance id is on the latest build of more than one live workspace: a VM belongs to
-    /// one workspace, so no token is ever handed out for it (DESIGN.md 2).
-    #[error("instance claimed by workspaces {}", workspaces.iter().map(|w| w.to_string()).collect::<Vec<_>>().join(", "))]
-    InstanceConflict {
-        instance_id: InstanceId,
-        workspaces: Vec<uuid::Uuid>,
-    },
-    #[error("not on the latest build")]
-    NotLatestBuild { instance_id: InstanceId },
-    #[error("{0}")]
-    DatabaseUnavailable(String),
-    #[error("{0} trust material is not available yet")]
-    TrustUnavailable(Cloud),
-    #[error("cloud API check: {0}")]
-    CloudApiUnavailable(String),
-    #[error("internal: {0}")]
-    Internal(String),
-}
-
-impl AuthError {
-    /// The `google.rpc.ErrorInfo` reason (contract), also the metrics outcome in lower case.
-    pub fn reason(&self) -> &'static str {
-        match self {
-            AuthError::Malformed(_) => "MALFORMED_REQUEST",
-            AuthError::InvalidIdentity { .. } => "INVALID_IDENTITY",
-            AuthError::InstanceNotFound { .. } => "INSTANCE_NOT_FOUND",
-            AuthError::AgentNameNotFound { .. } => "AGENT_NAME_NOT_FOUND",
-            AuthError::AmbiguousAgent { .. } | AuthError::InstanceConflict { .. } => {
-                "AMBIGUOUS_AGENT"
-            }
-            AuthError::NotLatestBuild { .. } => "NOT_LATEST_BUILD",
-            AuthError::DatabaseUnavailable(_) => "DATABASE_UNAVAILABLE",
-            AuthError::TrustUnavailable(_) => "TRUST_UNAVAILABLE",
-            AuthError::CloudApiUnavailable(_) => "CLOUD_API_UNAVAILABLE",
-            AuthError::Internal(_) => "INTERNAL",
-        }
-    }
-
-    /// The caller-visible message. Verifier and database internals never appear here.
-    pub fn message(&self) -> String {
-        match self {
-            AuthError::Malformed(what) => format!("Malformed request: {what}."),
-            AuthError::InvalidIdentity { cloud, .. } => cloud.invalid_identity_message().into(),
-            AuthError::InstanceNotFound { instance_id } => {
-                format!(
-                    "Instance with id {} not found.",
-                    go_quote(instance_id.as_str())
-                )
-            }
-            AuthError::AgentNameNotFound { instance_id, name } => format!(
-                "No agent found with instance ID {} and name {}.",
-                go_quote(instance_id.as_str()),
-                go_quote(name)
-            ),
-            AuthError::AmbiguousAgent { instance_id, names } => format!(
-                "Multiple agents found with instance ID {}. Set CODER_AGENT_NAME to one of: {}",
-                go_quote(instance_id.as_str()),
-                names.join(", ")
-            ),
-            AuthError::InstanceConflict { instance_id, .. } => format!(
-                "Instance ID {} is claimed by more than one workspace.",
-                go_quote(instance_id.as_str())
-            ),
-            AuthError::NotLatestBuild { instance_id } => format!(
-                "Resource found for id {}, but isn't registered on the latest history.",
-                go_quote(instance_id.as_str())
-            ),
-            AuthError::DatabaseUnavailable(_) => "The database is unavailable. Retry later.".into(),
-            AuthError::TrustUnavailable(_) => {
-                "The signing keys are not available yet. Retry later.".into()
-            }
-            AuthError::CloudApiUnavailable(_) => {
-                "The cloud API could not confirm the instance. Retry later.".into()
-            }
-            AuthError::Internal(_) => "Internal error.".into(),
-        }
-    }
 }
 
 impl From<StoreError> for AuthError {
@@ -223,9 +128,11 @@ impl Authenticator {
         let mut instance = String::new();
         let result = self.run(request, &mut instance).await;
         unfinished.armed = false;
-        // The reason code (contract) and its lower-case metrics label; "ok" on success.
-        let reason = result.as_ref().err().map(AuthError::reason).unwrap_or("");
-        let outcome = outcome_label(if reason.is_empty() { "ok" } else { reason });
+        // The reason code (contract) and its metrics label; "ok" on success.
+        let (reason, outcome) = match &result {
+            Ok(_) => ("", "ok"),
+            Err(e) => (e.kind().reason, e.kind().outcome),
+        };
         let detail = match &result {
             Err(
                 e @ (AuthError::InvalidIdentity { .. }
@@ -492,16 +399,6 @@ fn record_outcome(
         duration_ms = started.elapsed().as_secs_f64() * 1000.0,
         "authentication"
     );
-}
-
-/// The metrics outcome: the reason code in lower case, or `ok`; one of
-/// [`crate::metrics::OUTCOMES`] (an unknown reason counts as `internal`).
-fn outcome_label(reason: &str) -> &'static str {
-    crate::metrics::OUTCOMES
-        .iter()
-        .find(|label| label.eq_ignore_ascii_case(reason))
-        .copied()
-        .unwrap_or("internal")
 }
 
 /// The first 12 hex digits of SHA-256: enough to correlate log lines, not an identifier.

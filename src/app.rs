@@ -237,7 +237,7 @@ impl App {
         let admin_permits = Arc::new(Semaphore::new(limits.admin_max_connections));
         let store = auth.store().clone();
         let draining = Arc::new(AtomicBool::new(false));
-        let (health, health_service) = tonic_health::server::health_reporter();
+        let (health, health_service) = crate::grpc::Health::new();
         let admin_state = AdminState {
             store: store.clone(),
             trust: auth.trust().clone(),
@@ -254,7 +254,7 @@ impl App {
         });
         // Health starts as the first probe finds the database.
         let initially_serving = admin::readiness(&admin_state).await.is_ok();
-        admin::set_health(&health, initially_serving).await;
+        health.set(initially_serving).await;
         let reflection_v1 = reflection()
             .build_v1()
             .map_err(|e| AppError::Serve(e.to_string()))?;
@@ -343,7 +343,7 @@ impl App {
         shutdown.await;
         tracing::info!("shutting down: not serving, draining in-flight requests");
         draining.store(true, Ordering::SeqCst);
-        admin::set_health(&health, false).await;
+        health.set(false).await;
         let _ = stop_tx.send(true);
         let _ = prober.await;
         let drained = tokio::time::timeout(config.shutdown_grace, async {

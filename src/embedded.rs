@@ -190,29 +190,10 @@ impl EmbeddedPostgres {
 
     /// Creates `dbname` unless it exists.
     pub async fn ensure_database(&self, dbname: &str) -> Result<(), EmbeddedError> {
-        if dbname.is_empty()
-            || !dbname
-                .bytes()
-                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
-        {
-            return Err(EmbeddedError::Io(format!(
-                "unusable database name {dbname:?}"
-            )));
-        }
         let client = self.admin_client().await?;
-        let sql_error = |e: tokio_postgres::Error| EmbeddedError::Io(e.to_string());
-        let exists = client
-            .query_opt("SELECT 1 FROM pg_database WHERE datname = $1", &[&dbname])
+        crate::store::admin::ensure_database(&client, dbname)
             .await
-            .map_err(sql_error)?
-            .is_some();
-        if !exists {
-            client
-                .batch_execute(&format!("CREATE DATABASE \"{dbname}\""))
-                .await
-                .map_err(sql_error)?;
-        }
-        Ok(())
+            .map_err(EmbeddedError::Io)
     }
 
     /// A superuser connection to the `postgres` database.
@@ -261,7 +242,7 @@ impl EmbeddedPostgres {
                 )));
             }
             match self.admin_client().await {
-                Ok(client) if client.simple_query("").await.is_ok() => return Ok(()),
+                Ok(client) if crate::store::admin::answers(&client).await => return Ok(()),
                 _ if tokio::time::Instant::now() > deadline => {
                     return Err(EmbeddedError::Start(format!(
                         "postgres did not accept connections within 60 s; see {}",

@@ -182,8 +182,7 @@ pub fn record_instance_conflict() {
 fn export_zeros() {
     for cloud in CLOUDS {
         for outcome in outcomes() {
-            metrics::counter!(AUTHENTICATIONS, "cloud" => *cloud, "outcome" => outcome)
-                .absolute(0);
+            metrics::counter!(AUTHENTICATIONS, "cloud" => *cloud, "outcome" => outcome).absolute(0);
         }
     }
     metrics::counter!(DB_QUERIES).absolute(0);

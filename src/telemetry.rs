@@ -93,29 +93,3 @@ fn tracer_provider(endpoint: &str) -> Option<SdkTracerProvider> {
         }
     }
 }
-
-/// Reads W3C trace context from gRPC metadata.
-pub struct MetadataExtractor<'a>(pub &'a tonic::metadata::MetadataMap);
-
-impl opentelemetry::propagation::Extractor for MetadataExtractor<'_> {
-    fn get(&self, key: &str) -> Option<&str> {
-        self.0.get(key).and_then(|v| v.to_str().ok())
-    }
-
-    fn keys(&self) -> Vec<&str> {
-        self.0
-            .keys()
-            .filter_map(|k| match k {
-                tonic::metadata::KeyRef::Ascii(k) => Some(k.as_str()),
-                tonic::metadata::KeyRef::Binary(_) => None,
-            })
-            .collect()
-    }
-}
-
-/// The caller's trace context, from `traceparent`/`tracestate` metadata.
-pub fn remote_context(metadata: &tonic::metadata::MetadataMap) -> opentelemetry::Context {
-    opentelemetry::global::get_text_map_propagator(|propagator| {
-        propagator.extract(&MetadataExtractor(metadata))
-    })
-}

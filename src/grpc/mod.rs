@@ -83,7 +83,7 @@ impl pb::agent_auth_server::AgentAuth for AgentAuthService {
         );
         {
             use tracing_opentelemetry::OpenTelemetrySpanExt as _;
-            let _ = span.set_parent(crate::telemetry::remote_context(request.metadata()));
+            let _ = span.set_parent(remote_context(request.metadata()));
         }
         let deadline = grpc_timeout(request.metadata())
             .map(|limit| limit.saturating_sub((limit / 20).min(Duration::from_millis(20))));
@@ -171,6 +171,60 @@ pub(crate) fn parse_grpc_timeout(value: &str) -> Option<Duration> {
         "n" => Duration::from_nanos(amount),
         _ => return None,
     })
+}
+
+/// Reads W3C trace context from gRPC metadata.
+pub struct MetadataExtractor<'a>(pub &'a tonic::metadata::MetadataMap);
+
+impl opentelemetry::propagation::Extractor for MetadataExtractor<'_> {
+    fn get(&self, key: &str) -> Option<&str> {
+        self.0.get(key).and_then(|v| v.to_str().ok())
+    }
+
+    fn keys(&self) -> Vec<&str> {
+        self.0
+            .keys()
+            .filter_map(|k| match k {
+                tonic::metadata::KeyRef::Ascii(k) => Some(k.as_str()),
+                tonic::metadata::KeyRef::Binary(_) => None,
+            })
+            .collect()
+    }
+}
+
+/// The caller's trace context, from `traceparent`/`tracestate` metadata.
+pub fn remote_context(metadata: &tonic::metadata::MetadataMap) -> opentelemetry::Context {
+    opentelemetry::global::get_text_map_propagator(|propagator| {
+        propagator.extract(&MetadataExtractor(metadata))
+    })
+}
+
+/// gRPC health (`grpc.health.v1`), set for the whole server and the service together; the
+/// admin listener's readiness probe drives it.
+#[derive(Clone)]
+pub struct Health(tonic_health::server::HealthReporter);
+
+impl Health {
+    /// The reporter and the service to add to the server.
+    pub fn new() -> (
+        Self,
+        tonic_health::pb::health_server::HealthServer<impl tonic_health::pb::health_server::Health>,
+    ) {
+        let (reporter, service) = tonic_health::server::health_reporter();
+        (Self(reporter), service)
+    }
+
+    /// SERVING or NOT_SERVING, for "" and [`SERVICE_NAME`].
+    pub async fn set(&self, serving: bool) {
+        let status = if serving {
+            tonic_health::ServingStatus::Serving
+        } else {
+            tonic_health::ServingStatus::NotServing
+        };
+        for service in ["", SERVICE_NAME] {
+            self.0.set_service_status(service, status).await;
+        }
+    }
 }
 
 #[cfg(test)]

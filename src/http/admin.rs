@@ -33,7 +33,7 @@ pub struct AdminState {
 /// `stop` resolves (shutdown sets NOT_SERVING itself).
 pub async fn follow_readiness(
     state: AdminState,
-    health: tonic_health::server::HealthReporter,
+    health: crate::grpc::Health,
     mut stop: tokio::sync::watch::Receiver<bool>,
     initially_serving: bool,
 ) {
@@ -46,25 +46,13 @@ pub async fn follow_readiness(
         let ready = readiness(&state).await;
         let now_serving = ready.is_ok();
         if serving != Some(now_serving) && !state.draining.load(Ordering::SeqCst) {
-            set_health(&health, now_serving).await;
+            health.set(now_serving).await;
             match &ready {
                 Ok(()) => tracing::info!("ready: serving"),
                 Err(reason) => tracing::warn!(reason, "not ready: not serving"),
             }
             serving = Some(now_serving);
         }
-    }
-}
-
-/// Sets gRPC health for the whole server and the service.
-pub async fn set_health(health: &tonic_health::server::HealthReporter, serving: bool) {
-    let status = if serving {
-        tonic_health::ServingStatus::Serving
-    } else {
-        tonic_health::ServingStatus::NotServing
-    };
-    for service in ["", crate::grpc::SERVICE_NAME] {
-        health.set_service_status(service, status).await;
     }
 }
 

@@ -12,7 +12,7 @@
 //! in turn (Coder does); a signature under one region's key must not pass for another region.
 
 use std::collections::{BTreeMap, HashSet};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use openssl::hash::MessageDigest;
 use openssl::pkcs7::{Pkcs7, Pkcs7Flags};
@@ -158,7 +158,7 @@ impl Keys {
         }
         let mut operator = BTreeMap::new();
         for (region, path) in files {
-            let pem = read(path)?;
+            let pem = crate::trust::read_file(path)?;
             let source = Source::File(path.clone());
             let what = path.display().to_string();
             operator.insert(region.clone(), pin(region, form, source, &pem, &what)?);
@@ -382,13 +382,6 @@ fn pin(
         source,
         certificate,
         key,
-    })
-}
-
-fn read(path: &Path) -> Result<Vec<u8>, TrustError> {
-    std::fs::read(path).map_err(|source| TrustError::Read {
-        path: path.to_owned(),
-        source,
     })
 }
 

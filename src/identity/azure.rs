@@ -416,10 +416,7 @@ fn builtin(pems: &[&[u8]], kind: CaKind) -> Result<Vec<PinnedCa>, TrustError> {
 }
 
 fn read_bundle(path: &Path, kind: CaKind) -> Result<Vec<PinnedCa>, TrustError> {
-    let pem = std::fs::read(path).map_err(|source| TrustError::Read {
-        path: path.to_owned(),
-        source,
-    })?;
+    let pem = crate::trust::read_file(path)?;
     let certificates = X509::stack_from_pem(&pem).map_err(|e| TrustError::BadCertificate {
         what: path.display().to_string(),
         reason: e.to_string(),

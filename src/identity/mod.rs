@@ -3,7 +3,11 @@
 //! Each verifier is a function of `(evidence, trust material, now)` and returns either the
 //! verified instance or an [`IdentityError`]. The error carries the real cause for logs and
 //! metrics; callers only ever see the cloud's fixed "Invalid ... identity." message.
-//! Nothing in this module touches the database or the network.
+//! Nothing in this module touches the database, the network, a file or the clock: clippy's
+//! `disallowed_methods` (clock reads, listed in `clippy.toml`) is denied here, and the tidy
+//! test `tidy::the_verifiers_do_no_io` fails on any I/O name. Trust material is loaded by
+//! [`crate::trust`], which hands the verifiers bytes and parsed keys.
+#![deny(clippy::disallowed_methods)]
 
 pub mod aws;
 pub mod azure;

@@ -12,6 +12,7 @@
 //!   costs one round trip on a cached plan;
 //! - `statement_timeout` travels in the startup packet (`options`), never as a `SET`.
 
+pub mod admin;
 pub mod conninfo;
 pub mod migrate;
 pub mod resolve;

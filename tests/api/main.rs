@@ -16,4 +16,5 @@ mod http;
 mod operations;
 mod resolution;
 mod schema;
+mod tidy;
 mod trust;

@@ -7,6 +7,8 @@
 //! does not parse keeps the previous set and is counted as an error; nothing here stops the
 //! process.
 
+pub mod jwks;
+
 use std::sync::Arc;
 use std::time::SystemTime;
 
@@ -15,8 +17,8 @@ use arc_swap::ArcSwap;
 use crate::config::JwksSource;
 use crate::identity::aws::{AwsTrust, AwsTrustConfig};
 use crate::identity::azure::{AzureTrust, AzureTrustConfig};
-use crate::identity::gcp::Jwks;
 use crate::identity::{TrustError, unix_seconds};
+use jwks::Jwks;
 
 /// A certificate that expires within this many seconds is worth a warning.
 pub const EXPIRY_WARNING_SECONDS: i64 = 30 * 86_400;
@@ -358,6 +360,15 @@ pub fn log_sources(set: &TrustSet, sources: &TrustSources) {
         ),
     }
     warn_expiring(&pinned, SystemTime::now());
+}
+
+/// Reads an operator's trust file: the only file read of trust material (the verifiers in
+/// [`crate::identity`] read none).
+pub fn read_file(path: &std::path::Path) -> Result<Vec<u8>, crate::identity::TrustError> {
+    std::fs::read(path).map_err(|source| crate::identity::TrustError::Read {
+        path: path.to_owned(),
+        source,
+    })
 }
 
 #[cfg(test)]

@@ -1,0 +1,214 @@
+//! ARCHITECTURE.md's invariants, read off the source tree (in the style of rust-analyzer's
+//! tidy tests): each test fails naming the file and line that breaks its rule. Comments and the
+//! `#[cfg(test)] mod tests` at the end of a file are not looked at.
+
+use std::path::{Path, PathBuf};
+
+/// Every `.rs` file under `src/`, relative to the package root, with its code lines (number,
+/// text): comments and the trailing test module left out.
+fn sources() -> Vec<(String, Vec<(usize, String)>)> {
+    fn walk(dir: &Path, out: &mut Vec<PathBuf>) {
+        for entry in std::fs::read_dir(dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                walk(&path, out);
+            } else if path.extension().is_some_and(|e| e == "rs") {
+                out.push(path);
+            }
+        }
+    }
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let mut files = Vec::new();
+    walk(&root.join("src"), &mut files);
+    files.sort();
+    files
+        .into_iter()
+        .map(|path| {
+            let text = std::fs::read_to_string(&path).unwrap();
+            let code = text
+                .split("#[cfg(test)]\nmod tests")
+                .next()
+                .unwrap_or_default();
+            let lines = code
+                .lines()
+                .enumerate()
+                .filter(|(_, line)| !line.trim_start().starts_with("//"))
+                .map(|(i, line)| (i + 1, line.to_owned()))
+                .collect();
+            let name = path
+                .strip_prefix(root)
+                .unwrap()
+                .to_string_lossy()
+                .into_owned();
+            (name, lines)
+        })
+        .collect()
+}
+
+/// The lines that `matches` in files outside `allowed` (path prefixes), as `file:line: text`.
+fn offenders(allowed: &[&str], matches: impl Fn(&str) -> bool) -> Vec<String> {
+    offenders_in(
+        |file| !allowed.iter().any(|prefix| file.starts_with(prefix)),
+        matches,
+    )
+}
+
+/// The lines that `matches` in the files `in_scope` accepts.
+fn offenders_in(in_scope: impl Fn(&str) -> bool, matches: impl Fn(&str) -> bool) -> Vec<String> {
+    sources()
+        .into_iter()
+        .filter(|(file, _)| in_scope(file))
+        .flat_map(|(file, lines)| {
+            lines
+                .into_iter()
+                .filter(|(_, line)| matches(line))
+                .map(move |(n, line)| format!("{file}:{n}: {}", line.trim()))
+        })
+        .collect()
+}
+
+#[test]
+fn only_the_store_issues_sql() {
+    const CALLS: &[&str] = &[
+        ".query(&",
+        ".query(\"",
+        ".query_one(",
+        ".query_opt(",
+        ".query_raw(",
+        ".query_typed(",
+        ".execute(",
+        ".batch_execute(",
+        ".simple_query(",
+        ".prepare(",
+        ".prepare_typed(",
+        ".copy_in(",
+        ".transaction(",
+    ];
+    const STATEMENTS: &[&str] = &[
+        "\"SELECT ",
+        "\"INSERT ",
+        "\"UPDATE ",
+        "\"DELETE ",
+        "\"CREATE ",
+        "\"ALTER ",
+        "\"DROP ",
+        "\"SET ",
+        "\"WITH ",
+        "\"BEGIN",
+        "\"COPY ",
+    ];
+    // The bench is a tool (cargo feature `tools`): it seeds rows and runs the incumbent's
+    // statements as baselines.
+    let found = offenders(&["src/store/", "src/bench/"], |line| {
+        CALLS.iter().any(|c| line.contains(c)) || STATEMENTS.iter().any(|s| line.contains(s))
+    });
+    assert!(
+        found.is_empty(),
+        "SQL outside src/store/:\n{}",
+        found.join("\n")
+    );
+}
+
+#[test]
+fn only_the_grpc_module_names_tonic_or_prost() {
+    let names = |line: &str| {
+        [
+            "tonic::",
+            "tonic_",
+            "prost::",
+            "prost_types::",
+            "use tonic",
+            "use prost",
+        ]
+        .iter()
+        .any(|name| {
+            line.match_indices(name).any(|(at, _)| {
+                // A whole path segment, not the end of another word (`with_tonic()`).
+                !line[..at].ends_with(|c: char| c.is_alphanumeric() || c == '_')
+            })
+        })
+    };
+    // app.rs wires the server, client.rs is the client; the bench drives the server over gRPC.
+    let found = offenders(
+        &["src/grpc/", "src/app.rs", "src/client.rs", "src/bench/"],
+        names,
+    );
+    assert!(
+        found.is_empty(),
+        "tonic/prost outside src/grpc/:\n{}",
+        found.join("\n")
+    );
+}
+
+#[test]
+fn the_session_token_is_exposed_only_by_the_two_success_responses() {
+    let found = offenders(&[], |line| line.contains(".expose()"));
+    let places: Vec<&str> = found
+        .iter()
+        .map(|f| f.split(':').next().unwrap_or_default())
+        .collect();
+    assert_eq!(
+        places,
+        ["src/grpc/mod.rs", "src/http/agent.rs"],
+        "SessionToken::expose() calls:\n{}",
+        found.join("\n")
+    );
+}
+
+#[test]
+fn the_verifiers_do_no_io() {
+    const IO: &[&str] = &[
+        "std::fs",
+        "tokio::fs",
+        "std::net",
+        "tokio::net",
+        "std::env",
+        "crate::fetch",
+        "crate::store",
+        "hyper",
+        "tokio_postgres",
+        "::now(",
+        "now_utc(",
+        "File::",
+    ];
+    let found = offenders_in(
+        |file| file.starts_with("src/identity/"),
+        |line| IO.iter().any(|io| line.contains(io)),
+    );
+    assert!(
+        found.is_empty(),
+        "I/O in the verifiers (src/identity/):\n{}",
+        found.join("\n")
+    );
+}
+
+#[test]
+fn no_cancel_request_is_ever_sent_to_postgresql() {
+    // A cancel request cancels whatever that backend runs now, which may be another caller's
+    // statement (ARCHITECTURE.md; behaviour: contract::abandoned_logins_keep_their_connections…).
+    let found = offenders(&[], |line| {
+        line.contains("cancel_token") || line.contains("cancel_query")
+    });
+    assert!(found.is_empty(), "cancel requests:\n{}", found.join("\n"));
+}
+
+#[test]
+fn unsafe_code_is_only_the_prctl_call_of_the_embedded_cluster() {
+    let found = offenders(&["src/embedded.rs"], |line| {
+        line.contains("unsafe ") || line.contains("unsafe_code")
+    });
+    assert!(found.is_empty(), "unsafe:\n{}", found.join("\n"));
+}
+
+#[test]
+fn the_server_never_reaches_into_the_tools() {
+    let found = offenders(
+        &["src/bench/", "src/demo.rs", "src/main.rs", "src/lib.rs"],
+        |line| line.contains("crate::bench") || line.contains("crate::demo"),
+    );
+    assert!(
+        found.is_empty(),
+        "server modules using the bench or demo:\n{}",
+        found.join("\n")
+    );
+}

@@ -31,12 +31,14 @@ pub enum Command {
     /// Send one authentication to a server and print the result.
     Authenticate(AuthenticateArgs),
     /// Run the whole loop on a private embedded database with the recorded AWS document.
+    #[cfg(feature = "tools")]
     Demo(DemoArgs),
     /// List every pinned certificate (built-in and from files, with the serve flags applied):
     /// cloud, region or role, subject, notAfter, SHA-256, source. Exit 1 when one expires
     /// within 30 days.
     Trust(TrustArgs),
     /// Load-test the service next to its own statement alone and the incumbent's emulation.
+    #[cfg(feature = "tools")]
     Bench(BenchArgs),
 }
 

@@ -22,12 +22,10 @@
 
 pub mod app;
 pub mod auth;
-pub mod bench;
 pub mod cli;
 pub mod client;
 pub mod cloud;
 pub mod config;
-pub mod demo;
 pub mod embedded;
 pub mod fetch;
 #[cfg(any(test, feature = "fuzzing"))]
@@ -41,4 +39,6 @@ pub mod listen;
 pub mod metrics;
 pub mod store;
 pub mod telemetry;
+#[cfg(feature = "tools")]
+pub mod tools;
 pub mod trust;

@@ -6,7 +6,7 @@ use agent_auth::app::App;
 use agent_auth::cli::{AuthenticateArgs, Cli, Command, ServeArgs};
 use agent_auth::config::{Config, EXIT_CONFIG};
 use agent_auth::grpc::pb;
-use agent_auth::{client, demo, telemetry};
+use agent_auth::{client, telemetry};
 use clap::Parser;
 
 fn main() -> ExitCode {
@@ -69,17 +69,10 @@ fn main() -> ExitCode {
             }
             Command::Authenticate(args) => authenticate(args).await,
             Command::Trust(args) => trust(args),
-            Command::Bench(args) => bench(args).await,
-            Command::Demo(args) => {
-                telemetry::init(agent_auth::config::LogFormat::Text, "warn", None);
-                match demo::run(args).await {
-                    Ok(()) => ExitCode::SUCCESS,
-                    Err(e) => {
-                        eprintln!("agent-auth: demo failed: {e}");
-                        ExitCode::FAILURE
-                    }
-                }
-            }
+            #[cfg(feature = "tools")]
+            Command::Bench(args) => agent_auth::tools::bench::command(args).await,
+            #[cfg(feature = "tools")]
+            Command::Demo(args) => agent_auth::tools::demo::command(args).await,
         }
     })
 }
@@ -201,109 +194,6 @@ async fn migrate(args: ServeArgs) -> ExitCode {
         }
         Err(e) => {
             eprintln!("agent-auth: {e}");
-            ExitCode::FAILURE
-        }
-    }
-}
-
-async fn bench(args: agent_auth::cli::BenchArgs) -> ExitCode {
-    use agent_auth::bench::{self, Scenario, ServerMode};
-    telemetry::init(agent_auth::config::LogFormat::Text, "warn", None);
-    let scenarios = if args.scenarios.is_empty() {
-        Ok(Scenario::defaults())
-    } else {
-        args.scenarios.iter().map(|s| Scenario::parse(s)).collect()
-    };
-    let scenarios = match scenarios {
-        Ok(scenarios) => scenarios,
-        Err(e) => {
-            eprintln!("agent-auth: bench: {e}");
-            return ExitCode::from(64);
-        }
-    };
-    let server = match (args.server, args.in_process) {
-        (Some(url), _) => ServerMode::External {
-            url,
-            metrics: args.server_metrics,
-        },
-        (None, true) => ServerMode::InProcess,
-        (None, false) => ServerMode::Spawn,
-    };
-    let mut db_settings = Vec::new();
-    for setting in &args.db_setting {
-        match setting.split_once('=') {
-            Some((key, value)) if !key.trim().is_empty() => {
-                db_settings.push((key.trim().to_owned(), value.trim().to_owned()));
-            }
-            _ => {
-                eprintln!("agent-auth: bench: --db-setting expects KEY=VALUE, found {setting:?}");
-                return ExitCode::from(64);
-            }
-        }
-    }
-    let options = bench::BenchOptions {
-        agents: args.agents,
-        builds_per_workspace: args.builds,
-        soft_delete_stale: args.soft_delete_stale,
-        concurrency: if args.sweep.is_empty() {
-            vec![args.concurrency]
-        } else {
-            args.sweep
-        },
-        duration: args.duration,
-        pool_size: args.pool_size,
-        deadline: args.deadline,
-        scenarios,
-        server,
-        signing_key: args.signing_key,
-        db_rtt: args.db_rtt,
-        explain: args.explain,
-        plot: args.plot,
-        db_settings,
-    };
-    match bench::run(options, args.postgres_url).await {
-        Ok(report) => {
-            if args.json {
-                match serde_json::to_string(&report) {
-                    Ok(json) => println!("{json}"),
-                    Err(e) => {
-                        eprintln!("agent-auth: bench: {e}");
-                        return ExitCode::FAILURE;
-                    }
-                }
-            } else {
-                println!(
-                    "{} · commit {} · {} agent rows ({} agents x {} builds{}) · pool {} · deadline {} ms · database round trip {:.2} ms · server: {}",
-                    report.date,
-                    report.commit.as_deref().unwrap_or("?"),
-                    report.agent_rows,
-                    report.agents,
-                    report.builds_per_workspace,
-                    if report.soft_delete_stale {
-                        ", older agents soft-deleted"
-                    } else {
-                        ""
-                    },
-                    report.pool_size,
-                    report.deadline_ms,
-                    report.db_round_trip_ms,
-                    report.server
-                );
-                print!("{}", bench::table(&report.outcomes));
-                if let Some(rss) = report.server_peak_rss_mib {
-                    println!("peak RSS of the server process: {rss:.1} MiB");
-                }
-                if let Some(rss) = report.bench_peak_rss_mib {
-                    println!("peak RSS of the bench process: {rss:.1} MiB");
-                }
-                if let Some(plan) = &report.explain {
-                    println!("\n{plan}");
-                }
-            }
-            ExitCode::SUCCESS
-        }
-        Err(e) => {
-            eprintln!("agent-auth: bench failed: {e}");
             ExitCode::FAILURE
         }
     }

@@ -16,7 +16,6 @@ pub mod admin;
 pub mod conninfo;
 pub mod migrate;
 pub mod resolve;
-pub mod seed;
 pub mod tls;
 
 use std::time::Duration;

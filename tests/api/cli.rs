@@ -226,6 +226,7 @@ async fn the_authenticate_command_prints_the_token_from_a_running_server() {
     .await;
 }
 
+#[cfg(feature = "tools")]
 #[test]
 fn the_demo_authenticates_the_recorded_document_on_an_embedded_database() {
     let output = agent_auth().arg("demo").output().unwrap();
@@ -390,6 +391,7 @@ async fn serve_runs_on_an_embedded_database_and_stops_it_on_sigterm() {
     );
 }
 
+#[cfg(feature = "tools")]
 #[test]
 fn bench_runs_every_scenario_and_counts_one_statement_per_login() {
     let output = agent_auth()
@@ -445,6 +447,7 @@ fn bench_runs_every_scenario_and_counts_one_statement_per_login() {
     assert!(report["server_peak_rss_mib"].as_f64().unwrap() > 1.0);
 }
 
+#[cfg(feature = "tools")]
 #[test]
 fn bench_sweeps_callers_behind_a_slow_network_and_plots_the_result() {
     let dir = tempfile::tempdir().unwrap();
@@ -518,6 +521,7 @@ fn bench_sweeps_callers_behind_a_slow_network_and_plots_the_result() {
     );
 }
 
+#[cfg(feature = "tools")]
 #[test]
 fn bench_rejects_an_unknown_scenario_with_a_usage_error() {
     let output = agent_auth()

@@ -97,9 +97,9 @@ fn only_the_store_issues_sql() {
         "\"BEGIN",
         "\"COPY ",
     ];
-    // The bench is a tool (cargo feature `tools`): it seeds rows and runs the incumbent's
-    // statements as baselines.
-    let found = offenders(&["src/store/", "src/bench/"], |line| {
+    // The tools (cargo feature `tools`) seed rows and run the incumbent's statements as the
+    // bench's baselines.
+    let found = offenders(&["src/store/", "src/tools/"], |line| {
         CALLS.iter().any(|c| line.contains(c)) || STATEMENTS.iter().any(|s| line.contains(s))
     });
     assert!(
@@ -128,9 +128,9 @@ fn only_the_grpc_module_names_tonic_or_prost() {
             })
         })
     };
-    // app.rs wires the server, client.rs is the client; the bench drives the server over gRPC.
+    // app.rs wires the server, client.rs is the client; the tools drive the server over gRPC.
     let found = offenders(
-        &["src/grpc/", "src/app.rs", "src/client.rs", "src/bench/"],
+        &["src/grpc/", "src/app.rs", "src/client.rs", "src/tools/"],
         names,
     );
     assert!(
@@ -202,10 +202,9 @@ fn unsafe_code_is_only_the_prctl_call_of_the_embedded_cluster() {
 
 #[test]
 fn the_server_never_reaches_into_the_tools() {
-    let found = offenders(
-        &["src/bench/", "src/demo.rs", "src/main.rs", "src/lib.rs"],
-        |line| line.contains("crate::bench") || line.contains("crate::demo"),
-    );
+    let found = offenders(&["src/tools/", "src/main.rs", "src/lib.rs"], |line| {
+        line.contains("crate::tools") || line.contains("agent_auth::tools")
+    });
     assert!(
         found.is_empty(),
         "server modules using the bench or demo:\n{}",

@@ -1,19 +1,33 @@
 //! `agent-auth demo`: the whole loop on a private embedded database with the real recorded AWS
 //! document (instance `i-076e9b91f7c420782`, us-east-1), through a real gRPC client.
 
+use std::process::ExitCode;
 use std::time::Duration;
 
+use super::seed;
 use crate::app::{App, EMBEDDED_DATABASE};
 use crate::cli::DemoArgs;
 use crate::config::{Config, Settings};
 use crate::embedded::{EmbeddedOptions, EmbeddedPostgres};
 use crate::grpc::pb;
-use crate::store::{migrate, seed};
+use crate::store::migrate;
 
 /// The recorded document and signature (exact bytes; see tests/fixtures/aws).
-pub const RECORDED_DOCUMENT: &str = include_str!("../tests/fixtures/aws/us-east-1-document.json");
-pub const RECORDED_SIGNATURE: &str = include_str!("../tests/fixtures/aws/us-east-1-signature.txt");
+pub const RECORDED_DOCUMENT: &str = include_str!("../../tests/fixtures/aws/us-east-1-document.json");
+pub const RECORDED_SIGNATURE: &str = include_str!("../../tests/fixtures/aws/us-east-1-signature.txt");
 pub const RECORDED_INSTANCE_ID: &str = "i-076e9b91f7c420782";
+
+/// `agent-auth demo`: runs the demo, printing each step.
+pub async fn command(args: DemoArgs) -> ExitCode {
+    crate::telemetry::init(crate::config::LogFormat::Text, "warn", None);
+    match run(args).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("agent-auth: demo failed: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
 
 /// Runs the demo, printing each step. Returns an error message on failure.
 pub async fn run(args: DemoArgs) -> Result<(), String> {

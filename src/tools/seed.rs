@@ -1,10 +1,9 @@
-//! Writes example rows into the owned schema: the demo's workspace, and (later) benchmark data.
-//! Never used by the authentication path.
+//! Writes the demo's example rows into the owned schema. Never used by the server.
 
 use tokio_postgres::Client;
 use uuid::Uuid;
 
-use super::StoreError;
+use crate::store::StoreError;
 
 /// One workspace with one latest `workspace_build` build whose resource holds one agent.
 pub struct SeededAgent {

@@ -14,6 +14,7 @@ pub mod seed;
 pub mod server;
 
 use std::path::{Path, PathBuf};
+use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -25,6 +26,7 @@ use serde::Serialize;
 pub use drive::{Outcome, table};
 pub use server::ServerMode;
 
+use crate::cli::BenchArgs;
 use crate::grpc::pb;
 use baseline::Incumbent;
 use drive::{Cost, Tally};
@@ -528,4 +530,107 @@ fn self_signed_pem(key: &PKey<Private>) -> Result<Vec<u8>, openssl::error::Error
     builder.set_not_after(&*openssl::asn1::Asn1Time::days_from_now(365)?)?;
     builder.sign(key, MessageDigest::sha256())?;
     builder.build().to_pem()
+}
+
+/// `agent-auth bench`: runs the load test and prints its report.
+pub async fn command(args: BenchArgs) -> ExitCode {
+    crate::telemetry::init(crate::config::LogFormat::Text, "warn", None);
+    let scenarios = if args.scenarios.is_empty() {
+        Ok(Scenario::defaults())
+    } else {
+        args.scenarios.iter().map(|s| Scenario::parse(s)).collect()
+    };
+    let scenarios = match scenarios {
+        Ok(scenarios) => scenarios,
+        Err(e) => {
+            eprintln!("agent-auth: bench: {e}");
+            return ExitCode::from(64);
+        }
+    };
+    let server = match (args.server, args.in_process) {
+        (Some(url), _) => ServerMode::External {
+            url,
+            metrics: args.server_metrics,
+        },
+        (None, true) => ServerMode::InProcess,
+        (None, false) => ServerMode::Spawn,
+    };
+    let mut db_settings = Vec::new();
+    for setting in &args.db_setting {
+        match setting.split_once('=') {
+            Some((key, value)) if !key.trim().is_empty() => {
+                db_settings.push((key.trim().to_owned(), value.trim().to_owned()));
+            }
+            _ => {
+                eprintln!("agent-auth: bench: --db-setting expects KEY=VALUE, found {setting:?}");
+                return ExitCode::from(64);
+            }
+        }
+    }
+    let options = BenchOptions {
+        agents: args.agents,
+        builds_per_workspace: args.builds,
+        soft_delete_stale: args.soft_delete_stale,
+        concurrency: if args.sweep.is_empty() {
+            vec![args.concurrency]
+        } else {
+            args.sweep
+        },
+        duration: args.duration,
+        pool_size: args.pool_size,
+        deadline: args.deadline,
+        scenarios,
+        server,
+        signing_key: args.signing_key,
+        db_rtt: args.db_rtt,
+        explain: args.explain,
+        plot: args.plot,
+        db_settings,
+    };
+    match run(options, args.postgres_url).await {
+        Ok(report) => {
+            if args.json {
+                match serde_json::to_string(&report) {
+                    Ok(json) => println!("{json}"),
+                    Err(e) => {
+                        eprintln!("agent-auth: bench: {e}");
+                        return ExitCode::FAILURE;
+                    }
+                }
+            } else {
+                println!(
+                    "{} · commit {} · {} agent rows ({} agents x {} builds{}) · pool {} · deadline {} ms · database round trip {:.2} ms · server: {}",
+                    report.date,
+                    report.commit.as_deref().unwrap_or("?"),
+                    report.agent_rows,
+                    report.agents,
+                    report.builds_per_workspace,
+                    if report.soft_delete_stale {
+                        ", older agents soft-deleted"
+                    } else {
+                        ""
+                    },
+                    report.pool_size,
+                    report.deadline_ms,
+                    report.db_round_trip_ms,
+                    report.server
+                );
+                print!("{}", table(&report.outcomes));
+                if let Some(rss) = report.server_peak_rss_mib {
+                    println!("peak RSS of the server process: {rss:.1} MiB");
+                }
+                if let Some(rss) = report.bench_peak_rss_mib {
+                    println!("peak RSS of the bench process: {rss:.1} MiB");
+                }
+                if let Some(plan) = &report.explain {
+                    println!("\n{plan}");
+                }
+            }
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("agent-auth: bench failed: {e}");
+            ExitCode::FAILURE
+        }
+    }
 }

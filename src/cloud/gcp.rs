@@ -12,6 +12,8 @@ use super::CheckSettings;
 use super::{Answer, Failure};
 #[cfg(feature = "live-checks")]
 use crate::fetch::{FetchError, Fetcher};
+#[cfg(feature = "live-checks")]
+use backon::Retryable as _;
 
 pub const DEFAULT_ENDPOINT: &str = "https://compute.googleapis.com";
 #[cfg(feature = "live-checks")]
@@ -114,17 +116,15 @@ impl GcpCheck {
             path_segment(zone),
             path_segment(name)
         );
-        let mut attempt = 0;
-        let fetched = loop {
-            attempt += 1;
-            match self.fetcher.get_bearer(&url, token.as_str()).await {
-                Ok(fetched) => break fetched,
-                Err(FetchError::Status(404)) => return Ok(GceInstance::NotFound),
-                Err(e) if attempt < 3 && retryable(&e) => {
-                    tokio::time::sleep(super::backoff(attempt)).await;
-                }
-                Err(e) => return Err(format!("instances.get: {e}")),
-            }
+        let fetched = match (|| self.fetcher.get_bearer(&url, token.as_str()))
+            .retry(super::retry_policy())
+            .sleep(tokio::time::sleep)
+            .when(retryable)
+            .await
+        {
+            Ok(fetched) => fetched,
+            Err(FetchError::Status(404)) => return Ok(GceInstance::NotFound),
+            Err(e) => return Err(format!("instances.get: {e}")),
         };
         let body: serde_json::Value = serde_json::from_slice(&fetched.body)
             .map_err(|e| format!("instances.get answered no JSON: {e}"))?;
@@ -149,38 +149,20 @@ fn retryable(e: &FetchError) -> bool {
 #[cfg(feature = "live-checks")]
 /// Names from a verified token are plain, but never let one change the URL's shape.
 fn path_segment(value: &str) -> String {
-    value
-        .bytes()
-        .map(|b| match b {
-            b'a'..=b'z' | b'A'..=b'Z' | b'0'..=b'9' | b'-' | b'_' | b'.' => (b as char).to_string(),
-            _ => format!("%{b:02X}"),
-        })
-        .collect()
+    /// Everything but RFC 3986's unreserved characters (`~` too, as before).
+    const RESERVED: &percent_encoding::AsciiSet = &percent_encoding::NON_ALPHANUMERIC
+        .remove(b'-')
+        .remove(b'_')
+        .remove(b'.');
+    percent_encoding::utf8_percent_encode(value, RESERVED).to_string()
 }
 
 /// RFC 3339 with an offset, as Compute Engine writes it (`2026-11-01T03:00:00.123-07:00`),
 /// in Unix seconds.
 pub fn parse_timestamp(text: &str) -> Option<i64> {
-    // `get`, not `split_at`: a multi-byte character at byte 19 is a bad timestamp, not a panic.
-    let (local, rest) = (text.get(..19)?, text.get(19..)?);
-    if rest.is_empty() {
-        return None;
-    }
-    let utc = crate::identity::unix_seconds(humantime::parse_rfc3339(&format!("{local}Z")).ok()?);
-    let rest = rest.trim_start_matches(|c: char| c == '.' || c.is_ascii_digit());
-    let offset = match rest {
-        "Z" | "z" => 0,
-        _ => {
-            let sign = match rest.as_bytes().first()? {
-                b'+' => 1,
-                b'-' => -1,
-                _ => return None,
-            };
-            let (hours, minutes) = rest.get(1..)?.split_once(':')?;
-            sign * (hours.parse::<i64>().ok()? * 3600 + minutes.parse::<i64>().ok()? * 60)
-        }
-    };
-    Some(utc - offset)
+    time::OffsetDateTime::parse(text, &time::format_description::well_known::Rfc3339)
+        .ok()
+        .map(|t| t.unix_timestamp())
 }
 
 /// The verdict on a verified token given what Compute Engine says.

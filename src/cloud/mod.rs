@@ -217,15 +217,12 @@ pub(crate) fn record_call(cloud: &'static str, ok: bool, elapsed: Duration) {
 }
 
 #[cfg(feature = "live-checks")]
-/// Exponential backoff with full jitter: up to 100 ms, 200 ms, 400 ms … for attempt 1, 2, 3 …
-pub(crate) fn backoff(attempt: u32) -> Duration {
-    let cap = 100u64 << attempt.saturating_sub(1).min(6);
-    // Jitter from the clock's nanoseconds: spreading retries needs no cryptographic randomness.
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| u64::from(d.subsec_nanos()))
-        .unwrap_or(0);
-    Duration::from_millis(nanos % (cap + 1))
+/// Three attempts in all, the retries after up to 100 ms and 200 ms (exponential, jittered).
+pub(crate) fn retry_policy() -> backon::ExponentialBuilder {
+    backon::ExponentialBuilder::default()
+        .with_min_delay(Duration::from_millis(100))
+        .with_max_times(2)
+        .with_jitter()
 }
 
 /// A build without the `live-checks` feature has no cloud API client: turning a check on is a

@@ -13,8 +13,10 @@ use crate::grpc::pb;
 use crate::store::migrate;
 
 /// The recorded document and signature (exact bytes; see tests/fixtures/aws).
-pub const RECORDED_DOCUMENT: &str = include_str!("../../tests/fixtures/aws/us-east-1-document.json");
-pub const RECORDED_SIGNATURE: &str = include_str!("../../tests/fixtures/aws/us-east-1-signature.txt");
+pub const RECORDED_DOCUMENT: &str =
+    include_str!("../../tests/fixtures/aws/us-east-1-document.json");
+pub const RECORDED_SIGNATURE: &str =
+    include_str!("../../tests/fixtures/aws/us-east-1-signature.txt");
 pub const RECORDED_INSTANCE_ID: &str = "i-076e9b91f7c420782";
 
 /// `agent-auth demo`: runs the demo, printing each step.

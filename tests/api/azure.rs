@@ -3,14 +3,10 @@
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use openssl::asn1::Asn1Time;
-use openssl::hash::MessageDigest;
 use openssl::pkcs7::{Pkcs7, Pkcs7Flags};
 use openssl::pkey::{PKey, Private};
-use openssl::rsa::Rsa;
 use openssl::stack::Stack;
-use openssl::x509::extension::{BasicConstraints, SubjectAlternativeName};
-use openssl::x509::{X509, X509NameBuilder};
+use openssl::x509::X509;
 use tonic::Code;
 
 use crate::helpers::*;
@@ -147,7 +143,7 @@ struct Pki {
 }
 
 fn key() -> PKey<Private> {
-    PKey::from_rsa(Rsa::generate(2048).unwrap()).unwrap()
+    crate::pki::rsa(2048)
 }
 
 fn certificate(
@@ -162,7 +158,6 @@ fn certificate(
 }
 
 /// As [`certificate`], with an AIA "CA Issuers" URL when `aia` is given.
-#[allow(deprecated)]
 fn certificate_with(
     cn: &str,
     key: &PKey<Private>,
@@ -172,65 +167,15 @@ fn certificate_with(
     san: Option<&str>,
     aia: Option<&str>,
 ) -> X509 {
-    let mut name = X509NameBuilder::new().unwrap();
-    name.append_entry_by_text("CN", cn).unwrap();
-    let name = name.build();
-    let mut builder = X509::builder().unwrap();
-    builder.set_version(2).unwrap();
-    let serial = openssl::bn::BigNum::from_u32(rand_u32())
-        .unwrap()
-        .to_asn1_integer()
-        .unwrap();
-    builder.set_serial_number(&serial).unwrap();
-    builder.set_subject_name(&name).unwrap();
-    builder.set_pubkey(key).unwrap();
-    let now = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_secs() as i64;
-    builder
-        .set_not_before(&Asn1Time::from_unix(now + days.0 * 86_400).unwrap())
-        .unwrap();
-    builder
-        .set_not_after(&Asn1Time::from_unix(now + days.1 * 86_400).unwrap())
-        .unwrap();
-    if ca {
-        builder
-            .append_extension(BasicConstraints::new().critical().ca().build().unwrap())
-            .unwrap();
-    }
-    if let Some(san) = san {
-        let ext = SubjectAlternativeName::new()
-            .dns(san)
-            .build(&builder.x509v3_context(issuer.map(|i| &**i.0), None))
-            .unwrap();
-        builder.append_extension(ext).unwrap();
-    }
-    if let Some(url) = aia {
-        let extension = openssl::x509::X509Extension::new_nid(
-            None,
-            None,
-            openssl::nid::Nid::INFO_ACCESS,
-            &format!("caIssuers;URI:{url}"),
-        )
-        .unwrap();
-        builder.append_extension(extension).unwrap();
-    }
-    match issuer {
-        Some((issuer, issuer_key)) => {
-            builder.set_issuer_name(issuer.subject_name()).unwrap();
-            builder.sign(issuer_key, MessageDigest::sha256()).unwrap();
-        }
-        None => {
-            builder.set_issuer_name(&name).unwrap();
-            builder.sign(key, MessageDigest::sha256()).unwrap();
-        }
-    }
-    builder.build()
-}
-
-fn rand_u32() -> u32 {
-    uuid::Uuid::new_v4().as_u128() as u32 >> 1
+    let dns: Vec<&str> = san.into_iter().collect();
+    let spec = crate::pki::Spec {
+        ca,
+        days,
+        dns: &dns,
+        aia,
+        ..crate::pki::Spec::new(cn)
+    };
+    crate::pki::certificate(&spec, key, issuer)
 }
 
 impl Pki {

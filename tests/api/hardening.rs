@@ -74,62 +74,17 @@ struct DbPki {
 
 impl DbPki {
     fn new() -> Self {
-        use openssl::asn1::Asn1Time;
-        use openssl::hash::MessageDigest;
-        use openssl::pkey::PKey;
-        use openssl::rsa::Rsa;
-        use openssl::x509::extension::{BasicConstraints, SubjectAlternativeName};
-        use openssl::x509::{X509, X509NameBuilder};
-        let name = |cn: &str| {
-            let mut name = X509NameBuilder::new().unwrap();
-            name.append_entry_by_text("CN", cn).unwrap();
-            name.build()
-        };
-        let serial = |n: u32| {
-            openssl::bn::BigNum::from_u32(n)
-                .unwrap()
-                .to_asn1_integer()
-                .unwrap()
-        };
-        let ca_key = PKey::from_rsa(Rsa::generate(2048).unwrap()).unwrap();
-        let mut ca = X509::builder().unwrap();
-        ca.set_version(2).unwrap();
-        ca.set_serial_number(&serial(1)).unwrap();
-        ca.set_subject_name(&name("Test DB CA")).unwrap();
-        ca.set_issuer_name(&name("Test DB CA")).unwrap();
-        ca.set_pubkey(&ca_key).unwrap();
-        ca.set_not_before(&Asn1Time::days_from_now(0).unwrap())
-            .unwrap();
-        ca.set_not_after(&Asn1Time::days_from_now(30).unwrap())
-            .unwrap();
-        ca.append_extension(BasicConstraints::new().critical().ca().build().unwrap())
-            .unwrap();
-        ca.sign(&ca_key, MessageDigest::sha256()).unwrap();
-        let ca = ca.build();
-        let key = PKey::from_rsa(Rsa::generate(2048).unwrap()).unwrap();
-        let mut cert = X509::builder().unwrap();
-        cert.set_version(2).unwrap();
-        cert.set_serial_number(&serial(2)).unwrap();
-        cert.set_subject_name(&name("db.internal")).unwrap();
-        cert.set_issuer_name(ca.subject_name()).unwrap();
-        cert.set_pubkey(&key).unwrap();
-        cert.set_not_before(&Asn1Time::days_from_now(0).unwrap())
-            .unwrap();
-        cert.set_not_after(&Asn1Time::days_from_now(30).unwrap())
-            .unwrap();
-        let san = SubjectAlternativeName::new()
-            .dns("db.internal")
-            .build(&cert.x509v3_context(Some(&ca), None))
-            .unwrap();
-        cert.append_extension(san).unwrap();
-        cert.sign(&ca_key, MessageDigest::sha256()).unwrap();
-        let cert = cert.build();
+        let ca = crate::pki::Ca::new("Test DB CA");
+        let (cert, key) = ca.issue(&crate::pki::Spec {
+            dns: &["db.internal"],
+            ..crate::pki::Spec::new("db.internal")
+        });
         let dir = tempfile::tempdir().unwrap();
         std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
-        std::fs::write(dir.path().join("ca.pem"), ca.to_pem().unwrap()).unwrap();
-        std::fs::write(dir.path().join("server.pem"), cert.to_pem().unwrap()).unwrap();
+        std::fs::write(dir.path().join("ca.pem"), ca.cert.to_pem().unwrap()).unwrap();
+        std::fs::write(dir.path().join("server.pem"), cert).unwrap();
         let key_path = dir.path().join("server.key");
-        std::fs::write(&key_path, key.private_key_to_pem_pkcs8().unwrap()).unwrap();
+        std::fs::write(&key_path, key).unwrap();
         std::fs::set_permissions(&key_path, std::fs::Permissions::from_mode(0o600)).unwrap();
         if nix::unistd::geteuid().is_root() {
             let postgres = nix::unistd::User::from_name("postgres").unwrap().unwrap();

@@ -13,9 +13,8 @@ use agent_auth::grpc::pb;
 use base64::Engine as _;
 use openssl::hash::MessageDigest;
 use openssl::pkey::{PKey, Private};
-use openssl::rsa::Rsa;
 use openssl::sign::Signer;
-use openssl::x509::{X509, X509NameBuilder};
+use openssl::x509::X509;
 use tokio_postgres::{Client, NoTls};
 use tonic::transport::Channel;
 use uuid::Uuid;
@@ -358,36 +357,56 @@ where
     texts.iter().map(value).collect()
 }
 
-/// A minimal HTTP/1.1 GET over a plain TCP connection; status 0 when nothing listens.
-pub async fn http_get(url: &str) -> (u16, String) {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let rest = url.strip_prefix("http://").unwrap_or(url);
-    let (host, path) = rest
-        .split_once('/')
-        .map(|(h, p)| (h, format!("/{p}")))
-        .unwrap_or((rest, "/".into()));
-    // Status 0: nothing listens (yet).
-    let Ok(mut stream) = tokio::net::TcpStream::connect(host).await else {
-        return (0, String::new());
-    };
-    let request = format!("GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n");
-    let mut response = String::new();
-    // A listener closing mid-request (shutdown) reads as "nothing answered" too.
-    if stream.write_all(request.as_bytes()).await.is_err()
-        || stream.read_to_string(&mut response).await.is_err()
-    {
-        return (0, String::new());
+/// The tests' one HTTP client (hyper-util's, HTTP/1.1, a new connection per request):
+/// (status, headers as `name: value` lines, body). Status 0 when nothing answered (nothing
+/// listens yet, or the listener closed during the request).
+pub async fn http_request(
+    method: &str,
+    url: &str,
+    content_type: Option<&str>,
+    body: &[u8],
+) -> (u16, String, String) {
+    use http_body_util::{BodyExt, Full};
+    use hyper_util::client::legacy::Client;
+    use hyper_util::rt::TokioExecutor;
+    let client = Client::builder(TokioExecutor::new())
+        .pool_max_idle_per_host(0)
+        .build_http::<Full<bytes::Bytes>>();
+    let mut request = http::Request::builder()
+        .method(method)
+        .uri(url)
+        .header(http::header::CONNECTION, "close");
+    if let Some(content_type) = content_type {
+        request = request.header(http::header::CONTENT_TYPE, content_type);
     }
-    let status = response
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(0);
-    let body = response
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_owned())
-        .unwrap_or_default();
+    let request = request
+        .body(Full::new(bytes::Bytes::copy_from_slice(body)))
+        .unwrap_or_else(|e| panic!("{e}"));
+    let Ok(response) = client.request(request).await else {
+        return (0, String::new(), String::new());
+    };
+    let status = response.status().as_u16();
+    let headers = response
+        .headers()
+        .iter()
+        .map(|(name, value)| format!("{name}: {}\r\n", value.to_str().unwrap_or_default()))
+        .collect();
+    let body = match response.into_body().collect().await {
+        Ok(body) => String::from_utf8_lossy(&body.to_bytes()).into_owned(),
+        Err(_) => return (0, String::new(), String::new()),
+    };
+    (status, headers, body)
+}
+
+/// GET: (status, body); status 0 when nothing answered.
+pub async fn http_get(url: &str) -> (u16, String) {
+    let (status, _, body) = http_request("GET", url, None, b"").await;
     (status, body)
+}
+
+/// POST with a content type: (status, headers, body).
+pub async fn http_post(url: &str, content_type: &str, body: &[u8]) -> (u16, String, String) {
+    http_request("POST", url, Some(content_type), body).await
 }
 
 /// The sum of the Prometheus samples of `name` whose labels include every pair in `labels`;
@@ -450,35 +469,15 @@ pub struct AwsKey {
 impl AwsKey {
     /// `bits` 1024 mimics AWS's legacy `signature` keys; 2048 its `rsa2048` ones.
     pub fn generate(bits: u32) -> Self {
-        let key = PKey::from_rsa(Rsa::generate(bits).unwrap_or_else(|e| panic!("{e}")))
-            .unwrap_or_else(|e| panic!("{e}"));
-        let mut name = X509NameBuilder::new().unwrap_or_else(|e| panic!("{e}"));
-        name.append_entry_by_text("CN", "ec2.amazonaws.com")
-            .unwrap_or_else(|e| panic!("{e}"));
-        let name = name.build();
-        let mut builder = X509::builder().unwrap_or_else(|e| panic!("{e}"));
-        builder.set_version(2).unwrap_or_else(|e| panic!("{e}"));
-        builder
-            .set_subject_name(&name)
-            .unwrap_or_else(|e| panic!("{e}"));
-        builder
-            .set_issuer_name(&name)
-            .unwrap_or_else(|e| panic!("{e}"));
-        builder.set_pubkey(&key).unwrap_or_else(|e| panic!("{e}"));
-        let not_before =
-            openssl::asn1::Asn1Time::days_from_now(0).unwrap_or_else(|e| panic!("{e}"));
-        let not_after =
-            openssl::asn1::Asn1Time::days_from_now(365).unwrap_or_else(|e| panic!("{e}"));
-        builder
-            .set_not_before(&not_before)
-            .unwrap_or_else(|e| panic!("{e}"));
-        builder
-            .set_not_after(&not_after)
-            .unwrap_or_else(|e| panic!("{e}"));
-        builder
-            .sign(&key, MessageDigest::sha256())
-            .unwrap_or_else(|e| panic!("{e}"));
-        let certificate = builder.build();
+        let key = crate::pki::rsa(bits);
+        let certificate = crate::pki::certificate(
+            &crate::pki::Spec {
+                days: (0, 365),
+                ..crate::pki::Spec::new("ec2.amazonaws.com")
+            },
+            &key,
+            None,
+        );
         let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
         let pem_path = dir.path().join("aws.pem");
         std::fs::write(
@@ -855,37 +854,4 @@ pub async fn wait_until_blocked(db: &TestDb) {
             .unwrap_or(false)
     });
     assert!(blocked.await, "no statement ever waited on the lock");
-}
-
-/// A minimal HTTP/1.1 POST: (status, raw headers, body).
-pub async fn http_post(url: &str, content_type: &str, body: &[u8]) -> (u16, String, String) {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let rest = url.strip_prefix("http://").unwrap_or(url);
-    let (host, path) = rest
-        .split_once('/')
-        .map(|(h, p)| (h, format!("/{p}")))
-        .unwrap_or((rest, "/".into()));
-    let mut stream = tokio::net::TcpStream::connect(host)
-        .await
-        .unwrap_or_else(|e| panic!("{e}"));
-    let head = format!(
-        "POST {path} HTTP/1.1\r\nHost: {host}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
-        body.len()
-    );
-    stream
-        .write_all(head.as_bytes())
-        .await
-        .unwrap_or_else(|e| panic!("{e}"));
-    // The server may answer (413) before reading everything; a failed write is fine then.
-    let _ = stream.write_all(body).await;
-    let mut response = Vec::new();
-    let _ = stream.read_to_end(&mut response).await;
-    let response = String::from_utf8_lossy(&response).into_owned();
-    let (headers, body) = response.split_once("\r\n\r\n").unwrap_or((&response, ""));
-    let status = headers
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(0);
-    (status, headers.to_owned(), body.to_owned())
 }

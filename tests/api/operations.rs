@@ -400,78 +400,21 @@ async fn metrics_pass_promtool() {
     );
 }
 
-/// A CA and certificates it signs, written as PEM files.
-struct TestCa {
-    cert: openssl::x509::X509,
-    key: openssl::pkey::PKey<openssl::pkey::Private>,
-}
+/// A CA and the leaf certificates (for `localhost` and 127.0.0.1) it signs.
+struct TestCa(crate::pki::Ca);
 
 impl TestCa {
     fn new(name: &str) -> Self {
-        let key =
-            openssl::pkey::PKey::from_rsa(openssl::rsa::Rsa::generate(2048).unwrap()).unwrap();
-        let cert = Self::build(name, &key, None, true);
-        Self { cert, key }
-    }
-
-    fn build(
-        cn: &str,
-        key: &openssl::pkey::PKey<openssl::pkey::Private>,
-        issuer: Option<&TestCa>,
-        ca: bool,
-    ) -> openssl::x509::X509 {
-        use openssl::x509::extension::{BasicConstraints, SubjectAlternativeName};
-        let mut name = openssl::x509::X509NameBuilder::new().unwrap();
-        name.append_entry_by_text("CN", cn).unwrap();
-        let name = name.build();
-        let mut builder = openssl::x509::X509::builder().unwrap();
-        builder.set_version(2).unwrap();
-        let serial = openssl::bn::BigNum::from_u32(uuid::Uuid::new_v4().as_u128() as u32 >> 1)
-            .unwrap()
-            .to_asn1_integer()
-            .unwrap();
-        builder.set_serial_number(&serial).unwrap();
-        builder.set_subject_name(&name).unwrap();
-        builder
-            .set_issuer_name(issuer.map(|i| i.cert.subject_name()).unwrap_or(&name))
-            .unwrap();
-        builder.set_pubkey(key).unwrap();
-        builder
-            .set_not_before(&openssl::asn1::Asn1Time::days_from_now(0).unwrap())
-            .unwrap();
-        builder
-            .set_not_after(&openssl::asn1::Asn1Time::days_from_now(30).unwrap())
-            .unwrap();
-        if ca {
-            builder
-                .append_extension(BasicConstraints::new().critical().ca().build().unwrap())
-                .unwrap();
-        } else {
-            let san = SubjectAlternativeName::new()
-                .dns("localhost")
-                .ip("127.0.0.1")
-                .build(&builder.x509v3_context(issuer.map(|i| &*i.cert), None))
-                .unwrap();
-            builder.append_extension(san).unwrap();
-        }
-        builder
-            .sign(
-                issuer.map(|i| &i.key).unwrap_or(key),
-                openssl::hash::MessageDigest::sha256(),
-            )
-            .unwrap();
-        builder.build()
+        Self(crate::pki::Ca::new(name))
     }
 
     /// A leaf signed by this CA: (certificate PEM, key PEM).
     fn issue(&self, cn: &str) -> (Vec<u8>, Vec<u8>) {
-        let key =
-            openssl::pkey::PKey::from_rsa(openssl::rsa::Rsa::generate(2048).unwrap()).unwrap();
-        let cert = Self::build(cn, &key, Some(self), false);
-        (
-            cert.to_pem().unwrap(),
-            key.private_key_to_pem_pkcs8().unwrap(),
-        )
+        self.0.issue(&crate::pki::Spec {
+            dns: &["localhost"],
+            ips: &["127.0.0.1"],
+            ..crate::pki::Spec::new(cn)
+        })
     }
 }
 
@@ -492,7 +435,7 @@ async fn mtls_refuses_callers_without_a_certificate_from_the_client_ca() {
         write("server.pem", &server_cert),
         write("server.key", &server_key),
     );
-    let client_ca_path = write("client-ca.pem", &client_ca.cert.to_pem().unwrap());
+    let client_ca_path = write("client-ca.pem", &client_ca.0.cert.to_pem().unwrap());
     let db = TestDb::migrated().await;
     let agent = seed_agent(&db, RECORDED_INSTANCE).await;
     let app = TestApp::spawn(&db, |c| {
@@ -503,7 +446,7 @@ async fn mtls_refuses_callers_without_a_certificate_from_the_client_ca() {
     .await;
     let url = app.grpc_url.replace("http://", "https://");
     let tls = |identity: Option<(Vec<u8>, Vec<u8>)>| agent_auth::client::ClientTls {
-        ca_pem: server_ca.cert.to_pem().unwrap(),
+        ca_pem: server_ca.0.cert.to_pem().unwrap(),
         identity_pem: identity,
         domain: Some("localhost".into()),
     };
@@ -602,7 +545,7 @@ async fn postgres_tls_encrypts_by_default_and_verifies_with_a_ca() {
     std::fs::write(&cert_path, &cert).unwrap();
     std::fs::write(&key_path, &key).unwrap();
     let ca_path = tls_dir.join("ca.pem");
-    std::fs::write(&ca_path, ca.cert.to_pem().unwrap()).unwrap();
+    std::fs::write(&ca_path, ca.0.cert.to_pem().unwrap()).unwrap();
     {
         use std::os::unix::fs::PermissionsExt;
         std::fs::set_permissions(&key_path, std::fs::Permissions::from_mode(0o600)).unwrap();
@@ -686,7 +629,7 @@ async fn postgres_tls_encrypts_by_default_and_verifies_with_a_ca() {
     // With another CA: the server is not trusted, and start-up says so.
     let other = TestCa::new("someone else");
     let other_path = tls_dir.join("other.pem");
-    std::fs::write(&other_path, other.cert.to_pem().unwrap()).unwrap();
+    std::fs::write(&other_path, other.0.cert.to_pem().unwrap()).unwrap();
     let mut raw = test_config(&local);
     raw.postgres_url = Some(tcp.clone());
     raw.postgres_ca = Some(value(other_path.display().to_string()));

@@ -376,29 +376,18 @@ fn the_trust_command_lists_every_region_in_both_forms_and_every_built_in_azure_c
 
 #[test]
 fn the_trust_command_applies_the_flags_and_exits_1_for_a_certificate_expiring_within_30_days() {
-    use openssl::asn1::Asn1Time;
-    let key = openssl::pkey::PKey::from_rsa(openssl::rsa::Rsa::generate(1024).unwrap()).unwrap();
-    let mut name = openssl::x509::X509NameBuilder::new().unwrap();
-    name.append_entry_by_text("CN", "ec2.amazonaws.com")
-        .unwrap();
-    let name = name.build();
-    let mut builder = openssl::x509::X509::builder().unwrap();
-    builder.set_version(2).unwrap();
-    builder.set_subject_name(&name).unwrap();
-    builder.set_issuer_name(&name).unwrap();
-    builder.set_pubkey(&key).unwrap();
-    builder
-        .set_not_before(&Asn1Time::days_from_now(0).unwrap())
-        .unwrap();
-    builder
-        .set_not_after(&Asn1Time::days_from_now(10).unwrap())
-        .unwrap();
-    builder
-        .sign(&key, openssl::hash::MessageDigest::sha256())
-        .unwrap();
+    let key = crate::pki::rsa(1024);
+    let soon = crate::pki::certificate(
+        &crate::pki::Spec {
+            days: (0, 10),
+            ..crate::pki::Spec::new("ec2.amazonaws.com")
+        },
+        &key,
+        None,
+    );
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("soon.pem");
-    std::fs::write(&path, builder.build().to_pem().unwrap()).unwrap();
+    std::fs::write(&path, soon.to_pem().unwrap()).unwrap();
     let flag = format!("ca-west-1={}", path.display());
     let output = trust_command(&["--aws-certificate", &flag]);
     assert_eq!(output.status.code(), Some(1));

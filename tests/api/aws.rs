@@ -84,13 +84,11 @@ async fn one_authentication_runs_exactly_one_statement_and_a_forgery_runs_none()
     let app2 = TestApp::spawn(&db, |c| c.aws_certificate = vec![value(flag)]).await;
     let document = aws_document(&instance, "us-east-1", "123456789012");
     db.reset_statements().await;
-    let (code, reason, _) = failure(
+    fails_with(
         app2.authenticate(aws_request(&document, &key.sign(&document), ""))
             .await,
-    );
-    assert_eq!(
-        (code, reason.as_str()),
-        (Code::FailedPrecondition, "AMBIGUOUS_AGENT")
+        Code::FailedPrecondition,
+        "AMBIGUOUS_AGENT",
     );
     success(
         app2.authenticate(aws_request(&document, &key.sign(&document), "b"))
@@ -262,10 +260,10 @@ async fn the_rsa2048_pkcs7_form_verifies_detached_and_attached_and_rejects_forge
         );
     }
     let forged = stranger.sign_pkcs7(&document, true);
-    let (code, reason, _) = failure(app.authenticate(rsa2048_request(&document, &forged)).await);
-    assert_eq!(
-        (code, reason.as_str()),
-        (Code::Unauthenticated, "INVALID_IDENTITY")
+    fails_with(
+        app.authenticate(rsa2048_request(&document, &forged)).await,
+        Code::Unauthenticated,
+        "INVALID_IDENTITY",
     );
     let (code, _, _) = failure(app.authenticate(rsa2048_request(&document, "AAAA")).await);
     assert_eq!(code, Code::Unauthenticated, "garbage PKCS#7");
@@ -277,12 +275,10 @@ async fn an_rsa2048_proof_under_a_key_other_than_the_regions_built_in_one_is_ref
     let app = TestApp::spawn(&db, |_| {}).await;
     let key = AwsKey::generate(2048);
     let document = aws_document(&instance_id(), "us-east-1", "123456789012");
-    let (code, reason, _) = failure(
+    fails_with(
         app.authenticate(rsa2048_request(&document, &key.sign_pkcs7(&document, true)))
             .await,
-    );
-    assert_eq!(
-        (code, reason.as_str()),
-        (Code::Unauthenticated, "INVALID_IDENTITY")
+        Code::Unauthenticated,
+        "INVALID_IDENTITY",
     );
 }

@@ -449,6 +449,18 @@ pub fn failure(
     }
 }
 
+/// Asserts that a call failed with this code and `ErrorInfo` reason; returns the message.
+#[track_caller]
+pub fn fails_with(
+    result: Result<pb::AuthenticateResponse, tonic::Status>,
+    code: tonic::Code,
+    reason: &str,
+) -> String {
+    let (got_code, got_reason, message) = failure(result);
+    assert_eq!((got_code, got_reason.as_str()), (code, reason), "{message}");
+    message
+}
+
 pub fn success(
     result: Result<pb::AuthenticateResponse, tonic::Status>,
 ) -> pb::AuthenticateResponse {

@@ -96,10 +96,10 @@ async fn an_unknown_name_is_agent_name_not_found() {
     let resource = world.build(world.workspace().await, 1).await;
     world.agent(resource, "main", &instance).await;
 
-    let (code, reason, message) = failure(login(&app, &key, &instance, "Main").await);
-    assert_eq!(
-        (code, reason.as_str()),
-        (Code::NotFound, "AGENT_NAME_NOT_FOUND")
+    let message = fails_with(
+        login(&app, &key, &instance, "Main").await,
+        Code::NotFound,
+        "AGENT_NAME_NOT_FOUND",
     );
     assert_eq!(
         message,
@@ -124,10 +124,10 @@ async fn a_whitespace_only_name_counts_as_not_given() {
 async fn an_unknown_instance_is_instance_not_found() {
     let (_db, _world, app, key) = setup().await;
     let instance = instance_id();
-    let (code, reason, message) = failure(login(&app, &key, &instance, "").await);
-    assert_eq!(
-        (code, reason.as_str()),
-        (Code::NotFound, "INSTANCE_NOT_FOUND")
+    let message = fails_with(
+        login(&app, &key, &instance, "").await,
+        Code::NotFound,
+        "INSTANCE_NOT_FOUND",
     );
     assert_eq!(
         message,
@@ -145,10 +145,10 @@ async fn an_agent_only_on_an_older_build_is_not_latest_build() {
     let latest = world.build(ws, 2).await;
     world.agent(latest, "main", &instance_id()).await;
 
-    let (code, reason, message) = failure(login(&app, &key, &instance, "").await);
-    assert_eq!(
-        (code, reason.as_str()),
-        (Code::FailedPrecondition, "NOT_LATEST_BUILD")
+    let message = fails_with(
+        login(&app, &key, &instance, "").await,
+        Code::FailedPrecondition,
+        "NOT_LATEST_BUILD",
     );
     assert_eq!(
         message,
@@ -157,10 +157,10 @@ async fn an_agent_only_on_an_older_build_is_not_latest_build() {
         )
     );
     // A name does not turn a stale agent into a match either.
-    let (code, reason, _) = failure(login(&app, &key, &instance, "main").await);
-    assert_eq!(
-        (code, reason.as_str()),
-        (Code::FailedPrecondition, "NOT_LATEST_BUILD")
+    fails_with(
+        login(&app, &key, &instance, "main").await,
+        Code::FailedPrecondition,
+        "NOT_LATEST_BUILD",
     );
 }
 
@@ -190,10 +190,10 @@ async fn template_import_and_dry_run_agents_are_invisible() {
         let resource = world.template_job_resource(job_type).await;
         world.agent(resource, "main", &instance).await;
     }
-    let (code, reason, _) = failure(login(&app, &key, &instance, "").await);
-    assert_eq!(
-        (code, reason.as_str()),
-        (Code::NotFound, "INSTANCE_NOT_FOUND")
+    fails_with(
+        login(&app, &key, &instance, "").await,
+        Code::NotFound,
+        "INSTANCE_NOT_FOUND",
     );
 
     let resource = world.build(world.workspace().await, 1).await;
@@ -218,10 +218,10 @@ async fn sub_agents_never_match_or_cause_ambiguity() {
         success(login(&app, &key, &instance, "").await).session_token,
         parent.token.to_string()
     );
-    let (code, reason, _) = failure(login(&app, &key, &instance, "devcontainer").await);
-    assert_eq!(
-        (code, reason.as_str()),
-        (Code::NotFound, "AGENT_NAME_NOT_FOUND")
+    fails_with(
+        login(&app, &key, &instance, "devcontainer").await,
+        Code::NotFound,
+        "AGENT_NAME_NOT_FOUND",
     );
 }
 
@@ -238,10 +238,10 @@ async fn deleted_agents_are_invisible_on_the_latest_and_on_older_builds() {
         .await;
 
     // Not NOT_LATEST_BUILD: the deleted agent on the old build does not count as stale.
-    let (code, reason, _) = failure(login(&app, &key, &instance, "").await);
-    assert_eq!(
-        (code, reason.as_str()),
-        (Code::NotFound, "INSTANCE_NOT_FOUND")
+    fails_with(
+        login(&app, &key, &instance, "").await,
+        Code::NotFound,
+        "INSTANCE_NOT_FOUND",
     );
 }
 
@@ -256,10 +256,10 @@ async fn agents_of_deleted_workspaces_are_invisible() {
     world.agent(latest, "main", &instance).await;
     world.delete_workspace(ws).await;
 
-    let (code, reason, _) = failure(login(&app, &key, &instance, "").await);
-    assert_eq!(
-        (code, reason.as_str()),
-        (Code::NotFound, "INSTANCE_NOT_FOUND")
+    fails_with(
+        login(&app, &key, &instance, "").await,
+        Code::NotFound,
+        "INSTANCE_NOT_FOUND",
     );
 }
 

@@ -169,13 +169,11 @@ async fn coder_mode_resolves_against_coders_schema_through_a_read_only_role() {
     })
     .await;
 
-    let (code, reason, _) = failure(
+    fails_with(
         app.authenticate(aws_request(RECORDED_DOCUMENT, RECORDED_SIGNATURE, ""))
             .await,
-    );
-    assert_eq!(
-        (code, reason.as_str()),
-        (Code::FailedPrecondition, "AMBIGUOUS_AGENT")
+        Code::FailedPrecondition,
+        "AMBIGUOUS_AGENT",
     );
     let response = success(
         app.authenticate(aws_request(RECORDED_DOCUMENT, RECORDED_SIGNATURE, "main"))

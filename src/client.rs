@@ -146,3 +146,44 @@ pub async fn is_serving_with(
     Ok(response.into_inner().status
         == tonic_health::pb::health_check_response::ServingStatus::Serving as i32)
 }
+
+/// The evidence named by `agent-auth authenticate`'s file flags.
+pub fn identity_from_files(
+    args: &crate::cli::AuthenticateArgs,
+) -> Result<pb::authenticate_request::Identity, String> {
+    let read = |path: &std::path::Path| {
+        std::fs::read_to_string(path).map_err(|e| format!("cannot read {}: {e}", path.display()))
+    };
+    (|| -> Result<pb::authenticate_request::Identity, String> {
+        use pb::authenticate_request::Identity;
+        if let Some(document) = &args.aws_document {
+            return Ok(Identity::Aws(pb::AwsInstanceIdentity {
+                document: read(document)?,
+                signature: args
+                    .aws_signature
+                    .as_deref()
+                    .map(read)
+                    .transpose()?
+                    .unwrap_or_default(),
+                rsa2048: args
+                    .aws_rsa2048
+                    .as_deref()
+                    .map(read)
+                    .transpose()?
+                    .unwrap_or_default(),
+            }));
+        }
+        if let Some(token) = &args.gcp_token {
+            return Ok(Identity::Google(pb::GoogleInstanceIdentity {
+                json_web_token: read(token)?.trim().to_owned(),
+            }));
+        }
+        if let Some(signature) = &args.azure_signature {
+            return Ok(Identity::Azure(pb::AzureInstanceIdentity {
+                signature: read(signature)?,
+                encoding: "pkcs7".into(),
+            }));
+        }
+        Err("give --aws-document with --aws-signature or --aws-rsa2048, --gcp-token, or --azure-signature".into())
+    })()
+}

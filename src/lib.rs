@@ -31,12 +31,12 @@ pub mod fetch;
 #[cfg(any(test, feature = "fuzzing"))]
 pub mod fuzz;
 pub mod grpc;
-pub mod http;
+mod http;
 pub mod identity;
 pub mod issuers;
-pub mod limit;
-pub mod listen;
-pub mod metrics;
+mod limit;
+mod listen;
+mod metrics;
 pub mod store;
 pub mod telemetry;
 #[cfg(feature = "tools")]

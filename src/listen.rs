@@ -28,10 +28,6 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 use tokio::time::{Instant, Sleep};
 use tokio_stream::wrappers::ReceiverStream;
 
-/// DESIGN.md 3.3: a larger body gets 413.
-pub const DEFAULT_MAX_BODY_BYTES: usize = 64 * 1024;
-/// DESIGN.md 3.1: the request message limit.
-pub const DEFAULT_MAX_MESSAGE_BYTES: usize = 256 * 1024;
 /// The HTTP/2 client preface, which a gRPC connection must send in full within the handshake
 /// timeout.
 pub const HTTP2_PREFACE_BYTES: usize = 24;
@@ -348,8 +344,8 @@ mod tests {
             admin_max_connections: 64,
             header_read_timeout: Duration::from_secs(10),
             body_read_timeout: Duration::from_secs(10),
-            max_body_bytes: DEFAULT_MAX_BODY_BYTES,
-            max_message_bytes: DEFAULT_MAX_MESSAGE_BYTES,
+            max_body_bytes: 64 * 1024,
+            max_message_bytes: 256 * 1024,
             max_concurrent_streams: 100,
             keepalive_interval: Duration::from_secs(30),
             keepalive_timeout: Duration::from_secs(10),

@@ -68,7 +68,7 @@ fn main() -> ExitCode {
                 }
             }
             Command::Authenticate(args) => authenticate(args).await,
-            Command::Trust(args) => trust(args),
+            Command::Trust(args) => agent_auth::trust::command(args),
             #[cfg(feature = "tools")]
             Command::Bench(args) => agent_auth::tools::bench::command(args).await,
             #[cfg(feature = "tools")]
@@ -134,50 +134,6 @@ async fn serve(args: ServeArgs) -> ExitCode {
     }
 }
 
-/// `agent-auth trust`: what the service would pin with these settings; exit 1 when a
-/// certificate expires within 30 days.
-fn trust(args: agent_auth::cli::TrustArgs) -> ExitCode {
-    use agent_auth::trust;
-    let config = match load(&args.serve) {
-        Ok(config) => config,
-        Err(code) => return code,
-    };
-    let store = trust::GcpKeys::from_config(&config.gcp.jwks)
-        .map_err(|e| e.to_string())
-        .and_then(|gcp| {
-            trust::TrustStore::load(trust::TrustSources {
-                aws: config.aws.clone(),
-                azure: config.azure.clone(),
-                gcp,
-            })
-            .map_err(|e| e.to_string())
-        });
-    let store = match store {
-        Ok(store) => store,
-        Err(e) => {
-            eprintln!("agent-auth: trust: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
-    let pinned = trust::pinned(&store.current());
-    match trust::listing(&pinned, args.json) {
-        Ok(text) => print!("{text}"),
-        Err(e) => {
-            eprintln!("agent-auth: trust: {e}");
-            return ExitCode::FAILURE;
-        }
-    }
-    let warnings = trust::expiry_warnings(&pinned, std::time::SystemTime::now());
-    for warning in &warnings {
-        eprintln!("agent-auth: warning: {warning}");
-    }
-    if warnings.is_empty() {
-        ExitCode::SUCCESS
-    } else {
-        ExitCode::FAILURE
-    }
-}
-
 async fn migrate(args: ServeArgs) -> ExitCode {
     let config = match load(&args) {
         Ok(config) => config,
@@ -200,41 +156,7 @@ async fn migrate(args: ServeArgs) -> ExitCode {
 }
 
 async fn authenticate(args: AuthenticateArgs) -> ExitCode {
-    let read = |path: &std::path::Path| {
-        std::fs::read_to_string(path).map_err(|e| format!("cannot read {}: {e}", path.display()))
-    };
-    let identity = (|| -> Result<pb::authenticate_request::Identity, String> {
-        use pb::authenticate_request::Identity;
-        if let Some(document) = &args.aws_document {
-            return Ok(Identity::Aws(pb::AwsInstanceIdentity {
-                document: read(document)?,
-                signature: args
-                    .aws_signature
-                    .as_deref()
-                    .map(read)
-                    .transpose()?
-                    .unwrap_or_default(),
-                rsa2048: args
-                    .aws_rsa2048
-                    .as_deref()
-                    .map(read)
-                    .transpose()?
-                    .unwrap_or_default(),
-            }));
-        }
-        if let Some(token) = &args.gcp_token {
-            return Ok(Identity::Google(pb::GoogleInstanceIdentity {
-                json_web_token: read(token)?.trim().to_owned(),
-            }));
-        }
-        if let Some(signature) = &args.azure_signature {
-            return Ok(Identity::Azure(pb::AzureInstanceIdentity {
-                signature: read(signature)?,
-                encoding: "pkcs7".into(),
-            }));
-        }
-        Err("give --aws-document with --aws-signature or --aws-rsa2048, --gcp-token, or --azure-signature".into())
-    })();
+    let identity = client::identity_from_files(&args);
     let identity = match identity {
         Ok(identity) => identity,
         Err(e) => {

@@ -52,7 +52,7 @@ pub struct SessionToken(Uuid);
 
 impl SessionToken {
     /// The canonical UUID text, for the one place that hands it to the caller.
-    pub fn expose(&self) -> String {
+    pub(crate) fn expose(&self) -> String {
         self.0.hyphenated().to_string()
     }
 }

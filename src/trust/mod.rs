@@ -362,6 +362,53 @@ pub fn log_sources(set: &TrustSet, sources: &TrustSources) {
     warn_expiring(&pinned, SystemTime::now());
 }
 
+/// `agent-auth trust`: what the service would pin with these settings; exit 1 when a
+/// certificate expires within 30 days.
+pub fn command(args: crate::cli::TrustArgs) -> std::process::ExitCode {
+    use std::process::ExitCode;
+    let config = match crate::config::Config::load(&args.serve) {
+        Ok(config) => config,
+        Err(e) => {
+            eprintln!("agent-auth: {e}");
+            return ExitCode::from(crate::config::EXIT_CONFIG as u8);
+        }
+    };
+    let store = GcpKeys::from_config(&config.gcp.jwks)
+        .map_err(|e| e.to_string())
+        .and_then(|gcp| {
+            TrustStore::load(TrustSources {
+                aws: config.aws.clone(),
+                azure: config.azure.clone(),
+                gcp,
+            })
+            .map_err(|e| e.to_string())
+        });
+    let store = match store {
+        Ok(store) => store,
+        Err(e) => {
+            eprintln!("agent-auth: trust: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let pinned = pinned(&store.current());
+    match listing(&pinned, args.json) {
+        Ok(text) => print!("{text}"),
+        Err(e) => {
+            eprintln!("agent-auth: trust: {e}");
+            return ExitCode::FAILURE;
+        }
+    }
+    let warnings = expiry_warnings(&pinned, std::time::SystemTime::now());
+    for warning in &warnings {
+        eprintln!("agent-auth: warning: {warning}");
+    }
+    if warnings.is_empty() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    }
+}
+
 /// Reads an operator's trust file: the only file read of trust material (the verifiers in
 /// [`crate::identity`] read none).
 pub fn read_file(path: &std::path::Path) -> Result<Vec<u8>, crate::identity::TrustError> {

@@ -34,7 +34,8 @@ fn decode(b64: &str) -> Vec<u8> {
 }
 
 fn aws(c: &mut Criterion) {
-    let trust = AwsTrust::load(&AwsTrustConfig::default()).expect("trust");
+    let trust =
+        AwsTrust::load(&AwsTrustConfig::default(), &agent_auth::trust::read_file).expect("trust");
     let key = X509::from_pem(AWS_DEFAULT_CERT)
         .expect("cert")
         .public_key()
@@ -114,7 +115,8 @@ fn gcp(c: &mut Criterion) {
 }
 
 fn azure(c: &mut Criterion) {
-    let trust = AzureTrust::load(&AzureTrustConfig::default()).expect("trust");
+    let trust = AzureTrust::load(&AzureTrustConfig::default(), &agent_auth::trust::read_file)
+        .expect("trust");
     let at = humantime::parse_rfc3339("2026-06-25T19:56:45Z").expect("time");
     let der = decode(AZURE_DOCUMENT);
     let mut group = c.benchmark_group("azure");

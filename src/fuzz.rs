@@ -15,14 +15,16 @@ use crate::identity::azure::{AzureTrust, AzureTrustConfig};
 fn aws_trust() -> Option<&'static AwsTrust> {
     static TRUST: OnceLock<Option<AwsTrust>> = OnceLock::new();
     TRUST
-        .get_or_init(|| AwsTrust::load(&AwsTrustConfig::default()).ok())
+        .get_or_init(|| AwsTrust::load(&AwsTrustConfig::default(), &crate::trust::read_file).ok())
         .as_ref()
 }
 
 fn azure_trust() -> Option<&'static AzureTrust> {
     static TRUST: OnceLock<Option<AzureTrust>> = OnceLock::new();
     TRUST
-        .get_or_init(|| AzureTrust::load(&AzureTrustConfig::default()).ok())
+        .get_or_init(|| {
+            AzureTrust::load(&AzureTrustConfig::default(), &crate::trust::read_file).ok()
+        })
         .as_ref()
 }
 

@@ -37,6 +37,7 @@ pub mod issuers;
 mod limit;
 mod listen;
 mod metrics;
+pub mod reasons;
 pub mod store;
 pub mod telemetry;
 #[cfg(feature = "tools")]

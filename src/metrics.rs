@@ -30,12 +30,12 @@ pub const CLOUD_API_BATCH_SIZE: &str = "agent_auth_cloud_api_batch_size";
 pub const CLOUD_API_FAIL_OPEN: &str = "agent_auth_cloud_api_fail_open_total";
 
 /// Every `outcome` label of `agent_auth_authentications_total`: `ok`, each counted reason of
-/// the error table in lower case ([`crate::auth::Kind`]), and `cancelled` (the caller went away
+/// the error table in lower case ([`crate::reasons::Kind`]), and `cancelled` (the caller went away
 /// before the answer).
 pub fn outcomes() -> impl Iterator<Item = &'static str> {
     std::iter::once("ok")
         .chain(
-            crate::auth::Kind::ALL
+            crate::reasons::Kind::ALL
                 .into_iter()
                 .filter(|kind| kind.counted)
                 .map(|kind| kind.outcome),
@@ -218,17 +218,18 @@ pub fn record_trust_reload(ok: bool) {
     metrics::counter!(TRUST_RELOADS, "result" => result).increment(1);
 }
 
+/// One pinned certificate as the expiry gauge sees it: cloud, subject label, notAfter (Unix).
+pub type Expiry<'a> = (&'a str, &'a str, i64);
+
 /// The trust-expiry gauge, rendered from the set in force (so a reload replaces its series):
 /// one series per pinned certificate label, the later expiry when two share a label.
-fn render_trust_expiry(pinned: &[crate::trust::Pinned]) -> String {
+fn render_trust_expiry<'a>(pinned: impl Iterator<Item = Expiry<'a>>) -> String {
     use std::collections::BTreeMap;
     use std::fmt::Write as _;
     let mut series: BTreeMap<(&str, &str), i64> = BTreeMap::new();
-    for p in pinned {
-        if let Some(t) = p.not_after_unix {
-            let entry = series.entry((p.cloud, p.label.as_str())).or_insert(t);
-            *entry = (*entry).max(t);
-        }
+    for (cloud, label, t) in pinned {
+        let entry = series.entry((cloud, label)).or_insert(t);
+        *entry = (*entry).max(t);
     }
     let mut out = format!(
         "# HELP {TRUST_EXPIRY} Expiry (Unix time) of each pinned certificate, by cloud and subject.\n# TYPE {TRUST_EXPIRY} gauge\n"
@@ -291,8 +292,12 @@ pub fn record_query() {
     metrics::counter!(DB_QUERIES).increment(1);
 }
 
-/// Renders the Prometheus text, refreshing the pool gauges first.
-pub fn render(pool: deadpool_postgres::Status, trust: &crate::trust::TrustSet) -> String {
+/// Renders the Prometheus text, refreshing the pool gauges first; `trust` is every pinned
+/// certificate in force.
+pub fn render<'a>(
+    pool: deadpool_postgres::Status,
+    trust: impl Iterator<Item = Expiry<'a>>,
+) -> String {
     let in_use = pool.size.saturating_sub(pool.available);
     metrics::gauge!(DB_POOL_CONNECTIONS, "state" => "idle").set(pool.available as f64);
     metrics::gauge!(DB_POOL_CONNECTIONS, "state" => "in_use").set(in_use as f64);
@@ -304,6 +309,6 @@ pub fn render(pool: deadpool_postgres::Status, trust: &crate::trust::TrustSet) -
         }
         None => String::new(),
     };
-    text.push_str(&render_trust_expiry(&trust.certificates));
+    text.push_str(&render_trust_expiry(trust));
     text
 }

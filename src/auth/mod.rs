@@ -17,7 +17,7 @@ use crate::store::{Candidate, Resolution, Store, StoreError};
 
 mod error;
 use crate::trust::{TrustSet, TrustStore};
-pub use error::{AuthError, GrpcCode, Kind};
+pub use error::AuthError;
 
 /// The largest accepted string field (DESIGN.md 3.1: "a field over 64 KiB" is malformed).
 pub const MAX_FIELD_BYTES: usize = 64 * 1024;

@@ -70,7 +70,15 @@ async fn metrics_text(State(state): State<AdminState>) -> impl axum::response::I
             axum::http::header::CONTENT_TYPE,
             "text/plain; version=0.0.4",
         )],
-        crate::metrics::render(state.store.pool_status(), &state.trust.current()),
+        crate::metrics::render(
+            state.store.pool_status(),
+            state
+                .trust
+                .current()
+                .certificates
+                .iter()
+                .filter_map(|p| p.not_after_unix.map(|t| (p.cloud, p.label.as_str(), t))),
+        ),
     )
 }
 

@@ -147,6 +147,7 @@ impl Keys {
         form: AwsForm,
         builtin_pems: impl Iterator<Item = (&'static str, &'static [u8])>,
         files: &[(String, PathBuf)],
+        read: super::ReadFile,
     ) -> Result<Self, TrustError> {
         let mut builtin = BTreeMap::new();
         for (region, pem) in builtin_pems {
@@ -158,7 +159,7 @@ impl Keys {
         }
         let mut operator = BTreeMap::new();
         for (region, path) in files {
-            let pem = crate::trust::read_file(path)?;
+            let pem = read(path)?;
             let source = Source::File(path.clone());
             let what = path.display().to_string();
             operator.insert(region.clone(), pin(region, form, source, &pem, &what)?);
@@ -228,17 +229,19 @@ struct Document {
 
 impl AwsTrust {
     /// Built-in certificates of every region, with the operator's files taking precedence.
-    pub fn load(config: &AwsTrustConfig) -> Result<Self, TrustError> {
+    pub fn load(config: &AwsTrustConfig, read: super::ReadFile) -> Result<Self, TrustError> {
         Ok(Self {
             signature_keys: Keys::load(
                 AwsForm::Signature,
                 BUILTIN_CERTIFICATES.iter().map(|(r, pem, _)| (*r, *pem)),
                 &config.signature_certificates,
+                read,
             )?,
             rsa2048_keys: Keys::load(
                 AwsForm::Rsa2048,
                 BUILTIN_CERTIFICATES.iter().map(|(r, _, pem)| (*r, *pem)),
                 &config.rsa2048_certificates,
+                read,
             )?,
             allowed_accounts: config.allowed_accounts.iter().cloned().collect(),
         })
@@ -412,7 +415,7 @@ mod tests {
     const SIGNATURE: &str = include_str!("../../tests/fixtures/aws/us-east-1-signature.txt");
 
     fn builtin() -> AwsTrust {
-        match AwsTrust::load(&AwsTrustConfig::default()) {
+        match AwsTrust::load(&AwsTrustConfig::default(), &crate::trust::read_file) {
             Ok(trust) => trust,
             Err(e) => panic!("built-in trust must load: {e}"),
         }

@@ -146,14 +146,14 @@ struct TimeStamp {
 }
 
 impl AzureTrust {
-    pub fn load(config: &AzureTrustConfig) -> Result<Self, TrustError> {
+    pub fn load(config: &AzureTrustConfig, read: super::ReadFile) -> Result<Self, TrustError> {
         let roots = match &config.roots {
-            Some(path) => read_bundle(path, CaKind::Root)?,
+            Some(path) => read_bundle(path, CaKind::Root, read)?,
             None => builtin(BUILTIN_ROOTS, CaKind::Root)?,
         };
         let mut intermediates = builtin(BUILTIN_INTERMEDIATES, CaKind::Intermediate)?;
         if let Some(path) = &config.intermediates {
-            intermediates.extend(read_bundle(path, CaKind::Intermediate)?);
+            intermediates.extend(read_bundle(path, CaKind::Intermediate, read)?);
         }
         Ok(Self {
             roots,
@@ -415,8 +415,12 @@ fn builtin(pems: &[&[u8]], kind: CaKind) -> Result<Vec<PinnedCa>, TrustError> {
         .collect()
 }
 
-fn read_bundle(path: &Path, kind: CaKind) -> Result<Vec<PinnedCa>, TrustError> {
-    let pem = crate::trust::read_file(path)?;
+fn read_bundle(
+    path: &Path,
+    kind: CaKind,
+    read: super::ReadFile,
+) -> Result<Vec<PinnedCa>, TrustError> {
+    let pem = read(path)?;
     let certificates = X509::stack_from_pem(&pem).map_err(|e| TrustError::BadCertificate {
         what: path.display().to_string(),
         reason: e.to_string(),
@@ -503,10 +507,11 @@ mod tests {
 
     /// Built-in trust plus the expired Baltimore root the 2022 document chains to.
     fn trust() -> AzureTrust {
-        let mut trust = match AzureTrust::load(&AzureTrustConfig::default()) {
-            Ok(trust) => trust,
-            Err(e) => panic!("{e}"),
-        };
+        let mut trust =
+            match AzureTrust::load(&AzureTrustConfig::default(), &crate::trust::read_file) {
+                Ok(trust) => trust,
+                Err(e) => panic!("{e}"),
+            };
         let baltimore = include_bytes!("../../tests/fixtures/azure/baltimore-cybertrust-root.pem");
         trust
             .roots
@@ -577,7 +582,7 @@ mod tests {
 
     #[test]
     fn builtin_trust_loads() {
-        let trust = AzureTrust::load(&AzureTrustConfig::default());
+        let trust = AzureTrust::load(&AzureTrustConfig::default(), &crate::trust::read_file);
         assert_eq!(
             trust.map(|t| (t.roots.len(), t.intermediates.len())).ok(),
             Some((7, 23))

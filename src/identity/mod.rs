@@ -17,6 +17,10 @@ mod pkcs7;
 use std::fmt;
 use std::path::PathBuf;
 
+/// Reads an operator's trust file. The loaders take it as an argument ([`crate::trust::read_file`]
+/// in the service), so this module does no I/O of its own.
+pub type ReadFile<'a> = &'a dyn Fn(&std::path::Path) -> Result<Vec<u8>, TrustError>;
+
 /// The cloud a piece of evidence came from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Cloud {

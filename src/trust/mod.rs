@@ -121,8 +121,8 @@ fn read_set(sources: &TrustSources) -> Result<TrustSet, TrustError> {
         GcpKeys::File(path) => Arc::new(Jwks::from_file(path)?),
         GcpKeys::Remote(remote) => remote.clone(),
     };
-    let aws = AwsTrust::load(&sources.aws)?;
-    let azure = AzureTrust::load(&sources.azure)?;
+    let aws = AwsTrust::load(&sources.aws, &read_file)?;
+    let azure = AzureTrust::load(&sources.azure, &read_file)?;
     let certificates = describe_certificates(&aws, &azure);
     Ok(TrustSet {
         aws,

@@ -548,10 +548,13 @@ fn aia_leaf(cn: &str, url: &str, issuer: Option<(&X509, &PKey<Private>)>) -> (X5
 }
 
 fn azure_trust_with_roots(roots: String) -> agent_auth::identity::azure::AzureTrust {
-    agent_auth::identity::azure::AzureTrust::load(&agent_auth::identity::azure::AzureTrustConfig {
-        roots: Some(roots.into()),
-        ..Default::default()
-    })
+    agent_auth::identity::azure::AzureTrust::load(
+        &agent_auth::identity::azure::AzureTrustConfig {
+            roots: Some(roots.into()),
+            ..Default::default()
+        },
+        &agent_auth::trust::read_file,
+    )
     .unwrap()
 }
 
@@ -618,6 +621,7 @@ async fn self_signed_misnamed_or_pinned_issuer_signers_make_no_fetch() {
             intermediates: Some(pki.intermediates().into()),
             ..Default::default()
         },
+        &agent_auth::trust::read_file,
     )
     .unwrap();
     let expired = pki.leaf("metadata.azure.com", None, (-10, -1));

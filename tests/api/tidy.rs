@@ -211,3 +211,61 @@ fn the_server_never_reaches_into_the_tools() {
         found.join("\n")
     );
 }
+
+/// The modules from the bottom up (ARCHITECTURE.md's layers): a module uses only modules of
+/// its own layer or below, so the dependency graph has no cycle and the verifiers, the table of
+/// reasons and the metrics never depend on the use case or a transport.
+const LAYERS: &[&[&str]] = &[
+    &["reasons", "identity", "fetch"],
+    &["metrics", "issuers"],
+    &["store", "cloud", "listen", "limit"],
+    &["config", "embedded"],
+    &["cli", "telemetry"],
+    &["trust"],
+    &["auth"],
+    &["grpc"],
+    &["http", "client"],
+    &["app", "fuzz"],
+    &["tools"],
+];
+
+fn layer_of(module: &str) -> Option<usize> {
+    LAYERS.iter().position(|layer| layer.contains(&module))
+}
+
+/// `src/store/tls.rs` → `store`; `src/app.rs` → `app`.
+fn module_of(file: &str) -> &str {
+    let rest = file.trim_start_matches("src/");
+    rest.split(['/', '.']).next().unwrap_or(rest)
+}
+
+#[test]
+fn no_module_uses_one_above_its_layer() {
+    let mut found = Vec::new();
+    let mut unplaced = Vec::new();
+    for (file, lines) in sources() {
+        let module = module_of(&file);
+        if matches!(module, "lib" | "main") {
+            continue;
+        }
+        let Some(own) = layer_of(module) else {
+            unplaced.push(file.clone());
+            continue;
+        };
+        for (n, line) in lines {
+            for (at, _) in line.match_indices("crate::") {
+                let used: String = line[at + 7..]
+                    .chars()
+                    .take_while(|c| c.is_alphanumeric() || *c == '_')
+                    .collect();
+                if let Some(layer) = layer_of(&used)
+                    && layer > own
+                {
+                    found.push(format!("{file}:{n}: {module} uses {used}: {}", line.trim()));
+                }
+            }
+        }
+    }
+    assert!(unplaced.is_empty(), "modules missing from LAYERS: {unplaced:?}");
+    assert!(found.is_empty(), "upward uses:\n{}", found.join("\n"));
+}

@@ -4,24 +4,26 @@
 
 use std::path::{Path, PathBuf};
 
+/// Every `.rs` file under `dir`, sorted.
+fn rust_files(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_dir() {
+            out.extend(rust_files(&path));
+        } else if path.extension().is_some_and(|e| e == "rs") {
+            out.push(path);
+        }
+    }
+    out.sort();
+    out
+}
+
 /// Every `.rs` file under `src/`, relative to the package root, with its code lines (number,
 /// text): comments and the trailing test module left out.
 fn sources() -> Vec<(String, Vec<(usize, String)>)> {
-    fn walk(dir: &Path, out: &mut Vec<PathBuf>) {
-        for entry in std::fs::read_dir(dir).unwrap() {
-            let path = entry.unwrap().path();
-            if path.is_dir() {
-                walk(&path, out);
-            } else if path.extension().is_some_and(|e| e == "rs") {
-                out.push(path);
-            }
-        }
-    }
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let mut files = Vec::new();
-    walk(&root.join("src"), &mut files);
-    files.sort();
-    files
+    rust_files(&root.join("src"))
         .into_iter()
         .map(|path| {
             let text = std::fs::read_to_string(&path).unwrap();
@@ -266,6 +268,57 @@ fn no_module_uses_one_above_its_layer() {
             }
         }
     }
-    assert!(unplaced.is_empty(), "modules missing from LAYERS: {unplaced:?}");
+    assert!(
+        unplaced.is_empty(),
+        "modules missing from LAYERS: {unplaced:?}"
+    );
     assert!(found.is_empty(), "upward uses:\n{}", found.join("\n"));
+}
+
+/// Every test ARCHITECTURE.md names as an invariant's enforcer exists (`area::name` for
+/// `tests/api/area.rs`, a module path for a unit test; `area::*` for a whole file).
+#[test]
+fn every_test_architecture_md_cites_exists() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let doc = std::fs::read_to_string(root.join("ARCHITECTURE.md")).unwrap();
+    let all_code: String = {
+        let mut files = Vec::new();
+        for dir in ["src", "tests/api"] {
+            for entry in rust_files(&root.join(dir)) {
+                files.push(std::fs::read_to_string(entry).unwrap());
+            }
+        }
+        files.join("\n")
+    };
+    let mut missing = Vec::new();
+    let mut cited = 0;
+    for token in doc.split('`').skip(1).step_by(2) {
+        let segments: Vec<&str> = token.split("::").collect();
+        let last = segments[segments.len() - 1];
+        // `area::some_test`, `module::tests::some_test`, `area::*`; code paths like
+        // `listen::incoming` pass too, since the function exists.
+        let is_path = segments.len() >= 2
+            && token
+                .chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || "_:*".contains(c));
+        if !is_path {
+            continue;
+        }
+        let found = if last == "*" {
+            root.join(format!("tests/api/{}.rs", segments[0])).is_file()
+        } else {
+            all_code.contains(&format!("fn {last}("))
+        };
+        if last.contains('_') || last == "*" {
+            cited += 1;
+            if !found {
+                missing.push(token.to_owned());
+            }
+        }
+    }
+    assert!(cited > 20, "only {cited} tests cited");
+    assert!(
+        missing.is_empty(),
+        "ARCHITECTURE.md cites tests that do not exist: {missing:?}"
+    );
 }

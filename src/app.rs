@@ -39,8 +39,14 @@ pub enum AppError {
         addr: String,
         source: std::io::Error,
     },
-    #[error("server: {0}")]
-    Serve(String),
+    #[error("outbound HTTP client: {0}")]
+    Fetch(#[from] crate::fetch::FetchError),
+    #[error("cannot handle SIGHUP: {0}")]
+    Signal(std::io::Error),
+    #[error("gRPC reflection: {0}")]
+    Reflection(#[from] tonic_reflection::server::Error),
+    #[error("a listener failed: gRPC {grpc}, admin {admin}")]
+    Listener { grpc: String, admin: String },
     #[error("TLS: {0}")]
     Tls(String),
     #[error("cloud API checks: {0}")]
@@ -103,8 +109,7 @@ impl App {
     pub async fn build(config: Config) -> Result<Self, AppError> {
         // One rustls crypto provider per process; a second install is a no-op.
         let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
-        let gcp =
-            GcpKeys::from_config(&config.gcp.jwks).map_err(|e| AppError::Serve(e.to_string()))?;
+        let gcp = GcpKeys::from_config(&config.gcp.jwks)?;
         if let GcpKeys::Remote(jwks) = &gcp {
             // In the background: a machine without internet still serves AWS and Azure.
             jwks.spawn_refresher();
@@ -118,14 +123,11 @@ impl App {
         crate::trust::log_sources(&store.current(), store.sources());
         // From here on SIGHUP reloads trust; it never stops the process.
         let hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
-            .map_err(|e| AppError::Serve(format!("cannot handle SIGHUP: {e}")))?;
+            .map_err(AppError::Signal)?;
         let trust = Trust {
             store,
             azure_issuers: if config.azure.fetch_issuers {
-                Some(
-                    crate::issuers::IssuerFetcher::new()
-                        .map_err(|e| AppError::Serve(e.to_string()))?,
-                )
+                Some(crate::issuers::IssuerFetcher::new()?)
             } else {
                 None
             },
@@ -255,12 +257,8 @@ impl App {
         // Health starts as the first probe finds the database.
         let initially_serving = admin::readiness(&admin_state).await.is_ok();
         health.set(initially_serving).await;
-        let reflection_v1 = reflection()
-            .build_v1()
-            .map_err(|e| AppError::Serve(e.to_string()))?;
-        let reflection_v1alpha = reflection()
-            .build_v1alpha()
-            .map_err(|e| AppError::Serve(e.to_string()))?;
+        let reflection_v1 = reflection().build_v1()?;
+        let reflection_v1alpha = reflection().build_v1alpha()?;
 
         let (stop_tx, stop_rx) = watch::channel(false);
         let stopped = |mut rx: watch::Receiver<bool>| async move {
@@ -359,7 +357,10 @@ impl App {
         .await;
         let result = match drained {
             Ok((Ok(Ok(())), Ok(()))) => Ok(()),
-            Ok((grpc, admin)) => Err(AppError::Serve(format!("grpc: {grpc:?}, admin: {admin:?}"))),
+            Ok((grpc, admin)) => Err(AppError::Listener {
+                grpc: format!("{grpc:?}"),
+                admin: format!("{admin:?}"),
+            }),
             Err(_) => {
                 tracing::warn!(grace = ?config.shutdown_grace, "in-flight requests did not finish within the grace period");
                 Ok(())

@@ -14,6 +14,7 @@ pub const DB_QUERIES: &str = "agent_auth_db_queries_total";
 pub const DB_POOL_CONNECTIONS: &str = "agent_auth_db_pool_connections";
 pub const DB_POOL_WAITING: &str = "agent_auth_db_pool_waiting";
 pub const DB_POOL_WAIT: &str = "agent_auth_db_pool_wait_seconds";
+pub const DB_CONNECTION_IN_FLIGHT: &str = "agent_auth_db_connection_statements_in_flight";
 pub const REQUESTS_IN_FLIGHT: &str = "agent_auth_requests_in_flight";
 pub const REQUESTS_SHED: &str = "agent_auth_requests_shed_total";
 pub const TRUST_EXPIRY: &str = "agent_auth_trust_certificate_expiry_timestamp_seconds";
@@ -117,13 +118,20 @@ fn describe() {
     describe_histogram!(
         DB_POOL_WAIT,
         Unit::Seconds,
-        "Time to check out a pooled database connection."
+        "Time to get room for a statement on a database connection."
     );
     describe_gauge!(
         DB_POOL_CONNECTIONS,
-        "Pooled database connections by state (idle, in_use)."
+        "Open database connections by state (idle: no statement in flight, in_use)."
     );
-    describe_gauge!(DB_POOL_WAITING, "Requests waiting for a pooled connection.");
+    describe_gauge!(
+        DB_POOL_WAITING,
+        "Requests waiting for room on a database connection."
+    );
+    describe_gauge!(
+        DB_CONNECTION_IN_FLIGHT,
+        "Statements in flight (pipelined) on each database connection."
+    );
     describe_gauge!(REQUESTS_IN_FLIGHT, "Authentications being processed.");
     describe_counter!(
         REQUESTS_SHED,
@@ -292,16 +300,29 @@ pub fn record_query() {
     metrics::counter!(DB_QUERIES).increment(1);
 }
 
+/// The database connections at one instant.
+#[derive(Debug, Clone, Default)]
+pub struct Pool {
+    /// Open connections with no statement in flight.
+    pub idle: usize,
+    /// Open connections with statements in flight.
+    pub in_use: usize,
+    /// Callers waiting for room on a connection.
+    pub waiting: usize,
+    /// Statements in flight on each connection, in order.
+    pub in_flight: Vec<usize>,
+}
+
 /// Renders the Prometheus text, refreshing the pool gauges first; `trust` is every pinned
 /// certificate in force.
-pub fn render<'a>(
-    pool: deadpool_postgres::Status,
-    trust: impl Iterator<Item = Expiry<'a>>,
-) -> String {
-    let in_use = pool.size.saturating_sub(pool.available);
-    metrics::gauge!(DB_POOL_CONNECTIONS, "state" => "idle").set(pool.available as f64);
-    metrics::gauge!(DB_POOL_CONNECTIONS, "state" => "in_use").set(in_use as f64);
+pub fn render<'a>(pool: &Pool, trust: impl Iterator<Item = Expiry<'a>>) -> String {
+    metrics::gauge!(DB_POOL_CONNECTIONS, "state" => "idle").set(pool.idle as f64);
+    metrics::gauge!(DB_POOL_CONNECTIONS, "state" => "in_use").set(pool.in_use as f64);
     metrics::gauge!(DB_POOL_WAITING).set(pool.waiting as f64);
+    for (connection, in_flight) in pool.in_flight.iter().enumerate() {
+        metrics::gauge!(DB_CONNECTION_IN_FLIGHT, "connection" => connection.to_string())
+            .set(*in_flight as f64);
+    }
     let mut text = match handle() {
         Some(handle) => {
             handle.run_upkeep();

@@ -433,6 +433,7 @@ impl TryFrom<Settings> for Config {
                 checkout_timeout: s.db_checkout_timeout.0,
                 connect_timeout: s.db_connect_timeout.0,
                 statement_timeout: s.db_statement_timeout.0,
+                pipeline_depth: s.db_pipeline_depth.get(),
                 ca: s.postgres_ca.map(|ca| ca.0),
             },
             max_concurrent_requests: s.max_concurrent_requests.get(),

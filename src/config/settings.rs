@@ -108,7 +108,7 @@ pub struct Settings {
     )]
     pub schema: SchemaMode,
 
-    /// Maximum pooled database connections.
+    /// Database connections (long-lived; each carries many statements at once).
     #[arg(
         long,
         env = "AGENT_AUTH_DB_POOL_SIZE",
@@ -118,7 +118,19 @@ pub struct Settings {
     )]
     pub db_pool_size: NonZeroUsize,
 
-    /// Longest wait for a pooled connection, then UNAVAILABLE.
+    /// Statements in flight on one connection at most (pipelined: sent without waiting for
+    /// the answers before them). 1 gives one statement per connection at a time.
+    #[arg(
+        long,
+        env = "AGENT_AUTH_DB_PIPELINE_DEPTH",
+        help_heading = "Database",
+        value_name = "N",
+        default_value = "32"
+    )]
+    pub db_pipeline_depth: NonZeroUsize,
+
+    /// Longest wait for room on a connection (all hold --db-pipeline-depth statements), then
+    /// UNAVAILABLE.
     #[arg(
         long,
         env = "AGENT_AUTH_DB_CHECKOUT_TIMEOUT",

@@ -71,7 +71,15 @@ async fn metrics_text(State(state): State<AdminState>) -> impl axum::response::I
             "text/plain; version=0.0.4",
         )],
         crate::metrics::render(
-            state.store.pool_status(),
+            &{
+                let occupancy = state.store.occupancy();
+                crate::metrics::Pool {
+                    idle: occupancy.idle,
+                    in_use: occupancy.busy,
+                    waiting: occupancy.waiting,
+                    in_flight: state.store.in_flight(),
+                }
+            },
             state
                 .trust
                 .current()

@@ -4,17 +4,19 @@
 //!   authentication: one statement, one round trip, no transaction, no SET, no validation query.
 //! - [`migrate`] applies the owned schema under an advisory lock, or checks Coder's schema.
 //!
-//! Pool rules (DESIGN.md 5), each learnt the hard way elsewhere:
-//! - deadpool has no timeouts unless set, and needs `Runtime::Tokio1` to honour them;
-//! - recycling is `Fast` (no query on checkout, which would double the round trips); a pooled
-//!   connection found dead is replaced and the statement retried once on a fresh one;
-//! - the resolver's statement is prepared when a connection is created, so an authentication
-//!   costs one round trip on a cached plan;
+//! Connection rules (DESIGN.md 5), each learnt the hard way elsewhere:
+//! - a few long-lived connections, each shared by many statements at once ([`pipeline`]);
+//!   every wait is bounded (checkout, connect, `statement_timeout`);
+//! - no query on checkout (it would double the round trips); a connection found dead is
+//!   replaced and the statement retried once on another;
+//! - the resolver's statement is prepared when a connection opens, so an authentication costs
+//!   one round trip on a cached plan;
 //! - `statement_timeout` travels in the startup packet (`options`), never as a `SET`.
 
 pub mod admin;
 pub mod conninfo;
 pub mod migrate;
+mod pipeline;
 pub mod resolve;
 pub mod tls;
 
@@ -22,6 +24,7 @@ use std::time::Duration;
 
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
 
+pub use pipeline::Occupancy;
 pub use resolve::{Candidate, Resolution};
 
 /// Pool and connection settings.
@@ -31,6 +34,8 @@ pub struct StoreConfig {
     pub checkout_timeout: Duration,
     pub connect_timeout: Duration,
     pub statement_timeout: Duration,
+    /// Statements in flight on one connection at most (`--db-pipeline-depth`).
+    pub pipeline_depth: usize,
     /// `--postgres-ca`: verify the server certificate against it (libpq `verify-full`).
     pub ca: Option<std::path::PathBuf>,
 }
@@ -44,116 +49,123 @@ pub enum StoreError {
     Internal(String),
 }
 
-/// A handle on the pool. Cheap to clone.
+/// A handle on the connections. Cheap to clone.
 #[derive(Clone)]
 pub struct Store {
-    pool: Pool,
-    pg_config: tokio_postgres::Config,
+    connections: std::sync::Arc<pipeline::Connections>,
+}
+
+/// The libpq settings and TLS connector for `url`, with the service's own: connect timeout,
+/// `statement_timeout` in the startup packet, application name.
+fn connection_settings(
+    url: &str,
+    config: &StoreConfig,
+) -> Result<
+    (
+        tokio_postgres::Config,
+        tokio_postgres_rustls::MakeRustlsConnect,
+    ),
+    StoreError,
+> {
+    let tls::Target {
+        config: mut pg_config,
+        tls,
+        verified,
+    } = tls::target(url, config.ca.as_deref())?;
+    tls::warn_if_unverified(&pg_config, verified);
+    pg_config.connect_timeout(config.connect_timeout);
+    let statement_ms = config.statement_timeout.as_millis().max(1);
+    let mut options = pg_config.get_options().unwrap_or_default().to_owned();
+    if !options.is_empty() {
+        options.push(' ');
+    }
+    options.push_str(&format!("-c statement_timeout={statement_ms}"));
+    pg_config.options(&options);
+    if pg_config.get_application_name().is_none() {
+        pg_config.application_name("agent-auth");
+    }
+    Ok((pg_config, tls))
 }
 
 impl Store {
-    /// Builds the pool. No connection is made until the first checkout.
+    /// Sets up the connections. None is opened until the first statement.
     pub fn connect(url: &str, config: &StoreConfig) -> Result<Self, StoreError> {
-        let tls::Target {
-            config: mut pg_config,
-            tls,
-            verified,
-        } = tls::target(url, config.ca.as_deref())?;
-        tls::warn_if_unverified(&pg_config, verified);
-        pg_config.connect_timeout(config.connect_timeout);
-        let statement_ms = config.statement_timeout.as_millis().max(1);
-        let mut options = pg_config.get_options().unwrap_or_default().to_owned();
-        if !options.is_empty() {
-            options.push(' ');
-        }
-        options.push_str(&format!("-c statement_timeout={statement_ms}"));
-        pg_config.options(&options);
-        if pg_config.get_application_name().is_none() {
-            pg_config.application_name("agent-auth");
-        }
-        let manager = Manager::from_config(
-            pg_config.clone(),
-            tls,
-            ManagerConfig {
-                recycling_method: RecyclingMethod::Fast,
-            },
-        );
-        let pool = Pool::builder(manager)
-            .max_size(config.pool_size)
-            .wait_timeout(Some(config.checkout_timeout))
-            .create_timeout(Some(config.connect_timeout))
-            .recycle_timeout(Some(config.checkout_timeout))
-            .post_create(deadpool_postgres::Hook::async_fn(|client, _| {
-                // Prepared once per connection, when it is opened (not on checkout): each
-                // authentication is then Bind/Execute on a cached plan, one round trip, and
-                // the server does not plan the join again (planning costs ~8x executing it).
-                Box::pin(async move {
-                    resolve::prepare(client)
-                        .await
-                        .map(|_| ())
-                        .map_err(deadpool_postgres::HookError::Backend)
-                })
-            }))
-            .runtime(Runtime::Tokio1)
-            .build()
-            .map_err(|e| StoreError::Internal(format!("cannot build the pool: {e}")))?;
-        Ok(Self { pool, pg_config })
+        let (pg_config, tls) = connection_settings(url, config)?;
+        Ok(Self {
+            connections: std::sync::Arc::new(pipeline::Connections::new(
+                pg_config,
+                tls,
+                config.pool_size,
+                config.pipeline_depth,
+                config.checkout_timeout,
+                config.connect_timeout,
+            )),
+        })
     }
 
-    /// Checks out a connection, mapping pool failures to [`StoreError`].
-    async fn checkout(&self) -> Result<deadpool_postgres::Object, StoreError> {
-        let started = std::time::Instant::now();
-        let result = self
-            .pool
-            .get()
-            .await
-            .map_err(|e| pool_error(e, &self.pg_config));
-        metrics::histogram!(crate::metrics::DB_POOL_WAIT).record(started.elapsed().as_secs_f64());
-        result
-    }
-
-    /// Readiness: a pooled connection answers a round trip. The empty query makes the server
-    /// answer without executing a statement, so probes never show up in statement counts
+    /// Readiness: a connection answers a round trip. The empty query makes the server answer
+    /// without executing a statement, so probes never show up in statement counts
     /// (`pg_stat_statements`, `agent_auth_db_queries_total`).
     pub async fn ping(&self) -> Result<(), StoreError> {
-        let client = self.checkout().await?;
-        match client.simple_query("").await {
+        let claim = self.connections.claim().await?;
+        match claim.live.client.simple_query("").await {
             Ok(_) => Ok(()),
             Err(e) => {
-                // A dead pooled connection must not make the next request pay for it.
-                drop(deadpool_postgres::Object::take(client));
+                // A dead connection must not make the next request pay for it.
+                claim.discard().await;
                 Err(query_error(e))
             }
         }
     }
 
-    /// The pool itself, for the benchmark's baselines (same size, same settings).
-    pub fn pool(&self) -> &Pool {
-        &self.pool
+    /// How many connections are open and how busy they are.
+    pub fn occupancy(&self) -> Occupancy {
+        self.connections.occupancy()
     }
 
-    /// Pool occupancy, for metrics and benchmarks.
-    pub fn pool_status(&self) -> deadpool_postgres::Status {
-        self.pool.status()
+    /// Statements in flight on each connection.
+    pub fn in_flight(&self) -> Vec<usize> {
+        self.connections.in_flight()
     }
 
-    /// Closes every pooled connection (used at shutdown).
+    /// Refuses new statements and closes the connections (used at shutdown).
     pub fn close(&self) {
-        self.pool.close();
+        self.connections.close();
     }
 }
 
-fn pool_error(e: deadpool_postgres::PoolError, config: &tokio_postgres::Config) -> StoreError {
-    use deadpool_postgres::PoolError;
-    match e {
-        PoolError::Timeout(kind) => StoreError::Unavailable(format!("pool timeout ({kind:?})")),
-        PoolError::Backend(e) => StoreError::Unavailable(connect_error(&e, config)),
-        PoolError::Closed => StoreError::Unavailable("pool closed".into()),
-        PoolError::PostCreateHook(e) => {
-            StoreError::Unavailable(format!("preparing a new connection: {e}"))
-        }
-        other => StoreError::Internal(other.to_string()),
-    }
+/// A checkout-per-statement pool with the service's connection settings, for the bench's
+/// baselines (the resolver's statement alone, the incumbent's logins).
+pub fn baseline_pool(url: &str, config: &StoreConfig) -> Result<Pool, StoreError> {
+    let (pg_config, tls) = connection_settings(url, config)?;
+    let manager = Manager::from_config(
+        pg_config,
+        tls,
+        ManagerConfig {
+            recycling_method: RecyclingMethod::Fast,
+        },
+    );
+    Pool::builder(manager)
+        .max_size(config.pool_size)
+        .wait_timeout(Some(config.checkout_timeout))
+        .create_timeout(Some(config.connect_timeout))
+        .recycle_timeout(Some(config.checkout_timeout))
+        .post_create(deadpool_postgres::Hook::async_fn(|client, _| {
+            // Prepared (and cached) when a connection opens, as the service does.
+            Box::pin(async move {
+                client
+                    .prepare_typed_cached(
+                        resolve::RESOLVE_SQL,
+                        &[tokio_postgres::types::Type::TEXT],
+                    )
+                    .await
+                    .map(|_| ())
+                    .map_err(deadpool_postgres::HookError::Backend)
+            })
+        }))
+        .runtime(Runtime::Tokio1)
+        .build()
+        .map_err(|e| StoreError::Internal(format!("cannot build the pool: {e}")))
 }
 
 /// Connection-level failures and server shutdown or overload are retryable (UNAVAILABLE);

@@ -77,15 +77,16 @@ pub struct Resolution {
 }
 
 impl Store {
-    /// Runs [`RESOLVE_SQL`] once. If the pooled connection turns out dead (the statement never
-    /// reached the server), it is dropped and the statement retried once on another connection.
+    /// Runs [`RESOLVE_SQL`] once. If the connection turns out dead (the statement never reached
+    /// the server), it is forgotten and the statement retried once on another connection.
     ///
-    /// The statement runs in a task of its own that owns the pooled connection: a caller that
-    /// goes away (deadline, reset) does not abandon it mid-statement. The statement finishes
-    /// (bounded by `statement_timeout`) and the connection goes back to the pool, so a
-    /// cancelled login costs the database no more than a completed one, and no cancel request
-    /// is ever sent (one would cancel whatever that backend runs at that moment). A caller gone
-    /// before its connection is checked out costs no statement at all.
+    /// The statement runs in a task of its own that holds its place on the connection: a
+    /// caller that goes away (deadline, reset) does not abandon it mid-statement. The statement
+    /// finishes (bounded by `statement_timeout`) and its place is given back, so a cancelled
+    /// login costs the database no more than a completed one, and no cancel request is ever
+    /// sent (one would cancel whatever that backend runs at that moment: with statements
+    /// pipelined, a neighbour's). A caller gone before its statement was placed costs no
+    /// statement at all.
     #[tracing::instrument(name = "query", skip_all, fields(db.system = "postgresql", db.operation = "resolve"))]
     pub async fn resolve(&self, instance_id: &str) -> Result<Resolution, StoreError> {
         let (answer, answered) = tokio::sync::oneshot::channel();
@@ -106,18 +107,17 @@ impl Store {
         answer: &tokio::sync::oneshot::Sender<Result<Resolution, StoreError>>,
     ) -> Result<Resolution, StoreError> {
         let gone = || StoreError::Unavailable("the caller went away before the statement".into());
-        let client = self.checkout().await?;
+        let claim = self.connections.claim().await?;
         if answer.is_closed() {
             return Err(gone());
         }
-        let rows = match query(&client, instance_id).await {
+        let rows = match query(&claim.live, instance_id).await {
             Err(e) if is_connection_lost(&e) => {
-                drop(deadpool_postgres::Object::take(client));
-                let fresh = self.checkout().await?;
+                let claim = claim.replace().await?;
                 if answer.is_closed() {
                     return Err(gone());
                 }
-                query(&fresh, instance_id).await.map_err(query_error)?
+                query(&claim.live, instance_id).await.map_err(query_error)?
             }
             other => other.map_err(query_error)?,
         };
@@ -125,24 +125,21 @@ impl Store {
     }
 }
 
-/// Prepares [`RESOLVE_SQL`] on a connection (cached per connection; a no-op when cached).
+/// Prepares [`RESOLVE_SQL`] on a new connection (once; every login then binds it).
 pub async fn prepare(
-    client: &deadpool_postgres::ClientWrapper,
+    client: &tokio_postgres::Client,
 ) -> Result<tokio_postgres::Statement, tokio_postgres::Error> {
-    client
-        .prepare_typed_cached(RESOLVE_SQL, &[Type::TEXT])
-        .await
+    client.prepare_typed(RESOLVE_SQL, &[Type::TEXT]).await
 }
 
-/// Runs the statement prepared when the connection was created: Bind/Execute/Sync, one round
-/// trip. (Were the cache ever empty, preparing would add one round trip, once per connection.)
+/// Runs the statement prepared when the connection opened: Bind/Execute/Sync, one round trip,
+/// pipelined with the other statements in flight on the connection.
 async fn query(
-    client: &deadpool_postgres::ClientWrapper,
+    live: &super::pipeline::Live,
     instance_id: &str,
 ) -> Result<Vec<tokio_postgres::Row>, tokio_postgres::Error> {
-    let statement = prepare(client).await?;
     crate::metrics::record_query();
-    client.query(&statement, &[&instance_id]).await
+    live.client.query(&live.statement, &[&instance_id]).await
 }
 
 fn parse(rows: &[tokio_postgres::Row]) -> Result<Resolution, StoreError> {

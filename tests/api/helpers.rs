@@ -190,6 +190,22 @@ impl TestDb {
             .get(0)
     }
 
+    /// Calls of the resolver's statement alone (a test's own statements, such as a lock, left
+    /// out).
+    pub async fn resolver_statements(&self) -> i64 {
+        admin()
+            .await
+            .query_one(
+                "SELECT coalesce(sum(calls), 0)::bigint FROM pg_stat_statements \
+                 WHERE dbid = (SELECT oid FROM pg_database WHERE datname = $1) \
+                 AND query = $2",
+                &[&self.name, &agent_auth::store::resolve::RESOLVE_SQL],
+            )
+            .await
+            .unwrap_or_else(|e| panic!("pg_stat_statements: {e}"))
+            .get(0)
+    }
+
     /// Makes the database refuse (or accept again) new connections, closing existing ones:
     /// the service sees a database that is down.
     pub async fn allow_connections(&self, allow: bool) {

@@ -14,6 +14,7 @@ mod hardening;
 mod helpers;
 mod http;
 mod operations;
+mod pipeline;
 mod pki;
 mod resolution;
 mod schema;

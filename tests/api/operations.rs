@@ -113,8 +113,10 @@ async fn a_database_restart_flips_readiness_and_the_service_recovers_by_itself()
 async fn an_exhausted_pool_answers_unavailable_after_the_checkout_timeout() {
     let db = TestDb::migrated().await;
     seed_agent(&db, RECORDED_INSTANCE).await;
+    // One connection carrying one statement at a time: the second login finds no room.
     let app = TestApp::spawn(&db, |c| {
         c.db_pool_size = value(1);
+        c.db_pipeline_depth = value(1);
         c.db_checkout_timeout = value("200ms");
     })
     .await;

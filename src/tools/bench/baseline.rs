@@ -205,7 +205,12 @@ where
 /// pool of the same size, without gRPC or cryptography.
 pub async fn run_raw(load: Load<'_>) -> (Tally, Duration) {
     let login = |client: Object, instance: String| async move {
-        let statement = crate::store::resolve::prepare(&client)
+        // Cached per connection, as the service prepares it once per connection.
+        let statement = client
+            .prepare_typed_cached(
+                crate::store::resolve::RESOLVE_SQL,
+                &[tokio_postgres::types::Type::TEXT],
+            )
             .await
             .map_err(sql_error)?;
         let rows = client

@@ -270,7 +270,7 @@ async fn run_on(options: &BenchOptions, url: &str, scratch: &Path) -> Result<Rep
                 .map_err(|e| text(&e))?,
         );
     }
-    let store = crate::store::Store::connect(load_url, &store_config).map_err(|e| text(&e))?;
+    let pool = crate::store::baseline_pool(load_url, &store_config).map_err(|e| text(&e))?;
     let sets = InstanceSets {
         history: Arc::new(history),
         single: Arc::new(seed::single_instances(options.agents, 1000)),
@@ -282,7 +282,7 @@ async fn run_on(options: &BenchOptions, url: &str, scratch: &Path) -> Result<Rep
     let mut outcomes = Vec::new();
     for &callers in &options.concurrency {
         for &scenario in &options.scenarios {
-            let outcome = run_scenario(scenario, callers, options, &sets, &store, &server).await;
+            let outcome = run_scenario(scenario, callers, options, &sets, &pool, &server).await;
             eprintln!(
                 "bench: {:<45} {callers:>4} callers: {:>7.0} logins/s, p99 {:.2} ms, missed {}",
                 outcome.description, outcome.per_second, outcome.p99_ms, outcome.missed_deadline
@@ -290,7 +290,7 @@ async fn run_on(options: &BenchOptions, url: &str, scratch: &Path) -> Result<Rep
             outcomes.push(outcome);
         }
     }
-    store.close();
+    pool.close();
     let server_peak_rss_mib = server.peak_rss_mib();
     let server_kind = match &options.server {
         ServerMode::Spawn => "child process",
@@ -362,14 +362,14 @@ async fn run_scenario(
     callers: usize,
     options: &BenchOptions,
     sets: &InstanceSets,
-    store: &crate::store::Store,
+    pool: &deadpool_postgres::Pool,
     server: &server::Server,
 ) -> Outcome {
     let (duration, deadline) = (options.duration, options.deadline);
     let label = format!("{} x{callers}", scenario.key());
     let load = |instances: &Arc<Vec<String>>| baseline::Load {
         label: &label,
-        pool: store.pool().clone(),
+        pool: pool.clone(),
         instances: instances.clone(),
         concurrency: callers,
         duration,

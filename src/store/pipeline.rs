@@ -1,0 +1,272 @@
+//! Pipelined connections: a fixed set of long-lived connections (`--db-pool-size`), each shared
+//! by up to `--db-pipeline-depth` statements at once.
+//!
+//! tokio-postgres pipelines the queries issued concurrently on one client: each is
+//! Bind/Execute/Sync, written as soon as it is issued, and the answers come back in order. So a
+//! login no longer holds a connection for a whole round trip; with the database a few
+//! milliseconds away, throughput is bounded by connections × depth ÷ round trip instead of
+//! connections ÷ round trip.
+//!
+//! The rules that stay:
+//! - a login is one statement (the prepared [`super::resolve::RESOLVE_SQL`]);
+//! - waiting for room is bounded by `--db-checkout-timeout`, then UNAVAILABLE;
+//! - a statement is never cancelled: no cancel request is ever sent (one would cancel whatever
+//!   that backend runs at that moment, and with several statements in flight that is a
+//!   neighbour's), `statement_timeout` bounds a slow one;
+//! - a dead connection (a database restart) is replaced on the next use, no restart of ours;
+//!   a statement that found its connection dead before reaching the server is retried once on
+//!   another one.
+//!
+//! Room is a semaphore of connections × depth permits; each statement takes one and goes to the
+//! least-loaded connection, so no connection ever holds more than `depth`.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use arc_swap::ArcSwapOption;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio_postgres_rustls::MakeRustlsConnect;
+
+use super::StoreError;
+
+/// An open connection and the resolver's statement prepared on it.
+pub(super) struct Live {
+    pub client: tokio_postgres::Client,
+    pub statement: tokio_postgres::Statement,
+}
+
+/// One connection's place: the connection when open, and the statements on it now.
+struct Slot {
+    live: ArcSwapOption<Live>,
+    in_flight: AtomicUsize,
+    /// Held while (re)opening, so concurrent callers wait for one connection attempt.
+    opening: tokio::sync::Mutex<()>,
+}
+
+/// How many connections are open and how busy they are.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Occupancy {
+    /// Open connections with no statement in flight.
+    pub idle: usize,
+    /// Open connections with at least one statement in flight.
+    pub busy: usize,
+    /// Statements in flight on all connections.
+    pub in_flight: usize,
+    /// Callers waiting for room.
+    pub waiting: usize,
+}
+
+/// The connections, the room on them, and how to open one.
+pub(super) struct Connections {
+    slots: Box<[Slot]>,
+    room: Arc<Semaphore>,
+    waiting: AtomicUsize,
+    checkout_timeout: Duration,
+    connect_timeout: Duration,
+    config: tokio_postgres::Config,
+    tls: MakeRustlsConnect,
+}
+
+/// A statement counted on its connection until dropped.
+struct Place {
+    connections: Arc<Connections>,
+    slot: usize,
+}
+
+impl Drop for Place {
+    fn drop(&mut self) {
+        self.connections.slots[self.slot]
+            .in_flight
+            .fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// Room for one statement on one open connection, held until its answer came back.
+pub(super) struct Claim {
+    pub live: Arc<Live>,
+    place: Place,
+    room: OwnedSemaphorePermit,
+}
+
+impl Claim {
+    /// The connection turned out dead: forget it (the next claim on its slot opens a new one)
+    /// and place this statement, with its room, on another connection.
+    pub(super) async fn replace(self) -> Result<Claim, StoreError> {
+        let Claim { live, place, room } = self;
+        let connections = Arc::clone(&place.connections);
+        connections.forget(place.slot, &live).await;
+        drop(place);
+        let deadline = Instant::now() + connections.checkout_timeout;
+        Connections::place(&connections, room, deadline).await
+    }
+
+    /// Forgets this claim's connection (it failed a round trip).
+    pub(super) async fn discard(self) {
+        let Claim { live, place, .. } = self;
+        place.connections.forget(place.slot, &live).await;
+    }
+}
+
+impl Connections {
+    pub(super) fn new(
+        config: tokio_postgres::Config,
+        tls: MakeRustlsConnect,
+        connections: usize,
+        depth: usize,
+        checkout_timeout: Duration,
+        connect_timeout: Duration,
+    ) -> Self {
+        let connections = connections.max(1);
+        Self {
+            slots: (0..connections)
+                .map(|_| Slot {
+                    live: ArcSwapOption::empty(),
+                    in_flight: AtomicUsize::new(0),
+                    opening: tokio::sync::Mutex::new(()),
+                })
+                .collect(),
+            room: Arc::new(Semaphore::new(connections * depth.max(1))),
+            waiting: AtomicUsize::new(0),
+            checkout_timeout,
+            connect_timeout,
+            config,
+            tls,
+        }
+    }
+
+    /// Room for one statement on the least-loaded connection, opening it if needed; waits at
+    /// most the checkout timeout in all.
+    pub(super) async fn claim(self: &Arc<Self>) -> Result<Claim, StoreError> {
+        let started = Instant::now();
+        let deadline = started + self.checkout_timeout;
+        self.waiting.fetch_add(1, Ordering::AcqRel);
+        let room =
+            tokio::time::timeout_at(deadline.into(), Arc::clone(&self.room).acquire_owned()).await;
+        self.waiting.fetch_sub(1, Ordering::AcqRel);
+        metrics::histogram!(crate::metrics::DB_POOL_WAIT).record(started.elapsed().as_secs_f64());
+        let room = match room {
+            Ok(Ok(room)) => room,
+            Ok(Err(_)) => return Err(StoreError::Unavailable("pool closed".into())),
+            Err(_) => return Err(StoreError::Unavailable("pool timeout (Wait)".into())),
+        };
+        Self::place(self, room, deadline).await
+    }
+
+    /// Puts a statement that has room on the least-loaded connection.
+    async fn place(
+        this: &Arc<Self>,
+        room: OwnedSemaphorePermit,
+        deadline: Instant,
+    ) -> Result<Claim, StoreError> {
+        // Least loaded first; among equals an open connection before a closed one, so light
+        // load does not open every connection.
+        let slot = (0..this.slots.len())
+            .min_by_key(|&i| {
+                let s = &this.slots[i];
+                (s.in_flight.load(Ordering::Acquire), !s.is_open())
+            })
+            .unwrap_or(0);
+        this.slots[slot].in_flight.fetch_add(1, Ordering::AcqRel);
+        // From here dropping `place` gives the place back, whatever happens.
+        let place = Place {
+            connections: Arc::clone(this),
+            slot,
+        };
+        let live = this.open(slot, deadline).await?;
+        Ok(Claim { live, place, room })
+    }
+
+    /// The slot's connection, opened (and its statement prepared) if it is not open.
+    async fn open(&self, slot: usize, deadline: Instant) -> Result<Arc<Live>, StoreError> {
+        let s = &self.slots[slot];
+        if let Some(live) = s.open_live() {
+            return Ok(live);
+        }
+        let _opening = tokio::time::timeout_at(deadline.into(), s.opening.lock())
+            .await
+            .map_err(|_| StoreError::Unavailable("pool timeout (Create)".into()))?;
+        // Opened by another caller while this one waited for the lock.
+        if let Some(live) = s.open_live() {
+            return Ok(live);
+        }
+        let live = tokio::time::timeout(self.connect_timeout, self.connect())
+            .await
+            .map_err(|_| StoreError::Unavailable("pool timeout (Create)".into()))??;
+        let live = Arc::new(live);
+        s.live.store(Some(Arc::clone(&live)));
+        Ok(live)
+    }
+
+    async fn connect(&self) -> Result<Live, StoreError> {
+        let (client, connection) = self
+            .config
+            .connect(self.tls.clone())
+            .await
+            .map_err(|e| StoreError::Unavailable(super::connect_error(&e, &self.config)))?;
+        tokio::spawn(async move {
+            let _ = connection.await;
+        });
+        let statement = super::resolve::prepare(&client)
+            .await
+            .map_err(|e| StoreError::Unavailable(format!("preparing a new connection: {e}")))?;
+        Ok(Live { client, statement })
+    }
+
+    /// Forgets `live` as the slot's connection, unless it was replaced already.
+    async fn forget(&self, slot: usize, live: &Arc<Live>) {
+        let s = &self.slots[slot];
+        let _opening = s.opening.lock().await;
+        if s.live.load().as_ref().is_some_and(|l| Arc::ptr_eq(l, live)) {
+            s.live.store(None);
+        }
+    }
+
+    pub(super) fn occupancy(&self) -> Occupancy {
+        let mut occupancy = Occupancy {
+            waiting: self.waiting.load(Ordering::Acquire),
+            ..Occupancy::default()
+        };
+        for slot in self.slots.iter() {
+            let in_flight = slot.in_flight.load(Ordering::Acquire);
+            occupancy.in_flight += in_flight;
+            if slot.is_open() {
+                if in_flight == 0 {
+                    occupancy.idle += 1;
+                } else {
+                    occupancy.busy += 1;
+                }
+            }
+        }
+        occupancy
+    }
+
+    /// Statements in flight on each connection, in slot order.
+    pub(super) fn in_flight(&self) -> Vec<usize> {
+        self.slots
+            .iter()
+            .map(|s| s.in_flight.load(Ordering::Acquire))
+            .collect()
+    }
+
+    /// Refuses new statements and lets every connection close once its statements answered.
+    pub(super) fn close(&self) {
+        self.room.close();
+        for slot in self.slots.iter() {
+            slot.live.store(None);
+        }
+    }
+}
+
+impl Slot {
+    fn open_live(&self) -> Option<Arc<Live>> {
+        self.live.load_full().filter(|l| !l.client.is_closed())
+    }
+
+    fn is_open(&self) -> bool {
+        self.live
+            .load()
+            .as_ref()
+            .is_some_and(|l| !l.client.is_closed())
+    }
+}

@@ -1,0 +1,328 @@
+//! Pipelined statements: several logins share one connection at once (`--db-pipeline-depth`),
+//! each still gets its own row, a caller that leaves never cancels a neighbour, and a database
+//! restart in the middle of the load costs only the calls in flight.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tonic::Code;
+
+use crate::helpers::*;
+
+/// `count` agents, each on its own workspace and instance: (instance, token).
+async fn agents(db: &TestDb, count: usize) -> Vec<(String, uuid::Uuid)> {
+    let world = World::new(db).await;
+    let mut agents = Vec::with_capacity(count);
+    for _ in 0..count {
+        let instance = instance_id();
+        let resource = world.build(world.workspace().await, 1).await;
+        agents.push((
+            instance.clone(),
+            world.agent(resource, "main", &instance).await.token,
+        ));
+    }
+    agents
+}
+
+/// A signed login for `instance`.
+fn request(key: &AwsKey, instance: &str) -> agent_auth::grpc::pb::AuthenticateRequest {
+    let document = aws_document(instance, "us-east-1", "123456789012");
+    aws_request(&document, &key.sign(&document), "")
+}
+
+/// Backends of the service's connections (by application name) in `db`.
+async fn service_backends(db: &TestDb) -> i64 {
+    admin()
+        .await
+        .query_one(
+            "SELECT count(*) FROM pg_stat_activity WHERE datname = $1 AND application_name = 'agent-auth'",
+            &[&db.name],
+        )
+        .await
+        .unwrap()
+        .get(0)
+}
+
+/// 32 statements wait on one connection at once, the 33rd and later wait for room; when the
+/// lock goes, every caller gets its own agent's token, over that one connection.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_connection_carries_up_to_the_pipeline_depth_and_every_caller_gets_its_own_row() {
+    let db = TestDb::migrated().await;
+    let agents = agents(&db, 40).await;
+    let key = AwsKey::generate(1024);
+    let flag = key.flag("default");
+    let server = ServeProcess::start(
+        &db,
+        &[
+            "--aws-certificate",
+            &flag,
+            "--db-pool-size",
+            "1",
+            "--db-pipeline-depth",
+            "32",
+            "--db-checkout-timeout",
+            "20s",
+            "--db-statement-timeout",
+            "30s",
+        ],
+    )
+    .await;
+    // Open and warm the connection (its statement is prepared when it opens).
+    let channel = server.channel().await;
+    success(agent_auth::client::authenticate(channel.clone(), request(&key, &agents[0].0)).await);
+    db.reset_statements().await;
+    let lock = lock_agents(&db).await;
+    let key = Arc::new(key);
+    let calls: Vec<_> = agents
+        .iter()
+        .map(|(instance, token)| {
+            let (channel, key, instance, token) =
+                (channel.clone(), key.clone(), instance.clone(), *token);
+            tokio::spawn(async move {
+                let response =
+                    agent_auth::client::authenticate(channel, request(&key, &instance)).await;
+                (success(response).session_token, token.to_string())
+            })
+        })
+        .collect();
+    let metrics = |text: &str| {
+        (
+            metric_sum(
+                text,
+                "agent_auth_db_connection_statements_in_flight",
+                &[("connection", "0")],
+            ),
+            metric_sum(text, "agent_auth_db_pool_waiting", &[]),
+        )
+    };
+    let full = eventually(Duration::from_secs(10), async || {
+        let (_, text) = http_get(&format!("{}/metrics", server.admin_url)).await;
+        metrics(&text) == (Some(32.0), Some(8.0))
+    });
+    let (_, text) = http_get(&format!("{}/metrics", server.admin_url)).await;
+    assert!(
+        full.await,
+        "32 in flight and 8 waiting, found {:?}",
+        metrics(&text)
+    );
+    assert_eq!(
+        service_backends(&db).await,
+        1,
+        "one connection carries them"
+    );
+    lock.batch_execute("ROLLBACK").await.unwrap();
+    for call in calls {
+        let (got, expected) = call.await.unwrap();
+        assert_eq!(got, expected, "a caller got another caller's row");
+    }
+    assert_eq!(
+        db.resolver_statements().await,
+        40,
+        "one statement per login"
+    );
+    server.terminate().await;
+}
+
+/// Under load with statements pipelined on two connections, every caller gets its own row
+/// and the statements are exactly the logins.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn under_pipelined_load_no_caller_gets_another_callers_row() {
+    let db = TestDb::migrated().await;
+    let agents = Arc::new(agents(&db, 200).await);
+    let key = Arc::new(AwsKey::generate(1024));
+    let flag = key.flag("default");
+    let app = TestApp::spawn(&db, |c| {
+        c.aws_certificate = vec![value(flag)];
+        c.db_pool_size = value(2);
+        c.max_concurrent_requests = value(1000);
+        // Cross-talk is the question here, not how long a slow machine makes callers wait.
+        c.db_checkout_timeout = value("30s");
+    })
+    .await;
+    let channels: Vec<_> = futures_channels(&app, 4).await;
+    db.reset_statements().await;
+    let rounds = 3;
+    let calls: Vec<_> = (0..agents.len() * rounds)
+        .map(|i| {
+            let (agents, key, channel) = (
+                agents.clone(),
+                key.clone(),
+                channels[i % channels.len()].clone(),
+            );
+            tokio::spawn(async move {
+                let (instance, token) = &agents[i % agents.len()];
+                let response =
+                    agent_auth::client::authenticate(channel, request(&key, instance)).await;
+                (success(response).session_token, token.to_string())
+            })
+        })
+        .collect();
+    for call in calls {
+        let (got, expected) = call.await.unwrap();
+        assert_eq!(got, expected, "a caller got another caller's row");
+    }
+    assert_eq!(db.statements().await, (agents.len() * rounds) as i64);
+    assert!(service_backends(&db).await <= 2);
+    app.stop().await;
+}
+
+async fn futures_channels(app: &TestApp, count: usize) -> Vec<tonic::transport::Channel> {
+    let mut channels = Vec::new();
+    for _ in 0..count {
+        channels.push(app.channel().await);
+    }
+    channels
+}
+
+/// A caller whose deadline passes while its statement waits does not cancel the statements
+/// pipelined with it: its neighbour on the same connection gets its answer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_caller_that_leaves_never_cancels_its_neighbours_statement() {
+    let db = TestDb::migrated().await;
+    let agents = agents(&db, 2).await;
+    let key = AwsKey::generate(1024);
+    let flag = key.flag("default");
+    let app = TestApp::spawn(&db, |c| {
+        c.aws_certificate = vec![value(flag)];
+        c.db_pool_size = value(1);
+        c.db_statement_timeout = value("30s");
+    })
+    .await;
+    success(app.authenticate(request(&key, &agents[0].0)).await);
+    let lock = lock_agents(&db).await;
+    // The neighbour's statement goes first: it is the one the backend runs (waiting on the
+    // lock) when the impatient caller leaves, so a cancel request would cancel it.
+    let neighbour = tokio::spawn({
+        let channel = app.channel().await;
+        let login = request(&key, &agents[1].0);
+        async move { agent_auth::client::authenticate(channel, login).await }
+    });
+    wait_until_blocked(&db).await;
+    let mut impatient =
+        agent_auth::grpc::pb::agent_auth_client::AgentAuthClient::new(app.channel().await);
+    let mut leaving = tonic::Request::new(request(&key, &agents[0].0));
+    leaving.set_timeout(Duration::from_millis(300));
+    let left = impatient.authenticate(leaving).await;
+    assert_eq!(
+        left.map_err(|s| s.code()).err(),
+        Some(Code::DeadlineExceeded)
+    );
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    lock.batch_execute("ROLLBACK").await.unwrap();
+    let answered = success(neighbour.await.unwrap());
+    assert_eq!(answered.session_token, agents[1].1.to_string());
+    app.stop().await;
+}
+
+/// The database restarts in the middle of pipelined load: calls in flight fail fast with
+/// DATABASE_UNAVAILABLE (none hangs past its deadline, none gets another's row), and logins
+/// come back by themselves.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restart_under_pipelined_load_fails_only_calls_in_flight_and_recovers() {
+    use agent_auth::embedded::{EmbeddedOptions, EmbeddedPostgres};
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("pg");
+    let start = async || {
+        let mut options = EmbeddedOptions::new(&data);
+        options.ephemeral = true;
+        EmbeddedPostgres::start(options).await.unwrap()
+    };
+    let cluster = start().await;
+    cluster.ensure_database("pipelined").await.unwrap();
+    let url = cluster.connection_string("pipelined");
+    let db = TestDb {
+        name: "pipelined".into(),
+        url: url.clone(),
+    };
+    agent_auth::store::migrate::run_migrations(&url.parse().unwrap())
+        .await
+        .unwrap();
+    let agents = Arc::new(agents(&db, 50).await);
+    let key = Arc::new(AwsKey::generate(1024));
+    let flag = key.flag("default");
+    let app = TestApp::spawn(&db, |c| {
+        c.aws_certificate = vec![value(flag)];
+        c.db_pool_size = value(2);
+        c.db_checkout_timeout = value("500ms");
+        c.db_connect_timeout = value("1s");
+    })
+    .await;
+    let channel = app.channel().await;
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let deadline = Duration::from_secs(2);
+    // 20 callers in a loop, each login under a 2 s deadline.
+    let callers: Vec<_> = (0..20)
+        .map(|caller| {
+            let (agents, key, channel, stop) =
+                (agents.clone(), key.clone(), channel.clone(), stop.clone());
+            tokio::spawn(async move {
+                let mut client =
+                    agent_auth::grpc::pb::agent_auth_client::AgentAuthClient::new(channel);
+                let (mut ok, mut unavailable, mut late) = (0, 0, 0);
+                let mut i = caller;
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    let (instance, token) = &agents[i % agents.len()];
+                    i += 20;
+                    let mut call = tonic::Request::new(request(&key, instance));
+                    call.set_timeout(deadline);
+                    let started = Instant::now();
+                    let result = client.authenticate(call).await;
+                    if started.elapsed() > deadline + Duration::from_millis(500) {
+                        late += 1;
+                    }
+                    match result {
+                        Ok(response) => {
+                            assert_eq!(
+                                response.into_inner().session_token,
+                                token.to_string(),
+                                "a caller got another caller's row"
+                            );
+                            ok += 1;
+                        }
+                        Err(status) => {
+                            // UNAVAILABLE; or, when the deadline came first, the server's
+                            // DEADLINE_EXCEEDED or the client's own timeout (CANCELLED).
+                            assert!(
+                                matches!(
+                                    status.code(),
+                                    Code::Unavailable | Code::DeadlineExceeded | Code::Cancelled
+                                ),
+                                "only UNAVAILABLE or a deadline while the database is away: {status:?}"
+                            );
+                            unavailable += 1;
+                            tokio::time::sleep(Duration::from_millis(20)).await;
+                        }
+                    }
+                }
+                (ok, unavailable, late)
+            })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    cluster.stop().await.unwrap();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let cluster = start().await;
+    let back = Instant::now();
+    let recovered = eventually(Duration::from_secs(10), async || {
+        app.authenticate(request(&key, &agents[0].0)).await.is_ok()
+    })
+    .await;
+    assert!(recovered, "logins came back by themselves");
+    println!(
+        "logins back {:?} after the database restarted",
+        back.elapsed()
+    );
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let (mut ok, mut unavailable, mut late) = (0, 0, 0);
+    for caller in callers {
+        let (o, u, l) = caller.await.unwrap();
+        (ok, unavailable, late) = (ok + o, unavailable + u, late + l);
+    }
+    println!("{ok} logins, {unavailable} unavailable, {late} late");
+    assert_eq!(late, 0, "no call outlived its deadline");
+    assert!(unavailable > 0, "the restart was seen");
+    assert!(ok > 0);
+    app.stop().await;
+    cluster.stop().await.unwrap();
+}

@@ -68,6 +68,23 @@ pub(super) struct Connections {
     tls: MakeRustlsConnect,
 }
 
+/// A caller counted as waiting for room until dropped (also when its future is: a readiness
+/// probe that timed out).
+struct Waiting<'a>(&'a AtomicUsize);
+
+impl<'a> Waiting<'a> {
+    fn new(count: &'a AtomicUsize) -> Self {
+        count.fetch_add(1, Ordering::AcqRel);
+        Self(count)
+    }
+}
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
 /// A statement counted on its connection until dropped.
 struct Place {
     connections: Arc<Connections>,
@@ -140,10 +157,10 @@ impl Connections {
     pub(super) async fn claim(self: &Arc<Self>) -> Result<Claim, StoreError> {
         let started = Instant::now();
         let deadline = started + self.checkout_timeout;
-        self.waiting.fetch_add(1, Ordering::AcqRel);
+        let waiting = Waiting::new(&self.waiting);
         let room =
             tokio::time::timeout_at(deadline.into(), Arc::clone(&self.room).acquire_owned()).await;
-        self.waiting.fetch_sub(1, Ordering::AcqRel);
+        drop(waiting);
         metrics::histogram!(crate::metrics::DB_POOL_WAIT).record(started.elapsed().as_secs_f64());
         let room = match room {
             Ok(Ok(room)) => room,

@@ -203,9 +203,13 @@ async fn a_caller_that_leaves_never_cancels_its_neighbours_statement() {
     let mut leaving = tonic::Request::new(request(&key, &agents[0].0));
     leaving.set_timeout(Duration::from_millis(300));
     let left = impatient.authenticate(leaving).await;
-    assert_eq!(
-        left.map_err(|s| s.code()).err(),
-        Some(Code::DeadlineExceeded)
+    // The server's DEADLINE_EXCEEDED, or the client's own timer first (CANCELLED).
+    assert!(
+        matches!(
+            left.map_err(|s| s.code()).err(),
+            Some(Code::DeadlineExceeded | Code::Cancelled)
+        ),
+        "the impatient caller left at its deadline"
     );
     tokio::time::sleep(Duration::from_millis(200)).await;
     lock.batch_execute("ROLLBACK").await.unwrap();
@@ -267,7 +271,8 @@ async fn a_restart_under_pipelined_load_fails_only_calls_in_flight_and_recovers(
                     call.set_timeout(deadline);
                     let started = Instant::now();
                     let result = client.authenticate(call).await;
-                    if started.elapsed() > deadline + Duration::from_millis(500) {
+                    // Slack for a loaded 2-core machine; a hang would be far longer.
+                    if started.elapsed() > deadline + Duration::from_secs(2) {
                         late += 1;
                     }
                     match result {

@@ -143,28 +143,6 @@ impl Args for ServeArgs {
     }
 }
 
-impl ServeArgs {
-    /// The defaults alone, as if `serve` had been run with no flag, env var or file.
-    pub fn defaults() -> Result<Self, ConfigError> {
-        Ok(Self {
-            config: None,
-            check_config: false,
-            settings: Settings::defaults()?,
-            explicit: BTreeSet::new(),
-        })
-    }
-
-    /// These settings, all of them taken as given explicitly (over any file).
-    pub fn explicit(settings: Settings) -> Self {
-        Self {
-            config: None,
-            check_config: false,
-            settings,
-            explicit: Settings::keys().collect(),
-        }
-    }
-}
-
 impl Settings {
     /// The settings as clap defines them, without reading any env var.
     fn command() -> clap::Command {

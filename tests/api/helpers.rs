@@ -828,6 +828,36 @@ impl ServeProcess {
     }
 }
 
+/// A PostgreSQL cluster of the test's own in `data` (so the test may stop and restart it).
+pub async fn private_cluster(data: &std::path::Path) -> agent_auth::embedded::EmbeddedPostgres {
+    let mut options = agent_auth::embedded::EmbeddedOptions::new(data);
+    options.ephemeral = true;
+    agent_auth::embedded::EmbeddedPostgres::start(options)
+        .await
+        .unwrap_or_else(|e| panic!("private cluster: {e}"))
+}
+
+/// [`private_cluster`] with a migrated database `name`.
+pub async fn private_database(
+    data: &std::path::Path,
+    name: &str,
+) -> (agent_auth::embedded::EmbeddedPostgres, TestDb) {
+    let cluster = private_cluster(data).await;
+    cluster
+        .ensure_database(name)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let url = cluster.connection_string(name);
+    agent_auth::store::migrate::run_migrations(&url.parse().unwrap_or_else(|e| panic!("{e}")))
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let db = TestDb {
+        name: name.into(),
+        url,
+    };
+    (cluster, db)
+}
+
 /// One workspace whose latest (only) build has one agent `main` bound to `instance`.
 pub async fn seed_agent(db: &TestDb, instance: &str) -> Agent {
     let world = World::new(db).await;

@@ -22,28 +22,11 @@ async fn serving(app: &TestApp) -> bool {
 }
 
 /// A private cluster for one test, so it can be stopped and started without disturbing others.
-async fn private_cluster(dir: &std::path::Path) -> EmbeddedPostgres {
-    let mut options = EmbeddedOptions::new(dir);
-    options.ephemeral = true;
-    EmbeddedPostgres::start(options)
-        .await
-        .expect("private cluster")
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_database_restart_flips_readiness_and_the_service_recovers_by_itself() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("pg");
-    let cluster = private_cluster(&data).await;
-    cluster.ensure_database("restart").await.unwrap();
-    let url = cluster.connection_string("restart");
-    let db = TestDb {
-        name: "restart".into(),
-        url: url.clone(),
-    };
-    agent_auth::store::migrate::run_migrations(&url.parse().unwrap())
-        .await
-        .unwrap();
+    let (cluster, db) = private_database(&data, "restart").await;
     seed_agent(&db, RECORDED_INSTANCE).await;
     let app = TestApp::spawn(&db, |c| {
         c.db_checkout_timeout = value("500ms");

@@ -223,24 +223,9 @@ async fn a_caller_that_leaves_never_cancels_its_neighbours_statement() {
 /// come back by themselves.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_restart_under_pipelined_load_fails_only_calls_in_flight_and_recovers() {
-    use agent_auth::embedded::{EmbeddedOptions, EmbeddedPostgres};
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("pg");
-    let start = async || {
-        let mut options = EmbeddedOptions::new(&data);
-        options.ephemeral = true;
-        EmbeddedPostgres::start(options).await.unwrap()
-    };
-    let cluster = start().await;
-    cluster.ensure_database("pipelined").await.unwrap();
-    let url = cluster.connection_string("pipelined");
-    let db = TestDb {
-        name: "pipelined".into(),
-        url: url.clone(),
-    };
-    agent_auth::store::migrate::run_migrations(&url.parse().unwrap())
-        .await
-        .unwrap();
+    let (cluster, db) = private_database(&data, "pipelined").await;
     let agents = Arc::new(agents(&db, 50).await);
     let key = Arc::new(AwsKey::generate(1024));
     let flag = key.flag("default");
@@ -306,7 +291,7 @@ async fn a_restart_under_pipelined_load_fails_only_calls_in_flight_and_recovers(
     tokio::time::sleep(Duration::from_millis(500)).await;
     cluster.stop().await.unwrap();
     tokio::time::sleep(Duration::from_millis(500)).await;
-    let cluster = start().await;
+    let cluster = private_cluster(&data).await;
     let back = Instant::now();
     let recovered = eventually(Duration::from_secs(10), async || {
         app.authenticate(request(&key, &agents[0].0)).await.is_ok()

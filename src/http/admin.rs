@@ -71,15 +71,7 @@ async fn metrics_text(State(state): State<AdminState>) -> impl axum::response::I
             "text/plain; version=0.0.4",
         )],
         crate::metrics::render(
-            &{
-                let occupancy = state.store.occupancy();
-                crate::metrics::Pool {
-                    idle: occupancy.idle,
-                    in_use: occupancy.busy,
-                    waiting: occupancy.waiting,
-                    in_flight: state.store.in_flight(),
-                }
-            },
+            &state.store.occupancy(),
             state
                 .trust
                 .current()

@@ -24,7 +24,6 @@ use std::time::Duration;
 
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
 
-pub use pipeline::Occupancy;
 pub use resolve::{Candidate, Resolution};
 
 /// Pool and connection settings.
@@ -118,14 +117,9 @@ impl Store {
         }
     }
 
-    /// How many connections are open and how busy they are.
-    pub fn occupancy(&self) -> Occupancy {
+    /// How many connections are open, how busy each is, and who waits for room.
+    pub fn occupancy(&self) -> crate::metrics::Pool {
         self.connections.occupancy()
-    }
-
-    /// Statements in flight on each connection.
-    pub fn in_flight(&self) -> Vec<usize> {
-        self.connections.in_flight()
     }
 
     /// Refuses new statements and closes the connections (used at shutdown).

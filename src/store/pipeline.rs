@@ -44,19 +44,6 @@ struct Slot {
     opening: tokio::sync::Mutex<()>,
 }
 
-/// How many connections are open and how busy they are.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct Occupancy {
-    /// Open connections with no statement in flight.
-    pub idle: usize,
-    /// Open connections with at least one statement in flight.
-    pub busy: usize,
-    /// Statements in flight on all connections.
-    pub in_flight: usize,
-    /// Callers waiting for room.
-    pub waiting: usize,
-}
-
 /// The connections, the room on them, and how to open one.
 pub(super) struct Connections {
     slots: Box<[Slot]>,
@@ -239,31 +226,24 @@ impl Connections {
         }
     }
 
-    pub(super) fn occupancy(&self) -> Occupancy {
-        let mut occupancy = Occupancy {
+    /// The connections at this instant, for the pool gauges.
+    pub(super) fn occupancy(&self) -> crate::metrics::Pool {
+        let mut pool = crate::metrics::Pool {
             waiting: self.waiting.load(Ordering::Acquire),
-            ..Occupancy::default()
+            ..crate::metrics::Pool::default()
         };
         for slot in self.slots.iter() {
             let in_flight = slot.in_flight.load(Ordering::Acquire);
-            occupancy.in_flight += in_flight;
+            pool.in_flight.push(in_flight);
             if slot.is_open() {
                 if in_flight == 0 {
-                    occupancy.idle += 1;
+                    pool.idle += 1;
                 } else {
-                    occupancy.busy += 1;
+                    pool.in_use += 1;
                 }
             }
         }
-        occupancy
-    }
-
-    /// Statements in flight on each connection, in slot order.
-    pub(super) fn in_flight(&self) -> Vec<usize> {
-        self.slots
-            .iter()
-            .map(|s| s.in_flight.load(Ordering::Acquire))
-            .collect()
+        pool
     }
 
     /// Refuses new statements and lets every connection close once its statements answered.
@@ -280,6 +260,7 @@ impl Slot {
         self.live.load_full().filter(|l| !l.client.is_closed())
     }
 
+    /// As [`Slot::open_live`] without taking a reference (run per slot on every placement).
     fn is_open(&self) -> bool {
         self.live
             .load()

@@ -66,6 +66,13 @@ pub struct BenchArgs {
     /// Database pool size (the same for every scenario).
     #[arg(long, default_value_t = 10)]
     pub pool_size: usize,
+    /// Stop each scenario after this many logins (or at --duration, whichever comes first).
+    #[arg(long, value_name = "N")]
+    pub logins: Option<u64>,
+    /// Run the spawned server under this command (split on spaces), e.g.
+    /// "valgrind --tool=callgrind --callgrind-out-file=server.out" (scripts/cpu-per-login).
+    #[arg(long, value_name = "COMMAND", conflicts_with_all = ["server", "in_process"])]
+    pub server_wrapper: Option<String>,
     /// Per-login deadline; slower logins are abandoned and count as missed.
     #[arg(long, default_value = "2s", value_parser = humantime::parse_duration)]
     pub deadline: std::time::Duration,

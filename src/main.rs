@@ -9,6 +9,12 @@ use agent_auth::grpc::pb;
 use agent_auth::{client, telemetry};
 use clap::Parser;
 
+/// mimalloc instead of glibc's malloc: a login allocates a few hundred small blocks (HTTP/2
+/// frames, headers, protobuf), and glibc's free alone was 4 % of the server's instructions
+/// (`scripts/cpu-per-login`; before and after in BENCHMARKS.md).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> ExitCode {
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,

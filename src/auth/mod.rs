@@ -180,8 +180,10 @@ impl Authenticator {
         // Only now, with the evidence verified and the agent chosen, may a login spend cloud
         // API quota: forged and unknown instances never reach this line.
         if let Some(live) = &self.live {
+            // Boxed, like every rarely taken await that holds an HTTP client's future: inline,
+            // they made every login's future several kilobytes that tonic copies (callgrind).
             tracing::Instrument::instrument(
-                live.check(&live_evidence),
+                Box::pin(live.check(&live_evidence)),
                 tracing::info_span!("cloud_check", cloud = cloud.label()),
             )
             .await
@@ -246,7 +248,9 @@ impl Authenticator {
                 }
                 (
                     Cloud::Azure,
-                    self.verify_azure(&set, &signature).await?.instance_id,
+                    Box::pin(self.verify_azure(&set, &signature))
+                        .await?
+                        .instance_id,
                     LiveEvidence::None,
                 )
             }
@@ -305,7 +309,7 @@ impl Authenticator {
             .current()
             .ok_or(AuthError::TrustUnavailable(Cloud::Google))?;
         let outcome = match gcp::verify(token, &current, policy, self.now()) {
-            Err(GcpFailure::UnknownKid(_)) => match keys.refetch_for_unknown_kid().await {
+            Err(GcpFailure::UnknownKid(_)) => match Box::pin(keys.refetch_for_unknown_kid()).await {
                 Some(fresh) => gcp::verify(token, &fresh, policy, self.now()),
                 None => return Err(AuthError::TrustUnavailable(Cloud::Google)),
             },
@@ -403,9 +407,12 @@ fn record_outcome(
 
 /// The first 12 hex digits of SHA-256: enough to correlate log lines, not an identifier.
 fn short_hash(value: &str) -> String {
-    openssl::sha::sha256(value.as_bytes())[..6]
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, value.as_bytes());
+    digest.as_ref()[..6]
         .iter()
-        .map(|b| format!("{b:02x}"))
+        .flat_map(|b| [HEX[usize::from(b >> 4)], HEX[usize::from(b & 15)]])
+        .map(char::from)
         .collect()
 }
 

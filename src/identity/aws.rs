@@ -13,11 +13,10 @@
 
 use std::collections::{BTreeMap, HashSet};
 use std::path::PathBuf;
+use std::sync::Arc;
 
-use openssl::hash::MessageDigest;
+use aws_lc_rs::signature::{ParsedPublicKey, RSA_PKCS1_1024_8192_SHA256_FOR_LEGACY_USE_ONLY};
 use openssl::pkcs7::{Pkcs7, Pkcs7Flags};
-use openssl::pkey::{PKey, Public};
-use openssl::sign::Verifier;
 use openssl::stack::Stack;
 use openssl::x509::X509;
 use openssl::x509::store::X509StoreBuilder;
@@ -130,7 +129,10 @@ pub struct PinnedCertificate {
     pub form: AwsForm,
     pub source: Source,
     pub certificate: X509,
-    key: PKey<Public>,
+    /// The certificate's RSA key, parsed once: a verification then costs the RSA operation
+    /// alone (OpenSSL 3's EVP layer looked providers up and rebuilt the key's Montgomery
+    /// context on every call).
+    key: Arc<ParsedPublicKey>,
 }
 
 /// One form's keys, in the contract's precedence: the operator's certificate for the region,
@@ -313,20 +315,13 @@ impl AwsTrust {
 }
 
 fn verify_rsa_sha256(
-    key: &PKey<Public>,
+    key: &ParsedPublicKey,
     data: &[u8],
     signature: &[u8],
 ) -> Result<(), IdentityError> {
-    let bad = |e: openssl::error::ErrorStack| IdentityError::BadSignature(e.to_string());
-    let mut verifier = Verifier::new(MessageDigest::sha256(), key).map_err(bad)?;
-    verifier.update(data).map_err(bad)?;
-    if verifier.verify(signature).map_err(bad)? {
-        Ok(())
-    } else {
-        Err(IdentityError::BadSignature(
-            "RSA PKCS#1 v1.5 SHA-256 mismatch".into(),
-        ))
-    }
+    key.verify_sig(data, signature).map_err(|_| {
+        IdentityError::BadSignature("RSA PKCS#1 v1.5 SHA-256 mismatch".into())
+    })
 }
 
 /// Verifies AWS's PKCS#7 against the pinned certificate only (no chain: the certificate is the
@@ -376,15 +371,20 @@ fn pin(
     };
     let certificate = X509::from_pem(pem).map_err(|e| bad(e.to_string()))?;
     let key = certificate.public_key().map_err(|e| bad(e.to_string()))?;
-    if key.rsa().is_err() {
-        return Err(bad("the key is not RSA (AWS keys are)".into()));
-    }
+    let rsa = key
+        .rsa()
+        .map_err(|_| bad("the key is not RSA (AWS keys are)".into()))?;
+    let der = rsa
+        .public_key_to_der_pkcs1()
+        .map_err(|e| bad(e.to_string()))?;
+    let key = ParsedPublicKey::new(&RSA_PKCS1_1024_8192_SHA256_FOR_LEGACY_USE_ONLY, der)
+        .map_err(|e| bad(format!("the RSA key is not usable ({e}; AWS keys are 1024 or 2048 bits)")))?;
     Ok(PinnedCertificate {
         region: region.to_owned(),
         form,
         source,
         certificate,
-        key,
+        key: Arc::new(key),
     })
 }
 

@@ -137,10 +137,14 @@ pub fn unix_seconds(time: std::time::SystemTime) -> i64 {
 /// carry line breaks (IMDS returns the AWS signature on several lines).
 pub fn decode_base64(input: &str) -> Result<Vec<u8>, IdentityError> {
     use base64::Engine as _;
-    let compact: Vec<u8> = input.bytes().filter(|b| !b.is_ascii_whitespace()).collect();
-    base64::engine::general_purpose::STANDARD
-        .decode(compact)
-        .map_err(|e| IdentityError::Malformed(format!("base64: {e}")))
+    let engine = base64::engine::general_purpose::STANDARD;
+    let decoded = if input.bytes().any(|b| b.is_ascii_whitespace()) {
+        let compact: Vec<u8> = input.bytes().filter(|b| !b.is_ascii_whitespace()).collect();
+        engine.decode(compact)
+    } else {
+        engine.decode(input)
+    };
+    decoded.map_err(|e| IdentityError::Malformed(format!("base64: {e}")))
 }
 
 #[cfg(test)]

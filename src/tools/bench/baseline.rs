@@ -14,7 +14,7 @@ use deadpool_postgres::{Object, Pool};
 use tokio_postgres::Row;
 use tokio_postgres::types::ToSql;
 
-use super::drive::{Cost, Tally, drive};
+use super::drive::{Cost, Tally, Until, drive};
 
 const AGENT_BY_INSTANCE: &str = "SELECT * FROM workspace_agents WHERE auth_instance_id = $1::text AND deleted = false ORDER BY created_at DESC LIMIT 1";
 /// v2.33's `GetWorkspaceAgentsByInstanceID :many`.
@@ -165,7 +165,7 @@ pub struct Load<'a> {
     pub pool: Pool,
     pub instances: Arc<Vec<String>>,
     pub concurrency: usize,
-    pub duration: Duration,
+    pub until: Until,
     pub deadline: Duration,
 }
 
@@ -181,10 +181,10 @@ where
         pool,
         instances,
         concurrency,
-        duration,
+        until,
         deadline,
     } = load;
-    drive(label, concurrency, duration, deadline, move |n| {
+    drive(label, concurrency, until, deadline, move |n| {
         let (pool, login) = (pool.clone(), login.clone());
         let instance = instances[n as usize % instances.len()].clone();
         async move {

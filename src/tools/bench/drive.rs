@@ -107,13 +107,20 @@ impl Tally {
     }
 }
 
-/// Runs `work` from `concurrency` callers for `duration`; each call reports its [`Cost`] or an
+/// How long callers keep calling: for `duration`, or until `logins` calls were started.
+#[derive(Debug, Clone, Copy)]
+pub struct Until {
+    pub duration: Duration,
+    pub logins: Option<u64>,
+}
+
+/// Runs `work` from `concurrency` callers [`Until`] the end; each call reports its [`Cost`] or an
 /// error label. Calls that take longer than `deadline` are abandoned and counted as missed.
 /// A progress bar on stderr (only when it is a terminal) shows the time left and logins so far.
 pub async fn drive<F, Fut>(
     label: &str,
     concurrency: usize,
-    duration: Duration,
+    until: Until,
     deadline: Duration,
     work: F,
 ) -> (Tally, Duration)
@@ -121,6 +128,8 @@ where
     F: Fn(u64) -> Fut + Clone + Send + 'static,
     Fut: std::future::Future<Output = Result<Cost, String>> + Send,
 {
+    let Until { duration, logins } = until;
+    let limit = logins.unwrap_or(u64::MAX);
     let stop = Arc::new(AtomicBool::new(false));
     let counter = Arc::new(AtomicU64::new(0));
     let done = Arc::new(AtomicU64::new(0));
@@ -133,6 +142,9 @@ where
                 let mut tally = Tally::default();
                 while !stop.load(Ordering::Relaxed) {
                     let n = counter.fetch_add(1, Ordering::Relaxed);
+                    if n >= limit {
+                        break;
+                    }
                     let begun = Instant::now();
                     match tokio::time::timeout(deadline, work(n)).await {
                         Ok(Ok(cost)) => {
@@ -153,7 +165,7 @@ where
         })
         .collect();
     let bar = progress_bar(label, duration);
-    while started.elapsed() < duration {
+    while started.elapsed() < duration && done.load(Ordering::Relaxed) < limit {
         tokio::time::sleep(Duration::from_millis(100).min(duration)).await;
         bar.set_position(started.elapsed().as_millis().min(duration.as_millis()) as u64);
         bar.set_message(format!("{} logins", done.load(Ordering::Relaxed)));

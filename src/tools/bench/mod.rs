@@ -100,6 +100,8 @@ pub struct BenchOptions {
     /// Caller counts to run every scenario at (one for a plain run, several for a sweep).
     pub concurrency: Vec<usize>,
     pub duration: Duration,
+    /// Stop each scenario after this many logins (within `duration`).
+    pub logins: Option<u64>,
     pub pool_size: usize,
     pub deadline: Duration,
     pub scenarios: Vec<Scenario>,
@@ -293,7 +295,7 @@ async fn run_on(options: &BenchOptions, url: &str, scratch: &Path) -> Result<Rep
     pool.close();
     let server_peak_rss_mib = server.peak_rss_mib();
     let server_kind = match &options.server {
-        ServerMode::Spawn => "child process",
+        ServerMode::Spawn { .. } => "child process",
         ServerMode::InProcess => "in the bench process",
         ServerMode::External { .. } => "external",
     };
@@ -365,14 +367,18 @@ async fn run_scenario(
     pool: &deadpool_postgres::Pool,
     server: &server::Server,
 ) -> Outcome {
-    let (duration, deadline) = (options.duration, options.deadline);
+    let until = drive::Until {
+        duration: options.duration,
+        logins: options.logins,
+    };
+    let deadline = options.deadline;
     let label = format!("{} x{callers}", scenario.key());
     let load = |instances: &Arc<Vec<String>>| baseline::Load {
         label: &label,
         pool: pool.clone(),
         instances: instances.clone(),
         concurrency: callers,
-        duration,
+        until,
         deadline,
     };
     let counted = |(tally, elapsed): (Tally, Duration)| {
@@ -383,7 +389,7 @@ async fn run_scenario(
     let (statements, pool_wait, tally, elapsed) = match scenario {
         Scenario::Service => {
             let before = server.scrape().await;
-            let (tally, elapsed) = run_service(&label, sets, callers, duration, deadline).await;
+            let (tally, elapsed) = run_service(&label, sets, callers, until, deadline).await;
             let after = server.scrape().await;
             // A sample absent before the run has not been touched yet: zero.
             let delta = |name: &str| -> Option<f64> {
@@ -425,11 +431,11 @@ async fn run_service(
     label: &str,
     sets: &InstanceSets,
     callers: usize,
-    duration: Duration,
+    until: drive::Until,
     deadline: Duration,
 ) -> (Tally, Duration) {
     let (channels, documents) = (sets.channels.clone(), sets.documents.clone());
-    drive::drive(label, callers, duration, deadline, move |n| {
+    drive::drive(label, callers, until, deadline, move |n| {
         let channel = channels[n as usize % channels.len()].clone();
         let (document, signature) = documents[n as usize % documents.len()].clone();
         async move {
@@ -553,7 +559,13 @@ pub async fn command(args: BenchArgs) -> ExitCode {
             metrics: args.server_metrics,
         },
         (None, true) => ServerMode::InProcess,
-        (None, false) => ServerMode::Spawn,
+        (None, false) => ServerMode::Spawn {
+            wrapper: args
+                .server_wrapper
+                .as_deref()
+                .map(|w| w.split_whitespace().map(str::to_owned).collect())
+                .unwrap_or_default(),
+        },
     };
     let mut db_settings = Vec::new();
     for setting in &args.db_setting {
@@ -577,6 +589,7 @@ pub async fn command(args: BenchArgs) -> ExitCode {
             args.sweep
         },
         duration: args.duration,
+        logins: args.logins,
         pool_size: args.pool_size,
         deadline: args.deadline,
         scenarios,

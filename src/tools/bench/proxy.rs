@@ -134,7 +134,8 @@ fn join(client: TcpStream, server: impl Duplex, delay: Duration) -> std::io::Res
     delayed(server, client_write, delay)
 }
 
-/// Copies `from` to `to` on two threads, each chunk released `delay` after it was read.
+/// Copies `from` to `to` on two threads, each chunk released `delay` after it was read (chunks
+/// due together are written together).
 fn delayed(mut from: impl Duplex, mut to: impl Duplex, delay: Duration) -> std::io::Result<()> {
     let (tx, rx) = std::sync::mpsc::channel::<(Instant, Vec<u8>)>();
     std::thread::Builder::new()
@@ -154,8 +155,21 @@ fn delayed(mut from: impl Duplex, mut to: impl Duplex, delay: Duration) -> std::
     std::thread::Builder::new()
         .name("bench-proxy-write".into())
         .spawn(move || {
-            while let Ok((at, chunk)) = rx.recv() {
+            let mut pending: Option<(Instant, Vec<u8>)> = None;
+            loop {
+                let Some((at, mut chunk)) = pending.take().or_else(|| rx.recv().ok()) else {
+                    break;
+                };
                 std::thread::sleep(at.saturating_duration_since(Instant::now()));
+                // Everything else already due goes out in the same write, as a network would
+                // put it in the same segments: one wake-up of the peer instead of one per chunk.
+                while let Ok((next_at, next)) = rx.try_recv() {
+                    if next_at > Instant::now() {
+                        pending = Some((next_at, next));
+                        break;
+                    }
+                    chunk.extend_from_slice(&next);
+                }
                 if to.write_all(&chunk).is_err() {
                     break;
                 }

@@ -9,7 +9,8 @@ use std::time::{Duration, Instant};
 /// Where the service comes from.
 #[derive(Debug, Clone)]
 pub enum ServerMode {
-    Spawn,
+    /// A child process, started under `wrapper` when it is not empty (e.g. valgrind).
+    Spawn { wrapper: Vec<String> },
     InProcess,
     External {
         url: String,
@@ -31,6 +32,8 @@ enum Running {
     Child {
         child: tokio::process::Child,
         log: PathBuf,
+        /// How long to wait for it to become ready, and to exit.
+        patience: Duration,
     },
     InProcess {
         stop: tokio::sync::oneshot::Sender<()>,
@@ -57,7 +60,7 @@ impl Server {
                 running: Running::External,
             }),
             ServerMode::InProcess => start_in_process(setup).await,
-            ServerMode::Spawn => spawn(setup).await,
+            ServerMode::Spawn { wrapper } => spawn(setup, wrapper).await,
         }
     }
 
@@ -79,14 +82,18 @@ impl Server {
 
     pub async fn stop(self) {
         match self.running {
-            Running::Child { mut child, .. } => {
+            Running::Child {
+                mut child,
+                patience,
+                ..
+            } => {
                 if let Some(pid) = child.id().and_then(|id| i32::try_from(id).ok()) {
                     let _ = nix::sys::signal::kill(
                         nix::unistd::Pid::from_raw(pid),
                         nix::sys::signal::Signal::SIGTERM,
                     );
                 }
-                if tokio::time::timeout(Duration::from_secs(20), child.wait())
+                if tokio::time::timeout(patience / 3, child.wait())
                     .await
                     .is_err()
                 {
@@ -150,7 +157,7 @@ async fn start_in_process(setup: &ServerSetup<'_>) -> Result<Server, String> {
 /// Starts `agent-auth serve` (this executable) on free loopback ports with the same settings
 /// as the in-process server ([`settings`], written as its `--config` file), and waits until
 /// its readiness endpoint answers 200.
-async fn spawn(setup: &ServerSetup<'_>) -> Result<Server, String> {
+async fn spawn(setup: &ServerSetup<'_>, wrapper: &[String]) -> Result<Server, String> {
     let (grpc, admin) = (free_port()?, free_port()?);
     let raw = crate::config::Settings {
         grpc_listen: crate::config::ListenAddr::Tcp(grpc),
@@ -163,7 +170,16 @@ async fn spawn(setup: &ServerSetup<'_>) -> Result<Server, String> {
     let exe = std::env::current_exe().map_err(|e| e.to_string())?;
     let log = setup.scratch.join("server.log");
     let log_file = std::fs::File::create(&log).map_err(|e| e.to_string())?;
-    let mut command = tokio::process::Command::new(exe);
+    let mut command = match wrapper.split_first() {
+        Some((program, args)) => {
+            let mut command = tokio::process::Command::new(program);
+            command.args(args).arg(exe);
+            command
+        }
+        None => tokio::process::Command::new(exe),
+    };
+    // A wrapped server (valgrind) starts and stops many times slower.
+    let patience = Duration::from_secs(if wrapper.is_empty() { 60 } else { 600 });
     command.arg("serve").arg("--config").arg(&config);
     // The environment would override the file: the child runs on the file alone, like the
     // in-process server.
@@ -183,21 +199,33 @@ async fn spawn(setup: &ServerSetup<'_>) -> Result<Server, String> {
         grpc_url: format!("http://{grpc}"),
         metrics: Some(admin),
         in_process_metrics: false,
-        running: Running::Child { child, log },
+        running: Running::Child {
+            child,
+            log,
+            patience,
+        },
     };
     let started = Instant::now();
     loop {
         if admin_get(admin, "/readyz").await.is_some() {
             return Ok(server);
         }
-        if let Running::Child { child, log } = &mut server.running {
+        if let Running::Child {
+            child,
+            log,
+            patience,
+        } = &mut server.running
+        {
             let exited = child.try_wait().ok().flatten();
-            if exited.is_some() || started.elapsed() > Duration::from_secs(60) {
+            if exited.is_some() || started.elapsed() > *patience {
                 let text = std::fs::read_to_string(log).unwrap_or_default();
                 let tail: Vec<&str> = text.lines().rev().take(5).collect();
                 return Err(format!(
                     "the server did not become ready ({}): {}",
-                    exited.map_or("still starting after 60 s".to_owned(), |s| s.to_string()),
+                    exited.map_or_else(
+                        || format!("still starting after {} s", patience.as_secs()),
+                        |s| s.to_string()
+                    ),
                     tail.into_iter().rev().collect::<Vec<_>>().join(" | ")
                 ));
             }

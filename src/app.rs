@@ -93,6 +93,10 @@ pub async fn prepare_database(config: &Config) -> Result<Database, AppError> {
         ..
     } = crate::store::tls::target(&url, config.store.ca.as_deref())?;
     match config.schema {
+        SchemaMode::Owned if config.store.pooler == crate::store::Pooler::Transaction => {
+            migrate::check_migrated(&pg_config, tls).await?;
+            tracing::info!("owned schema is up to date");
+        }
         SchemaMode::Owned => {
             let applied = migrate::run_migrations_with(&pg_config, tls).await?;
             tracing::info!(?applied, "owned schema is up to date");

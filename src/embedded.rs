@@ -263,6 +263,152 @@ impl Drop for EmbeddedPostgres {
     }
 }
 
+/// A streaming replica and PgBouncer next to a cluster: what `serve` meets in production,
+/// started for the tests and the bench from the same server binaries (and Debian's
+/// `pgbouncer` package).
+impl EmbeddedPostgres {
+    /// A streaming replica of this cluster in `options.data_dir`: `pg_basebackup -R` (as the
+    /// cluster's account), then started like any cluster, read-only.
+    pub async fn replica(
+        &self,
+        options: EmbeddedOptions,
+    ) -> Result<EmbeddedPostgres, EmbeddedError> {
+        let bin = find_binaries()?;
+        let account = unprivileged_account()?;
+        let data_dir = options.data_dir.clone();
+        let pgdata = data_dir.join("pgdata");
+        fs::create_dir_all(&data_dir)
+            .map_err(|e| EmbeddedError::Io(format!("{}: {e}", data_dir.display())))?;
+        let top_mode = if account.is_some() { 0o711 } else { 0o700 };
+        prepare_dir(&data_dir, None, top_mode)?;
+        prepare_dir(&pgdata, account.as_ref(), 0o700)?;
+        let log_path = data_dir.join("postgres.log");
+        // Next to the server binaries, else a versioned Debian directory, else PATH.
+        let program = std::iter::once(bin.join("pg_basebackup"))
+            .chain(
+                fs::read_dir("/usr/lib/postgresql")
+                    .into_iter()
+                    .flatten()
+                    .filter_map(Result::ok)
+                    .map(|e| e.path().join("bin/pg_basebackup")),
+            )
+            .find(|p| p.is_file())
+            .unwrap_or_else(|| PathBuf::from("pg_basebackup"));
+        let mut backup = Command::new(program);
+        backup
+            .arg("-D")
+            .arg(&pgdata)
+            .arg("-h")
+            .arg(&self.socket_dir)
+            .args(["-p", &self.port.to_string(), "-U", SUPERUSER])
+            .args(["-R", "-X", "stream", "-c", "fast", "--no-sync"]);
+        as_account(&mut backup, account.as_ref());
+        let status = backup
+            .stdout(log_file(&log_path)?)
+            .stderr(log_file(&log_path)?)
+            .stdin(Stdio::null())
+            .status()
+            .map_err(|e| EmbeddedError::Start(format!("cannot run pg_basebackup: {e}")))?;
+        if !status.success() {
+            return Err(EmbeddedError::Start(format!(
+                "pg_basebackup failed ({status}); see {}",
+                log_path.display()
+            )));
+        }
+        EmbeddedPostgres::start(options).await
+    }
+
+    /// PgBouncer (`pool_mode` `session` or `transaction`) on a free loopback port in front of
+    /// this cluster, trusting every client (it is for loopback tests and benches only).
+    pub async fn pgbouncer(&self, dir: &Path, pool_mode: &str) -> Result<PgBouncer, EmbeddedError> {
+        let account = unprivileged_account()?;
+        let io = |e: std::io::Error| EmbeddedError::Io(format!("{}: {e}", dir.display()));
+        fs::create_dir_all(dir).map_err(io)?;
+        prepare_dir(dir, account.as_ref(), 0o711)?;
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .map_err(io)?
+            .port();
+        let users = dir.join("users.txt");
+        fs::write(&users, format!("\"{SUPERUSER}\" \"\"\n")).map_err(io)?;
+        let config = dir.join("pgbouncer.ini");
+        fs::write(
+            &config,
+            format!(
+                "[databases]\n* = host={socket} port={cluster_port}\n\n[pgbouncer]\n\
+                 listen_addr = 127.0.0.1\nlisten_port = {port}\nunix_socket_dir =\n\
+                 auth_type = trust\nauth_file = {users}\npool_mode = {pool_mode}\n\
+                 max_client_conn = 1000\ndefault_pool_size = 20\n\
+                 ignore_startup_parameters = extra_float_digits\n",
+                socket = self.socket_dir.display(),
+                cluster_port = self.port,
+                users = users.display(),
+            ),
+        )
+        .map_err(io)?;
+        let binary = ["/usr/sbin/pgbouncer", "/usr/bin/pgbouncer"]
+            .into_iter()
+            .map(PathBuf::from)
+            .find(|p| p.is_file())
+            .ok_or_else(|| {
+                EmbeddedError::Start(
+                    "pgbouncer is not installed (Debian: apt-get install pgbouncer)".into(),
+                )
+            })?;
+        let log_path = dir.join("pgbouncer.log");
+        let mut command = Command::new(binary);
+        command.arg(&config);
+        as_account(&mut command, account.as_ref());
+        command
+            .stdout(log_file(&log_path)?)
+            .stderr(log_file(&log_path)?)
+            .stdin(Stdio::null())
+            .process_group(0);
+        let (pid, exited) = supervise(command)?;
+        let bouncer = PgBouncer { pid, exited, port };
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        while tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .is_err()
+        {
+            if bouncer.exited.borrow().is_some() || tokio::time::Instant::now() > deadline {
+                return Err(EmbeddedError::Start(format!(
+                    "pgbouncer did not start; see {}",
+                    log_path.display()
+                )));
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        Ok(bouncer)
+    }
+}
+
+/// A running PgBouncer; stopped (SIGINT) when dropped.
+pub struct PgBouncer {
+    pid: Pid,
+    exited: watch::Receiver<Option<ExitStatus>>,
+    pub port: u16,
+}
+
+impl PgBouncer {
+    /// A libpq key=value connection string for `dbname` through the pooler.
+    pub fn connection_string(&self, dbname: &str) -> String {
+        format!(
+            "host=127.0.0.1 port={} user={SUPERUSER} sslmode=disable dbname={}",
+            self.port,
+            conninfo_quote(dbname)
+        )
+    }
+}
+
+impl Drop for PgBouncer {
+    fn drop(&mut self) {
+        if self.exited.borrow().is_none() {
+            let _ = kill(self.pid, Signal::SIGINT);
+        }
+    }
+}
+
 /// Spawns the server from a thread that waits on it, so the parent-death signal fires when
 /// (and only when) this process goes away.
 fn supervise(

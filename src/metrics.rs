@@ -93,7 +93,10 @@ fn describe() {
         Unit::Seconds,
         "Time of the cryptographic check alone, by cloud."
     );
-    describe_counter!(DB_QUERIES, "SQL statements run by the authentication path.");
+    describe_counter!(
+        DB_QUERIES,
+        "SQL statements run by the authentication path, by target (primary, replica)."
+    );
     describe_counter!(
         CLOUD_API_CALLS,
         "Calls to cloud APIs for live instance checks, by cloud and outcome (ok, error)."
@@ -193,7 +196,9 @@ fn export_zeros() {
             metrics::counter!(AUTHENTICATIONS, "cloud" => *cloud, "outcome" => outcome).absolute(0);
         }
     }
-    metrics::counter!(DB_QUERIES).absolute(0);
+    for target in ["primary", "replica"] {
+        metrics::counter!(DB_QUERIES, "target" => target).absolute(0);
+    }
     metrics::counter!(REQUESTS_SHED).absolute(0);
     metrics::gauge!(REQUESTS_IN_FLIGHT).set(0.0);
     metrics::counter!(TRUST_REFRESH_FAILURES, "cloud" => "gcp").absolute(0);
@@ -296,8 +301,8 @@ pub fn record_verify(cloud: &'static str, elapsed: Duration) {
 }
 
 /// Counts one statement of the authentication path.
-pub fn record_query() {
-    metrics::counter!(DB_QUERIES).increment(1);
+pub fn record_query(target: &'static str) {
+    metrics::counter!(DB_QUERIES, "target" => target).increment(1);
 }
 
 /// The database connections at one instant.

@@ -176,7 +176,18 @@ impl Authenticator {
         let (cloud, instance_id, live_evidence) = verified?;
         *instance = short_hash(instance_id.as_str());
         let resolution = self.store.resolve(instance_id.as_str()).await?;
-        let agent = select(&instance_id, name, resolution)?;
+        let on_replica = resolution.on_replica;
+        let agent = match select(&instance_id, name, resolution) {
+            // A replica may lag: what it did not find, the primary may have (the one case
+            // where a login costs two statements).
+            Err(AuthError::InstanceNotFound { .. } | AuthError::AgentNameNotFound { .. })
+                if on_replica =>
+            {
+                let resolution = self.store.resolve_on_primary(instance_id.as_str()).await?;
+                select(&instance_id, name, resolution)?
+            }
+            other => other?,
+        };
         // Only now, with the evidence verified and the agent chosen, may a login spend cloud
         // API quota: forged and unknown instances never reach this line.
         if let Some(live) = &self.live {
@@ -309,10 +320,12 @@ impl Authenticator {
             .current()
             .ok_or(AuthError::TrustUnavailable(Cloud::Google))?;
         let outcome = match gcp::verify(token, &current, policy, self.now()) {
-            Err(GcpFailure::UnknownKid(_)) => match Box::pin(keys.refetch_for_unknown_kid()).await {
-                Some(fresh) => gcp::verify(token, &fresh, policy, self.now()),
-                None => return Err(AuthError::TrustUnavailable(Cloud::Google)),
-            },
+            Err(GcpFailure::UnknownKid(_)) => {
+                match Box::pin(keys.refetch_for_unknown_kid()).await {
+                    Some(fresh) => gcp::verify(token, &fresh, policy, self.now()),
+                    None => return Err(AuthError::TrustUnavailable(Cloud::Google)),
+                }
+            }
             other => other,
         };
         match outcome {
@@ -460,6 +473,7 @@ pub fn select(
     let Resolution {
         mut candidates,
         stale_agents,
+        on_replica: _,
     } = resolution;
     if candidates.is_empty() {
         return Err(if stale_agents > 0 {

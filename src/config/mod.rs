@@ -337,6 +337,26 @@ impl TryFrom<Settings> for Config {
                 )
             })?;
         }
+        let replica_urls: Vec<String> = s
+            .postgres_replica_url
+            .into_iter()
+            .map(|u| u.trim().to_owned())
+            .filter(|u| !u.is_empty())
+            .collect();
+        if !replica_urls.is_empty() && postgres_url.is_none() {
+            return Err(ConfigError::new(
+                "postgres_replica_url",
+                "replicas need their primary: set postgres_url",
+            ));
+        }
+        for url in &replica_urls {
+            crate::store::tls::parse(url).map_err(|e| {
+                ConfigError::new(
+                    "postgres_replica_url",
+                    format!("{e} (in {})", redact_postgres_url(url)),
+                )
+            })?;
+        }
         let tls = match (s.tls_cert, s.tls_key, s.tls_client_ca) {
             (None, None, None) => None,
             (Some(cert), Some(key), client_ca) => {
@@ -413,6 +433,8 @@ impl TryFrom<Settings> for Config {
                 statement_timeout: s.db_statement_timeout.0,
                 pipeline_depth: s.db_pipeline_depth.get(),
                 ca: s.postgres_ca.map(|ca| ca.0),
+                pooler: s.db_pooler,
+                replica_urls,
             },
             max_concurrent_requests: s.max_concurrent_requests.get(),
             connections: crate::listen::ConnectionLimits {
@@ -493,6 +515,9 @@ impl Settings {
     pub fn to_redacted_toml(&self) -> Result<String, String> {
         let mut shown = self.clone();
         shown.postgres_url = shown.postgres_url.as_deref().map(redact_postgres_url);
+        for url in &mut shown.postgres_replica_url {
+            *url = redact_postgres_url(url);
+        }
         shown.insecure_verify_time = None;
         toml::to_string(&shown).map_err(|e| e.to_string())
     }

@@ -20,7 +20,7 @@ use serde::{Deserialize, Serialize};
 
 use super::values::{
     AccountId, AssumeRole, ExistingFile, Flag, HttpUrl, Instant, JwksSource, ListenAddr, LogFilter,
-    LogFormat, NonEmpty, OnError, RegionFile, SchemaMode, Span,
+    LogFormat, NonEmpty, OnError, Pooler, RegionFile, SchemaMode, Span,
 };
 
 /// The layered settings, typed. Unknown keys in the file are an error.
@@ -69,6 +69,38 @@ pub struct Settings {
         value_name = "PATH"
     )]
     pub postgres_url_file: Option<PathBuf>,
+
+    /// A streaming replica's URL (repeatable) [default: none].
+    ///
+    /// Logins resolve on the replicas in turn (a dead one is skipped and probed in the
+    /// background); a replica's INSTANCE_NOT_FOUND or AGENT_NAME_NOT_FOUND is asked again of the
+    /// primary, since a new workspace may not have reached the replica yet. Migrations and the
+    /// schema check use --postgres-url only. Same TLS rules as --postgres-url.
+    #[arg(
+        long,
+        env = "AGENT_AUTH_POSTGRES_REPLICA_URL",
+        help_heading = "Database",
+        value_name = "URL",
+        value_delimiter = ','
+    )]
+    pub postgres_replica_url: Vec<String>,
+
+    /// What sits between the service and PostgreSQL: none, or PgBouncer in session or
+    /// transaction pooling mode.
+    ///
+    /// `transaction` keeps no state on a connection: no startup `options` (so no per-connection
+    /// statement_timeout: set PgBouncer's query_timeout or the role's statement_timeout), and
+    /// each login sends its statement unnamed (Parse/Bind/Execute/Sync, one round trip).
+    /// `session` sets statement_timeout with one SET per new connection instead of the startup
+    /// parameter PgBouncer refuses.
+    #[arg(
+        long,
+        env = "AGENT_AUTH_DB_POOLER",
+        help_heading = "Database",
+        value_name = "none|session|transaction",
+        default_value = "none"
+    )]
+    pub db_pooler: Pooler,
 
     /// PEM CA for the database's certificate when the URL has no `sslrootcert` [default: none].
     ///

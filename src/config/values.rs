@@ -41,6 +41,7 @@ via_text!(
     JwksSource,
     NonEmpty,
     OnError,
+    Pooler,
 );
 
 /// A duration longer than zero, written like `500ms`, `2s` or `1m`.
@@ -124,6 +125,9 @@ pub enum LogFormat {
 /// `--cloud-check-on-error`.
 pub use crate::cloud::OnError;
 
+/// `--db-pooler`.
+pub use crate::store::Pooler;
+
 /// An enum written as one of a few lower-case words.
 macro_rules! words {
     ($type:ty { $($word:literal => $variant:expr),* $(,)? }) => {
@@ -151,6 +155,11 @@ macro_rules! words {
 words!(SchemaMode { "owned" => SchemaMode::Owned, "coder" => SchemaMode::Coder });
 words!(LogFormat { "json" => LogFormat::Json, "text" => LogFormat::Text });
 words!(OnError { "closed" => OnError::Closed, "open" => OnError::Open });
+words!(Pooler {
+    "none" => Pooler::None,
+    "session" => Pooler::Session,
+    "transaction" => Pooler::Transaction,
+});
 words!(Flag { "true" => Flag(true), "false" => Flag(false) });
 
 /// A boolean written exactly `true` or `false` (figment and clap would take `yes`, `on`, `1`);

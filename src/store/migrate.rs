@@ -88,6 +88,36 @@ pub async fn run_migrations_with(
         .collect())
 }
 
+/// `--db-pooler transaction`: a transaction-mode pooler cannot hold the session lock that
+/// migrating takes, so `serve` only checks that every migration is applied (one statement, no
+/// state on the connection) and otherwise names the command to run against the database.
+pub async fn check_migrated(
+    config: &tokio_postgres::Config,
+    tls: MakeRustlsConnect,
+) -> Result<(), StoreError> {
+    let client = dedicated_with(config, tls).await?;
+    let newest = migrations::runner()
+        .get_migrations()
+        .iter()
+        .map(|m| m.version())
+        .max()
+        .unwrap_or(0);
+    let applied: Option<i32> = client
+        .query_typed("SELECT max(version) FROM refinery_schema_history", &[])
+        .await
+        .ok()
+        .and_then(|rows| rows.first().and_then(|row| row.try_get(0).ok()));
+    if applied.unwrap_or(0) >= newest {
+        return Ok(());
+    }
+    Err(StoreError::Internal(format!(
+        "the owned schema is not at migration {newest} (found {}), and a transaction-mode \
+         pooler (--db-pooler transaction) cannot hold the migration lock: run `agent-auth \
+         migrate` with --postgres-url of the database itself, not of the pooler",
+        applied.map_or_else(|| "none".to_owned(), |v| v.to_string())
+    )))
+}
+
 /// `--schema coder`: reads only the catalog and names every missing table or column.
 /// Writes nothing; needs only the rights a read-only role has.
 pub async fn check_coder_schema(

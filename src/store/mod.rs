@@ -11,12 +11,18 @@
 //!   replaced and the statement retried once on another;
 //! - the resolver's statement is prepared when a connection opens, so an authentication costs
 //!   one round trip on a cached plan;
-//! - `statement_timeout` travels in the startup packet (`options`), never as a `SET`.
+//! - `statement_timeout` travels in the startup packet (`options`), never as a `SET` per
+//!   statement; behind PgBouncer ([`Pooler`]) it is one `SET` per connection (session mode) or
+//!   PgBouncer's and the role's business (transaction mode, where nothing may live on a
+//!   connection: the statement is sent unnamed, Parse/Bind/Execute/Sync in one round trip).
+//! - read replicas ([`replicas`]) take the logins in turn; the primary answers what a replica
+//!   could not find, and everything when no replica is healthy.
 
 pub mod admin;
 pub mod conninfo;
 pub mod migrate;
 mod pipeline;
+mod replicas;
 pub mod resolve;
 pub mod tls;
 
@@ -25,6 +31,37 @@ use std::time::Duration;
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
 
 pub use resolve::{Candidate, Resolution};
+
+/// `--db-pooler`: what sits between the service and PostgreSQL.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Pooler {
+    /// PostgreSQL itself: `statement_timeout` in the startup packet, the statement prepared
+    /// once per connection.
+    #[default]
+    None,
+    /// PgBouncer in session mode: a connection is one server session, but PgBouncer refuses
+    /// the startup `options`, so `statement_timeout` is one `SET` when a connection opens.
+    Session,
+    /// PgBouncer in transaction mode: consecutive statements may reach different server
+    /// sessions, so nothing is kept on one: no startup options, no `SET`, no named statement.
+    Transaction,
+}
+
+/// Where a statement ran, the label of `agent_auth_db_queries_total{target}`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Target {
+    Primary,
+    Replica,
+}
+
+impl Target {
+    pub fn label(self) -> &'static str {
+        match self {
+            Target::Primary => "primary",
+            Target::Replica => "replica",
+        }
+    }
+}
 
 /// Pool and connection settings.
 #[derive(Debug, Clone)]
@@ -37,6 +74,9 @@ pub struct StoreConfig {
     pub pipeline_depth: usize,
     /// `--postgres-ca`: verify the server certificate against it (libpq `verify-full`).
     pub ca: Option<std::path::PathBuf>,
+    pub pooler: Pooler,
+    /// `--postgres-replica-url`s, in order.
+    pub replica_urls: Vec<String>,
 }
 
 /// Why the database could not answer. Callers see UNAVAILABLE or INTERNAL; the text is for logs.
@@ -48,10 +88,11 @@ pub enum StoreError {
     Internal(String),
 }
 
-/// A handle on the connections. Cheap to clone.
+/// A handle on the connections (the primary's, and each replica's). Cheap to clone.
 #[derive(Clone)]
 pub struct Store {
-    connections: std::sync::Arc<pipeline::Connections>,
+    primary: std::sync::Arc<pipeline::Connections>,
+    replicas: std::sync::Arc<replicas::Replicas>,
 }
 
 /// The libpq settings and TLS connector for `url`, with the service's own: connect timeout,
@@ -73,58 +114,104 @@ fn connection_settings(
     } = tls::target(url, config.ca.as_deref())?;
     tls::warn_if_unverified(&pg_config, verified);
     pg_config.connect_timeout(config.connect_timeout);
-    let statement_ms = config.statement_timeout.as_millis().max(1);
-    let mut options = pg_config.get_options().unwrap_or_default().to_owned();
-    if !options.is_empty() {
-        options.push(' ');
+    if config.pooler == Pooler::None {
+        let mut options = pg_config.get_options().unwrap_or_default().to_owned();
+        if !options.is_empty() {
+            options.push(' ');
+        }
+        options.push_str(&format!(
+            "-c statement_timeout={}",
+            statement_timeout_ms(config)
+        ));
+        pg_config.options(&options);
     }
-    options.push_str(&format!("-c statement_timeout={statement_ms}"));
-    pg_config.options(&options);
     if pg_config.get_application_name().is_none() {
         pg_config.application_name("agent-auth");
     }
     Ok((pg_config, tls))
 }
 
+fn statement_timeout_ms(config: &StoreConfig) -> u128 {
+    config.statement_timeout.as_millis().max(1)
+}
+
 impl Store {
-    /// Sets up the connections. None is opened until the first statement.
+    /// Sets up the connections to the primary and each replica. None is opened until its
+    /// first statement.
     pub fn connect(url: &str, config: &StoreConfig) -> Result<Self, StoreError> {
-        let (pg_config, tls) = connection_settings(url, config)?;
-        Ok(Self {
-            connections: std::sync::Arc::new(pipeline::Connections::new(
+        let open = |url: &str| -> Result<pipeline::Connections, StoreError> {
+            let (pg_config, tls) = connection_settings(url, config)?;
+            Ok(pipeline::Connections::new(
                 pg_config,
                 tls,
-                config.pool_size,
-                config.pipeline_depth,
-                config.checkout_timeout,
-                config.connect_timeout,
-            )),
+                pipeline::Shape {
+                    connections: config.pool_size,
+                    depth: config.pipeline_depth,
+                    checkout_timeout: config.checkout_timeout,
+                    connect_timeout: config.connect_timeout,
+                    pooler: config.pooler,
+                    statement_timeout_ms: statement_timeout_ms(config),
+                },
+            ))
+        };
+        let replicas = config
+            .replica_urls
+            .iter()
+            .map(|url| open(url))
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(Self {
+            primary: std::sync::Arc::new(open(url)?),
+            replicas: std::sync::Arc::new(replicas::Replicas::new(replicas)),
         })
     }
 
-    /// Readiness: a connection answers a round trip. The empty query makes the server answer
-    /// without executing a statement, so probes never show up in statement counts
-    /// (`pg_stat_statements`, `agent_auth_db_queries_total`).
+    /// Readiness: the primary answers a round trip, or else at least one replica does (logins
+    /// still resolve there; only a replica's misses need the primary). The empty query makes
+    /// the server answer without executing a statement, so probes never show up in statement
+    /// counts (`pg_stat_statements`, `agent_auth_db_queries_total`).
     pub async fn ping(&self) -> Result<(), StoreError> {
-        let claim = self.connections.claim().await?;
-        match claim.live.client.simple_query("").await {
-            Ok(_) => Ok(()),
-            Err(e) => {
-                // A dead connection must not make the next request pay for it.
-                claim.discard().await;
-                Err(query_error(e))
+        let primary = ping(&self.primary).await;
+        if primary.is_err() {
+            for replica in self.replicas.all() {
+                if ping(replica).await.is_ok() {
+                    return Ok(());
+                }
             }
         }
+        primary
     }
 
-    /// How many connections are open, how busy each is, and who waits for room.
+    /// How many connections are open, how busy each is, and who waits for room: the
+    /// primary's, then each replica's.
     pub fn occupancy(&self) -> crate::metrics::Pool {
-        self.connections.occupancy()
+        let mut pool = self.primary.occupancy();
+        for replica in self.replicas.all() {
+            let more = replica.occupancy();
+            pool.idle += more.idle;
+            pool.in_use += more.in_use;
+            pool.waiting += more.waiting;
+            pool.in_flight.extend(more.in_flight);
+        }
+        pool
     }
 
     /// Refuses new statements and closes the connections (used at shutdown).
     pub fn close(&self) {
-        self.connections.close();
+        self.primary.close();
+        self.replicas.close();
+    }
+}
+
+/// One round trip on one of `connections`.
+async fn ping(connections: &std::sync::Arc<pipeline::Connections>) -> Result<(), StoreError> {
+    let claim = connections.claim().await?;
+    match claim.live.client.simple_query("").await {
+        Ok(_) => Ok(()),
+        Err(e) => {
+            // A dead connection must not make the next request pay for it.
+            claim.discard().await;
+            Err(query_error(e))
+        }
     }
 }
 
@@ -182,6 +269,11 @@ pub fn connect_error(e: &tokio_postgres::Error, config: &tokio_postgres::Config)
     let user = config.get_user().unwrap_or("(default)");
     let database = config.get_dbname().unwrap_or(user);
     let reason = match e.as_db_error() {
+        // PgBouncer refuses the startup parameter that carries statement_timeout.
+        Some(db) if db.message().contains("unsupported startup parameter") => format!(
+            "{} (a connection pooler such as PgBouncer: set --db-pooler session or transaction)",
+            db.message()
+        ),
         Some(db) => db.message().to_owned(),
         None => {
             // The innermost cause: the I/O error under tokio-postgres's "error connecting".
@@ -217,6 +309,13 @@ fn query_error(e: tokio_postgres::Error) -> StoreError {
         return StoreError::Unavailable(format!("connection lost: {e}"));
     }
     match e.code().map(|c| c.code()) {
+        // invalid_sql_statement_name, duplicate_prepared_statement: the connection's prepared
+        // statement is not where it was prepared, so statements of one connection reach
+        // different server sessions: a transaction-mode pooler the service was not told of.
+        Some("26000" | "42P05") => StoreError::Internal(format!(
+            "{e}: the database is reached through a transaction-mode pooler (PgBouncer \
+             pool_mode=transaction?): set --db-pooler transaction"
+        )),
         // query_canceled (statement_timeout), admin/crash shutdown, cannot_connect_now,
         // too_many_connections, connection_exception class, insufficient_resources class.
         Some(code)

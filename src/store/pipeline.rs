@@ -30,10 +30,21 @@ use tokio_postgres_rustls::MakeRustlsConnect;
 
 use super::StoreError;
 
-/// An open connection and the resolver's statement prepared on it.
+/// An open connection and the resolver's statement prepared on it (none behind a
+/// transaction-mode pooler: each login then sends it unnamed).
 pub(super) struct Live {
     pub client: tokio_postgres::Client,
-    pub statement: tokio_postgres::Statement,
+    pub statement: Option<tokio_postgres::Statement>,
+}
+
+/// How many connections, how deep, how patient, and what sits in front of the database.
+pub(super) struct Shape {
+    pub connections: usize,
+    pub depth: usize,
+    pub checkout_timeout: Duration,
+    pub connect_timeout: Duration,
+    pub pooler: super::Pooler,
+    pub statement_timeout_ms: u128,
 }
 
 /// One connection's place: the connection when open, and the statements on it now.
@@ -51,6 +62,8 @@ pub(super) struct Connections {
     waiting: AtomicUsize,
     checkout_timeout: Duration,
     connect_timeout: Duration,
+    pooler: super::Pooler,
+    statement_timeout_ms: u128,
     config: tokio_postgres::Config,
     tls: MakeRustlsConnect,
 }
@@ -116,11 +129,16 @@ impl Connections {
     pub(super) fn new(
         config: tokio_postgres::Config,
         tls: MakeRustlsConnect,
-        connections: usize,
-        depth: usize,
-        checkout_timeout: Duration,
-        connect_timeout: Duration,
+        shape: Shape,
     ) -> Self {
+        let Shape {
+            connections,
+            depth,
+            checkout_timeout,
+            connect_timeout,
+            pooler,
+            statement_timeout_ms,
+        } = shape;
         let connections = connections.max(1);
         Self {
             slots: (0..connections)
@@ -134,6 +152,8 @@ impl Connections {
             waiting: AtomicUsize::new(0),
             checkout_timeout,
             connect_timeout,
+            pooler,
+            statement_timeout_ms,
             config,
             tls,
         }
@@ -211,9 +231,22 @@ impl Connections {
         tokio::spawn(async move {
             let _ = connection.await;
         });
-        let statement = super::resolve::prepare(&client)
-            .await
-            .map_err(|e| StoreError::Unavailable(format!("preparing a new connection: {e}")))?;
+        let preparing = |e: tokio_postgres::Error| {
+            StoreError::Unavailable(format!("preparing a new connection: {e}"))
+        };
+        if self.pooler == super::Pooler::Session {
+            client
+                .batch_execute(&format!(
+                    "SET statement_timeout = {}",
+                    self.statement_timeout_ms
+                ))
+                .await
+                .map_err(preparing)?;
+        }
+        let statement = match self.pooler {
+            super::Pooler::Transaction => None,
+            _ => Some(super::resolve::prepare(&client).await.map_err(preparing)?),
+        };
         Ok(Live { client, statement })
     }
 

@@ -8,7 +8,10 @@
 use tokio_postgres::types::Type;
 use uuid::Uuid;
 
-use super::{Store, StoreError, is_connection_lost, query_error};
+use std::sync::Arc;
+
+use super::pipeline::Connections;
+use super::{Store, StoreError, Target, is_connection_lost, query_error};
 
 /// The only statement the authentication path runs. `$1` is the verified instance id (text).
 ///
@@ -74,6 +77,8 @@ pub struct Resolution {
     pub candidates: Vec<Candidate>,
     /// How many otherwise-valid agents sit on older builds of live workspaces.
     pub stale_agents: i64,
+    /// A read replica answered (it may lag the primary).
+    pub on_replica: bool,
 }
 
 impl Store {
@@ -87,42 +92,72 @@ impl Store {
     /// sent (one would cancel whatever that backend runs at that moment: with statements
     /// pipelined, a neighbour's). A caller gone before its statement was placed costs no
     /// statement at all.
+    ///
+    /// With read replicas, the next healthy replica runs it; a replica that cannot answer is
+    /// skipped from then on (until it answers a probe) and the primary runs it instead.
     #[tracing::instrument(name = "query", skip_all, fields(db.system = "postgresql", db.operation = "resolve"))]
     pub async fn resolve(&self, instance_id: &str) -> Result<Resolution, StoreError> {
-        let (answer, answered) = tokio::sync::oneshot::channel();
-        let store = self.clone();
-        let instance_id = instance_id.to_owned();
-        tokio::spawn(tracing::Instrument::in_current_span(async move {
-            let result = store.resolve_detached(&instance_id, &answer).await;
-            let _ = answer.send(result);
-        }));
-        answered
-            .await
-            .map_err(|_| StoreError::Internal("the resolver task ended without an answer".into()))?
+        if let Some((index, replica)) = self.replicas.pick() {
+            match resolve_on(replica, Target::Replica, instance_id).await {
+                Ok(mut resolution) => {
+                    resolution.on_replica = true;
+                    return Ok(resolution);
+                }
+                Err(StoreError::Unavailable(cause)) => self.replicas.failed(index, &cause),
+                Err(e) => return Err(e),
+            }
+        }
+        resolve_on(&self.primary, Target::Primary, instance_id).await
     }
 
-    async fn resolve_detached(
-        &self,
-        instance_id: &str,
-        answer: &tokio::sync::oneshot::Sender<Result<Resolution, StoreError>>,
-    ) -> Result<Resolution, StoreError> {
-        let gone = || StoreError::Unavailable("the caller went away before the statement".into());
-        let claim = self.connections.claim().await?;
-        if answer.is_closed() {
-            return Err(gone());
-        }
-        let rows = match query(&claim.live, instance_id).await {
-            Err(e) if is_connection_lost(&e) => {
-                let claim = claim.replace().await?;
-                if answer.is_closed() {
-                    return Err(gone());
-                }
-                query(&claim.live, instance_id).await.map_err(query_error)?
-            }
-            other => other.map_err(query_error)?,
-        };
-        parse(&rows)
+    /// [`Store::resolve`] on the primary: for what a replica did not find.
+    #[tracing::instrument(name = "query", skip_all, fields(db.system = "postgresql", db.operation = "resolve"))]
+    pub async fn resolve_on_primary(&self, instance_id: &str) -> Result<Resolution, StoreError> {
+        resolve_on(&self.primary, Target::Primary, instance_id).await
     }
+}
+
+async fn resolve_on(
+    connections: &Arc<Connections>,
+    target: Target,
+    instance_id: &str,
+) -> Result<Resolution, StoreError> {
+    let (answer, answered) = tokio::sync::oneshot::channel();
+    let connections = Arc::clone(connections);
+    let instance_id = instance_id.to_owned();
+    tokio::spawn(tracing::Instrument::in_current_span(async move {
+        let result = resolve_detached(&connections, target, &instance_id, &answer).await;
+        let _ = answer.send(result);
+    }));
+    answered
+        .await
+        .map_err(|_| StoreError::Internal("the resolver task ended without an answer".into()))?
+}
+
+async fn resolve_detached(
+    connections: &Arc<Connections>,
+    target: Target,
+    instance_id: &str,
+    answer: &tokio::sync::oneshot::Sender<Result<Resolution, StoreError>>,
+) -> Result<Resolution, StoreError> {
+    let gone = || StoreError::Unavailable("the caller went away before the statement".into());
+    let claim = connections.claim().await?;
+    if answer.is_closed() {
+        return Err(gone());
+    }
+    let rows = match query(&claim.live, target, instance_id).await {
+        Err(e) if is_connection_lost(&e) => {
+            let claim = claim.replace().await?;
+            if answer.is_closed() {
+                return Err(gone());
+            }
+            query(&claim.live, target, instance_id)
+                .await
+                .map_err(query_error)?
+        }
+        other => other.map_err(query_error)?,
+    };
+    parse(&rows)
 }
 
 /// Prepares [`RESOLVE_SQL`] on a new connection (once; every login then binds it).
@@ -132,14 +167,23 @@ pub async fn prepare(
     client.prepare_typed(RESOLVE_SQL, &[Type::TEXT]).await
 }
 
-/// Runs the statement prepared when the connection opened: Bind/Execute/Sync, one round trip,
-/// pipelined with the other statements in flight on the connection.
+/// Runs the statement prepared when the connection opened (Bind/Execute/Sync), or behind a
+/// transaction-mode pooler the unnamed statement (Parse/Bind/Execute/Sync): one round trip
+/// either way, pipelined with the other statements in flight on the connection.
 async fn query(
     live: &super::pipeline::Live,
+    target: Target,
     instance_id: &str,
 ) -> Result<Vec<tokio_postgres::Row>, tokio_postgres::Error> {
-    crate::metrics::record_query();
-    live.client.query(&live.statement, &[&instance_id]).await
+    crate::metrics::record_query(target.label());
+    match &live.statement {
+        Some(statement) => live.client.query(statement, &[&instance_id]).await,
+        None => {
+            live.client
+                .query_typed(RESOLVE_SQL, &[(&instance_id, Type::TEXT)])
+                .await
+        }
+    }
 }
 
 fn parse(rows: &[tokio_postgres::Row]) -> Result<Resolution, StoreError> {

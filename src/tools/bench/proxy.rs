@@ -156,10 +156,7 @@ fn delayed(mut from: impl Duplex, mut to: impl Duplex, delay: Duration) -> std::
         .name("bench-proxy-write".into())
         .spawn(move || {
             let mut pending: Option<(Instant, Vec<u8>)> = None;
-            loop {
-                let Some((at, mut chunk)) = pending.take().or_else(|| rx.recv().ok()) else {
-                    break;
-                };
+            while let Some((at, mut chunk)) = pending.take().or_else(|| rx.recv().ok()) {
                 std::thread::sleep(at.saturating_duration_since(Instant::now()));
                 // Everything else already due goes out in the same write, as a network would
                 // put it in the same segments: one wake-up of the peer instead of one per chunk.

@@ -10,7 +10,9 @@ use std::time::{Duration, Instant};
 #[derive(Debug, Clone)]
 pub enum ServerMode {
     /// A child process, started under `wrapper` when it is not empty (e.g. valgrind).
-    Spawn { wrapper: Vec<String> },
+    Spawn {
+        wrapper: Vec<String>,
+    },
     InProcess,
     External {
         url: String,
@@ -30,7 +32,7 @@ pub struct ServerSetup<'a> {
 
 enum Running {
     Child {
-        child: tokio::process::Child,
+        child: Box<tokio::process::Child>,
         log: PathBuf,
         /// How long to wait for it to become ready, and to exit.
         patience: Duration,
@@ -200,7 +202,7 @@ async fn spawn(setup: &ServerSetup<'_>, wrapper: &[String]) -> Result<Server, St
         metrics: Some(admin),
         in_process_metrics: false,
         running: Running::Child {
-            child,
+            child: Box::new(child),
             log,
             patience,
         },
@@ -258,12 +260,17 @@ pub fn peak_rss_mib(status_path: &str) -> Option<f64> {
     Some(kib / 1024.0)
 }
 
-/// The value of an unlabelled sample `name` in Prometheus text.
+/// The sum of every sample `name` (whatever its labels) in Prometheus text.
 pub fn sample(text: &str, name: &str) -> Option<f64> {
-    text.lines()
-        .find(|l| l.split_whitespace().next() == Some(name))
-        .and_then(|l| l.rsplit(' ').next())
-        .and_then(|v| v.parse().ok())
+    let values: Vec<f64> = text
+        .lines()
+        .filter(|l| {
+            l.strip_prefix(name)
+                .is_some_and(|rest| rest.starts_with(' ') || rest.starts_with('{'))
+        })
+        .filter_map(|l| l.rsplit(' ').next()?.parse().ok())
+        .collect();
+    (!values.is_empty()).then(|| values.iter().sum())
 }
 
 #[cfg(test)]

@@ -83,6 +83,14 @@ pub struct BenchArgs {
     /// Round trip added between the load and the database by a loopback proxy (e.g. 2ms).
     #[arg(long, default_value = "0s", value_parser = humantime::parse_duration)]
     pub db_rtt: std::time::Duration,
+    /// Put PgBouncer (Debian's package) in this pooling mode between the load and the private
+    /// database, and run the server with the same --db-pooler: session or transaction.
+    #[arg(long, value_name = "MODE", conflicts_with = "postgres_url")]
+    pub pgbouncer: Option<crate::store::Pooler>,
+    /// Make a streaming replica of the private database (pg_basebackup) and let the server
+    /// resolve logins there (--postgres-replica-url).
+    #[arg(long, conflicts_with = "postgres_url")]
+    pub replica: bool,
     /// An empty database to use instead of a private embedded one.
     #[arg(long, value_name = "URL")]
     pub postgres_url: Option<String>,

@@ -56,7 +56,9 @@ pub struct Authenticated {
 impl From<StoreError> for AuthError {
     fn from(e: StoreError) -> Self {
         match e {
-            StoreError::Unavailable(cause) => AuthError::DatabaseUnavailable(cause),
+            StoreError::Unavailable(cause) | StoreError::Busy(cause) => {
+                AuthError::DatabaseUnavailable(cause)
+            }
             StoreError::Internal(cause) => AuthError::Internal(cause),
         }
     }

@@ -84,6 +84,10 @@ pub struct StoreConfig {
 pub enum StoreError {
     #[error("database unavailable: {0}")]
     Unavailable(String),
+    /// Every connection is full and the checkout timeout passed: overload, not a dead database
+    /// (a replica that is only busy is not skipped for it).
+    #[error("database unavailable: {0}")]
+    Busy(String),
     #[error("database error: {0}")]
     Internal(String),
 }

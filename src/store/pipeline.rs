@@ -172,7 +172,7 @@ impl Connections {
         let room = match room {
             Ok(Ok(room)) => room,
             Ok(Err(_)) => return Err(StoreError::Unavailable("pool closed".into())),
-            Err(_) => return Err(StoreError::Unavailable("pool timeout (Wait)".into())),
+            Err(_) => return Err(StoreError::Busy("pool timeout (Wait)".into())),
         };
         Self::place(self, room, deadline).await
     }

@@ -5,7 +5,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use agent_auth::embedded::EmbeddedOptions;
+use agent_auth::embedded::{EmbeddedOptions, EmbeddedPostgres};
 
 use crate::helpers::*;
 
@@ -104,27 +104,24 @@ async fn logins_go_through_pgbouncer_in_session_and_transaction_mode() {
             .await
             .unwrap();
         let pooled = through(&db, bouncer.connection_string(&db.name));
-        let server =
-            ServeProcess::start(&pooled, &["--aws-certificate", &flag, "--db-pooler", mode]).await;
-        // One after another: concurrent logins through PgBouncer 1.18 stall here (see the
-        // closing note of issue 17), so this covers correctness, not load.
-        let channel = server.channel().await;
-        for round in 0..3 {
-            for (instance, token) in &agents {
-                let response = success(
-                    agent_auth::client::authenticate(channel.clone(), request(&key, instance))
-                        .await,
-                );
-                assert_eq!(
-                    response.session_token,
-                    token.to_string(),
-                    "{mode} round {round}"
-                );
-            }
-        }
+        let server = ServeProcess::start(
+            &pooled,
+            &[
+                "--aws-certificate",
+                &flag,
+                "--db-pooler",
+                mode,
+                // Its stderr is a pipe read only at the end: one log line per login would fill
+                // it and stall the server.
+                "--log-level",
+                "warn",
+            ],
+        )
+        .await;
+        assert_eq!(storm(&server, &key, &agents, 10).await, 0, "{mode}");
         assert_eq!(
             queries(&server, "primary").await,
-            60.0,
+            200.0,
             "{mode}: one statement per login"
         );
         server.terminate().await;
@@ -148,14 +145,15 @@ async fn logins_go_through_pgbouncer_in_session_and_transaction_mode() {
 }
 
 /// Logins resolve on a streaming replica; what the replica has not replayed yet is found on
-/// the primary (two statements, counted apart).
+/// the primary (two statements, counted apart); a replica stopped under load costs no more
+/// logins than those in flight and the primary takes over; the replica back is used again.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn logins_resolve_on_a_streaming_replica_and_fall_back_to_the_primary() {
     let dir = reachable_tempdir();
     let (primary, db) = private_database(&dir.path().join("primary"), "replicated").await;
     let mut options = EmbeddedOptions::new(dir.path().join("replica"));
     options.ephemeral = true;
-    let replica = primary.replica(options).await.unwrap();
+    let replica = primary.replica(options.clone()).await.unwrap();
     let replica_url = replica.connection_string(&db.name);
     let replica_db = through(&db, replica_url.clone());
     let agents = agents(&db, 10).await;
@@ -184,6 +182,8 @@ async fn logins_resolve_on_a_streaming_replica_and_fall_back_to_the_primary() {
             &flag,
             "--postgres-replica-url",
             &replica_url,
+            "--log-level",
+            "warn",
         ],
     )
     .await;
@@ -215,6 +215,62 @@ async fn logins_resolve_on_a_streaming_replica_and_fall_back_to_the_primary() {
         .batch_execute("SELECT pg_wal_replay_resume()")
         .await
         .unwrap();
+
+    // The replica stops in the middle of a storm: the primary answers.
+    let load = {
+        let (grpc, key, agents) = (server.grpc_url.clone(), key.clone(), agents.clone());
+        tokio::spawn(async move {
+            let channel = agent_auth::client::connect(&grpc, Duration::from_secs(5))
+                .await
+                .unwrap();
+            let mut failed = 0;
+            for _ in 0..40 {
+                let calls: Vec<_> = agents
+                    .iter()
+                    .map(|(instance, _)| {
+                        let (channel, key, instance) =
+                            (channel.clone(), key.clone(), instance.clone());
+                        tokio::spawn(async move {
+                            agent_auth::client::authenticate(channel, request(&key, &instance))
+                                .await
+                                .is_ok()
+                        })
+                    })
+                    .collect();
+                for call in calls {
+                    if !call.await.unwrap() {
+                        failed += 1;
+                    }
+                }
+                tokio::time::sleep(Duration::from_millis(25)).await;
+            }
+            failed
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let on_primary_before = queries(&server, "primary").await;
+    replica.stop().await.unwrap();
+    let failed = load.await.unwrap();
+    assert!(
+        failed <= agents.len(),
+        "{failed} logins failed: more than the {} in flight when the replica stopped",
+        agents.len()
+    );
+    let on_primary = queries(&server, "primary").await;
+    assert!(
+        on_primary > on_primary_before,
+        "the primary took over ({on_primary_before} → {on_primary})"
+    );
+    assert_eq!(storm(&server, &key, &agents, 1).await, 0);
+
+    // The replica back: logins return to it.
+    let _replica = EmbeddedPostgres::start(options).await.unwrap();
+    let before = queries(&server, "replica").await;
+    let back = eventually(Duration::from_secs(15), async || {
+        storm(&server, &key, &agents[..1], 1).await == 0
+            && queries(&server, "replica").await > before
+    });
+    assert!(back.await, "the replica is used again");
 
     server.terminate().await;
 }

@@ -110,6 +110,10 @@ pub struct BenchOptions {
     pub signing_key: Option<PathBuf>,
     /// Added round trip between the load (service and baselines) and the database.
     pub db_rtt: Duration,
+    /// PgBouncer in front of the private database, in this mode.
+    pub pgbouncer: Option<crate::store::Pooler>,
+    /// A streaming replica of the private database serves the logins.
+    pub replica: bool,
     pub explain: bool,
     pub plot: Option<PathBuf>,
     /// Extra settings of the private embedded PostgreSQL.
@@ -175,14 +179,19 @@ pub async fn run(options: BenchOptions, postgres_url: Option<String>) -> Result<
             url
         }
     };
-    let result = run_on(&options, &url, temp.path()).await;
+    let result = run_on(&options, &url, temp.path(), cluster.as_ref()).await;
     if let Some(cluster) = cluster {
         let _ = cluster.stop().await;
     }
     result
 }
 
-async fn run_on(options: &BenchOptions, url: &str, scratch: &Path) -> Result<Report, String> {
+async fn run_on(
+    options: &BenchOptions,
+    url: &str,
+    scratch: &Path,
+    cluster: Option<&crate::embedded::EmbeddedPostgres>,
+) -> Result<Report, String> {
     let text = |e: &dyn std::fmt::Display| e.to_string();
     let pg_config: tokio_postgres::Config = url.parse().map_err(|e| format!("{e}"))?;
     crate::store::migrate::run_migrations(&pg_config)
@@ -240,6 +249,43 @@ async fn run_on(options: &BenchOptions, url: &str, scratch: &Path) -> Result<Rep
         .collect::<Result<_, _>>()
         .map_err(|e| text(&e))?;
 
+    // PgBouncer and a replica stand beside the private cluster when asked for.
+    let bouncer = match (options.pgbouncer, cluster) {
+        (None | Some(crate::store::Pooler::None), _) => None,
+        (Some(mode), Some(cluster)) => {
+            let mode = mode.to_string();
+            eprintln!("bench: PgBouncer in {mode} mode in front of the database");
+            Some(
+                cluster
+                    .pgbouncer(&scratch.join("pgbouncer"), &mode)
+                    .await
+                    .map_err(|e| text(&e))?,
+            )
+        }
+        (Some(_), None) => return Err("--pgbouncer needs the private database".into()),
+    };
+    let replica = match (options.replica, cluster) {
+        (false, _) => None,
+        (true, Some(cluster)) => {
+            let mut replica_options =
+                crate::embedded::EmbeddedOptions::new(scratch.join("replica"));
+            replica_options.ephemeral = true;
+            replica_options.settings = vec![("max_connections".into(), "300".into())];
+            let replica = cluster
+                .replica(replica_options)
+                .await
+                .map_err(|e| text(&e))?;
+            let replica_url = replica.connection_string("bench");
+            wait_for_replay(&replica_url, agent_rows).await?;
+            eprintln!("bench: a streaming replica serves the logins");
+            Some((replica, replica_url))
+        }
+        (true, None) => return Err("--replica needs the private database".into()),
+    };
+    let url = bouncer
+        .as_ref()
+        .map_or_else(|| url.to_owned(), |b| b.connection_string("bench"));
+    let url = url.as_str();
     // The load reaches the database through the latency proxy when one is asked for; seeding
     // and EXPLAIN do not.
     let proxy = if options.db_rtt.is_zero() {
@@ -258,6 +304,8 @@ async fn run_on(options: &BenchOptions, url: &str, scratch: &Path) -> Result<Rep
         aws_certificate: &pem_path,
         gcp_jwks: &jwks_path,
         scratch,
+        pooler: options.pgbouncer.unwrap_or_default(),
+        replica_url: replica.as_ref().map(|(_, url)| url.as_str()),
     };
     // The baselines' pool has the server's settings (size, checkout and statement timeouts).
     let store_config = crate::config::Config::try_from(server::settings(&setup)?)
@@ -474,6 +522,26 @@ async fn measure_round_trip(url: &str) -> Result<f64, String> {
     Ok(samples.get(samples.len() / 2).copied().unwrap_or(0.0))
 }
 
+/// Waits until the replica at `url` has as many agent rows as were seeded.
+async fn wait_for_replay(url: &str, agent_rows: i64) -> Result<(), String> {
+    let config: tokio_postgres::Config = url.parse().map_err(|e| format!("{e}"))?;
+    let client = crate::store::migrate::dedicated(&config)
+        .await
+        .map_err(|e| e.to_string())?;
+    for _ in 0..600 {
+        let replayed: i64 = client
+            .query_one("SELECT count(*) FROM workspace_agents", &[])
+            .await
+            .and_then(|r| r.try_get(0))
+            .unwrap_or(-1);
+        if replayed == agent_rows {
+            return Ok(());
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    Err("the replica did not catch up within 60 s".into())
+}
+
 /// EXPLAIN (ANALYZE, BUFFERS) of the resolver's statement for `instance`, on a dedicated
 /// connection (the plan PostgreSQL picks for that value).
 async fn explain_resolve(
@@ -596,6 +664,8 @@ pub async fn command(args: BenchArgs) -> ExitCode {
         server,
         signing_key: args.signing_key,
         db_rtt: args.db_rtt,
+        pgbouncer: args.pgbouncer,
+        replica: args.replica,
         explain: args.explain,
         plot: args.plot,
         db_settings,

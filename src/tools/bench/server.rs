@@ -28,6 +28,8 @@ pub struct ServerSetup<'a> {
     pub aws_certificate: &'a Path,
     pub gcp_jwks: &'a Path,
     pub scratch: &'a Path,
+    pub pooler: crate::store::Pooler,
+    pub replica_url: Option<&'a str>,
 }
 
 enum Running {
@@ -113,24 +115,35 @@ impl Server {
 
 /// The server's settings; the baselines take their pool settings from here too.
 pub fn settings(setup: &ServerSetup<'_>) -> Result<crate::config::Settings, String> {
-    crate::config::Settings::from_flags([
-        "--grpc-listen".to_owned(),
-        "127.0.0.1:0".into(),
-        "--admin-listen".into(),
-        "127.0.0.1:0".into(),
-        "--postgres-url".into(),
-        setup.postgres_url.to_owned(),
-        "--db-pool-size".into(),
-        setup.pool_size.to_string(),
-        "--max-concurrent-requests".into(),
-        setup.max_concurrent_requests.to_string(),
-        "--aws-certificate".into(),
-        format!("default={}", setup.aws_certificate.display()),
-        "--gcp-jwks".into(),
-        setup.gcp_jwks.display().to_string(),
-        "--log-level".into(),
-        "warn".into(),
-    ])
+    crate::config::Settings::from_flags(
+        vec![
+            "--grpc-listen".to_owned(),
+            "127.0.0.1:0".into(),
+            "--admin-listen".into(),
+            "127.0.0.1:0".into(),
+            "--postgres-url".into(),
+            setup.postgres_url.to_owned(),
+            "--db-pool-size".into(),
+            setup.pool_size.to_string(),
+            "--max-concurrent-requests".into(),
+            setup.max_concurrent_requests.to_string(),
+            "--aws-certificate".into(),
+            format!("default={}", setup.aws_certificate.display()),
+            "--gcp-jwks".into(),
+            setup.gcp_jwks.display().to_string(),
+            "--log-level".into(),
+            "warn".into(),
+            "--db-pooler".into(),
+            setup.pooler.to_string(),
+        ]
+        .into_iter()
+        .chain(
+            setup
+                .replica_url
+                .into_iter()
+                .flat_map(|url| ["--postgres-replica-url".to_owned(), url.to_owned()]),
+        ),
+    )
     .map_err(|e| e.to_string())
 }
 

@@ -188,10 +188,29 @@ async fn logins_resolve_on_a_streaming_replica_and_fall_back_to_the_primary() {
     )
     .await;
 
-    // Served by the replica: its statements, none on the primary.
+    // Served by the replica: its statements, none on the primary; the replica's own
+    // statistics see them (index scans of workspace_agents, which this probe does not make,
+    // flushed within a second or so of a backend going idle).
+    let index_scans = async |url: &str| -> i64 {
+        connect(url)
+            .await
+            .query_one(
+                "SELECT coalesce(sum(idx_scan), 0)::bigint FROM pg_stat_user_tables \
+                 WHERE relname = 'workspace_agents'",
+                &[],
+            )
+            .await
+            .unwrap()
+            .get(0)
+    };
+    let replica_before = index_scans(&replica_url).await;
     assert_eq!(storm(&server, &key, &agents, 2).await, 0);
     assert_eq!(queries(&server, "replica").await, 20.0);
     assert_eq!(queries(&server, "primary").await, 0.0);
+    let seen = eventually(Duration::from_secs(20), async || {
+        index_scans(&replica_url).await >= replica_before + 20
+    });
+    assert!(seen.await, "the replica's statistics count the logins");
 
     // A workspace the paused replica has not seen: the primary finds it.
     let admin = replica_db.client().await;

@@ -117,19 +117,7 @@ impl EmbeddedPostgres {
             if options.ephemeral {
                 initdb.arg("--no-sync");
             }
-            as_account(&mut initdb, account.as_ref());
-            let status = initdb
-                .stdout(log_file(&log_path)?)
-                .stderr(log_file(&log_path)?)
-                .stdin(Stdio::null())
-                .status()
-                .map_err(|e| EmbeddedError::Start(format!("cannot run initdb: {e}")))?;
-            if !status.success() {
-                return Err(EmbeddedError::Start(format!(
-                    "initdb failed ({status}); see {}",
-                    log_path.display()
-                )));
-            }
+            run_to_end(initdb, "initdb", account.as_ref(), &log_path)?;
         }
         // A cluster another process runs here is not ours to use or to stop.
         if let Some(pid) = running_postmaster(&pgdata) {
@@ -302,19 +290,7 @@ impl EmbeddedPostgres {
             .arg(&self.socket_dir)
             .args(["-p", &self.port.to_string(), "-U", SUPERUSER])
             .args(["-R", "-X", "stream", "-c", "fast", "--no-sync"]);
-        as_account(&mut backup, account.as_ref());
-        let status = backup
-            .stdout(log_file(&log_path)?)
-            .stderr(log_file(&log_path)?)
-            .stdin(Stdio::null())
-            .status()
-            .map_err(|e| EmbeddedError::Start(format!("cannot run pg_basebackup: {e}")))?;
-        if !status.success() {
-            return Err(EmbeddedError::Start(format!(
-                "pg_basebackup failed ({status}); see {}",
-                log_path.display()
-            )));
-        }
+        run_to_end(backup, "pg_basebackup", account.as_ref(), &log_path)?;
         EmbeddedPostgres::start(options).await
     }
 
@@ -452,6 +428,30 @@ fn set_parent_death_signal(command: &mut Command) {
         command.pre_exec(|| {
             nix::sys::prctl::set_pdeathsig(Signal::SIGINT).map_err(std::io::Error::from)
         });
+    }
+}
+
+/// Runs `command` (as the cluster's account) to its end, its output appended to `log_path`.
+fn run_to_end(
+    mut command: Command,
+    name: &str,
+    account: Option<&Account>,
+    log_path: &Path,
+) -> Result<(), EmbeddedError> {
+    as_account(&mut command, account);
+    let status = command
+        .stdout(log_file(log_path)?)
+        .stderr(log_file(log_path)?)
+        .stdin(Stdio::null())
+        .status()
+        .map_err(|e| EmbeddedError::Start(format!("cannot run {name}: {e}")))?;
+    if status.success() {
+        Ok(())
+    } else {
+        Err(EmbeddedError::Start(format!(
+            "{name} failed ({status}); see {}",
+            log_path.display()
+        )))
     }
 }
 

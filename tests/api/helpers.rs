@@ -858,6 +858,27 @@ pub async fn private_database(
     (cluster, db)
 }
 
+/// `count` agents, each on its own workspace and instance: (instance, token).
+pub async fn agents(db: &TestDb, count: usize) -> Vec<(String, Uuid)> {
+    let world = World::new(db).await;
+    let mut agents = Vec::with_capacity(count);
+    for _ in 0..count {
+        let instance = instance_id();
+        let resource = world.build(world.workspace().await, 1).await;
+        agents.push((
+            instance.clone(),
+            world.agent(resource, "main", &instance).await.token,
+        ));
+    }
+    agents
+}
+
+/// A login for `instance` with a document signed by `key` (us-east-1).
+pub fn request(key: &AwsKey, instance: &str) -> pb::AuthenticateRequest {
+    let document = aws_document(instance, "us-east-1", "123456789012");
+    aws_request(&document, &key.sign(&document), "")
+}
+
 /// One workspace whose latest (only) build has one agent `main` bound to `instance`.
 pub async fn seed_agent(db: &TestDb, instance: &str) -> Agent {
     let world = World::new(db).await;

@@ -17,26 +17,6 @@ fn reachable_tempdir() -> tempfile::TempDir {
     dir
 }
 
-/// `count` agents, each on its own workspace and instance: (instance, token).
-async fn agents(db: &TestDb, count: usize) -> Vec<(String, uuid::Uuid)> {
-    let world = World::new(db).await;
-    let mut agents = Vec::with_capacity(count);
-    for _ in 0..count {
-        let instance = instance_id();
-        let resource = world.build(world.workspace().await, 1).await;
-        agents.push((
-            instance.clone(),
-            world.agent(resource, "main", &instance).await.token,
-        ));
-    }
-    agents
-}
-
-fn request(key: &AwsKey, instance: &str) -> agent_auth::grpc::pb::AuthenticateRequest {
-    let document = aws_document(instance, "us-east-1", "123456789012");
-    aws_request(&document, &key.sign(&document), "")
-}
-
 /// Every agent logs in `rounds` times, all at once; each gets its own token. Returns failures.
 async fn storm(
     server: &ServeProcess,

@@ -90,19 +90,11 @@ impl EmbeddedPostgres {
     pub async fn start(options: EmbeddedOptions) -> Result<Self, EmbeddedError> {
         let bin = find_binaries()?;
         let account = unprivileged_account()?;
-        let data_dir = options.data_dir.clone();
-        let pgdata = data_dir.join("pgdata");
-        let socket_dir = data_dir.join("run");
-        // The top level stays ours (root's, when root) and only traversable by others; the
-        // cluster's own directories belong to the account that runs it. No step follows a
-        // symbolic link.
-        fs::create_dir_all(&data_dir)
-            .map_err(|e| EmbeddedError::Io(format!("{}: {e}", data_dir.display())))?;
-        let top_mode = if account.is_some() { 0o711 } else { 0o700 };
-        prepare_dir(&data_dir, None, top_mode)?;
-        prepare_dir(&pgdata, account.as_ref(), 0o700)?;
-        prepare_dir(&socket_dir, account.as_ref(), 0o700)?;
-        let log_path = data_dir.join("postgres.log");
+        let ClusterDirs {
+            pgdata,
+            socket_dir,
+            log_path,
+        } = ClusterDirs::prepare(&options.data_dir, account.as_ref())?;
         if !pgdata.join("PG_VERSION").is_file() {
             let mut initdb = Command::new(bin.join("initdb"));
             initdb.arg("-D").arg(&pgdata).args([
@@ -122,7 +114,7 @@ impl EmbeddedPostgres {
         // A cluster another process runs here is not ours to use or to stop.
         if let Some(pid) = running_postmaster(&pgdata) {
             return Err(EmbeddedError::InUse {
-                dir: data_dir.display().to_string(),
+                dir: options.data_dir.display().to_string(),
                 pid,
             });
         }
@@ -263,23 +255,13 @@ impl EmbeddedPostgres {
     ) -> Result<EmbeddedPostgres, EmbeddedError> {
         let bin = find_binaries()?;
         let account = unprivileged_account()?;
-        let data_dir = options.data_dir.clone();
-        let pgdata = data_dir.join("pgdata");
-        fs::create_dir_all(&data_dir)
-            .map_err(|e| EmbeddedError::Io(format!("{}: {e}", data_dir.display())))?;
-        let top_mode = if account.is_some() { 0o711 } else { 0o700 };
-        prepare_dir(&data_dir, None, top_mode)?;
-        prepare_dir(&pgdata, account.as_ref(), 0o700)?;
-        let log_path = data_dir.join("postgres.log");
-        // Next to the server binaries, else a versioned Debian directory, else PATH.
-        let program = std::iter::once(bin.join("pg_basebackup"))
-            .chain(
-                fs::read_dir("/usr/lib/postgresql")
-                    .into_iter()
-                    .flatten()
-                    .filter_map(Result::ok)
-                    .map(|e| e.path().join("bin/pg_basebackup")),
-            )
+        let ClusterDirs {
+            pgdata, log_path, ..
+        } = ClusterDirs::prepare(&options.data_dir, account.as_ref())?;
+        // Next to the server binaries, else the newest Debian version's, else PATH.
+        let program = std::iter::once(bin)
+            .chain(debian_bin_dirs().into_iter().rev())
+            .map(|dir| dir.join("pg_basebackup"))
             .find(|p| p.is_file())
             .unwrap_or_else(|| PathBuf::from("pg_basebackup"));
         let mut backup = Command::new(program);
@@ -431,6 +413,33 @@ fn set_parent_death_signal(command: &mut Command) {
     }
 }
 
+/// A cluster's directories under its data dir, prepared: the top level stays ours (root's, when
+/// root) and only traversable by others; the cluster's own directories belong to the account
+/// that runs it. No step follows a symbolic link.
+struct ClusterDirs {
+    pgdata: PathBuf,
+    socket_dir: PathBuf,
+    log_path: PathBuf,
+}
+
+impl ClusterDirs {
+    fn prepare(data_dir: &Path, account: Option<&Account>) -> Result<Self, EmbeddedError> {
+        let pgdata = data_dir.join("pgdata");
+        let socket_dir = data_dir.join("run");
+        fs::create_dir_all(data_dir)
+            .map_err(|e| EmbeddedError::Io(format!("{}: {e}", data_dir.display())))?;
+        let top_mode = if account.is_some() { 0o711 } else { 0o700 };
+        prepare_dir(data_dir, None, top_mode)?;
+        prepare_dir(&pgdata, account, 0o700)?;
+        prepare_dir(&socket_dir, account, 0o700)?;
+        Ok(Self {
+            pgdata,
+            socket_dir,
+            log_path: data_dir.join("postgres.log"),
+        })
+    }
+}
+
 /// Runs `command` (as the cluster's account) to its end, its output appended to `log_path`.
 fn run_to_end(
     mut command: Command,
@@ -559,6 +568,15 @@ pub fn find_binaries() -> Result<PathBuf, EmbeddedError> {
     {
         return Ok(dir);
     }
+    debian_bin_dirs()
+        .into_iter()
+        .rev()
+        .find(|bin| has_both(bin))
+        .ok_or(EmbeddedError::BinariesMissing)
+}
+
+/// Debian's `/usr/lib/postgresql/<major>/bin` directories, oldest version first.
+fn debian_bin_dirs() -> Vec<PathBuf> {
     let mut versions: Vec<(u32, PathBuf)> = fs::read_dir("/usr/lib/postgresql")
         .map(|entries| {
             entries
@@ -567,15 +585,11 @@ pub fn find_binaries() -> Result<PathBuf, EmbeddedError> {
                     let version = e.file_name().to_string_lossy().parse::<u32>().ok()?;
                     Some((version, e.path().join("bin")))
                 })
-                .filter(|(_, bin)| has_both(bin))
                 .collect()
         })
         .unwrap_or_default();
     versions.sort();
-    versions
-        .pop()
-        .map(|(_, bin)| bin)
-        .ok_or(EmbeddedError::BinariesMissing)
+    versions.into_iter().map(|(_, bin)| bin).collect()
 }
 
 /// A value for a libpq `key=value` connection string: single-quoted, `\\` and `'` escaped.

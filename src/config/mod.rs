@@ -330,12 +330,7 @@ impl TryFrom<Settings> for Config {
             ));
         }
         if let Some(url) = &postgres_url {
-            crate::store::tls::parse(url).map_err(|e| {
-                ConfigError::new(
-                    "postgres_url",
-                    format!("{e} (in {})", redact_postgres_url(url)),
-                )
-            })?;
+            check_postgres_url("postgres_url", url)?;
         }
         let replica_urls: Vec<String> = s
             .postgres_replica_url
@@ -350,12 +345,7 @@ impl TryFrom<Settings> for Config {
             ));
         }
         for url in &replica_urls {
-            crate::store::tls::parse(url).map_err(|e| {
-                ConfigError::new(
-                    "postgres_replica_url",
-                    format!("{e} (in {})", redact_postgres_url(url)),
-                )
-            })?;
+            check_postgres_url("postgres_replica_url", url)?;
         }
         let tls = match (s.tls_cert, s.tls_key, s.tls_client_ca) {
             (None, None, None) => None,
@@ -495,6 +485,13 @@ impl TryFrom<Settings> for Config {
             },
         })
     }
+}
+
+/// A connection string the store can use, or an error naming `key` (the password redacted).
+fn check_postgres_url(key: &str, url: &str) -> Result<(), ConfigError> {
+    crate::store::tls::parse(url)
+        .map(|_| ())
+        .map_err(|e| ConfigError::new(key, format!("{e} (in {})", redact_postgres_url(url))))
 }
 
 fn figment_error(e: figment::Error) -> ConfigError {

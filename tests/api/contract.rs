@@ -262,21 +262,6 @@ async fn over_the_concurrency_limit_requests_are_shed_at_once_as_overloaded() {
     );
 }
 
-/// The server-side pids of the service's pooled connections to `db`.
-async fn agent_backends(db: &TestDb) -> Vec<i32> {
-    admin()
-        .await
-        .query(
-            "SELECT pid FROM pg_stat_activity WHERE datname = $1 AND application_name = 'agent-auth' ORDER BY pid",
-            &[&db.name],
-        )
-        .await
-        .unwrap()
-        .iter()
-        .map(|row| row.get(0))
-        .collect()
-}
-
 /// Hardening defect 9: 200 requests abandoned mid-statement (their deadline passes while the
 /// statement waits on a lock) drop no connection and send no cancel request: the pool's
 /// backends stay, it opens no connection beyond its size, and every later login succeeds.

@@ -858,6 +858,21 @@ pub async fn private_database(
     (cluster, db)
 }
 
+/// The server-side pids of the service's pooled connections to `db`.
+pub async fn agent_backends(db: &TestDb) -> Vec<i32> {
+    admin()
+        .await
+        .query(
+            "SELECT pid FROM pg_stat_activity WHERE datname = $1 AND application_name = 'agent-auth' ORDER BY pid",
+            &[&db.name],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|row| row.get(0))
+        .collect()
+}
+
 /// `count` agents, each on its own workspace and instance: (instance, token).
 pub async fn agents(db: &TestDb, count: usize) -> Vec<(String, Uuid)> {
     let world = World::new(db).await;

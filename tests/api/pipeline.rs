@@ -9,19 +9,6 @@ use tonic::Code;
 
 use crate::helpers::*;
 
-/// Backends of the service's connections (by application name) in `db`.
-async fn service_backends(db: &TestDb) -> i64 {
-    admin()
-        .await
-        .query_one(
-            "SELECT count(*) FROM pg_stat_activity WHERE datname = $1 AND application_name = 'agent-auth'",
-            &[&db.name],
-        )
-        .await
-        .unwrap()
-        .get(0)
-}
-
 /// 32 statements wait on one connection at once, the 33rd and later wait for room; when the
 /// lock goes, every caller gets its own agent's token, over that one connection.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -85,7 +72,7 @@ async fn one_connection_carries_up_to_the_pipeline_depth_and_every_caller_gets_i
         metrics(&text)
     );
     assert_eq!(
-        service_backends(&db).await,
+        agent_backends(&db).await.len(),
         1,
         "one connection carries them"
     );
@@ -141,7 +128,7 @@ async fn under_pipelined_load_no_caller_gets_another_callers_row() {
         assert_eq!(got, expected, "a caller got another caller's row");
     }
     assert_eq!(db.statements().await, (agents.len() * rounds) as i64);
-    assert!(service_backends(&db).await <= 2);
+    assert!(agent_backends(&db).await.len() <= 2);
     app.stop().await;
 }
 

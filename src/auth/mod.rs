@@ -474,11 +474,11 @@ pub fn select(
 ) -> Result<Candidate, AuthError> {
     let Resolution {
         mut candidates,
-        stale_agents,
+        stale_agent,
         on_replica: _,
     } = resolution;
     if candidates.is_empty() {
-        return Err(if stale_agents > 0 {
+        return Err(if stale_agent {
             AuthError::NotLatestBuild {
                 instance_id: instance_id.clone(),
             }

@@ -1,8 +1,8 @@
 //! The resolver's one statement (DESIGN.md section 2).
 //!
 //! It returns every *candidate* (a live, top-level agent of a `workspace_build` job on the
-//! workspace's latest build) as a row of its own, and all stale agents (the same, but on an
-//! older build) folded into one count row. The result therefore grows with the number of
+//! workspace's latest build) as a row of its own, and one row telling whether a stale agent
+//! (the same, but on an older build) exists. The result therefore grows with the number of
 //! agents on the latest build, never with history.
 
 use tokio_postgres::types::Type;
@@ -15,39 +15,51 @@ use super::{Store, StoreError, Target, is_connection_lost, query_error};
 
 /// The only statement the authentication path runs. `$1` is the verified instance id (text).
 ///
-/// Plan: an index probe on `workspace_agents (auth_instance_id, deleted)`, then primary-key and
-/// unique-key lookups for resource, job, build and workspace, and an index probe on
-/// `workspace_builds (workspace_id, build_number)` for "is there a newer build".
+/// Plan: an index probe on `workspace_agents (auth_instance_id, deleted)`; for each agent of
+/// the instance, its resource (primary key) and its build (`workspace_builds (job_id)`, unique):
+/// three probes, however old the build. "Latest" is then decided once per *workspace*, not
+/// once per agent: the workspace (primary key) and its highest build number (a backward probe
+/// on `workspace_builds (workspace_id, build_number)`). The job's type is checked only for the
+/// agents that can matter: the latest build's, and the first stale one found. So an instance
+/// with many live agents on old builds costs three probes per old agent, not six
+/// (BENCHMARKS.md section 9, live stale agents).
+///
+/// Rows: every candidate, then one row whose `stale` is 1 if an agent of the instance sits on
+/// an older build of a live workspace, else 0. A job without a build (template import, dry
+/// run) drops out at the build join; its type is not needed for that.
 pub const RESOLVE_SQL: &str = "\
-WITH matched AS (
-    SELECT a.id AS agent_id,
-           a.name,
-           a.auth_token,
-           b.id AS build_id,
-           b.workspace_id,
-           NOT EXISTS (
-               SELECT 1 FROM workspace_builds newer
-               WHERE newer.workspace_id = b.workspace_id
-                 AND newer.build_number > b.build_number
-           ) AS latest
+WITH agent AS (
+    SELECT a.id, a.name, a.auth_token, r.job_id, b.id AS build_id, b.workspace_id, b.build_number
     FROM workspace_agents a
     JOIN workspace_resources r ON r.id = a.resource_id
-    JOIN provisioner_jobs j ON j.id = r.job_id
-    JOIN workspace_builds b ON b.job_id = j.id
-    JOIN workspaces w ON w.id = b.workspace_id
+    JOIN workspace_builds b ON b.job_id = r.job_id
     WHERE a.auth_instance_id = $1
       AND a.deleted = false
       AND a.parent_id IS NULL
-      AND j.type = 'workspace_build'
-      AND w.deleted = false
+),
+newest AS (
+    SELECT g.workspace_id,
+           (SELECT max(x.build_number) FROM workspace_builds x
+            WHERE x.workspace_id = g.workspace_id) AS build_number
+    FROM (SELECT DISTINCT workspace_id FROM agent) g
+    WHERE (SELECT NOT w.deleted FROM workspaces w WHERE w.id = g.workspace_id)
 )
-SELECT agent_id, name::text AS name, auth_token, build_id, workspace_id, NULL::bigint AS stale
-FROM matched
-WHERE latest
+SELECT g.id AS agent_id, g.name::text AS name, g.auth_token, g.build_id, g.workspace_id,
+       NULL::bigint AS stale
+FROM agent g
+JOIN newest n ON n.workspace_id = g.workspace_id AND n.build_number = g.build_number
+JOIN provisioner_jobs j ON j.id = g.job_id
+WHERE j.type = 'workspace_build'
 UNION ALL
 SELECT NULL, NULL, NULL, NULL, NULL, count(*)
-FROM matched
-WHERE NOT latest";
+FROM (
+    SELECT 1
+    FROM agent g
+    JOIN newest n ON n.workspace_id = g.workspace_id AND g.build_number < n.build_number
+    JOIN provisioner_jobs j ON j.id = g.job_id
+    WHERE j.type = 'workspace_build'
+    LIMIT 1
+) first_stale";
 
 /// A session token: `workspace_agents.auth_token`. A secret, so it has no `Debug` or `Display`.
 #[derive(Clone, PartialEq, Eq)]
@@ -75,8 +87,8 @@ pub struct Candidate {
 pub struct Resolution {
     /// Candidates on their workspace's latest build.
     pub candidates: Vec<Candidate>,
-    /// How many otherwise-valid agents sit on older builds of live workspaces.
-    pub stale_agents: i64,
+    /// Some otherwise-valid agent sits on an older build of a live workspace.
+    pub stale_agent: bool,
     /// A read replica answered (it may lag the primary).
     pub on_replica: bool,
 }
@@ -192,7 +204,7 @@ fn parse(rows: &[tokio_postgres::Row]) -> Result<Resolution, StoreError> {
     for row in rows {
         let stale: Option<i64> = row.try_get("stale").map_err(bad)?;
         if let Some(count) = stale {
-            resolution.stale_agents += count;
+            resolution.stale_agent |= count > 0;
             continue;
         }
         resolution.candidates.push(Candidate {

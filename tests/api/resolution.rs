@@ -300,8 +300,28 @@ async fn the_statement_returns_one_row_for_all_stale_history() {
         .await
         .unwrap();
     assert_eq!(rows.len(), 2, "one candidate row and one aggregate row");
+    let candidate: Option<uuid::Uuid> = rows[0].get("agent_id");
+    assert!(candidate.is_some(), "the candidate comes first");
+    // Whether a stale agent exists, not how many: the statement stops at the first one.
     let stale: Option<i64> = rows[1].get("stale");
-    assert_eq!(stale, Some(50));
+    assert_eq!(stale, Some(1));
+
+    // Without the latest build's agent, the same history is "not the latest build".
+    let history = world.workspace().await;
+    let other = instance_id();
+    for number in 1..=3 {
+        let resource = world.build(history, number).await;
+        world.agent(resource, "main", &other).await;
+    }
+    world.build(history, 4).await;
+    let rows = world
+        .client
+        .query(agent_auth::store::resolve::RESOLVE_SQL, &[&other])
+        .await
+        .unwrap();
+    assert_eq!(rows.len(), 1, "no candidate, one aggregate row");
+    let stale: Option<i64> = rows[0].get("stale");
+    assert_eq!(stale, Some(1));
 }
 
 /// A VM belongs to one workspace: when two live workspaces' latest builds both claim the

@@ -543,7 +543,8 @@ async fn wait_for_replay(url: &str, agent_rows: i64) -> Result<(), String> {
 }
 
 /// EXPLAIN (ANALYZE, BUFFERS) of the resolver's statement for `instance`, on a dedicated
-/// connection (the plan PostgreSQL picks for that value).
+/// connection: the plan PostgreSQL picks for that value, then the generic plan, which is what a
+/// prepared statement runs from its sixth execution on when PostgreSQL finds it no costlier.
 async fn explain_resolve(
     client: &tokio_postgres::Client,
     instance: &str,
@@ -552,15 +553,33 @@ async fn explain_resolve(
         "EXPLAIN (ANALYZE, BUFFERS) {}",
         crate::store::resolve::RESOLVE_SQL
     );
-    let rows = client
+    let lines = |rows: Vec<tokio_postgres::Row>| -> String {
+        rows.iter()
+            .filter_map(|row| row.try_get::<_, String>(0).ok())
+            .collect::<Vec<_>>()
+            .join("\n")
+    };
+    let custom = client
         .query(&sql, &[&instance])
         .await
         .map_err(|e| format!("EXPLAIN: {e}"))?;
-    let lines: Vec<String> = rows
-        .iter()
-        .filter_map(|row| row.try_get::<_, String>(0).ok())
-        .collect();
-    Ok(lines.join("\n"))
+    client
+        .batch_execute("SET plan_cache_mode = force_generic_plan")
+        .await
+        .map_err(|e| format!("SET plan_cache_mode: {e}"))?;
+    let prepared = client
+        .prepare_typed(&sql, &[tokio_postgres::types::Type::TEXT])
+        .await
+        .map_err(|e| format!("PREPARE: {e}"))?;
+    let generic = client
+        .query(&prepared, &[&instance])
+        .await
+        .map_err(|e| format!("EXPLAIN (generic): {e}"))?;
+    Ok(format!(
+        "-- the plan for this value\n{}\n-- the generic plan (a prepared statement's from its sixth execution, when no costlier)\n{}",
+        lines(custom),
+        lines(generic)
+    ))
 }
 
 /// The short commit of the working directory, when it is a git checkout.

@@ -63,9 +63,12 @@ pub struct BenchArgs {
     /// How long each scenario runs (at each caller count).
     #[arg(long, default_value = "8s", value_parser = humantime::parse_duration)]
     pub duration: std::time::Duration,
-    /// Database pool size (the same for every scenario).
-    #[arg(long, default_value_t = 10)]
+    /// Database pool size (the same for every scenario; the server's default).
+    #[arg(long, default_value_t = 4)]
     pub pool_size: usize,
+    /// The server's statements in flight per database connection (its --db-pipeline-depth).
+    #[arg(long, default_value_t = 32)]
+    pub pipeline_depth: usize,
     /// Stop each scenario after this many logins (or at --duration, whichever comes first).
     #[arg(long, value_name = "N")]
     pub logins: Option<u64>,

@@ -289,20 +289,110 @@ pub fn subject_label(certificate: &openssl::x509::X509Ref) -> String {
     "unknown".into()
 }
 
+/// The handles every login records to, registered once with our recorder: a `counter!` or
+/// `histogram!` call builds its key and looks it up in the registry each time (about 1,000
+/// instructions each, four or five per login; BENCHMARKS.md section 9).
+struct Hot {
+    authentications: Vec<(&'static str, &'static str, metrics::Counter)>,
+    authentication_duration: Vec<(&'static str, metrics::Histogram)>,
+    verify_duration: Vec<(&'static str, metrics::Histogram)>,
+    queries: Vec<(&'static str, metrics::Counter)>,
+    pool_wait: metrics::Histogram,
+}
+
+/// The cached handles, only when our recorder is the process's: a handle taken before a
+/// recorder is installed, or from another one, would not reach `/metrics`.
+fn hot() -> Option<&'static Hot> {
+    static HOT: OnceLock<Hot> = OnceLock::new();
+    handle()?;
+    Some(HOT.get_or_init(|| {
+        Hot {
+            authentications: CLOUDS
+                .iter()
+                .flat_map(|cloud| outcomes().map(move |outcome| (*cloud, outcome)))
+                .map(|(cloud, outcome)| {
+                    let counter =
+                        metrics::counter!(AUTHENTICATIONS, "cloud" => cloud, "outcome" => outcome);
+                    (cloud, outcome, counter)
+                })
+                .collect(),
+            authentication_duration: CLOUDS
+                .iter()
+                .map(|cloud| {
+                    (
+                        *cloud,
+                        metrics::histogram!(AUTHENTICATION_DURATION, "cloud" => *cloud),
+                    )
+                })
+                .collect(),
+            verify_duration: CLOUDS
+                .iter()
+                .map(|cloud| {
+                    (
+                        *cloud,
+                        metrics::histogram!(VERIFY_DURATION, "cloud" => *cloud),
+                    )
+                })
+                .collect(),
+            queries: ["primary", "replica"]
+                .into_iter()
+                .map(|target| (target, metrics::counter!(DB_QUERIES, "target" => target)))
+                .collect(),
+            pool_wait: metrics::histogram!(DB_POOL_WAIT),
+        }
+    }))
+}
+
 /// Records one authentication.
 pub fn record_authentication(cloud: &'static str, outcome: &'static str, elapsed: Duration) {
-    metrics::counter!(AUTHENTICATIONS, "cloud" => cloud, "outcome" => outcome).increment(1);
-    metrics::histogram!(AUTHENTICATION_DURATION, "cloud" => cloud).record(elapsed.as_secs_f64());
+    let seconds = elapsed.as_secs_f64();
+    let cached = hot().and_then(|hot| {
+        let counter = hot
+            .authentications
+            .iter()
+            .find(|(c, o, _)| *c == cloud && *o == outcome)?;
+        let histogram = hot
+            .authentication_duration
+            .iter()
+            .find(|(c, _)| *c == cloud)?;
+        Some((&counter.2, &histogram.1))
+    });
+    match cached {
+        Some((counter, histogram)) => {
+            counter.increment(1);
+            histogram.record(seconds);
+        }
+        None => {
+            metrics::counter!(AUTHENTICATIONS, "cloud" => cloud, "outcome" => outcome).increment(1);
+            metrics::histogram!(AUTHENTICATION_DURATION, "cloud" => cloud).record(seconds);
+        }
+    }
 }
 
 /// Records the time of one cryptographic check.
 pub fn record_verify(cloud: &'static str, elapsed: Duration) {
-    metrics::histogram!(VERIFY_DURATION, "cloud" => cloud).record(elapsed.as_secs_f64());
+    let seconds = elapsed.as_secs_f64();
+    match hot().and_then(|hot| hot.verify_duration.iter().find(|(c, _)| *c == cloud)) {
+        Some((_, histogram)) => histogram.record(seconds),
+        None => metrics::histogram!(VERIFY_DURATION, "cloud" => cloud).record(seconds),
+    }
 }
 
 /// Counts one statement of the authentication path.
 pub fn record_query(target: &'static str) {
-    metrics::counter!(DB_QUERIES, "target" => target).increment(1);
+    match hot().and_then(|hot| hot.queries.iter().find(|(t, _)| *t == target)) {
+        Some((_, counter)) => counter.increment(1),
+        None => metrics::counter!(DB_QUERIES, "target" => target).increment(1),
+    }
+}
+
+/// Records how long one statement waited for room on a connection.
+pub fn record_pool_wait(elapsed: Duration) {
+    let seconds = elapsed.as_secs_f64();
+    match hot() {
+        Some(hot) => hot.pool_wait.record(seconds),
+        None => metrics::histogram!(DB_POOL_WAIT).record(seconds),
+    }
 }
 
 /// The database connections at one instant.

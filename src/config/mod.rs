@@ -658,7 +658,7 @@ mod tests {
                 c.store.pool_size,
             )
         });
-        assert_eq!(config, Ok((true, false, Duration::from_secs(3), 10)));
+        assert_eq!(config, Ok((true, false, Duration::from_secs(3), 4)));
     }
 
     #[test]

@@ -140,13 +140,14 @@ pub struct Settings {
     )]
     pub schema: SchemaMode,
 
-    /// Database connections (long-lived; each carries many statements at once).
+    /// Database connections (long-lived; each carries many statements at once). Few is
+    /// better: every connection is a PostgreSQL backend process (BENCHMARKS.md section 11).
     #[arg(
         long,
         env = "AGENT_AUTH_DB_POOL_SIZE",
         help_heading = "Database",
         value_name = "N",
-        default_value = "10"
+        default_value = "4"
     )]
     pub db_pool_size: NonZeroUsize,
 

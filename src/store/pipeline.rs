@@ -168,7 +168,7 @@ impl Connections {
         let room =
             tokio::time::timeout_at(deadline.into(), Arc::clone(&self.room).acquire_owned()).await;
         drop(waiting);
-        metrics::histogram!(crate::metrics::DB_POOL_WAIT).record(started.elapsed().as_secs_f64());
+        crate::metrics::record_pool_wait(started.elapsed());
         let room = match room {
             Ok(Ok(room)) => room,
             Ok(Err(_)) => return Err(StoreError::Unavailable("pool closed".into())),
@@ -214,7 +214,9 @@ impl Connections {
         if let Some(live) = s.open_live() {
             return Ok(live);
         }
-        let live = tokio::time::timeout(self.connect_timeout, self.connect())
+        // Boxed: opening is rare, and inline its future (connect, SET, PREPARE) would make every
+        // login's resolver task larger, copied when it is spawned (callgrind).
+        let live = tokio::time::timeout(self.connect_timeout, Box::pin(self.connect()))
             .await
             .map_err(|_| StoreError::Unavailable("pool timeout (Create)".into()))??;
         let live = Arc::new(live);

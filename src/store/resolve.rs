@@ -159,7 +159,8 @@ async fn resolve_detached(
     }
     let rows = match query(&claim.live, target, instance_id).await {
         Err(e) if is_connection_lost(&e) => {
-            let claim = claim.replace().await?;
+            // Boxed like every rare await here: the task is copied when it is spawned.
+            let claim = Box::pin(claim.replace()).await?;
             if answer.is_closed() {
                 return Err(gone());
             }

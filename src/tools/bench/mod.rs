@@ -103,6 +103,8 @@ pub struct BenchOptions {
     /// Stop each scenario after this many logins (within `duration`).
     pub logins: Option<u64>,
     pub pool_size: usize,
+    /// The server's `--db-pipeline-depth`.
+    pub pipeline_depth: usize,
     pub deadline: Duration,
     pub scenarios: Vec<Scenario>,
     pub server: ServerMode,
@@ -131,6 +133,7 @@ pub struct Report {
     pub agent_rows: i64,
     pub seed_seconds: f64,
     pub pool_size: usize,
+    pub pipeline_depth: usize,
     pub deadline_ms: u128,
     pub db_rtt_ms: f64,
     /// The round trip to the database measured through the load's path (median of 50 empty
@@ -300,6 +303,7 @@ async fn run_on(
     let setup = server::ServerSetup {
         postgres_url: load_url,
         pool_size: options.pool_size,
+        pipeline_depth: options.pipeline_depth,
         max_concurrent_requests: max_callers * 2,
         aws_certificate: &pem_path,
         gcp_jwks: &jwks_path,
@@ -367,6 +371,7 @@ async fn run_on(
         agent_rows,
         seed_seconds,
         pool_size: options.pool_size,
+        pipeline_depth: options.pipeline_depth,
         deadline_ms: options.deadline.as_millis(),
         db_rtt_ms: options.db_rtt.as_secs_f64() * 1000.0,
         db_round_trip_ms,
@@ -678,6 +683,7 @@ pub async fn command(args: BenchArgs) -> ExitCode {
         duration: args.duration,
         logins: args.logins,
         pool_size: args.pool_size,
+        pipeline_depth: args.pipeline_depth,
         deadline: args.deadline,
         scenarios,
         server,
@@ -701,7 +707,7 @@ pub async fn command(args: BenchArgs) -> ExitCode {
                 }
             } else {
                 println!(
-                    "{} · commit {} · {} agent rows ({} agents x {} builds{}) · pool {} · deadline {} ms · database round trip {:.2} ms · server: {}",
+                    "{} · commit {} · {} agent rows ({} agents x {} builds{}) · pool {} × depth {} · deadline {} ms · database round trip {:.2} ms · server: {}",
                     report.date,
                     report.commit.as_deref().unwrap_or("?"),
                     report.agent_rows,
@@ -713,6 +719,7 @@ pub async fn command(args: BenchArgs) -> ExitCode {
                         ""
                     },
                     report.pool_size,
+                    report.pipeline_depth,
                     report.deadline_ms,
                     report.db_round_trip_ms,
                     report.server

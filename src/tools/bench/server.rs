@@ -24,6 +24,7 @@ pub enum ServerMode {
 pub struct ServerSetup<'a> {
     pub postgres_url: &'a str,
     pub pool_size: usize,
+    pub pipeline_depth: usize,
     pub max_concurrent_requests: usize,
     pub aws_certificate: &'a Path,
     pub gcp_jwks: &'a Path,
@@ -125,6 +126,8 @@ pub fn settings(setup: &ServerSetup<'_>) -> Result<crate::config::Settings, Stri
             setup.postgres_url.to_owned(),
             "--db-pool-size".into(),
             setup.pool_size.to_string(),
+            "--db-pipeline-depth".into(),
+            setup.pipeline_depth.to_string(),
             "--max-concurrent-requests".into(),
             setup.max_concurrent_requests.to_string(),
             "--aws-certificate".into(),

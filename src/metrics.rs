@@ -15,6 +15,7 @@ pub const DB_POOL_CONNECTIONS: &str = "agent_auth_db_pool_connections";
 pub const DB_POOL_WAITING: &str = "agent_auth_db_pool_waiting";
 pub const DB_POOL_WAIT: &str = "agent_auth_db_pool_wait_seconds";
 pub const DB_CONNECTION_IN_FLIGHT: &str = "agent_auth_db_connection_statements_in_flight";
+pub const DB_CONNECTION_DEPTH: &str = "agent_auth_db_connection_pipeline_depth";
 pub const REQUESTS_IN_FLIGHT: &str = "agent_auth_requests_in_flight";
 pub const REQUESTS_SHED: &str = "agent_auth_requests_shed_total";
 pub const TRUST_EXPIRY: &str = "agent_auth_trust_certificate_expiry_timestamp_seconds";
@@ -134,6 +135,10 @@ fn describe() {
     describe_gauge!(
         DB_CONNECTION_IN_FLIGHT,
         "Statements in flight (pipelined) on each database connection."
+    );
+    describe_gauge!(
+        DB_CONNECTION_DEPTH,
+        "Statements each database connection may carry now (adaptive, at most --db-pipeline-depth)."
     );
     describe_gauge!(REQUESTS_IN_FLIGHT, "Authentications being processed.");
     describe_counter!(
@@ -406,6 +411,8 @@ pub struct Pool {
     pub waiting: usize,
     /// Statements in flight on each connection, in order.
     pub in_flight: Vec<usize>,
+    /// How many statements each connection may carry now (the adaptive pipeline depth).
+    pub depth: Vec<usize>,
 }
 
 /// Renders the Prometheus text, refreshing the pool gauges first; `trust` is every pinned
@@ -414,6 +421,10 @@ pub fn render<'a>(pool: &Pool, trust: impl Iterator<Item = Expiry<'a>>) -> Strin
     metrics::gauge!(DB_POOL_CONNECTIONS, "state" => "idle").set(pool.idle as f64);
     metrics::gauge!(DB_POOL_CONNECTIONS, "state" => "in_use").set(pool.in_use as f64);
     metrics::gauge!(DB_POOL_WAITING).set(pool.waiting as f64);
+    for (connection, depth) in pool.depth.iter().enumerate() {
+        metrics::gauge!(DB_CONNECTION_DEPTH, "connection" => connection.to_string())
+            .set(*depth as f64);
+    }
     for (connection, in_flight) in pool.in_flight.iter().enumerate() {
         metrics::gauge!(DB_CONNECTION_IN_FLIGHT, "connection" => connection.to_string())
             .set(*in_flight as f64);

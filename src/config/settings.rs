@@ -152,7 +152,8 @@ pub struct Settings {
     pub db_pool_size: NonZeroUsize,
 
     /// Statements in flight on one connection at most (pipelined: sent without waiting for
-    /// the answers before them). 1 gives one statement per connection at a time.
+    /// the answers before them). The depth in use adapts below it: about 8 with the database
+    /// near, up to this with it far. 1 gives one statement per connection at a time.
     #[arg(
         long,
         env = "AGENT_AUTH_DB_PIPELINE_DEPTH",

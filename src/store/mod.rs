@@ -20,6 +20,7 @@
 
 pub mod admin;
 pub mod conninfo;
+mod depth;
 pub mod migrate;
 mod pipeline;
 mod replicas;
@@ -195,6 +196,7 @@ impl Store {
             pool.in_use += more.in_use;
             pool.waiting += more.waiting;
             pool.in_flight.extend(more.in_flight);
+            pool.depth.extend(more.depth);
         }
         pool
     }

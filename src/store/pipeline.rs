@@ -17,8 +17,14 @@
 //!   a statement that found its connection dead before reaching the server is retried once on
 //!   another one.
 //!
-//! Room is a semaphore of connections × depth permits; each statement takes one and goes to the
-//! least-loaded connection, so no connection ever holds more than `depth`.
+//! Room is a semaphore of connections × depth permits (FIFO); each statement takes one and goes
+//! to the least-loaded connection, so no connection ever holds more than `depth`. The depth in
+//! use adapts to the database's distance ([`super::depth`]): near the database it comes down
+//! towards 8, and the statements beyond it wait in the semaphore's line for the first place
+//! instead of queueing behind a backend that may stall. The permits follow the depth: a
+//! smaller depth forgets the free permits at once and the others as they come back ([`Room`]).
+//! While they come back a permit may find no connection with room: it then waits to be woken
+//! by the next statement that finishes.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -60,6 +66,14 @@ pub(super) struct Connections {
     slots: Box<[Slot]>,
     room: Arc<Semaphore>,
     waiting: AtomicUsize,
+    /// Statements one connection carries now (adaptive, at most the configured depth); `room`
+    /// has connections × depth permits.
+    depth: AtomicUsize,
+    /// Permits to forget as they come back (the depth came down while they were out).
+    debt: AtomicUsize,
+    estimate: std::sync::Mutex<super::depth::Estimate>,
+    /// Notified when a statement leaves a connection (or the depth grows).
+    released: tokio::sync::Notify,
     checkout_timeout: Duration,
     connect_timeout: Duration,
     pooler: super::Pooler,
@@ -89,6 +103,8 @@ impl Drop for Waiting<'_> {
 struct Place {
     connections: Arc<Connections>,
     slot: usize,
+    /// Statements that were on the connection before this one.
+    ahead: usize,
 }
 
 impl Drop for Place {
@@ -96,6 +112,8 @@ impl Drop for Place {
         self.connections.slots[self.slot]
             .in_flight
             .fetch_sub(1, Ordering::AcqRel);
+        // The first in line (if any) looks for room again.
+        self.connections.released.notify_one();
     }
 }
 
@@ -103,7 +121,29 @@ impl Drop for Place {
 pub(super) struct Claim {
     pub live: Arc<Live>,
     place: Place,
-    room: OwnedSemaphorePermit,
+    room: Room,
+}
+
+/// One permit of the room: given back when dropped, or forgotten if the depth came down while
+/// it was out (so the permits come down to connections × the new depth).
+struct Room {
+    permit: Option<OwnedSemaphorePermit>,
+    connections: Arc<Connections>,
+}
+
+impl Drop for Room {
+    fn drop(&mut self) {
+        let owed = self
+            .connections
+            .debt
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |debt| {
+                debt.checked_sub(1)
+            })
+            .is_ok();
+        if let (true, Some(permit)) = (owed, self.permit.take()) {
+            permit.forget();
+        }
+    }
 }
 
 impl Claim {
@@ -115,7 +155,13 @@ impl Claim {
         connections.forget(place.slot, &live).await;
         drop(place);
         let deadline = Instant::now() + connections.checkout_timeout;
-        Connections::place(&connections, room, deadline).await
+        let place = Connections::reserve(&connections, deadline).await?;
+        Connections::place(place, room, deadline).await
+    }
+
+    /// This claim's statement was answered after `latency` (the depth estimate learns from it).
+    pub(super) fn answered(&self, latency: Duration) {
+        self.place.connections.observe(self.place.ahead, latency);
     }
 
     /// Forgets this claim's connection (it failed a round trip).
@@ -150,6 +196,10 @@ impl Connections {
                 .collect(),
             room: Arc::new(Semaphore::new(connections * depth.max(1))),
             waiting: AtomicUsize::new(0),
+            depth: AtomicUsize::new(depth.max(1)),
+            debt: AtomicUsize::new(0),
+            estimate: std::sync::Mutex::new(super::depth::Estimate::new(depth.max(1))),
+            released: tokio::sync::Notify::new(),
             checkout_timeout,
             connect_timeout,
             pooler,
@@ -167,38 +217,115 @@ impl Connections {
         let waiting = Waiting::new(&self.waiting);
         let room =
             tokio::time::timeout_at(deadline.into(), Arc::clone(&self.room).acquire_owned()).await;
+        let placed = match room {
+            Ok(Ok(permit)) => {
+                let room = Room {
+                    permit: Some(permit),
+                    connections: Arc::clone(self),
+                };
+                Self::reserve(self, deadline)
+                    .await
+                    .map(|place| (place, room))
+            }
+            Ok(Err(_)) => Err(StoreError::Unavailable("pool closed".into())),
+            Err(_) => Err(StoreError::Busy("pool timeout (Wait)".into())),
+        };
         drop(waiting);
         crate::metrics::record_pool_wait(started.elapsed());
-        let room = match room {
-            Ok(Ok(room)) => room,
-            Ok(Err(_)) => return Err(StoreError::Unavailable("pool closed".into())),
-            Err(_) => return Err(StoreError::Busy("pool timeout (Wait)".into())),
-        };
-        Self::place(self, room, deadline).await
+        let (place, room) = placed?;
+        Self::place(place, room, deadline).await
     }
 
-    /// Puts a statement that has room on the least-loaded connection.
-    async fn place(
-        this: &Arc<Self>,
-        room: OwnedSemaphorePermit,
-        deadline: Instant,
-    ) -> Result<Claim, StoreError> {
-        // Least loaded first; among equals an open connection before a closed one, so light
-        // load does not open every connection.
-        let slot = (0..this.slots.len())
-            .min_by_key(|&i| {
-                let s = &this.slots[i];
-                (s.in_flight.load(Ordering::Acquire), !s.is_open())
+    /// A place on the least-loaded connection under the current depth; while every connection
+    /// holds that many, waits in line (until `deadline`) for one to give a place back.
+    async fn reserve(this: &Arc<Self>, deadline: Instant) -> Result<Place, StoreError> {
+        if let Some(place) = this.try_reserve() {
+            return Ok(place);
+        }
+        loop {
+            // Registered before looking, so a place given back in between is not missed.
+            let mut released = std::pin::pin!(this.released.notified());
+            released.as_mut().enable();
+            if let Some(place) = this.try_reserve() {
+                return Ok(place);
+            }
+            if tokio::time::timeout_at(deadline.into(), released)
+                .await
+                .is_err()
+            {
+                return Err(StoreError::Busy("pool timeout (Wait)".into()));
+            }
+        }
+    }
+
+    /// A place on the least-loaded connection with room, if any has. Among equals an open
+    /// connection comes before a closed one, so light load does not open every connection.
+    fn try_reserve(self: &Arc<Self>) -> Option<Place> {
+        let depth = self.depth.load(Ordering::Acquire);
+        let least = (0..self.slots.len()).min_by_key(|&i| {
+            let s = &self.slots[i];
+            (s.in_flight.load(Ordering::Acquire), !s.is_open())
+        })?;
+        // Another caller may take the least-loaded one's last place first: then any with room.
+        std::iter::once(least)
+            .chain(0..self.slots.len())
+            .find_map(|slot| {
+                let ahead = self.slots[slot]
+                    .in_flight
+                    .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                        (n < depth).then_some(n + 1)
+                    })
+                    .ok()?;
+                // From here dropping the place gives it back, whatever happens.
+                Some(Place {
+                    connections: Arc::clone(self),
+                    slot,
+                    ahead,
+                })
             })
-            .unwrap_or(0);
-        this.slots[slot].in_flight.fetch_add(1, Ordering::AcqRel);
-        // From here dropping `place` gives the place back, whatever happens.
-        let place = Place {
-            connections: Arc::clone(this),
-            slot,
-        };
-        let live = this.open(slot, deadline).await?;
+    }
+
+    /// Opens the place's connection if needed: the claim.
+    async fn place(place: Place, room: Room, deadline: Instant) -> Result<Claim, StoreError> {
+        let live = place.connections.open(place.slot, deadline).await?;
         Ok(Claim { live, place, room })
+    }
+
+    /// A statement answered after `latency` with `ahead` statements before it on its
+    /// connection: feeds the depth estimate, and applies a new depth at the end of a window.
+    fn observe(&self, ahead: usize, latency: Duration) {
+        let depth = self
+            .estimate
+            .lock()
+            .ok()
+            .and_then(|mut estimate| estimate.observe(ahead, latency));
+        if let Some(depth) = depth {
+            self.set_depth(depth);
+        }
+    }
+
+    /// Makes `depth` the statements per connection, and connections × `depth` the permits.
+    fn set_depth(&self, depth: usize) {
+        let before = self.depth.swap(depth, Ordering::AcqRel);
+        let connections = self.slots.len();
+        if depth > before {
+            let more = (depth - before) * connections;
+            // What is still owed is cancelled first, the rest added.
+            let owed = match self
+                .debt
+                .fetch_update(Ordering::AcqRel, Ordering::Acquire, |debt| {
+                    Some(debt - debt.min(more))
+                }) {
+                Ok(debt) | Err(debt) => debt,
+            };
+            self.room.add_permits(more - owed.min(more));
+            // More room on every connection: everyone between the two steps looks again.
+            self.released.notify_waiters();
+        } else if depth < before {
+            let fewer = (before - depth) * connections;
+            let forgotten = self.room.forget_permits(fewer);
+            self.debt.fetch_add(fewer - forgotten, Ordering::AcqRel);
+        }
     }
 
     /// The slot's connection, opened (and its statement prepared) if it is not open.
@@ -270,6 +397,7 @@ impl Connections {
         for slot in self.slots.iter() {
             let in_flight = slot.in_flight.load(Ordering::Acquire);
             pool.in_flight.push(in_flight);
+            pool.depth.push(self.depth.load(Ordering::Acquire));
             if slot.is_open() {
                 if in_flight == 0 {
                     pool.idle += 1;
@@ -301,5 +429,65 @@ impl Slot {
             .load()
             .as_ref()
             .is_some_and(|l| !l.client.is_closed())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn connections(count: usize, depth: usize) -> Option<Arc<Connections>> {
+        let config: tokio_postgres::Config = "host=127.0.0.1 user=nobody".parse().ok()?;
+        let tls = super::super::tls::connector(None).ok()?;
+        Some(Arc::new(Connections::new(
+            config,
+            tls,
+            Shape {
+                connections: count,
+                depth,
+                checkout_timeout: Duration::from_secs(1),
+                connect_timeout: Duration::from_secs(1),
+                pooler: super::super::Pooler::None,
+                statement_timeout_ms: 1000,
+            },
+        )))
+    }
+
+    fn take(connections: &Arc<Connections>, count: u32) -> Vec<Room> {
+        (0..count)
+            .filter_map(|_| Arc::clone(&connections.room).try_acquire_owned().ok())
+            .map(|permit| Room {
+                permit: Some(permit),
+                connections: Arc::clone(connections),
+            })
+            .collect()
+    }
+
+    /// The permits follow the depth: down at once as far as they are free, the rest as the
+    /// statements that hold them finish; up at once, less what is still owed.
+    #[test]
+    fn the_room_follows_the_depth_even_with_statements_out() {
+        let Some(c) = connections(2, 32) else {
+            return assert!(connections(2, 32).is_some());
+        };
+        assert_eq!(c.room.available_permits(), 64);
+        let out = take(&c, 60);
+        assert_eq!(out.len(), 60);
+        c.set_depth(8);
+        assert_eq!(c.room.available_permits(), 0);
+        assert_eq!(c.debt.load(Ordering::Acquire), 44);
+        drop(out);
+        assert_eq!(c.room.available_permits(), 16, "2 connections × 8");
+        assert_eq!(c.debt.load(Ordering::Acquire), 0);
+
+        // Down with everything out, up again before anything came back: the debt is cancelled.
+        let out = take(&c, 16);
+        c.set_depth(4);
+        assert_eq!(c.debt.load(Ordering::Acquire), 8);
+        c.set_depth(12);
+        assert_eq!(c.debt.load(Ordering::Acquire), 0);
+        assert_eq!(c.room.available_permits(), 8);
+        drop(out);
+        assert_eq!(c.room.available_permits(), 24, "2 connections × 12");
     }
 }

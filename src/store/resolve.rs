@@ -157,7 +157,12 @@ async fn resolve_detached(
     if answer.is_closed() {
         return Err(gone());
     }
-    let rows = match query(&claim.live, target, instance_id).await {
+    let sent = std::time::Instant::now();
+    let first = query(&claim.live, target, instance_id).await;
+    if first.is_ok() {
+        claim.answered(sent.elapsed());
+    }
+    let rows = match first {
         Err(e) if is_connection_lost(&e) => {
             // Boxed like every rare await here: the task is copied when it is spawned.
             let claim = Box::pin(claim.replace()).await?;

@@ -34,6 +34,8 @@ pub struct Outcome {
     /// Mean time a login waited to check out a pooled connection.
     pub pool_wait_ms_mean: Option<f64>,
     pub errors: BTreeMap<String, u64>,
+    /// The service's pipeline depth in use at the end (mean over its connections; adaptive).
+    pub depth_in_use: Option<f64>,
 }
 
 /// Latencies and error counts gathered by the callers.
@@ -103,6 +105,7 @@ impl Tally {
             missed_share: self.missed as f64 / attempts as f64,
             pool_wait_ms_mean: costs.1,
             errors: self.errors,
+            depth_in_use: None,
         }
     }
 }

@@ -439,6 +439,7 @@ async fn run_scenario(
         let some = |v| (tally.logins() > 0).then_some(v);
         (some(statements), some(pool_wait), tally, elapsed)
     };
+    let mut depth_in_use = None;
     let (statements, pool_wait, tally, elapsed) = match scenario {
         Scenario::Service => {
             let before = server.scrape().await;
@@ -454,6 +455,10 @@ async fn run_scenario(
             let pool_wait = delta(&format!("{}_sum", crate::metrics::DB_POOL_WAIT))
                 .zip(delta(&format!("{}_count", crate::metrics::DB_POOL_WAIT)))
                 .map(|(sum, count)| sum * 1000.0 / count.max(1.0));
+            depth_in_use = after
+                .as_deref()
+                .and_then(|text| server::sample(text, crate::metrics::DB_CONNECTION_DEPTH))
+                .map(|sum| sum / options.pool_size.max(1) as f64);
             (statements, pool_wait, tally, elapsed)
         }
         Scenario::Raw => counted(baseline::run_raw(load(&sets.history)).await),
@@ -470,13 +475,15 @@ async fn run_scenario(
             counted(baseline::run_incumbent(load(&sets.history), Incumbent::V2_33_1, None).await)
         }
     };
-    tally.outcome(
+    let mut outcome = tally.outcome(
         scenario.key(),
         scenario.description(),
         callers,
         elapsed,
         (statements, pool_wait),
-    )
+    );
+    outcome.depth_in_use = depth_in_use;
+    outcome
 }
 
 /// The service over real gRPC.
@@ -725,6 +732,14 @@ pub async fn command(args: BenchArgs) -> ExitCode {
                     report.server
                 );
                 print!("{}", table(&report.outcomes));
+                for outcome in &report.outcomes {
+                    if let Some(depth) = outcome.depth_in_use {
+                        println!(
+                            "pipeline depth in use after {} callers: {depth:.1} (of {})",
+                            outcome.concurrency, report.pipeline_depth
+                        );
+                    }
+                }
                 if let Some(rss) = report.server_peak_rss_mib {
                     println!("peak RSS of the server process: {rss:.1} MiB");
                 }

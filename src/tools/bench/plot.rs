@@ -180,6 +180,7 @@ mod tests {
             missed_deadline: 0,
             missed_share: 0.0,
             pool_wait_ms_mean: None,
+            depth_in_use: None,
             errors: BTreeMap::new(),
         }
     }

@@ -12,9 +12,10 @@
 //!   it);
 //! - the *service* time is how much longer a statement took for each statement ahead of it on
 //!   its connection (a moving average);
-//! - the depth is `base ÷ service` (the statements that keep the backend busy for one round
-//!   trip) plus a floor of [`FLOOR`], within `FLOOR..=max`, decided once per [`WINDOW`]
-//!   statements.
+//! - the depth is twice `base ÷ service` (the statements that keep the backend busy for one
+//!   round trip, doubled for bursts: logins do not arrive evenly, and on a shared machine the
+//!   service time also holds the client's own scheduling delays) plus a floor of [`FLOOR`],
+//!   within `FLOOR..=max`, decided once per [`WINDOW`] statements.
 //!
 //! The depth starts at the maximum, and without queueing (no statement ever had one ahead of it)
 //! it does not change.
@@ -29,6 +30,9 @@ const HORIZON: usize = 4;
 
 /// The least depth the estimate goes down to (or the configured maximum, if smaller).
 pub(super) const FLOOR: usize = 8;
+
+/// How many times the pipe's size is kept in flight.
+const HEADROOM: f64 = 2.0;
 
 /// Weight of a new sample in the moving average of the service time.
 const SMOOTHING: f64 = 0.1;
@@ -87,10 +91,11 @@ impl Estimate {
     }
 }
 
-/// `base ÷ service` statements keep a backend busy for one round trip; plus `floor`, within
-/// `floor..=max`. No measurable service time (or a nonsensical one) gives `max`.
+/// `base ÷ service` statements keep a backend busy for one round trip; [`HEADROOM`] times that
+/// plus `floor`, within `floor..=max`. No measurable service time (or a nonsensical one) gives
+/// `max`.
 pub(super) fn target(base: Duration, service: f64, floor: usize, max: usize) -> usize {
-    let pipe = base.as_secs_f64() / service;
+    let pipe = HEADROOM * base.as_secs_f64() / service;
     if !pipe.is_finite() || pipe >= max as f64 {
         return max;
     }
@@ -124,15 +129,16 @@ mod tests {
 
     #[test]
     fn a_near_database_gets_a_shallow_pipeline_and_a_far_one_the_maximum() {
-        // Local: 0.25 ms unloaded, 0.1 ms per statement ahead: 3 in the pipe, plus the floor.
+        // Local: 0.23 ms unloaded, 0.1 ms per statement ahead: 2.3 in the pipe, twice that
+        // rounded up, plus the floor.
         let mut near = Estimate::new(32);
-        assert_eq!(window(&mut near, 0.25, 0.1, 20), Some(11));
+        assert_eq!(window(&mut near, 0.23, 0.1, 20), Some(13));
         // 5 ms away, same backend: 50 in the pipe, more than the maximum.
         let mut far = Estimate::new(32);
         assert_eq!(window(&mut far, 5.0, 0.1, 20), Some(32));
-        // 2 ms away, 0.2 ms each: 11 + 8.
+        // 2 ms away, 0.2 ms each: 10.25 in the pipe, 21 + 8.
         let mut middle = Estimate::new(32);
-        assert_eq!(window(&mut middle, 2.05, 0.2, 20), Some(19));
+        assert_eq!(window(&mut middle, 2.05, 0.2, 20), Some(29));
     }
 
     #[test]
@@ -150,20 +156,21 @@ mod tests {
     #[test]
     fn a_window_slowed_by_a_stall_does_not_deepen_the_pipeline() {
         let mut estimate = Estimate::new(32);
-        assert_eq!(window(&mut estimate, 0.25, 0.1, 20), Some(11));
+        assert_eq!(window(&mut estimate, 0.23, 0.1, 20), Some(13));
         // A backend stall: every statement of the next window 7 ms late, none fast. The base
         // stays the earlier windows' least; the depth may only come down.
         let mut last = None;
         for _ in 0..WINDOW {
             last = estimate.observe(20, ms(7.25));
         }
-        assert!(last.is_some_and(|depth| depth <= 11), "{last:?}");
+        assert!(last.is_some_and(|depth| depth <= 13), "{last:?}");
     }
 
     #[test]
     fn the_floor_and_the_maximum_bound_it() {
         // A backend far slower than the round trip: one in the pipe, plus the floor.
         assert_eq!(target(ms(0.1), 0.010, FLOOR, 32), FLOOR + 1);
+        assert_eq!(target(ms(0.1), 0.0001, FLOOR, 32), FLOOR + 2);
         assert_eq!(target(Duration::ZERO, 0.010, FLOOR, 32), FLOOR);
         // A configured maximum below the floor is the depth, whatever the estimate.
         let mut small = Estimate::new(4);

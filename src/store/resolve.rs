@@ -19,7 +19,8 @@ use super::{Store, StoreError, Target, is_connection_lost, query_error};
 /// the instance, its resource (primary key) and its build (`workspace_builds (job_id)`, unique):
 /// three probes, however old the build. "Latest" is then decided once per *workspace*, not
 /// once per agent: the workspace (primary key) and its highest build number (a backward probe
-/// on `workspace_builds (workspace_id, build_number)`). The job's type is checked only for the
+/// on `workspace_builds (workspace_id, build_number)`), both scalar subqueries so they stay
+/// index probes however small the tables (joined, PostgreSQL scanned `workspaces` whole). The job's type is checked only for the
 /// agents that can matter: the latest build's, and the first stale one found. So an instance
 /// with many live agents on old builds costs three probes per old agent, not six
 /// (BENCHMARKS.md section 9, live stale agents).

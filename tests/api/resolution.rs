@@ -294,17 +294,21 @@ async fn the_statement_returns_one_row_for_all_stale_history() {
     let latest = world.build(ws, 51).await;
     world.agent(latest, "main", &instance).await;
 
-    let rows = world
-        .client
-        .query(agent_auth::store::resolve::RESOLVE_SQL, &[&instance])
-        .await
-        .unwrap();
-    assert_eq!(rows.len(), 2, "one candidate row and one aggregate row");
-    let candidate: Option<uuid::Uuid> = rows[0].get("agent_id");
-    assert!(candidate.is_some(), "the candidate comes first");
-    // Whether a stale agent exists, not how many: the statement stops at the first one.
-    let stale: Option<i64> = rows[1].get("stale");
-    assert_eq!(stale, Some(1));
+    let run = async |instance: &str| {
+        let rows = world
+            .client
+            .query(agent_auth::store::resolve::RESOLVE_SQL, &[&instance])
+            .await
+            .unwrap();
+        let agents: Vec<Option<uuid::Uuid>> = rows.iter().map(|r| r.get("agent_id")).collect();
+        let stale: Vec<Option<i64>> = rows.iter().map(|r| r.get("stale")).collect();
+        (agents, stale)
+    };
+    // One candidate row, then one aggregate row that says whether a stale agent exists, not
+    // how many: the statement stops at the first one.
+    let (agents, stale) = run(&instance).await;
+    assert!(agents[0].is_some(), "the candidate comes first");
+    assert_eq!(stale, [None, Some(1)]);
 
     // Without the latest build's agent, the same history is "not the latest build".
     let history = world.workspace().await;
@@ -314,14 +318,8 @@ async fn the_statement_returns_one_row_for_all_stale_history() {
         world.agent(resource, "main", &other).await;
     }
     world.build(history, 4).await;
-    let rows = world
-        .client
-        .query(agent_auth::store::resolve::RESOLVE_SQL, &[&other])
-        .await
-        .unwrap();
-    assert_eq!(rows.len(), 1, "no candidate, one aggregate row");
-    let stale: Option<i64> = rows[0].get("stale");
-    assert_eq!(stale, Some(1));
+    let (agents, stale) = run(&other).await;
+    assert_eq!((agents, stale), (vec![None], vec![Some(1)]));
 }
 
 /// A VM belongs to one workspace: when two live workspaces' latest builds both claim the

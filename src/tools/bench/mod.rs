@@ -455,10 +455,16 @@ async fn run_scenario(
             let pool_wait = delta(&format!("{}_sum", crate::metrics::DB_POOL_WAIT))
                 .zip(delta(&format!("{}_count", crate::metrics::DB_POOL_WAIT)))
                 .map(|(sum, count)| sum * 1000.0 / count.max(1.0));
-            depth_in_use = after
-                .as_deref()
-                .and_then(|text| server::sample(text, crate::metrics::DB_CONNECTION_DEPTH))
-                .map(|sum| sum / options.pool_size.max(1) as f64);
+            // The mean over every connection's series (the primary's and any replica's).
+            depth_in_use = after.as_deref().and_then(|text| {
+                let name = crate::metrics::DB_CONNECTION_DEPTH;
+                let series = text
+                    .lines()
+                    .filter(|line| line.starts_with(&format!("{name}{{")))
+                    .count();
+                let sum = server::sample(text, name)?;
+                (series > 0).then(|| sum / series as f64)
+            });
             (statements, pool_wait, tally, elapsed)
         }
         Scenario::Raw => counted(baseline::run_raw(load(&sets.history)).await),

@@ -139,13 +139,7 @@ impl EmbeddedPostgres {
         for (name, value) in &options.settings {
             postgres.arg("-c").arg(format!("{name}={value}"));
         }
-        as_account(&mut postgres, account.as_ref());
-        postgres
-            .stdout(log_file(&log_path)?)
-            .stderr(log_file(&log_path)?)
-            .stdin(Stdio::null())
-            .process_group(0);
-        let (pid, exited) = supervise(postgres)?;
+        let (pid, exited) = supervise(postgres, account.as_ref(), &log_path)?;
         let cluster = Self {
             socket_dir,
             port: options.port,
@@ -316,13 +310,7 @@ impl EmbeddedPostgres {
         let log_path = dir.join("pgbouncer.log");
         let mut command = Command::new(binary);
         command.arg(&config);
-        as_account(&mut command, account.as_ref());
-        command
-            .stdout(log_file(&log_path)?)
-            .stderr(log_file(&log_path)?)
-            .stdin(Stdio::null())
-            .process_group(0);
-        let (pid, exited) = supervise(command)?;
+        let (pid, exited) = supervise(command, account.as_ref(), &log_path)?;
         let bouncer = PgBouncer { pid, exited, port };
         let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
         while tokio::net::TcpStream::connect(("127.0.0.1", port))
@@ -367,11 +355,20 @@ impl Drop for PgBouncer {
     }
 }
 
-/// Spawns the server from a thread that waits on it, so the parent-death signal fires when
-/// (and only when) this process goes away.
+/// Spawns a server (PostgreSQL, PgBouncer) as `account`, its output appended to `log_path`, in
+/// a process group of its own, from a thread that waits on it, so the parent-death signal fires
+/// when (and only when) this process goes away.
 fn supervise(
     mut command: Command,
+    account: Option<&Account>,
+    log_path: &Path,
 ) -> Result<(Pid, watch::Receiver<Option<ExitStatus>>), EmbeddedError> {
+    as_account(&mut command, account);
+    command
+        .stdout(log_file(log_path)?)
+        .stderr(log_file(log_path)?)
+        .stdin(Stdio::null())
+        .process_group(0);
     set_parent_death_signal(&mut command);
     let (pid_tx, pid_rx) = std::sync::mpsc::channel();
     let (exit_tx, exit_rx) = watch::channel(None);

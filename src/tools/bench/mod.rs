@@ -337,9 +337,20 @@ async fn run_on(
     for &callers in &options.concurrency {
         for &scenario in &options.scenarios {
             let outcome = run_scenario(scenario, callers, options, &sets, &pool, &server).await;
+            // Everything a reader of this line alone needs to trust the rate: the statements
+            // each login cost and whether any failed.
             eprintln!(
-                "bench: {:<45} {callers:>4} callers: {:>7.0} logins/s, p99 {:.2} ms, missed {}",
-                outcome.description, outcome.per_second, outcome.p99_ms, outcome.missed_deadline
+                "bench: {:<45} {callers:>4} callers: {:>7.0} logins/s, p50 {:.2} ms, p99 {:.2} ms, \
+                 missed {}, errors {}, statements/login {}",
+                outcome.description,
+                outcome.per_second,
+                outcome.p50_ms,
+                outcome.p99_ms,
+                outcome.missed_deadline,
+                outcome.errors.values().sum::<u64>(),
+                outcome
+                    .statements_per_login
+                    .map_or_else(|| "-".to_owned(), |s| format!("{s:.2}")),
             );
             outcomes.push(outcome);
         }

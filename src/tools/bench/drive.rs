@@ -199,14 +199,16 @@ fn progress_bar(label: &str, duration: Duration) -> indicatif::ProgressBar {
     bar
 }
 
+/// A measured number with `digits` decimals, or "-" where none was measured.
+pub fn or_dash(v: Option<f64>, digits: usize) -> String {
+    v.map_or_else(|| "-".to_owned(), |v| format!("{v:.digits$}"))
+}
+
 /// Renders outcomes as a Markdown table.
 pub fn table(outcomes: &[Outcome]) -> String {
     let mut out = String::from(
         "| scenario | callers | statements/login | logins/s | p50 ms | p95 ms | p99 ms | pool wait ms | missed deadline | errors |\n|---|---|---|---|---|---|---|---|---|---|\n",
     );
-    let or_dash = |v: Option<f64>, digits: usize| {
-        v.map_or_else(|| "-".to_owned(), |v| format!("{v:.digits$}"))
-    };
     for o in outcomes {
         out.push_str(&format!(
             "| {} | {} | {} | {:.0} | {:.2} | {:.2} | {:.2} | {} | {} ({:.1} %) | {:?} |\n",

@@ -348,9 +348,7 @@ async fn run_on(
                 outcome.p99_ms,
                 outcome.missed_deadline,
                 outcome.errors.values().sum::<u64>(),
-                outcome
-                    .statements_per_login
-                    .map_or_else(|| "-".to_owned(), |s| format!("{s:.2}")),
+                drive::or_dash(outcome.statements_per_login, 2),
             );
             outcomes.push(outcome);
         }

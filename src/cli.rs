@@ -80,7 +80,8 @@ pub struct BenchArgs {
     #[arg(long, default_value = "2s", value_parser = humantime::parse_duration)]
     pub deadline: std::time::Duration,
     /// Scenarios to run (comma-separated): agent-auth, raw, v2.32, v2.33.1-1, v2.33.1-2,
-    /// v2.33.1-history. Default: all but v2.33.1-history.
+    /// v2.33.1-history, grpc-health (a health check: the transport's floor). Default: the
+    /// first five.
     #[arg(long, value_delimiter = ',', value_name = "NAME,...")]
     pub scenarios: Vec<String>,
     /// Round trip added between the load and the database by a loopback proxy (e.g. 2ms).

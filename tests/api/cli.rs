@@ -523,6 +523,49 @@ fn bench_sweeps_callers_behind_a_slow_network_and_plots_the_result() {
 
 #[cfg(feature = "tools")]
 #[test]
+fn bench_measures_the_grpc_floor_with_health_checks_and_no_statement() {
+    let output = agent_auth()
+        .args([
+            "bench",
+            "--agents",
+            "100",
+            "--builds",
+            "1",
+            "--concurrency",
+            "3",
+            "--logins",
+            "60",
+            "--duration",
+            "30s",
+            "--scenarios",
+            "grpc-health,agent-auth",
+            "--json",
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let report: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    let outcomes = report["outcomes"].as_array().unwrap();
+    let keys: Vec<&str> = outcomes
+        .iter()
+        .map(|o| o["scenario"].as_str().unwrap())
+        .collect();
+    assert_eq!(keys, ["grpc-health", "agent-auth"]);
+    // Every health check answered SERVING, and none of them ran a statement (read from the
+    // server's own counter); the logins after them ran exactly one each.
+    assert_eq!(outcomes[0]["logins"], 60, "{}", outcomes[0]);
+    assert_eq!(outcomes[0]["errors"], serde_json::json!({}));
+    assert_eq!(outcomes[0]["statements_per_login"].as_f64(), Some(0.0));
+    assert_eq!(outcomes[1]["logins"], 60, "{}", outcomes[1]);
+    assert_eq!(outcomes[1]["statements_per_login"].as_f64(), Some(1.0));
+}
+
+#[cfg(feature = "tools")]
+#[test]
 fn bench_rejects_an_unknown_scenario_with_a_usage_error() {
     let output = agent_auth()
         .args(["bench", "--scenarios", "v9"])

@@ -40,17 +40,19 @@ pub enum Scenario {
     V2_33_1One,
     V2_33_1Two,
     V2_33_1History,
+    GrpcHealth,
 }
 
 impl Scenario {
-    /// Every scenario; all but `v2.33.1-history` run by default.
-    pub const ALL: [Scenario; 6] = [
+    /// Every scenario; the first five run by default.
+    pub const ALL: [Scenario; 7] = [
         Scenario::Service,
         Scenario::Raw,
         Scenario::V2_32,
         Scenario::V2_33_1One,
         Scenario::V2_33_1Two,
         Scenario::V2_33_1History,
+        Scenario::GrpcHealth,
     ];
 
     pub fn key(self) -> &'static str {
@@ -61,6 +63,7 @@ impl Scenario {
             Scenario::V2_33_1One => "v2.33.1-1",
             Scenario::V2_33_1Two => "v2.33.1-2",
             Scenario::V2_33_1History => "v2.33.1-history",
+            Scenario::GrpcHealth => "grpc-health",
         }
     }
 
@@ -72,6 +75,7 @@ impl Scenario {
             Scenario::V2_33_1One => "incumbent v2.33.1, 1 candidate",
             Scenario::V2_33_1Two => "incumbent v2.33.1, 2 candidates, by name",
             Scenario::V2_33_1History => "incumbent v2.33.1 on rebuilt workspaces",
+            Scenario::GrpcHealth => "a gRPC health check on the same channels (the floor)",
         }
     }
 
@@ -450,9 +454,13 @@ async fn run_scenario(
     };
     let mut depth_in_use = None;
     let (statements, pool_wait, tally, elapsed) = match scenario {
-        Scenario::Service => {
+        Scenario::Service | Scenario::GrpcHealth => {
             let before = server.scrape().await;
-            let (tally, elapsed) = run_service(&label, sets, callers, until, deadline).await;
+            let (tally, elapsed) = if scenario == Scenario::Service {
+                run_service(&label, sets, callers, until, deadline).await
+            } else {
+                run_health(&label, sets, callers, until, deadline).await
+            };
             let after = server.scrape().await;
             // A sample absent before the run has not been touched yet: zero.
             let delta = |name: &str| -> Option<f64> {
@@ -528,6 +536,37 @@ async fn run_service(
                 .await
                 .map(|_| Cost::default())
                 .map_err(|s| format!("{:?}", s.code()))
+        }
+    })
+    .await
+}
+
+/// A health check (`grpc.health.v1`, the whole server) over the same channels as the service's
+/// callers: what the gRPC transport alone costs both processes per call, with no verification
+/// and no statement. `scripts/cpu-per-login` counts its instructions beside a login's.
+async fn run_health(
+    label: &str,
+    sets: &InstanceSets,
+    callers: usize,
+    until: drive::Until,
+    deadline: Duration,
+) -> (Tally, Duration) {
+    use tonic_health::pb::health_check_response::ServingStatus;
+    let channels = sets.channels.clone();
+    drive::drive(label, callers, until, deadline, move |n| {
+        let channel = channels[n as usize % channels.len()].clone();
+        async move {
+            let mut client = tonic_health::pb::health_client::HealthClient::new(channel);
+            let request = tonic_health::pb::HealthCheckRequest {
+                service: String::new(),
+            };
+            match client.check(request).await {
+                Ok(answer) if answer.get_ref().status == ServingStatus::Serving as i32 => {
+                    Ok(Cost::default())
+                }
+                Ok(_) => Err("NOT_SERVING".to_owned()),
+                Err(status) => Err(format!("{:?}", status.code())),
+            }
         }
     })
     .await

@@ -472,8 +472,10 @@ async fn run_scenario(
             let pool_wait = delta(&format!("{}_sum", crate::metrics::DB_POOL_WAIT))
                 .zip(delta(&format!("{}_count", crate::metrics::DB_POOL_WAIT)))
                 .map(|(sum, count)| sum * 1000.0 / count.max(1.0));
-            // The mean over every connection's series (the primary's and any replica's).
-            depth_in_use = after.as_deref().and_then(|text| {
+            // The mean over every connection's series (the primary's and any replica's); a
+            // health check puts nothing on them.
+            let logins_ran = scenario == Scenario::Service;
+            depth_in_use = after.as_deref().filter(|_| logins_ran).and_then(|text| {
                 let name = crate::metrics::DB_CONNECTION_DEPTH;
                 let series = text
                     .lines()

@@ -14,6 +14,27 @@ fn agent_auth() -> Command {
     command
 }
 
+/// Runs a `bench … --json` command to success and returns its report.
+#[cfg(feature = "tools")]
+fn bench_report(command: &mut Command) -> serde_json::Value {
+    let output = command.output().unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    serde_json::from_slice(&output.stdout).unwrap()
+}
+
+/// The scenario of each outcome in a bench report, in order.
+#[cfg(feature = "tools")]
+fn scenario_keys(outcomes: &[serde_json::Value]) -> Vec<&str> {
+    outcomes
+        .iter()
+        .map(|o| o["scenario"].as_str().unwrap())
+        .collect()
+}
+
 #[test]
 fn bad_configuration_exits_64_with_one_line_naming_the_key() {
     type Case<'a> = (Vec<&'a str>, Vec<(&'a str, &'a str)>, &'a str);
@@ -394,30 +415,18 @@ async fn serve_runs_on_an_embedded_database_and_stops_it_on_sigterm() {
 #[cfg(feature = "tools")]
 #[test]
 fn bench_runs_every_scenario_and_counts_one_statement_per_login() {
-    let output = agent_auth()
-        .args([
-            "bench",
-            "--agents",
-            "300",
-            "--duration",
-            "1s",
-            "--concurrency",
-            "4",
-            "--json",
-        ])
-        .output()
-        .unwrap();
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    let report: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    let report = bench_report(agent_auth().args([
+        "bench",
+        "--agents",
+        "300",
+        "--duration",
+        "1s",
+        "--concurrency",
+        "4",
+        "--json",
+    ]));
     let outcomes = report["outcomes"].as_array().unwrap();
-    let keys: Vec<&str> = outcomes
-        .iter()
-        .map(|o| o["scenario"].as_str().unwrap())
-        .collect();
+    let keys = scenario_keys(outcomes);
     assert_eq!(
         keys,
         ["agent-auth", "raw", "v2.32", "v2.33.1-1", "v2.33.1-2"]
@@ -452,35 +461,29 @@ fn bench_runs_every_scenario_and_counts_one_statement_per_login() {
 fn bench_sweeps_callers_behind_a_slow_network_and_plots_the_result() {
     let dir = tempfile::tempdir().unwrap();
     let plot = dir.path().join("sweep.svg");
-    let output = agent_auth()
-        .args([
-            "bench",
-            "--agents",
-            "200",
-            "--builds",
-            "2",
-            "--duration",
-            "400ms",
-            "--sweep",
-            "1,3",
-            "--scenarios",
-            "agent-auth,v2.33.1-history",
-            "--db-rtt",
-            "4ms",
-            "--in-process",
-            "--explain",
-            "--json",
-            "--plot",
-        ])
-        .arg(&plot)
-        .output()
-        .unwrap();
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
+    let report = bench_report(
+        agent_auth()
+            .args([
+                "bench",
+                "--agents",
+                "200",
+                "--builds",
+                "2",
+                "--duration",
+                "400ms",
+                "--sweep",
+                "1,3",
+                "--scenarios",
+                "agent-auth,v2.33.1-history",
+                "--db-rtt",
+                "4ms",
+                "--in-process",
+                "--explain",
+                "--json",
+                "--plot",
+            ])
+            .arg(&plot),
     );
-    let report: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
     let outcomes = report["outcomes"].as_array().unwrap();
     let shape: Vec<(u64, &str)> = outcomes
         .iter()
@@ -524,36 +527,24 @@ fn bench_sweeps_callers_behind_a_slow_network_and_plots_the_result() {
 #[cfg(feature = "tools")]
 #[test]
 fn bench_measures_the_grpc_floor_with_health_checks_and_no_statement() {
-    let output = agent_auth()
-        .args([
-            "bench",
-            "--agents",
-            "100",
-            "--builds",
-            "1",
-            "--concurrency",
-            "3",
-            "--logins",
-            "60",
-            "--duration",
-            "30s",
-            "--scenarios",
-            "grpc-health,agent-auth",
-            "--json",
-        ])
-        .output()
-        .unwrap();
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    let report: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    let report = bench_report(agent_auth().args([
+        "bench",
+        "--agents",
+        "100",
+        "--builds",
+        "1",
+        "--concurrency",
+        "3",
+        "--logins",
+        "60",
+        "--duration",
+        "30s",
+        "--scenarios",
+        "grpc-health,agent-auth",
+        "--json",
+    ]));
     let outcomes = report["outcomes"].as_array().unwrap();
-    let keys: Vec<&str> = outcomes
-        .iter()
-        .map(|o| o["scenario"].as_str().unwrap())
-        .collect();
+    let keys = scenario_keys(outcomes);
     assert_eq!(keys, ["grpc-health", "agent-auth"]);
     // Every health check answered SERVING, and none of them ran a statement (read from the
     // server's own counter); the logins after them ran exactly one each.

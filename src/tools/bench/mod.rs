@@ -456,11 +456,8 @@ async fn run_scenario(
     let (statements, pool_wait, tally, elapsed) = match scenario {
         Scenario::Service | Scenario::GrpcHealth => {
             let before = server.scrape().await;
-            let (tally, elapsed) = if scenario == Scenario::Service {
-                run_service(&label, sets, callers, until, deadline).await
-            } else {
-                run_health(&label, sets, callers, until, deadline).await
-            };
+            let (tally, elapsed) =
+                run_service(scenario, &label, sets, callers, until, deadline).await;
             let after = server.scrape().await;
             // A sample absent before the run has not been touched yet: zero.
             let delta = |name: &str| -> Option<f64> {
@@ -511,19 +508,39 @@ async fn run_scenario(
     outcome
 }
 
-/// The service over real gRPC.
+/// The service over real gRPC: a login per call, or for [`Scenario::GrpcHealth`] a health
+/// check (`grpc.health.v1`, the whole server) on the same channels, which measures what the
+/// gRPC transport alone costs both processes per call, with no verification and no statement
+/// (`scripts/cpu-per-login` counts its instructions beside a login's).
 async fn run_service(
+    scenario: Scenario,
     label: &str,
     sets: &InstanceSets,
     callers: usize,
     until: drive::Until,
     deadline: Duration,
 ) -> (Tally, Duration) {
+    use tonic_health::pb::health_check_response::ServingStatus;
     let (channels, documents) = (sets.channels.clone(), sets.documents.clone());
     drive::drive(label, callers, until, deadline, move |n| {
         let channel = channels[n as usize % channels.len()].clone();
-        let (document, signature) = documents[n as usize % documents.len()].clone();
+        // A login's evidence; none for a health check.
+        let evidence = (scenario == Scenario::Service)
+            .then(|| documents[n as usize % documents.len()].clone());
         async move {
+            let code = |status: tonic::Status| format!("{:?}", status.code());
+            let Some((document, signature)) = evidence else {
+                let mut client = tonic_health::pb::health_client::HealthClient::new(channel);
+                let request = tonic_health::pb::HealthCheckRequest {
+                    service: String::new(),
+                };
+                let answer = client.check(request).await.map_err(code)?;
+                return if answer.get_ref().status == ServingStatus::Serving as i32 {
+                    Ok(Cost::default())
+                } else {
+                    Err("NOT_SERVING".to_owned())
+                };
+            };
             let request = pb::AuthenticateRequest {
                 identity: Some(pb::authenticate_request::Identity::Aws(
                     pb::AwsInstanceIdentity {
@@ -537,38 +554,7 @@ async fn run_service(
             crate::client::authenticate(channel, request)
                 .await
                 .map(|_| Cost::default())
-                .map_err(|s| format!("{:?}", s.code()))
-        }
-    })
-    .await
-}
-
-/// A health check (`grpc.health.v1`, the whole server) over the same channels as the service's
-/// callers: what the gRPC transport alone costs both processes per call, with no verification
-/// and no statement. `scripts/cpu-per-login` counts its instructions beside a login's.
-async fn run_health(
-    label: &str,
-    sets: &InstanceSets,
-    callers: usize,
-    until: drive::Until,
-    deadline: Duration,
-) -> (Tally, Duration) {
-    use tonic_health::pb::health_check_response::ServingStatus;
-    let channels = sets.channels.clone();
-    drive::drive(label, callers, until, deadline, move |n| {
-        let channel = channels[n as usize % channels.len()].clone();
-        async move {
-            let mut client = tonic_health::pb::health_client::HealthClient::new(channel);
-            let request = tonic_health::pb::HealthCheckRequest {
-                service: String::new(),
-            };
-            match client.check(request).await {
-                Ok(answer) if answer.get_ref().status == ServingStatus::Serving as i32 => {
-                    Ok(Cost::default())
-                }
-                Ok(_) => Err("NOT_SERVING".to_owned()),
-                Err(status) => Err(format!("{:?}", status.code())),
-            }
+                .map_err(code)
         }
     })
     .await

@@ -136,13 +136,19 @@ pub async fn is_serving_with(
     tls: Option<&ClientTls>,
 ) -> Result<bool, ClientError> {
     let channel = connect_with(server, timeout, tls).await?;
+    check_serving(channel, service)
+        .await
+        .map_err(|s| ClientError::Status(describe(&s)))
+}
+
+/// Asks the health service on an open `channel` about `service`; true when SERVING.
+pub async fn check_serving(channel: Channel, service: &str) -> Result<bool, tonic::Status> {
     let mut client = tonic_health::pb::health_client::HealthClient::new(channel);
     let response = client
         .check(tonic_health::pb::HealthCheckRequest {
             service: service.to_owned(),
         })
-        .await
-        .map_err(|s| ClientError::Status(describe(&s)))?;
+        .await?;
     Ok(response.into_inner().status
         == tonic_health::pb::health_check_response::ServingStatus::Serving as i32)
 }

@@ -520,7 +520,6 @@ async fn run_service(
     until: drive::Until,
     deadline: Duration,
 ) -> (Tally, Duration) {
-    use tonic_health::pb::health_check_response::ServingStatus;
     let (channels, documents) = (sets.channels.clone(), sets.documents.clone());
     drive::drive(label, callers, until, deadline, move |n| {
         let channel = channels[n as usize % channels.len()].clone();
@@ -530,15 +529,10 @@ async fn run_service(
         async move {
             let code = |status: tonic::Status| format!("{:?}", status.code());
             let Some((document, signature)) = evidence else {
-                let mut client = tonic_health::pb::health_client::HealthClient::new(channel);
-                let request = tonic_health::pb::HealthCheckRequest {
-                    service: String::new(),
-                };
-                let answer = client.check(request).await.map_err(code)?;
-                return if answer.get_ref().status == ServingStatus::Serving as i32 {
-                    Ok(Cost::default())
-                } else {
-                    Err("NOT_SERVING".to_owned())
+                return match crate::client::check_serving(channel, "").await {
+                    Ok(true) => Ok(Cost::default()),
+                    Ok(false) => Err("NOT_SERVING".to_owned()),
+                    Err(status) => Err(code(status)),
                 };
             };
             let request = pb::AuthenticateRequest {

@@ -55,7 +55,32 @@ pub enum AppError {
 
 enum GrpcListener {
     Tcp(TcpListener),
-    Unix(UnixListener),
+    /// The listener, and the socket file it made (removed at shutdown if it is still that one).
+    Unix(UnixListener, SocketFile),
+}
+
+/// The socket file a unix listener made: its path and identity (device, inode).
+struct SocketFile {
+    path: std::path::PathBuf,
+    identity: (u64, u64),
+}
+
+impl SocketFile {
+    /// Removes the file if it is still the socket made at start-up: whatever replaced it
+    /// meanwhile (a file, another server's socket) is left alone.
+    fn remove(&self) {
+        use std::os::unix::fs::MetadataExt;
+        match std::fs::symlink_metadata(&self.path) {
+            Ok(meta) if (meta.dev(), meta.ino()) == self.identity => {
+                let _ = std::fs::remove_file(&self.path);
+            }
+            Ok(_) => tracing::warn!(
+                path = %self.path.display(),
+                "the gRPC socket path holds something else now: left in place"
+            ),
+            Err(_) => {}
+        }
+    }
 }
 
 /// A built application, listening but not yet serving.
@@ -162,7 +187,10 @@ impl App {
             Authenticator::new(trust, store, config.insecure_verify_time).with_live_checks(live);
         let grpc_listener = match &config.grpc_listen {
             ListenAddr::Tcp(addr) => GrpcListener::Tcp(bind(*addr).await?),
-            ListenAddr::Unix(path) => GrpcListener::Unix(bind_unix(path)?),
+            ListenAddr::Unix(path) => {
+                let (listener, file) = bind_unix(path)?;
+                GrpcListener::Unix(listener, file)
+            }
         };
         let admin_listener = bind(config.admin_listen).await?;
         let http_listener = match config.http_listen {
@@ -184,7 +212,7 @@ impl App {
     pub fn grpc_addr(&self) -> Option<SocketAddr> {
         match &self.grpc_listener {
             GrpcListener::Tcp(l) => l.local_addr().ok(),
-            GrpcListener::Unix(_) => None,
+            GrpcListener::Unix(..) => None,
         }
     }
 
@@ -218,7 +246,7 @@ impl App {
         } = self;
         let grpc_bound = match &grpc_listener {
             GrpcListener::Tcp(listener) => listener.local_addr().ok(),
-            GrpcListener::Unix(_) => None,
+            GrpcListener::Unix(..) => None,
         };
         let admin_bound = admin_listener.local_addr().ok();
         let http_bound = http_listener.as_ref().and_then(|l| l.local_addr().ok());
@@ -278,6 +306,9 @@ impl App {
                 .map_err(|e| AppError::Tls(e.to_string()))?;
         }
         let router = server
+            .layer(tower::util::MapResponseLayer::new(
+                grpc::damaged_frames_are_malformed,
+            ))
             .add_service(health_service)
             .add_service(reflection_v1)
             .add_service(reflection_v1alpha)
@@ -286,15 +317,19 @@ impl App {
                     .into_server(limits.max_message_bytes),
             );
         let grpc_policy = policy("grpc", &agent_permits, listen::HTTP2_PREFACE_BYTES);
+        let mut socket_file = None;
         let grpc_task = match grpc_listener {
             GrpcListener::Tcp(listener) => tokio::spawn(router.serve_with_incoming_shutdown(
                 listen::incoming(listener, grpc_policy),
                 stopped(stop_rx.clone()),
             )),
-            GrpcListener::Unix(listener) => tokio::spawn(router.serve_with_incoming_shutdown(
-                listen::incoming(listener, grpc_policy),
-                stopped(stop_rx.clone()),
-            )),
+            GrpcListener::Unix(listener, file) => {
+                socket_file = Some(file);
+                tokio::spawn(router.serve_with_incoming_shutdown(
+                    listen::incoming(listener, grpc_policy),
+                    stopped(stop_rx.clone()),
+                ))
+            }
         };
         let prober = tokio::spawn(admin::follow_readiness(
             admin_state.clone(),
@@ -372,8 +407,8 @@ impl App {
         };
         reloader.abort();
         store.close();
-        if let ListenAddr::Unix(path) = &config.grpc_listen {
-            let _ = std::fs::remove_file(path);
+        if let Some(file) = socket_file {
+            file.remove();
         }
         if let Some(cluster) = embedded {
             cluster.stop().await?;
@@ -423,7 +458,7 @@ async fn bind(addr: SocketAddr) -> Result<TcpListener, AppError> {
 /// socket is bound inside a private (0700) staging directory next to `path`, given mode 0600
 /// there, and then hard-linked into place, so it is never reachable with a wider mode and the
 /// link cannot replace anything that appeared meanwhile.
-fn bind_unix(path: &std::path::Path) -> Result<UnixListener, AppError> {
+fn bind_unix(path: &std::path::Path) -> Result<(UnixListener, SocketFile), AppError> {
     use std::io::{Error, ErrorKind};
     use std::os::unix::fs::FileTypeExt;
     let err = |source: std::io::Error| AppError::Bind {
@@ -474,9 +509,20 @@ fn bind_unix(path: &std::path::Path) -> Result<UnixListener, AppError> {
     let listener = UnixListener::bind(&staged).map_err(err)?;
     std::fs::set_permissions(&staged, std::fs::Permissions::from_mode(0o600)).map_err(err)?;
     std::fs::hard_link(&staged, path).map_err(err)?;
+    let identity = {
+        use std::os::unix::fs::MetadataExt;
+        let meta = std::fs::symlink_metadata(&staged).map_err(err)?;
+        (meta.dev(), meta.ino())
+    };
     // Dropping the staging directory removes the staged name; the listener keeps the socket.
     drop(staging);
-    Ok(listener)
+    Ok((
+        listener,
+        SocketFile {
+            path: path.to_owned(),
+            identity,
+        },
+    ))
 }
 
 /// Resolves on SIGTERM or SIGINT.

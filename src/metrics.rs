@@ -30,6 +30,9 @@ pub const CLOUD_API_DURATION: &str = "agent_auth_cloud_api_duration_seconds";
 pub const CLOUD_API_CACHE: &str = "agent_auth_cloud_api_cache_total";
 pub const CLOUD_API_BATCH_SIZE: &str = "agent_auth_cloud_api_batch_size";
 pub const CLOUD_API_FAIL_OPEN: &str = "agent_auth_cloud_api_fail_open_total";
+pub const DB_CONNECTIONS_SILENT: &str = "agent_auth_db_connections_silent_total";
+pub const DB_REPLICA_LAG: &str = "agent_auth_db_replica_lag_seconds";
+pub const DB_REPLICA_SKIPPED: &str = "agent_auth_db_replica_skipped_total";
 
 /// Every `outcome` label of `agent_auth_authentications_total`: `ok`, each counted reason of
 /// the error table in lower case ([`crate::reasons::Kind`]), and `cancelled` (the caller went away
@@ -50,6 +53,10 @@ pub const CLOUDS: &[&str] = &["aws", "gcp", "azure", "none"];
 
 /// Instance ids per EC2 `DescribeInstances` call (at most 100).
 const BATCH_BUCKETS: &[f64] = &[1.0, 2.0, 5.0, 10.0, 20.0, 50.0, 100.0];
+
+/// How often the recorder folds recorded histogram samples into its buckets when nobody
+/// scrapes: without it every sample (about 70 bytes) is kept until the next `/metrics`.
+pub const UPKEEP_INTERVAL: Duration = Duration::from_secs(5);
 
 /// Latency buckets, in seconds: 0.5 ms to 10 s.
 const BUCKETS: &[f64] = &[
@@ -73,9 +80,27 @@ pub fn handle() -> Option<&'static PrometheusHandle> {
                 .install_recorder()
                 .ok()?;
             describe();
+            spawn_upkeep(handle.clone());
             Some(handle)
         })
         .as_ref()
+}
+
+/// Runs the recorder's upkeep every [`UPKEEP_INTERVAL`] on a thread of its own (the exporter
+/// runs it only during a scrape otherwise, so memory grew with every request until one came).
+/// A thread, not a task: the recorder may be installed before or outside a runtime.
+fn spawn_upkeep(handle: PrometheusHandle) {
+    let spawned = std::thread::Builder::new()
+        .name("metrics-upkeep".into())
+        .spawn(move || {
+            loop {
+                std::thread::sleep(UPKEEP_INTERVAL);
+                handle.run_upkeep();
+            }
+        });
+    if let Err(error) = spawned {
+        tracing::warn!(%error, "cannot start the metrics upkeep thread: samples are folded only when /metrics is scraped");
+    }
 }
 
 fn describe() {
@@ -163,6 +188,19 @@ fn describe() {
         "Logins refused because the instance id is on the latest build of more than one workspace."
     );
     describe_counter!(
+        DB_CONNECTIONS_SILENT,
+        "Database connections declared dead because they delivered nothing for statement_timeout plus a grace with statements waiting."
+    );
+    describe_gauge!(
+        DB_REPLICA_LAG,
+        Unit::Seconds,
+        "Bound on each read replica's lag behind the primary at the last check (+Inf: unknown)."
+    );
+    describe_counter!(
+        DB_REPLICA_SKIPPED,
+        "Logins that passed a read replica over, by replica and reason (down, lag: beyond --replica-max-lag)."
+    );
+    describe_counter!(
         TRUST_RELOADS,
         "Trust reloads on SIGHUP, by result (ok, error: the previous set stayed)."
     );
@@ -186,6 +224,33 @@ pub fn record_connection_refused(listener: &'static str) {
 pub fn record_connection_timeout(listener: &'static str, timeout: &'static str) {
     metrics::counter!(CONNECTION_TIMEOUTS, "listener" => listener, "timeout" => timeout)
         .increment(1);
+}
+
+/// The series of read replica `number` (1-based), at zero and unknown lag until measured.
+pub fn replica_series(number: usize) {
+    let replica = number.to_string();
+    metrics::gauge!(DB_REPLICA_LAG, "replica" => replica.clone()).set(f64::INFINITY);
+    for reason in ["down", "lag"] {
+        metrics::counter!(DB_REPLICA_SKIPPED, "replica" => replica.clone(), "reason" => reason)
+            .absolute(0);
+    }
+}
+
+/// Read replica `number`'s lag bound at the last check (`None`: unknown).
+pub fn record_replica_lag(number: usize, lag: Option<Duration>) {
+    metrics::gauge!(DB_REPLICA_LAG, "replica" => number.to_string())
+        .set(lag.map_or(f64::INFINITY, |lag| lag.as_secs_f64()));
+}
+
+/// One login passed read replica `number` over for `reason` (down, lag).
+pub fn record_replica_skipped(number: usize, reason: &'static str) {
+    metrics::counter!(DB_REPLICA_SKIPPED, "replica" => number.to_string(), "reason" => reason)
+        .increment(1);
+}
+
+/// One database connection declared dead for its silence.
+pub fn record_db_connection_silent() {
+    metrics::counter!(DB_CONNECTIONS_SILENT).increment(1);
 }
 
 /// Counts one login refused for an instance claimed by several workspaces.
@@ -217,6 +282,7 @@ fn export_zeros() {
         metrics::counter!(CLOUD_API_FAIL_OPEN, "cloud" => cloud).absolute(0);
     }
     metrics::counter!(INSTANCE_CONFLICTS).absolute(0);
+    metrics::counter!(DB_CONNECTIONS_SILENT).absolute(0);
     for result in ["ok", "error"] {
         metrics::counter!(TRUST_RELOADS, "result" => result).absolute(0);
     }

@@ -82,6 +82,52 @@ pub struct Authenticator {
     verify_time: Option<SystemTime>,
     /// `--aws-ec2-check` / `--gcp-compute-check`.
     live: Option<Arc<crate::cloud::LiveChecks>>,
+    /// What the primary recently did not find after a replica did not either.
+    primary_misses: Arc<PrimaryMisses>,
+}
+
+/// How long the primary's "not found" (after a replica's) is trusted without asking again: a
+/// workspace created meanwhile logs in at most this much later.
+pub const PRIMARY_MISS_TTL: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// Instance ids and agent names (of verified evidence only) the primary did not find lately;
+/// bounded, oldest forgotten first.
+struct PrimaryMisses(std::sync::Mutex<lru::LruCache<(String, String), Instant>>);
+
+impl PrimaryMisses {
+    const CAPACITY: std::num::NonZeroUsize = match std::num::NonZeroUsize::new(4096) {
+        Some(n) => n,
+        None => std::num::NonZeroUsize::MIN,
+    };
+
+    fn new() -> Self {
+        Self(std::sync::Mutex::new(lru::LruCache::new(Self::CAPACITY)))
+    }
+
+    fn key(instance_id: &str, name: Option<&str>) -> (String, String) {
+        (instance_id.to_owned(), name.unwrap_or_default().to_owned())
+    }
+
+    fn recent(&self, instance_id: &str, name: Option<&str>) -> bool {
+        let Ok(mut misses) = self.0.lock() else {
+            return false;
+        };
+        let key = Self::key(instance_id, name);
+        match misses.get(&key) {
+            Some(at) if at.elapsed() < PRIMARY_MISS_TTL => true,
+            Some(_) => {
+                misses.pop(&key);
+                false
+            }
+            None => false,
+        }
+    }
+
+    fn remember(&self, instance_id: &str, name: Option<&str>) {
+        if let Ok(mut misses) = self.0.lock() {
+            misses.put(Self::key(instance_id, name), Instant::now());
+        }
+    }
 }
 
 impl Authenticator {
@@ -91,6 +137,7 @@ impl Authenticator {
             store,
             verify_time,
             live: None,
+            primary_misses: Arc::new(PrimaryMisses::new()),
         }
     }
 
@@ -181,12 +228,26 @@ impl Authenticator {
         let on_replica = resolution.on_replica;
         let agent = match select(&instance_id, name, resolution) {
             // A replica may lag: what it did not find, the primary may have (the one case
-            // where a login costs two statements).
-            Err(AuthError::InstanceNotFound { .. } | AuthError::AgentNameNotFound { .. })
+            // where a login costs two statements). What the primary did not find either is
+            // remembered briefly, so a replayed document costs the primary one statement per
+            // [`PRIMARY_MISS_TTL`], not one per request.
+            Err(miss @ (AuthError::InstanceNotFound { .. } | AuthError::AgentNameNotFound { .. }))
                 if on_replica =>
             {
+                if self.primary_misses.recent(instance_id.as_str(), name) {
+                    return Err(miss);
+                }
                 let resolution = self.store.resolve_on_primary(instance_id.as_str()).await?;
-                select(&instance_id, name, resolution)?
+                match select(&instance_id, name, resolution) {
+                    Err(
+                        miss @ (AuthError::InstanceNotFound { .. }
+                        | AuthError::AgentNameNotFound { .. }),
+                    ) => {
+                        self.primary_misses.remember(instance_id.as_str(), name);
+                        return Err(miss);
+                    }
+                    other => other?,
+                }
             }
             other => other?,
         };

@@ -425,6 +425,7 @@ impl TryFrom<Settings> for Config {
                 ca: s.postgres_ca.map(|ca| ca.0),
                 pooler: s.db_pooler,
                 replica_urls,
+                replica_max_lag: s.replica_max_lag.0,
             },
             max_concurrent_requests: s.max_concurrent_requests.get(),
             connections: crate::listen::ConnectionLimits {
@@ -539,7 +540,7 @@ pub fn redact_postgres_url(value: &str) -> String {
                     let query: Vec<String> = query
                         .split('&')
                         .map(|pair| match pair.split_once('=') {
-                            Some((key, _)) if key == "password" => format!("{key}={REDACTED}"),
+                            Some((key, _)) if is_secret_key(key) => format!("{key}={REDACTED}"),
                             _ => pair.to_owned(),
                         })
                         .collect();
@@ -553,13 +554,20 @@ pub fn redact_postgres_url(value: &str) -> String {
     }
 }
 
-/// `password=…` in a libpq key=value string becomes `password=REDACTED`; a string that does
+/// Keys whose values are secrets, in any case: `password` and `sslpassword` (the client key's
+/// passphrase).
+fn is_secret_key(key: &str) -> bool {
+    let key = key.trim();
+    key.eq_ignore_ascii_case("password") || key.eq_ignore_ascii_case("sslpassword")
+}
+
+/// `password=…` (and `sslpassword=…`, any case) in a libpq key=value string becomes `password=REDACTED`; a string that does
 /// not split into pairs is redacted whole.
 fn redact_conninfo(value: &str) -> String {
     use crate::store::conninfo;
     match conninfo::pairs(value) {
         Some(mut pairs) => {
-            for pair in pairs.iter_mut().filter(|p| p.key == "password") {
+            for pair in pairs.iter_mut().filter(|p| is_secret_key(&p.key)) {
                 pair.raw = REDACTED.into();
             }
             conninfo::join(&pairs)
@@ -611,6 +619,14 @@ mod tests {
                 "host=h password=REDACTED dbname=d",
             ),
             ("password=", "password=REDACTED"),
+            (
+                "host=h PASSWORD=x user=u sslpassword=k",
+                "host=h PASSWORD=REDACTED user=u sslpassword=REDACTED",
+            ),
+            (
+                "postgres://h/db?Password=pw&sslpassword=k",
+                "postgres://h/db?Password=REDACTED&sslpassword=REDACTED",
+            ),
             ("host=h", "host=h"),
         ];
         for (input, expected) in cases {

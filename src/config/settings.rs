@@ -85,6 +85,21 @@ pub struct Settings {
     )]
     pub postgres_replica_url: Vec<String>,
 
+    /// A replica serves logins only while it holds everything the primary had committed this
+    /// long ago (checked every second against the primary's WAL position); a replica further
+    /// behind, or whose position cannot be read, is skipped until it catches up.
+    ///
+    /// So a login read on a replica is at most this plus one second stale: a workspace or
+    /// agent deleted, or a build superseded, within that window may still log in there.
+    #[arg(
+        long,
+        env = "AGENT_AUTH_REPLICA_MAX_LAG",
+        help_heading = "Database",
+        value_name = "DURATION",
+        default_value = "5s"
+    )]
+    pub replica_max_lag: Span,
+
     /// What sits between the service and PostgreSQL: none, or PgBouncer in session or
     /// transaction pooling mode.
     ///

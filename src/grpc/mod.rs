@@ -52,6 +52,35 @@ impl AgentAuthService {
     }
 }
 
+/// What tonic answers itself, before our codec sees a message, when a request's frames are
+/// damaged: a frame cut short by the end of the stream, a bad compressed flag. Its INTERNAL
+/// would page someone for a caller's mistake.
+const TONIC_FRAME_ERRORS: &[&str] = &[
+    "Unexpected EOF decoding stream",
+    "protocol error: received message with",
+    "Error decompressing",
+];
+
+/// A response layer for every gRPC service: tonic's own INTERNAL for a damaged request frame
+/// becomes INVALID_ARGUMENT with reason MALFORMED_REQUEST, as any malformed request does
+/// (DESIGN.md 3.1). Other responses pass untouched (a success carries no `grpc-status` header).
+pub fn damaged_frames_are_malformed(
+    response: tonic::codegen::http::Response<tonic::body::Body>,
+) -> tonic::codegen::http::Response<tonic::body::Body> {
+    match Status::from_header_map(response.headers()) {
+        Some(status)
+            if status.code() == tonic::Code::Internal
+                && TONIC_FRAME_ERRORS
+                    .iter()
+                    .any(|prefix| status.message().starts_with(prefix)) =>
+        {
+            tracing::debug!(error = status.message(), "damaged request frame");
+            status::malformed("the request's gRPC frame is cut short or damaged").into_http()
+        }
+        _ => response,
+    }
+}
+
 /// Guarded connections keep the peer information tonic hands to requests.
 impl<T: tonic::transport::server::Connected> tonic::transport::server::Connected
     for crate::listen::Guarded<T>

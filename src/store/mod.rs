@@ -15,8 +15,9 @@
 //!   statement; behind PgBouncer ([`Pooler`]) it is one `SET` per connection (session mode) or
 //!   PgBouncer's and the role's business (transaction mode, where nothing may live on a
 //!   connection: the statement is sent unnamed, Parse/Bind/Execute/Sync in one round trip).
-//! - read replicas ([`replicas`]) take the logins in turn; the primary answers what a replica
-//!   could not find, and everything when no replica is healthy.
+//! - read replicas ([`replicas`]) take the logins in turn while they are within
+//!   `--replica-max-lag` of the primary; the primary answers what a replica could not find, and
+//!   everything when no replica is usable.
 
 pub mod admin;
 pub mod conninfo;
@@ -31,6 +32,8 @@ use std::time::Duration;
 
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
 
+pub use pipeline::{RECONNECT_MAX_DELAY, SILENCE_GRACE};
+pub use replicas::LAG_CHECK_INTERVAL;
 pub use resolve::{Candidate, Resolution};
 
 /// `--db-pooler`: what sits between the service and PostgreSQL.
@@ -78,6 +81,8 @@ pub struct StoreConfig {
     pub pooler: Pooler,
     /// `--postgres-replica-url`s, in order.
     pub replica_urls: Vec<String>,
+    /// `--replica-max-lag`: a replica further behind the primary is skipped.
+    pub replica_max_lag: Duration,
 }
 
 /// Why the database could not answer. Callers see UNAVAILABLE or INTERNAL; the text is for logs.
@@ -119,6 +124,19 @@ fn connection_settings(
     } = tls::target(url, config.ca.as_deref())?;
     tls::warn_if_unverified(&pg_config, verified);
     pg_config.connect_timeout(config.connect_timeout);
+    // A peer gone without a word (a partition, a dead host) is found by the kernel: keepalive
+    // probes on an idle connection, and a bound on unacknowledged data on a busy one. A URL's
+    // own `keepalives_*` / `tcp_user_timeout` win.
+    if pg_config.get_keepalives_idle() == Duration::from_secs(2 * 60 * 60) {
+        pg_config
+            .keepalives(true)
+            .keepalives_idle(TCP_KEEPALIVE_IDLE)
+            .keepalives_interval(TCP_KEEPALIVE_INTERVAL)
+            .keepalives_retries(TCP_KEEPALIVE_RETRIES);
+    }
+    if pg_config.get_tcp_user_timeout().is_none() {
+        pg_config.tcp_user_timeout(TCP_USER_TIMEOUT);
+    }
     if config.pooler == Pooler::None {
         let mut options = pg_config.get_options().unwrap_or_default().to_owned();
         if !options.is_empty() {
@@ -135,6 +153,15 @@ fn connection_settings(
     }
     Ok((pg_config, tls))
 }
+
+/// TCP keepalive on database sockets: the first probe after this much idleness, ...
+pub const TCP_KEEPALIVE_IDLE: Duration = Duration::from_secs(10);
+/// ... then one this often, ...
+pub const TCP_KEEPALIVE_INTERVAL: Duration = Duration::from_secs(3);
+/// ... and the connection is dropped after this many unanswered.
+pub const TCP_KEEPALIVE_RETRIES: u32 = 3;
+/// Data sent and not acknowledged for this long drops the connection (`TCP_USER_TIMEOUT`).
+pub const TCP_USER_TIMEOUT: Duration = Duration::from_secs(20);
 
 fn statement_timeout_ms(config: &StoreConfig) -> u128 {
     config.statement_timeout.as_millis().max(1)
@@ -164,20 +191,26 @@ impl Store {
             .iter()
             .map(|url| open(url))
             .collect::<Result<Vec<_>, _>>()?;
-        Ok(Self {
-            primary: std::sync::Arc::new(open(url)?),
-            replicas: std::sync::Arc::new(replicas::Replicas::new(replicas)),
-        })
+        let primary = std::sync::Arc::new(open(url)?);
+        let replicas = std::sync::Arc::new(replicas::Replicas::new(
+            replicas,
+            config.replica_max_lag,
+        ));
+        if !replicas.is_empty() {
+            replicas.spawn_lag_monitor(std::sync::Arc::clone(&primary));
+        }
+        Ok(Self { primary, replicas })
     }
 
-    /// Readiness: the primary answers a round trip, or else at least one replica does (logins
-    /// still resolve there; only a replica's misses need the primary). The empty query makes
+    /// Readiness: the primary answers a round trip, or else at least one usable replica (up,
+    /// and within the lag bound) does (logins still resolve there; only a replica's misses need
+    /// the primary). The empty query makes
     /// the server answer without executing a statement, so probes never show up in statement
     /// counts (`pg_stat_statements`, `agent_auth_db_queries_total`).
     pub async fn ping(&self) -> Result<(), StoreError> {
         let primary = ping(&self.primary).await;
         if primary.is_err() {
-            for replica in self.replicas.all() {
+            for replica in self.replicas.usable() {
                 if ping(replica).await.is_ok() {
                     return Ok(());
                 }
@@ -211,7 +244,7 @@ impl Store {
 /// One round trip on one of `connections`.
 async fn ping(connections: &std::sync::Arc<pipeline::Connections>) -> Result<(), StoreError> {
     let claim = connections.claim().await?;
-    match claim.live.client.simple_query("").await {
+    match claim.live.answer(claim.live.client.simple_query("")).await {
         Ok(_) => Ok(()),
         Err(e) => {
             // A dead connection must not make the next request pay for it.

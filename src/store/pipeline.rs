@@ -41,6 +41,78 @@ use super::StoreError;
 pub(super) struct Live {
     pub client: tokio_postgres::Client,
     pub statement: Option<tokio_postgres::Statement>,
+    /// The task that drives the socket: aborted when the connection falls silent, which fails
+    /// every statement still waiting on it.
+    driver: tokio::task::AbortHandle,
+    /// When the connection last delivered an answer (or opened): [`Live::heard`].
+    last_heard: std::sync::Mutex<Instant>,
+    /// How long it may stay silent with a statement waiting before it is declared dead.
+    silence_limit: Duration,
+}
+
+/// Beyond `statement_timeout` (which makes the server answer, if only with an error), how long
+/// a connection with statements waiting may deliver nothing before it is declared dead: a
+/// black-holed connection (a partition, a proxy that stopped forwarding) is never reported by
+/// the kernel while its peer still acknowledges.
+pub const SILENCE_GRACE: Duration = Duration::from_secs(2);
+
+/// Reconnecting after a failed attempt waits this long at first, doubling (with jitter) to
+/// [`RECONNECT_MAX_DELAY`]; one attempt in flight per connection slot.
+const RECONNECT_MIN_DELAY: Duration = Duration::from_millis(50);
+pub const RECONNECT_MAX_DELAY: Duration = Duration::from_secs(2);
+
+impl Live {
+    /// Waits for `answer`, a statement's on this connection. If the connection delivers
+    /// nothing (no answer to this or any other statement) for its silence limit, it is
+    /// declared dead: its socket is closed, so this and every other statement on it fail as
+    /// "connection closed" (UNAVAILABLE, or one retry on another connection), and the slot
+    /// opens a new one.
+    pub(super) async fn answer<T>(
+        &self,
+        answer: impl std::future::Future<Output = Result<T, tokio_postgres::Error>>,
+    ) -> Result<T, tokio_postgres::Error> {
+        let mut answer = std::pin::pin!(answer);
+        let waiting_since = Instant::now();
+        loop {
+            let heard = self.last_heard().max(waiting_since);
+            match tokio::time::timeout_at((heard + self.silence_limit).into(), answer.as_mut())
+                .await
+            {
+                Ok(result) => {
+                    self.heard();
+                    return result;
+                }
+                Err(_) => {
+                    if self.last_heard().max(waiting_since) + self.silence_limit <= Instant::now()
+                    {
+                        tracing::warn!(
+                            silent = ?self.silence_limit,
+                            "database connection delivered nothing with statements waiting: \
+                             declared dead, closing it and opening another"
+                        );
+                        crate::metrics::record_db_connection_silent();
+                        self.driver.abort();
+                        // The client fails what is still waiting once its socket is gone.
+                        return answer.await;
+                    }
+                }
+            }
+        }
+    }
+
+    fn last_heard(&self) -> Instant {
+        self.last_heard
+            .lock()
+            .map(|at| *at)
+            .unwrap_or_else(|poisoned| *poisoned.into_inner())
+    }
+
+    /// The connection just delivered an answer.
+    fn heard(&self) {
+        if let Ok(mut at) = self.last_heard.lock() {
+            *at = Instant::now();
+        }
+    }
 }
 
 /// How many connections, how deep, how patient, and what sits in front of the database.
@@ -57,8 +129,37 @@ pub(super) struct Shape {
 struct Slot {
     live: ArcSwapOption<Live>,
     in_flight: AtomicUsize,
-    /// Held while (re)opening, so concurrent callers wait for one connection attempt.
-    opening: tokio::sync::Mutex<()>,
+    /// Held while (re)opening, so concurrent callers wait for one connection attempt; holds
+    /// the back-off after failed attempts.
+    opening: tokio::sync::Mutex<Reconnect>,
+}
+
+/// A slot's reconnect back-off: when the next attempt may start, and the delays to come.
+#[derive(Default)]
+struct Reconnect {
+    not_before: Option<Instant>,
+    delays: Option<backon::ExponentialBackoff>,
+}
+
+impl Reconnect {
+    /// An attempt failed: the next waits a little longer (with jitter).
+    fn failed(&mut self) {
+        use backon::BackoffBuilder as _;
+        let delays = self.delays.get_or_insert_with(|| {
+            backon::ExponentialBuilder::new()
+                .with_min_delay(RECONNECT_MIN_DELAY)
+                .with_max_delay(RECONNECT_MAX_DELAY)
+                .with_jitter()
+                .without_max_times()
+                .build()
+        });
+        let delay = delays.next().unwrap_or(RECONNECT_MAX_DELAY);
+        self.not_before = Some(Instant::now() + delay);
+    }
+
+    fn succeeded(&mut self) {
+        *self = Self::default();
+    }
 }
 
 /// The connections, the room on them, and how to open one.
@@ -191,7 +292,7 @@ impl Connections {
                 .map(|_| Slot {
                     live: ArcSwapOption::empty(),
                     in_flight: AtomicUsize::new(0),
-                    opening: tokio::sync::Mutex::new(()),
+                    opening: tokio::sync::Mutex::new(Reconnect::default()),
                 })
                 .collect(),
             room: Arc::new(Semaphore::new(connections * depth.max(1))),
@@ -334,19 +435,41 @@ impl Connections {
         if let Some(live) = s.open_live() {
             return Ok(live);
         }
-        let _opening = tokio::time::timeout_at(deadline.into(), s.opening.lock())
+        let mut reconnect = tokio::time::timeout_at(deadline.into(), s.opening.lock())
             .await
             .map_err(|_| StoreError::Unavailable("pool timeout (Create)".into()))?;
         // Opened by another caller while this one waited for the lock.
         if let Some(live) = s.open_live() {
             return Ok(live);
         }
+        // After a failed attempt, the next one waits its turn: within this caller's deadline
+        // it waits (holding the lock: one attempt per slot), else it fails at once.
+        if let Some(not_before) = reconnect.not_before
+            && not_before > Instant::now()
+        {
+            if not_before > deadline {
+                return Err(StoreError::Unavailable(
+                    "reconnecting to the database (backing off after a failed attempt)".into(),
+                ));
+            }
+            tokio::time::sleep_until(not_before.into()).await;
+        }
         // Boxed: opening is rare, and inline its future (connect, SET, PREPARE) would make every
         // login's resolver task larger, copied when it is spawned (callgrind).
-        let live = tokio::time::timeout(self.connect_timeout, Box::pin(self.connect()))
+        let opened = tokio::time::timeout(self.connect_timeout, Box::pin(self.connect()))
             .await
-            .map_err(|_| StoreError::Unavailable("pool timeout (Create)".into()))??;
-        let live = Arc::new(live);
+            .map_err(|_| StoreError::Unavailable("pool timeout (Create)".into()))
+            .and_then(|opened| opened);
+        let live = match opened {
+            Ok(live) => {
+                reconnect.succeeded();
+                Arc::new(live)
+            }
+            Err(e) => {
+                reconnect.failed();
+                return Err(e);
+            }
+        };
         s.live.store(Some(Arc::clone(&live)));
         Ok(live)
     }
@@ -357,9 +480,11 @@ impl Connections {
             .connect(self.tls.clone())
             .await
             .map_err(|e| StoreError::Unavailable(super::connect_error(&e, &self.config)))?;
-        tokio::spawn(async move {
+        // The driver ends by itself once the client is dropped (a failure below).
+        let driver = tokio::spawn(async move {
             let _ = connection.await;
-        });
+        })
+        .abort_handle();
         let preparing = |e: tokio_postgres::Error| {
             StoreError::Unavailable(format!("preparing a new connection: {e}"))
         };
@@ -376,13 +501,22 @@ impl Connections {
             super::Pooler::Transaction => None,
             _ => Some(super::resolve::prepare(&client).await.map_err(preparing)?),
         };
-        Ok(Live { client, statement })
+        Ok(Live {
+            client,
+            statement,
+            driver,
+            last_heard: std::sync::Mutex::new(Instant::now()),
+            silence_limit: Duration::from_millis(
+                u64::try_from(self.statement_timeout_ms).unwrap_or(u64::MAX),
+            )
+            .saturating_add(SILENCE_GRACE),
+        })
     }
 
     /// Forgets `live` as the slot's connection, unless it was replaced already.
     async fn forget(&self, slot: usize, live: &Arc<Live>) {
         let s = &self.slots[slot];
-        let _opening = s.opening.lock().await;
+        let _reconnect = s.opening.lock().await;
         if s.live.load().as_ref().is_some_and(|l| Arc::ptr_eq(l, live)) {
             s.live.store(None);
         }

@@ -1,32 +1,65 @@
 //! Read replicas (`--postgres-replica-url`): each has its own pipelined connections; logins
 //! take them in turn, skipping any that failed until a background probe finds it answering
-//! again. The primary answers a login when no replica is healthy, when its replica failed, and
-//! when a replica did not find the instance or agent (a workspace created a moment ago may not
-//! have reached the replica yet: [`crate::auth`] asks the primary once more).
+//! again, and any that lags the primary by more than `--replica-max-lag`. The primary answers
+//! a login when no replica is usable, when its replica failed, and when a replica did not find
+//! the instance or agent (a workspace created a moment ago may not have reached the replica
+//! yet: [`crate::auth`] asks the primary once more).
+//!
+//! **The lag bound.** Every [`LAG_CHECK_INTERVAL`] a monitor reads the primary's WAL position,
+//! then each replica's replayed position. A replica that has replayed at least the position
+//! the primary had at instant `t` holds every commit made before `t`; its lag is bounded by
+//! `now - t` for the latest such `t`. A replica whose bound exceeds `--replica-max-lag`, or
+//! whose position cannot be read (nor the primary's for that long), is skipped until a later
+//! check finds it within the bound. So what a replica answers is at most `--replica-max-lag`
+//! plus one check interval old, whether replay was paused, the WAL receiver cut off, or the
+//! primary idle (an idle primary's position does not move, so a caught-up replica is current).
 
+use std::collections::VecDeque;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use super::pipeline::Connections;
 
 /// How often a failed replica is probed (one empty round trip) until it answers.
 const PROBE_INTERVAL: Duration = Duration::from_secs(1);
 
+/// How often every replica's lag is measured against the primary.
+pub const LAG_CHECK_INTERVAL: Duration = Duration::from_secs(1);
+
+/// The WAL position a server has applied: its own write position on a primary, its replayed
+/// position on a standby; in bytes. Sent as a simple query (no prepared statement, so it works
+/// behind a transaction-mode pooler), and not counted as a login's statement.
+const APPLIED_LSN_SQL: &str = "SELECT pg_wal_lsn_diff(CASE WHEN pg_is_in_recovery() \
+     THEN pg_last_wal_replay_lsn() ELSE pg_current_wal_lsn() END, '0/0')::bigint";
+
 struct Replica {
     connections: Arc<Connections>,
     healthy: Arc<AtomicBool>,
     probing: Arc<AtomicBool>,
+    /// Within `--replica-max-lag` at the last check. False until the first check passes.
+    current: AtomicBool,
 }
 
 pub(super) struct Replicas {
     list: Vec<Replica>,
     next: AtomicUsize,
     closed: Arc<AtomicBool>,
+    max_lag: Duration,
+}
+
+/// Why a replica was passed over for a login (`agent_auth_db_replica_skipped_total{reason}`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Skip {
+    Down,
+    Lag,
 }
 
 impl Replicas {
-    pub(super) fn new(list: Vec<Connections>) -> Self {
+    pub(super) fn new(list: Vec<Connections>, max_lag: Duration) -> Self {
+        for number in 1..=list.len() {
+            crate::metrics::replica_series(number);
+        }
         Self {
             list: list
                 .into_iter()
@@ -34,28 +67,55 @@ impl Replicas {
                     connections: Arc::new(connections),
                     healthy: Arc::new(AtomicBool::new(true)),
                     probing: Arc::new(AtomicBool::new(false)),
+                    current: AtomicBool::new(false),
                 })
                 .collect(),
             next: AtomicUsize::new(0),
             closed: Arc::new(AtomicBool::new(false)),
+            max_lag,
         }
+    }
+
+    pub(super) fn is_empty(&self) -> bool {
+        self.list.is_empty()
     }
 
     pub(super) fn all(&self) -> impl Iterator<Item = &Arc<Connections>> {
         self.list.iter().map(|r| &r.connections)
     }
 
-    /// The next healthy replica in turn, with its index; `None` when there is none.
+    /// Replicas that may answer a login now: healthy and within the lag bound.
+    pub(super) fn usable(&self) -> impl Iterator<Item = &Arc<Connections>> {
+        self.list
+            .iter()
+            .filter(|r| r.skip().is_none())
+            .map(|r| &r.connections)
+    }
+
+    /// The next usable replica in turn, with its index; `None` when there is none. Every
+    /// replica passed over is counted with its reason.
     pub(super) fn pick(&self) -> Option<(usize, &Arc<Connections>)> {
         let count = self.list.len();
         if count == 0 {
             return None;
         }
         let start = self.next.fetch_add(1, Ordering::Relaxed);
-        (0..count)
-            .map(|i| (start + i) % count)
-            .find(|&i| self.list[i].healthy.load(Ordering::Acquire))
-            .map(|i| (i, &self.list[i].connections))
+        (0..count).map(|i| (start + i) % count).find_map(|i| {
+            let replica = &self.list[i];
+            match replica.skip() {
+                None => Some((i, &replica.connections)),
+                Some(skip) => {
+                    crate::metrics::record_replica_skipped(
+                        i + 1,
+                        match skip {
+                            Skip::Down => "down",
+                            Skip::Lag => "lag",
+                        },
+                    );
+                    None
+                }
+            }
+        })
     }
 
     /// Replica `index` could not answer: skip it until a probe finds it answering again.
@@ -94,10 +154,154 @@ impl Replicas {
         });
     }
 
+    /// Measures every replica's lag against `primary` every [`LAG_CHECK_INTERVAL`] until
+    /// [`Replicas::close`]. Runs on the current tokio runtime; without one, no replica is ever
+    /// used (logged).
+    pub(super) fn spawn_lag_monitor(self: &Arc<Self>, primary: Arc<Connections>) {
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            tracing::warn!("no runtime for the replica lag monitor: logins use the primary only");
+            return;
+        };
+        let replicas = Arc::clone(self);
+        runtime.spawn(async move {
+            let mut primary_positions = Positions::default();
+            let mut tick = tokio::time::interval(LAG_CHECK_INTERVAL);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tick.tick().await;
+                if replicas.closed.load(Ordering::Acquire) {
+                    return;
+                }
+                replicas.check_lag(&primary, &mut primary_positions).await;
+            }
+        });
+    }
+
+    /// One round of the lag monitor: the primary's position first, then each replica's.
+    async fn check_lag(&self, primary: &Arc<Connections>, positions: &mut Positions) {
+        let asked = Instant::now();
+        if let Some(lsn) = applied_lsn(primary).await {
+            positions.push(asked, lsn);
+        }
+        positions.forget_before(asked.checked_sub(self.max_lag + 2 * LAG_CHECK_INTERVAL));
+        for (index, replica) in self.list.iter().enumerate() {
+            let number = index + 1;
+            let lag = match applied_lsn(&replica.connections).await {
+                Some(lsn) => positions.lag(lsn, Instant::now()),
+                None => None,
+            };
+            crate::metrics::record_replica_lag(number, lag);
+            let current = lag.is_some_and(|lag| lag <= self.max_lag);
+            let was = replica.current.swap(current, Ordering::AcqRel);
+            match (was, current) {
+                (true, false) => tracing::warn!(
+                    replica = number,
+                    lag = ?lag,
+                    max_lag = ?self.max_lag,
+                    "read replica behind the primary beyond --replica-max-lag (or its position \
+                     unknown): logins go to the primary until it catches up"
+                ),
+                (false, true) => tracing::info!(replica = number, lag = ?lag, "read replica within the lag bound: serving logins"),
+                _ => {}
+            }
+        }
+    }
+
     pub(super) fn close(&self) {
         self.closed.store(true, Ordering::Release);
         for replica in &self.list {
             replica.connections.close();
         }
+    }
+}
+
+impl Replica {
+    fn skip(&self) -> Option<Skip> {
+        if !self.healthy.load(Ordering::Acquire) {
+            Some(Skip::Down)
+        } else if !self.current.load(Ordering::Acquire) {
+            Some(Skip::Lag)
+        } else {
+            None
+        }
+    }
+}
+
+/// The primary's WAL positions as read at each check, oldest first.
+#[derive(Default)]
+struct Positions(VecDeque<(Instant, i64)>);
+
+impl Positions {
+    fn push(&mut self, asked: Instant, lsn: i64) {
+        self.0.push_back((asked, lsn));
+    }
+
+    fn forget_before(&mut self, oldest: Option<Instant>) {
+        let Some(oldest) = oldest else { return };
+        while self.0.front().is_some_and(|(at, _)| *at < oldest) {
+            self.0.pop_front();
+        }
+    }
+
+    /// How stale a server that applied `lsn` is at most: the time since the latest reading of
+    /// the primary at or below `lsn`. `None`: behind every reading kept (or none kept).
+    fn lag(&self, lsn: i64, now: Instant) -> Option<Duration> {
+        self.0
+            .iter()
+            .rev()
+            .find(|(_, primary)| *primary <= lsn)
+            .map(|(at, _)| now.saturating_duration_since(*at))
+    }
+}
+
+/// The WAL position `connections`' server has applied, or `None` if it cannot say within one
+/// check interval (down, black-holed, not replaying).
+async fn applied_lsn(connections: &Arc<Connections>) -> Option<i64> {
+    let read = async {
+        let claim = connections.claim().await.ok()?;
+        let messages = match claim
+            .live
+            .answer(claim.live.client.simple_query(APPLIED_LSN_SQL))
+            .await
+        {
+            Ok(messages) => messages,
+            Err(_) => {
+                claim.discard().await;
+                return None;
+            }
+        };
+        messages.iter().find_map(|message| match message {
+            tokio_postgres::SimpleQueryMessage::Row(row) => row.get(0)?.parse::<i64>().ok(),
+            _ => None,
+        })
+    };
+    tokio::time::timeout(LAG_CHECK_INTERVAL, read)
+        .await
+        .ok()
+        .flatten()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_lag_is_the_age_of_the_latest_primary_position_the_replica_holds() {
+        let start = Instant::now();
+        let mut positions = Positions::default();
+        positions.push(start, 100);
+        positions.push(start + Duration::from_secs(1), 100);
+        positions.push(start + Duration::from_secs(2), 250);
+        let now = start + Duration::from_secs(3);
+        // Caught up with the latest reading.
+        assert_eq!(positions.lag(250, now), Some(Duration::from_secs(1)));
+        // An idle primary: the same position read twice; the later reading counts.
+        assert_eq!(positions.lag(100, now), Some(Duration::from_secs(2)));
+        assert_eq!(positions.lag(249, now), Some(Duration::from_secs(2)));
+        // Behind everything kept: unknown, so not current.
+        assert_eq!(positions.lag(99, now), None);
+        positions.forget_before(Some(start + Duration::from_millis(1500)));
+        assert_eq!(positions.lag(100, now), None);
+        assert_eq!(positions.lag(300, now), Some(Duration::from_secs(1)));
     }
 }

@@ -196,11 +196,16 @@ async fn query(
 ) -> Result<Vec<tokio_postgres::Row>, tokio_postgres::Error> {
     crate::metrics::record_query(target.label());
     match &live.statement {
-        Some(statement) => live.client.query(statement, &[&instance_id]).await,
-        None => {
-            live.client
-                .query_typed(RESOLVE_SQL, &[(&instance_id, Type::TEXT)])
+        Some(statement) => {
+            live.answer(live.client.query(statement, &[&instance_id]))
                 .await
+        }
+        None => {
+            live.answer(
+                live.client
+                    .query_typed(RESOLVE_SQL, &[(&instance_id, Type::TEXT)]),
+            )
+            .await
         }
     }
 }

@@ -411,11 +411,31 @@ pub fn command(args: crate::cli::TrustArgs) -> std::process::ExitCode {
 
 /// Reads an operator's trust file: the only file read of trust material (the verifiers in
 /// [`crate::identity`] read none).
+///
+/// Opened non-blocking, and only a regular file is read: a FIFO (or a device) at a trust path
+/// would otherwise hang the reload, and with it every later SIGHUP and the shutdown.
 pub fn read_file(path: &std::path::Path) -> Result<Vec<u8>, crate::identity::TrustError> {
-    std::fs::read(path).map_err(|source| crate::identity::TrustError::Read {
+    use std::io::Read as _;
+    use std::os::unix::fs::OpenOptionsExt as _;
+    let error = |source| crate::identity::TrustError::Read {
         path: path.to_owned(),
         source,
-    })
+    };
+    let mut file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(nix::fcntl::OFlag::O_NONBLOCK.bits())
+        .open(path)
+        .map_err(error)?;
+    let meta = file.metadata().map_err(error)?;
+    if !meta.file_type().is_file() {
+        return Err(error(std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            "not a regular file",
+        )));
+    }
+    let mut bytes = Vec::with_capacity(usize::try_from(meta.len()).unwrap_or(0));
+    file.read_to_end(&mut bytes).map_err(error)?;
+    Ok(bytes)
 }
 
 #[cfg(test)]

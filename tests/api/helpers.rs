@@ -800,6 +800,18 @@ impl ServeProcess {
             .unwrap_or_else(|e| panic!("{e}"))
     }
 
+    /// The process's resident memory in KiB (`VmRSS` of /proc).
+    pub fn rss_kib(&self) -> u64 {
+        let pid = self.child.id().unwrap_or_else(|| panic!("exited early"));
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status"))
+            .unwrap_or_else(|e| panic!("{e}"));
+        status
+            .lines()
+            .find_map(|line| line.strip_prefix("VmRSS:"))
+            .and_then(|rest| rest.split_whitespace().next()?.parse().ok())
+            .unwrap_or_else(|| panic!("no VmRSS in {status}"))
+    }
+
     /// Sends `signal` to the process.
     pub fn signal(&self, signal: nix::sys::signal::Signal) {
         let pid = self.child.id().unwrap_or_else(|| panic!("exited early"));
@@ -826,6 +838,15 @@ impl ServeProcess {
             .unwrap_or_else(|e| panic!("{e}"));
         (status, stderr)
     }
+}
+
+/// A temporary directory the clusters' unprivileged account may pass through.
+pub fn reachable_tempdir() -> tempfile::TempDir {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o711))
+        .unwrap_or_else(|e| panic!("{e}"));
+    dir
 }
 
 /// A PostgreSQL cluster of the test's own in `data` (so the test may stop and restart it).

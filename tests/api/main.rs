@@ -17,6 +17,7 @@ mod operations;
 mod pipeline;
 mod pki;
 mod resolution;
+mod review;
 mod scaling;
 mod schema;
 mod tidy;

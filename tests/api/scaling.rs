@@ -9,14 +9,6 @@ use agent_auth::embedded::{EmbeddedOptions, EmbeddedPostgres};
 
 use crate::helpers::*;
 
-/// A temporary directory the clusters' unprivileged account may pass through.
-fn reachable_tempdir() -> tempfile::TempDir {
-    use std::os::unix::fs::PermissionsExt;
-    let dir = tempfile::tempdir().unwrap();
-    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o711)).unwrap();
-    dir
-}
-
 /// Every agent logs in `rounds` times, all at once; each gets its own token. Returns failures.
 async fn storm(
     server: &ServeProcess,

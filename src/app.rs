@@ -299,7 +299,8 @@ impl App {
         let mut server = Server::builder()
             .http2_keepalive_interval(Some(limits.keepalive_interval))
             .http2_keepalive_timeout(Some(limits.keepalive_timeout))
-            .max_concurrent_streams(Some(limits.max_concurrent_streams));
+            .max_concurrent_streams(Some(limits.max_concurrent_streams))
+            .http2_max_pending_accept_reset_streams(Some(listen::MAX_PENDING_ACCEPT_RESET_STREAMS));
         if let Some(tls) = &config.tls {
             server = server
                 .tls_config(server_tls(tls)?)

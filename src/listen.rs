@@ -36,6 +36,13 @@ pub const HTTP2_PREFACE_BYTES: usize = 24;
 const RESERVED_DESCRIPTORS: u64 = 256;
 /// Accept errors are logged at WARN at most this often (DEBUG in between).
 const ACCEPT_WARNING_INTERVAL: Duration = Duration::from_secs(10);
+/// Streams the peer reset before the server accepted them, per HTTP/2 connection, before the
+/// connection is closed (h2's rapid-reset guard, 20 by default). A caller cancelling many of its
+/// own calls (short deadlines on a busy shared channel) hit 20 and the GOAWAY failed every
+/// neighbour's call on the connection; the guard stays, with room for honest churn: each
+/// connection carries at most `--grpc-max-concurrent-streams` (100) calls, so 10× that is
+/// only reached by a flood of resets.
+pub const MAX_PENDING_ACCEPT_RESET_STREAMS: usize = 1000;
 /// The default cap never exceeds this, however high the open-file limit.
 const MAX_DEFAULT_CONNECTIONS: u64 = 16_384;
 

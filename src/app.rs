@@ -9,7 +9,6 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use tokio::net::{TcpListener, UnixListener};
 use tokio::sync::{Semaphore, watch};
-use tonic::transport::Server;
 
 use crate::auth::{Authenticator, Trust};
 use crate::config::{Config, ListenAddr, SchemaMode};
@@ -86,6 +85,8 @@ impl SocketFile {
 /// A built application, listening but not yet serving.
 pub struct App {
     config: Config,
+    /// The gRPC listener's TLS (loaded in `build`, before the database is touched).
+    grpc_tls: Option<Arc<rustls::ServerConfig>>,
     grpc_listener: GrpcListener,
     admin_listener: TcpListener,
     http_listener: Option<TcpListener>,
@@ -138,6 +139,8 @@ impl App {
     pub async fn build(config: Config) -> Result<Self, AppError> {
         // One rustls crypto provider per process; a second install is a no-op.
         let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+        // TLS files first: a bad path fails the start before any migration runs.
+        let grpc_tls = config.tls.as_ref().map(server_tls).transpose()?;
         let gcp = GcpKeys::from_config(&config.gcp.jwks)?;
         if let GcpKeys::Remote(jwks) = &gcp {
             // In the background: a machine without internet still serves AWS and Azure.
@@ -199,6 +202,7 @@ impl App {
         };
         Ok(Self {
             config,
+            grpc_tls,
             grpc_listener,
             admin_listener,
             http_listener,
@@ -237,6 +241,7 @@ impl App {
     ) -> Result<(), AppError> {
         let App {
             config,
+            grpc_tls,
             grpc_listener,
             admin_listener,
             http_listener,
@@ -253,19 +258,31 @@ impl App {
         let limiter = Limiter::new(config.max_concurrent_requests);
         let limits = config.connections;
         let open_files = crate::listen::raise_open_file_limit();
-        let agent_cap = limits.agent_cap(open_files);
+        let memory_limit = crate::listen::memory_limit();
+        let agent_cap = limits.agent_cap(open_files, memory_limit);
+        let per_source = limits.per_source(agent_cap);
+        let admin_idle = limits.idle_timeout.min(listen::ADMIN_IDLE_TIMEOUT);
         tracing::info!(
             open_files,
+            memory_limit,
             grpc_and_http = agent_cap,
+            per_source,
             admin = limits.admin_max_connections,
             "connection caps"
         );
-        let policy = |listener, permits: &Arc<Semaphore>, first_bytes| Policy {
+        let agent_registry = listen::Registry::new(per_source);
+        let admin_registry = listen::Registry::new(limits.admin_max_connections / 2);
+        let policy = |listener,
+                      permits: &Arc<Semaphore>,
+                      registry: &Arc<listen::Registry>,
+                      first_bytes,
+                      idle_timeout| Policy {
             listener,
             permits: permits.clone(),
+            registry: registry.clone(),
             first_bytes,
             handshake_timeout: limits.handshake_timeout,
-            idle_timeout: limits.idle_timeout,
+            idle_timeout,
         };
         let agent_permits = Arc::new(Semaphore::new(agent_cap));
         let admin_permits = Arc::new(Semaphore::new(limits.admin_max_connections));
@@ -296,38 +313,39 @@ impl App {
         let stopped = |mut rx: watch::Receiver<bool>| async move {
             let _ = rx.wait_for(|stop| *stop).await;
         };
-        let mut server = Server::builder()
-            .http2_keepalive_interval(Some(limits.keepalive_interval))
-            .http2_keepalive_timeout(Some(limits.keepalive_timeout))
-            .max_concurrent_streams(Some(limits.max_concurrent_streams))
-            .http2_max_pending_accept_reset_streams(Some(listen::MAX_PENDING_ACCEPT_RESET_STREAMS));
-        if let Some(tls) = &config.tls {
-            server = server
-                .tls_config(server_tls(tls)?)
-                .map_err(|e| AppError::Tls(e.to_string()))?;
-        }
-        let router = server
-            .layer(tower::util::MapResponseLayer::new(
-                grpc::damaged_frames_are_malformed,
-            ))
-            .add_service(health_service)
+        let grpc_router = tonic::service::Routes::new(health_service)
             .add_service(reflection_v1)
             .add_service(reflection_v1alpha)
             .add_service(
                 AgentAuthService::new(auth.clone(), limiter.clone())
                     .into_server(limits.max_message_bytes),
-            );
-        let grpc_policy = policy("grpc", &agent_permits, listen::HTTP2_PREFACE_BYTES);
+            )
+            .into_axum_router()
+            .layer(axum::middleware::map_response(
+                grpc::damaged_frames_are_malformed,
+            ));
+        let grpc_protocol = listen::Protocol::http2(&limits, grpc_tls.clone());
+        let grpc_policy = policy(
+            "grpc",
+            &agent_permits,
+            &agent_registry,
+            listen::HTTP2_PREFACE_BYTES,
+            limits.idle_timeout,
+        );
         let mut socket_file = None;
         let grpc_task = match grpc_listener {
-            GrpcListener::Tcp(listener) => tokio::spawn(router.serve_with_incoming_shutdown(
+            GrpcListener::Tcp(listener) => tokio::spawn(listen::serve(
                 listen::incoming(listener, grpc_policy),
+                grpc_protocol,
+                grpc_router,
                 stopped(stop_rx.clone()),
             )),
             GrpcListener::Unix(listener, file) => {
                 socket_file = Some(file);
-                tokio::spawn(router.serve_with_incoming_shutdown(
+                tokio::spawn(listen::serve(
                     listen::incoming(listener, grpc_policy),
+                    grpc_protocol,
+                    grpc_router,
                     stopped(stop_rx.clone()),
                 ))
             }
@@ -339,19 +357,25 @@ impl App {
             initially_serving,
         ));
         let admin_router = admin::router(admin_state);
-        let admin_task = tokio::spawn(crate::http::serve(
-            listen::incoming(admin_listener, policy("admin", &admin_permits, 1)),
+        let admin_task = tokio::spawn(listen::serve(
+            listen::incoming(
+                admin_listener,
+                policy("admin", &admin_permits, &admin_registry, 1, admin_idle),
+            ),
+            listen::Protocol::http1(&limits, admin_idle),
             admin_router,
-            limits.header_read_timeout,
             stopped(stop_rx.clone()),
         ));
         // The agent endpoints share the use case, the concurrency limit and the connection cap
-        // with gRPC.
+        // (and each source's share of it) with gRPC.
         let http_task = http_listener.map(|listener| {
-            tokio::spawn(crate::http::serve(
-                listen::incoming(listener, policy("http", &agent_permits, 1)),
+            tokio::spawn(listen::serve(
+                listen::incoming(
+                    listener,
+                    policy("http", &agent_permits, &agent_registry, 1, limits.idle_timeout),
+                ),
+                listen::Protocol::http1(&limits, limits.idle_timeout),
                 crate::http::agent::router(auth.clone(), limiter.clone(), limits),
-                limits.header_read_timeout,
                 stopped(stop_rx.clone()),
             ))
         });
@@ -396,7 +420,7 @@ impl App {
         })
         .await;
         let result = match drained {
-            Ok((Ok(Ok(())), Ok(()))) => Ok(()),
+            Ok((Ok(()), Ok(()))) => Ok(()),
             Ok((grpc, admin)) => Err(AppError::Listener {
                 grpc: format!("{grpc:?}"),
                 admin: format!("{admin:?}"),
@@ -419,22 +443,48 @@ impl App {
     }
 }
 
-/// The listener's TLS settings; with a client CA, a caller without a certificate from it is
-/// refused during the handshake.
-fn server_tls(
-    tls: &crate::config::TlsConfig,
-) -> Result<tonic::transport::ServerTlsConfig, AppError> {
-    let read = |path: &std::path::Path| {
-        std::fs::read(path).map_err(|e| AppError::Tls(format!("{}: {e}", path.display())))
+/// The gRPC listener's TLS settings (HTTP/2 by ALPN); with a client CA, a caller without a
+/// certificate from it is refused during the handshake.
+fn server_tls(tls: &crate::config::TlsConfig) -> Result<Arc<rustls::ServerConfig>, AppError> {
+    use rustls::pki_types::pem::PemObject as _;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let bad = |path: &std::path::Path, e: &dyn std::fmt::Display| {
+        AppError::Tls(format!("{}: {e}", path.display()))
     };
-    let identity = tonic::transport::Identity::from_pem(read(&tls.cert)?, read(&tls.key)?);
-    let mut config = tonic::transport::ServerTlsConfig::new().identity(identity);
-    if let Some(ca) = &tls.client_ca {
-        config = config.client_ca_root(tonic::transport::Certificate::from_pem(read(ca)?));
-    } else {
-        tracing::warn!("TLS without --tls-client-ca: callers are not authenticated");
-    }
-    Ok(config)
+    let certificates = |path: &std::path::Path| {
+        let pems = CertificateDer::pem_file_iter(path)
+            .map_err(|e| bad(path, &e))?
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| bad(path, &e))?;
+        if pems.is_empty() {
+            return Err(bad(path, &"no PEM certificate in the file"));
+        }
+        Ok(pems)
+    };
+    let chain = certificates(&tls.cert)?;
+    let key = PrivateKeyDer::from_pem_file(&tls.key).map_err(|e| bad(&tls.key, &e))?;
+    let builder = rustls::ServerConfig::builder();
+    let builder = match &tls.client_ca {
+        Some(ca) => {
+            let mut roots = rustls::RootCertStore::empty();
+            for certificate in certificates(ca)? {
+                roots.add(certificate).map_err(|e| bad(ca, &e))?;
+            }
+            let verifier = rustls::server::WebPkiClientVerifier::builder(Arc::new(roots))
+                .build()
+                .map_err(|e| bad(ca, &e))?;
+            builder.with_client_cert_verifier(verifier)
+        }
+        None => {
+            tracing::warn!("TLS without --tls-client-ca: callers are not authenticated");
+            builder.with_no_client_auth()
+        }
+    };
+    let mut config = builder
+        .with_single_cert(chain, key)
+        .map_err(|e| bad(&tls.cert, &e))?;
+    config.alpn_protocols = vec![b"h2".to_vec()];
+    Ok(Arc::new(config))
 }
 
 fn reflection() -> tonic_reflection::server::Builder<'static> {

@@ -22,6 +22,7 @@ pub const TRUST_EXPIRY: &str = "agent_auth_trust_certificate_expiry_timestamp_se
 pub const CONNECTIONS_OPEN: &str = "agent_auth_connections_open";
 pub const CONNECTIONS_REFUSED: &str = "agent_auth_connections_refused_total";
 pub const CONNECTION_TIMEOUTS: &str = "agent_auth_connection_timeouts_total";
+pub const CONNECTIONS_EVICTED: &str = "agent_auth_connections_evicted_total";
 pub const INSTANCE_CONFLICTS: &str = "agent_auth_instance_conflicts_total";
 pub const TRUST_RELOADS: &str = "agent_auth_trust_reloads_total";
 pub const TRUST_REFRESH_FAILURES: &str = "agent_auth_trust_refresh_failures_total";
@@ -177,7 +178,11 @@ fn describe() {
     );
     describe_counter!(
         CONNECTIONS_REFUSED,
-        "Connections closed at once because the listener's connection cap was reached."
+        "Connections closed at once: the listener's cap was reached with none idle to make room, or the client address held its share."
+    );
+    describe_counter!(
+        CONNECTIONS_EVICTED,
+        "Connections closed gracefully to make room for a new one (the cap was reached; it was the idlest), by listener."
     );
     describe_counter!(
         CONNECTION_TIMEOUTS,
@@ -218,6 +223,11 @@ pub fn record_connection_open(listener: &'static str, delta: f64) {
 /// One connection closed at once because `listener` was at its cap.
 pub fn record_connection_refused(listener: &'static str) {
     metrics::counter!(CONNECTIONS_REFUSED, "listener" => listener).increment(1);
+}
+
+/// One connection asked to close to make room on `listener`.
+pub fn record_connection_evicted(listener: &'static str) {
+    metrics::counter!(CONNECTIONS_EVICTED, "listener" => listener).increment(1);
 }
 
 /// One connection closed by its `timeout` (handshake, idle).
@@ -289,6 +299,7 @@ fn export_zeros() {
     for listener in ["grpc", "http", "admin"] {
         metrics::gauge!(CONNECTIONS_OPEN, "listener" => listener).set(0.0);
         metrics::counter!(CONNECTIONS_REFUSED, "listener" => listener).absolute(0);
+        metrics::counter!(CONNECTIONS_EVICTED, "listener" => listener).absolute(0);
         for timeout in ["handshake", "idle"] {
             metrics::counter!(CONNECTION_TIMEOUTS, "listener" => listener, "timeout" => timeout)
                 .absolute(0);

@@ -432,6 +432,7 @@ impl TryFrom<Settings> for Config {
                 handshake_timeout: s.conn_handshake_timeout.0,
                 idle_timeout: s.conn_idle_timeout.0,
                 max_connections: s.max_connections.filter(|n| *n > 0),
+                max_connections_per_source: s.max_connections_per_source.filter(|n| *n > 0),
                 admin_max_connections: s.admin_max_connections.get(),
                 header_read_timeout: s.http_header_read_timeout.0,
                 body_read_timeout: s.http_body_read_timeout.0,

@@ -232,7 +232,9 @@ pub struct Settings {
     )]
     pub conn_handshake_timeout: Span,
 
-    /// Every listener: a connection with no byte read or written for this long is closed.
+    /// Every listener: a connection on which no request started or ended for this long is
+    /// closed gracefully (HTTP/2 GOAWAY), whatever keepalive pings flow; so is one on which no
+    /// byte moved. The admin listener uses at most 10 s.
     #[arg(
         long,
         env = "AGENT_AUTH_CONN_IDLE_TIMEOUT",
@@ -242,8 +244,10 @@ pub struct Settings {
     )]
     pub conn_idle_timeout: Span,
 
-    /// Open gRPC and agent HTTP connections together at most; more are accepted and closed at
-    /// once [default: the open-file limit less 256 and the admin cap, at most 16384].
+    /// Open gRPC and agent HTTP connections together at most; over it, the idlest connection
+    /// is closed gracefully to make room, or the newcomer at once when none is idle [default:
+    /// the open-file limit less 256 and the admin cap, no more than the memory limit holds at
+    /// 64 KiB a connection after 96 MiB, at most 16384].
     ///
     /// 0 also means the default.
     #[arg(
@@ -254,8 +258,22 @@ pub struct Settings {
     )]
     pub max_connections: Option<usize>,
 
-    /// Open admin connections at most: the admin listener's own cap, so probes answer during a
-    /// flood.
+    /// Open gRPC and agent HTTP connections from one client address at most; more are closed
+    /// at once [default: a quarter of --max-connections, at least 16].
+    ///
+    /// Behind an ingress or load balancer that does not keep client addresses, every
+    /// connection comes from its few addresses: raise this to the cap. 0 also means the
+    /// default.
+    #[arg(
+        long,
+        env = "AGENT_AUTH_MAX_CONNECTIONS_PER_SOURCE",
+        help_heading = "Limits and timeouts",
+        value_name = "N"
+    )]
+    pub max_connections_per_source: Option<usize>,
+
+    /// Open admin connections at most: the admin listener's own cap (half of it per client
+    /// address), so probes and scrapes answer during a flood; over it, the idlest makes room.
     #[arg(
         long,
         env = "AGENT_AUTH_ADMIN_MAX_CONNECTIONS",

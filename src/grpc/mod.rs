@@ -64,9 +64,9 @@ const TONIC_FRAME_ERRORS: &[&str] = &[
 /// A response layer for every gRPC service: tonic's own INTERNAL for a damaged request frame
 /// becomes INVALID_ARGUMENT with reason MALFORMED_REQUEST, as any malformed request does
 /// (DESIGN.md 3.1). Other responses pass untouched (a success carries no `grpc-status` header).
-pub fn damaged_frames_are_malformed(
-    response: tonic::codegen::http::Response<tonic::body::Body>,
-) -> tonic::codegen::http::Response<tonic::body::Body> {
+pub async fn damaged_frames_are_malformed(
+    response: axum::response::Response,
+) -> axum::response::Response {
     match Status::from_header_map(response.headers()) {
         Some(status)
             if status.code() == tonic::Code::Internal
@@ -78,17 +78,6 @@ pub fn damaged_frames_are_malformed(
             status::malformed("the request's gRPC frame is cut short or damaged").into_http()
         }
         _ => response,
-    }
-}
-
-/// Guarded connections keep the peer information tonic hands to requests.
-impl<T: tonic::transport::server::Connected> tonic::transport::server::Connected
-    for crate::listen::Guarded<T>
-{
-    type ConnectInfo = T::ConnectInfo;
-
-    fn connect_info(&self) -> Self::ConnectInfo {
-        self.get_ref().connect_info()
     }
 }
 

@@ -160,6 +160,15 @@ async fn logins_resolve_on_a_streaming_replica_and_fall_back_to_the_primary() {
     )
     .await;
 
+    // The replica serves once its lag was measured within the bound (the first check runs at
+    // start-up; the bound is --replica-max-lag).
+    let measured = eventually(Duration::from_secs(10), async || {
+        let (_, text) = http_get(&format!("{}/metrics", server.admin_url)).await;
+        metric_sum(&text, "agent_auth_db_replica_lag_seconds", &[("replica", "1")])
+            .is_some_and(|lag| lag <= 5.0)
+    });
+    assert!(measured.await, "the replica's lag was never measured");
+
     // Served by the replica: its statements, none on the primary; the replica's own
     // statistics see them (index scans of workspace_agents, which this probe does not make,
     // flushed within a second or so of a backend going idle).

@@ -1,0 +1,685 @@
+//! Accepting connections that cannot hold the process hostage, and serving HTTP on them.
+//!
+//! Every listener (gRPC, agent HTTP, admin) accepts through [`incoming`]:
+//! - a **connection cap** (a semaphore), kept below the open-file limit, which
+//!   [`raise_open_file_limit`] lifts to the hard limit at start-up, and by default below what
+//!   the container's memory limit holds ([`ConnectionLimits::agent_cap`]);
+//! - a **per-source share** of the cap: one client address never holds more than
+//!   `--max-connections-per-source` of it;
+//! - **the idlest connection makes room**: with the cap reached, the connection that has gone
+//!   longest without a request (and has none open) is closed gracefully (HTTP/2 GOAWAY) and
+//!   the newcomer takes its place, so a fresh caller, a probe or a scrape always gets in while
+//!   others merely hold connections; only when every connection is busy is a newcomer closed
+//!   at once;
+//! - **accept errors back off** (5 ms doubling to 1 s) instead of spinning, with at most one
+//!   warning every 10 s;
+//! - every connection is wrapped in [`Guarded`]: it must read its first bytes (the whole
+//!   24-byte HTTP/2 preface for gRPC, one byte for HTTP) within the **handshake timeout**, and
+//!   it is closed when no byte moves for the idle timeout (a peer that neither reads nor
+//!   writes).
+//!
+//! [`serve`] runs HTTP on them (HTTP/2 for gRPC, HTTP/1 for the others) and owns **idleness**:
+//! a connection on which no request started or ended for the idle timeout is closed
+//! gracefully, whatever bytes flow: the server's keepalive pings and the client's replies, or
+//! a request left open, do not keep it.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::io;
+use std::net::IpAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::{TcpListener, UnixListener};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
+use tokio::time::{Instant, Sleep};
+use tokio_stream::wrappers::ReceiverStream;
+
+/// The HTTP/2 client preface, which a gRPC connection must send in full within the handshake
+/// timeout.
+pub const HTTP2_PREFACE_BYTES: usize = 24;
+/// Descriptors kept free of connections: the pool, trust files, the embedded database's
+/// pipes, logs.
+const RESERVED_DESCRIPTORS: u64 = 256;
+/// Accept errors are logged at WARN at most this often (DEBUG in between).
+const ACCEPT_WARNING_INTERVAL: Duration = Duration::from_secs(10);
+/// Streams the peer reset before the server accepted them, per HTTP/2 connection, before the
+/// connection is closed (h2's rapid-reset guard, 20 by default). A caller cancelling many of its
+/// own calls (short deadlines on a busy shared channel) hit 20 and the GOAWAY failed every
+/// neighbour's call on the connection; the guard stays, with room for honest churn: each
+/// connection carries at most `--grpc-max-concurrent-streams` (100) calls, so 10× that is
+/// only reached by a flood of resets.
+pub const MAX_PENDING_ACCEPT_RESET_STREAMS: usize = 1000;
+/// The default cap never exceeds this, however high the open-file limit.
+const MAX_DEFAULT_CONNECTIONS: u64 = 16_384;
+
+/// What one open connection may cost in memory at most, for the default cap: an idle HTTP/2
+/// connection measured about 33 KiB (h2 and hyper state, buffers); the rest is headroom for
+/// a request in flight (test `review::an_idle_connection_costs_less_than_its_memory_budget`).
+pub const CONNECTION_MEMORY_BUDGET: u64 = 64 * 1024;
+/// Memory kept for everything but connections when the default cap is derived from a memory
+/// limit: the process at rest, trust material, the database connections, requests in flight.
+const RESERVED_MEMORY: u64 = 96 * 1024 * 1024;
+/// The admin listener's idle timeout at most: probes and scrapes need no long-lived
+/// connection.
+pub const ADMIN_IDLE_TIMEOUT: Duration = Duration::from_secs(10);
+/// A newcomer over the cap waits this long at most for the idlest connection to close.
+const EVICTION_WAIT: Duration = Duration::from_secs(1);
+/// Newcomers waiting for an evicted connection's place at once, per listener; more are closed
+/// at once.
+const EVICTION_WAITERS: usize = 32;
+
+/// Timeouts and caps of the listeners' connections (`--conn-*`, `--http-*`, `--grpc-*`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ConnectionLimits {
+    pub handshake_timeout: Duration,
+    pub idle_timeout: Duration,
+    /// gRPC and agent HTTP together; `None`: derived from the open-file and memory limits.
+    pub max_connections: Option<usize>,
+    /// One client address's share of the gRPC + HTTP cap; `None`: a quarter of the cap.
+    pub max_connections_per_source: Option<usize>,
+    pub admin_max_connections: usize,
+    pub header_read_timeout: Duration,
+    pub body_read_timeout: Duration,
+    pub max_body_bytes: usize,
+    pub max_message_bytes: usize,
+    pub max_concurrent_streams: u32,
+    pub keepalive_interval: Duration,
+    pub keepalive_timeout: Duration,
+}
+
+impl ConnectionLimits {
+    /// The gRPC + HTTP cap: the configured one, else the open-file limit less the admin cap and
+    /// a reserve, and no more than the memory limit (if any) holds at
+    /// [`CONNECTION_MEMORY_BUDGET`] each after [`RESERVED_MEMORY`]; between 16 and 16,384.
+    pub fn agent_cap(&self, open_files: u64, memory_limit: Option<u64>) -> usize {
+        self.max_connections.unwrap_or_else(|| {
+            let by_files = open_files
+                .saturating_sub(RESERVED_DESCRIPTORS)
+                .saturating_sub(self.admin_max_connections as u64);
+            let by_memory = memory_limit.map_or(u64::MAX, |limit| {
+                limit.saturating_sub(RESERVED_MEMORY) / CONNECTION_MEMORY_BUDGET
+            });
+            usize::try_from(by_files.min(by_memory).clamp(16, MAX_DEFAULT_CONNECTIONS))
+                .unwrap_or(16)
+        })
+    }
+
+    /// One source address's share of `cap`: the configured one, else a quarter (at least 16).
+    pub fn per_source(&self, cap: usize) -> usize {
+        self.max_connections_per_source
+            .unwrap_or_else(|| (cap / 4).max(16))
+            .min(cap)
+    }
+}
+
+/// The memory limit of this process's cgroup (v2 `memory.max`, or v1's), if one is set.
+pub fn memory_limit() -> Option<u64> {
+    let read = |path: &str| -> Option<u64> {
+        let text = std::fs::read_to_string(path).ok()?;
+        let limit: u64 = text.trim().parse().ok()?;
+        // v1 reports "no limit" as a huge number.
+        (limit < (1 << 60)).then_some(limit)
+    };
+    read("/sys/fs/cgroup/memory.max").or_else(|| read("/sys/fs/cgroup/memory/memory.limit_in_bytes"))
+}
+
+/// Raises the soft `RLIMIT_NOFILE` to the hard limit (logged) and returns the soft limit in
+/// force afterwards.
+pub fn raise_open_file_limit() -> u64 {
+    use nix::sys::resource::{Resource, getrlimit, setrlimit};
+    match getrlimit(Resource::RLIMIT_NOFILE) {
+        Ok((soft, hard)) if soft < hard => match setrlimit(Resource::RLIMIT_NOFILE, hard, hard) {
+            Ok(()) => {
+                tracing::info!(from = soft, to = hard, "raised the open-file limit");
+                hard
+            }
+            Err(error) => {
+                tracing::warn!(%error, soft, hard, "cannot raise the open-file limit");
+                soft
+            }
+        },
+        Ok((soft, _)) => soft,
+        Err(error) => {
+            tracing::warn!(%error, "cannot read the open-file limit; assuming 1024");
+            1024
+        }
+    }
+}
+
+mod serve;
+
+pub use serve::{Protocol, serve};
+
+/// Connections of one listener: how many at most, per source, and each one's timeouts.
+#[derive(Clone)]
+pub struct Policy {
+    /// `grpc`, `http` or `admin`, for logs and metrics.
+    pub listener: &'static str,
+    pub permits: Arc<Semaphore>,
+    /// The open connections of the listeners sharing `permits`.
+    pub registry: Arc<Registry>,
+    /// Bytes a connection must read within `handshake_timeout`.
+    pub first_bytes: usize,
+    pub handshake_timeout: Duration,
+    pub idle_timeout: Duration,
+}
+
+/// A listener we accept from.
+pub trait Listener: Send + 'static {
+    type Io: AsyncRead + AsyncWrite + Unpin + Send + 'static;
+    /// A connection and its peer's address (none for a unix socket).
+    fn accept(&self) -> impl Future<Output = io::Result<(Self::Io, Option<IpAddr>)>> + Send;
+}
+
+impl Listener for TcpListener {
+    type Io = tokio::net::TcpStream;
+    async fn accept(&self) -> io::Result<(Self::Io, Option<IpAddr>)> {
+        let (stream, peer) = TcpListener::accept(self).await?;
+        // Small request/response messages: never wait for Nagle.
+        let _ = stream.set_nodelay(true);
+        Ok((stream, Some(peer.ip())))
+    }
+}
+
+impl Listener for UnixListener {
+    type Io = tokio::net::UnixStream;
+    async fn accept(&self) -> io::Result<(Self::Io, Option<IpAddr>)> {
+        Ok((UnixListener::accept(self).await?.0, None))
+    }
+}
+
+/// What a connection is doing, shared by its IO, its request layer and its serving task.
+#[derive(Default)]
+pub struct Activity {
+    /// Requests started and not yet answered.
+    open_requests: AtomicUsize,
+    /// A request has started on it: a connection that never made one goes first when room is
+    /// needed (a flood of bare connections evicts itself, not the callers).
+    served: AtomicBool,
+    /// When a request last started or ended (or the connection was accepted): milliseconds
+    /// since [`epoch`].
+    last_request_ms: AtomicU64,
+    /// Asked to close to make room (the cap was reached and it was the idlest).
+    evicted: tokio::sync::Notify,
+    evicting: AtomicBool,
+}
+
+/// The instant [`Activity`] times count from.
+fn epoch() -> Instant {
+    static EPOCH: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
+    *EPOCH.get_or_init(Instant::now)
+}
+
+fn now_ms() -> u64 {
+    u64::try_from(epoch().elapsed().as_millis()).unwrap_or(u64::MAX)
+}
+
+impl Activity {
+    fn new() -> Self {
+        let activity = Self::default();
+        activity.last_request_ms.store(now_ms(), Ordering::Release);
+        activity
+    }
+
+    /// A request started: counted until the returned guard is dropped (answered or abandoned).
+    pub fn request(self: &Arc<Self>) -> RequestGuard {
+        self.open_requests.fetch_add(1, Ordering::AcqRel);
+        self.served.store(true, Ordering::Release);
+        self.last_request_ms.store(now_ms(), Ordering::Release);
+        RequestGuard(Arc::clone(self))
+    }
+
+    /// When the connection turns idle if nothing starts or ends meanwhile.
+    fn idle_at(&self, idle_timeout: Duration) -> Instant {
+        let last = Duration::from_millis(self.last_request_ms.load(Ordering::Acquire));
+        epoch() + last + idle_timeout
+    }
+
+    /// Whether a request ever started on the connection.
+    fn served(&self) -> bool {
+        self.served.load(Ordering::Acquire)
+    }
+
+    /// Resolves once the connection was asked to make room.
+    async fn evicted(&self) {
+        self.evicted.notified().await;
+    }
+}
+
+/// One request in flight on a connection.
+pub struct RequestGuard(Arc<Activity>);
+
+impl Drop for RequestGuard {
+    fn drop(&mut self) {
+        self.0.last_request_ms.store(now_ms(), Ordering::Release);
+        self.0.open_requests.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// The open connections of the listeners that share one cap: who holds how many per source,
+/// and which is the idlest.
+pub struct Registry {
+    inner: std::sync::Mutex<Members>,
+    per_source: usize,
+    /// Newcomers waiting for an evicted connection's place.
+    waiters: Arc<Semaphore>,
+}
+
+#[derive(Default)]
+struct Members {
+    next: u64,
+    open: HashMap<u64, (Option<IpAddr>, Arc<Activity>)>,
+    by_source: HashMap<IpAddr, usize>,
+}
+
+/// A connection's place in its [`Registry`], left when dropped.
+pub struct Membership {
+    id: u64,
+    source: Option<IpAddr>,
+    registry: Arc<Registry>,
+    activity: Arc<Activity>,
+    /// Its source's idlest connection was asked to close for it.
+    made_room: bool,
+}
+
+impl Drop for Membership {
+    fn drop(&mut self) {
+        let Ok(mut members) = self.registry.inner.lock() else {
+            return;
+        };
+        members.open.remove(&self.id);
+        if let Some(source) = self.source
+            && let Some(count) = members.by_source.get_mut(&source)
+        {
+            *count = count.saturating_sub(1);
+            if *count == 0 {
+                members.by_source.remove(&source);
+            }
+        }
+    }
+}
+
+impl Registry {
+    /// Connections at most `per_source` from one address.
+    pub fn new(per_source: usize) -> Arc<Self> {
+        Arc::new(Self {
+            inner: std::sync::Mutex::new(Members::default()),
+            per_source: per_source.max(1),
+            waiters: Arc::new(Semaphore::new(EVICTION_WAITERS)),
+        })
+    }
+
+    /// Admits a connection from `source`. A source holding its share already makes room
+    /// among its own connections (its idlest is asked to close), or is refused when all of
+    /// them are busy.
+    fn admit(self: &Arc<Self>, source: Option<IpAddr>) -> Option<Membership> {
+        let mut members = self.inner.lock().ok()?;
+        let mut made_room = false;
+        if let Some(source) = source {
+            let count = members.by_source.get(&source).copied().unwrap_or(0);
+            if count >= self.per_source {
+                if !members.evict_idlest(Some(source)) {
+                    return None;
+                }
+                made_room = true;
+            }
+            *members.by_source.entry(source).or_insert(0) += 1;
+        }
+        members.next += 1;
+        let id = members.next;
+        let activity = Arc::new(Activity::new());
+        members.open.insert(id, (source, Arc::clone(&activity)));
+        Some(Membership {
+            id,
+            source,
+            registry: Arc::clone(self),
+            activity,
+            made_room,
+        })
+    }
+
+    /// Asks a connection with no request open to close: one that never made a request first,
+    /// else the one idle longest; false if every one is busy or already closing.
+    fn evict_idlest(&self) -> bool {
+        self.inner
+            .lock()
+            .map(|members| members.evict_idlest(None))
+            .unwrap_or(false)
+    }
+}
+
+impl Members {
+    /// [`Registry::evict_idlest`] among all connections, or those of `source` only.
+    fn evict_idlest(&self, source: Option<IpAddr>) -> bool {
+        let idlest = self
+            .open
+            .values()
+            .filter(|(from, _)| source.is_none() || *from == source)
+            .map(|(_, activity)| activity)
+            .filter(|a| {
+                a.open_requests.load(Ordering::Acquire) == 0 && !a.evicting.load(Ordering::Acquire)
+            })
+            .min_by_key(|a| {
+                (
+                    a.served.load(Ordering::Acquire),
+                    a.last_request_ms.load(Ordering::Acquire),
+                )
+            });
+        match idlest {
+            Some(activity) => {
+                activity.evicting.store(true, Ordering::Release);
+                activity.evicted.notify_one();
+                true
+            }
+            None => false,
+        }
+    }
+}
+
+/// Accepts on `listener` until the returned stream is dropped, yielding guarded connections.
+/// Accept errors are logged and backed off here.
+pub fn incoming<L: Listener>(listener: L, policy: Policy) -> ReceiverStream<Guarded<L::Io>> {
+    let (tx, rx) = mpsc::channel(64);
+    tokio::spawn(async move {
+        let mut backoff = Duration::ZERO;
+        let mut warned: Option<Instant> = None;
+        loop {
+            let accepted = tokio::select! {
+                _ = tx.closed() => return,
+                accepted = listener.accept() => accepted,
+            };
+            match accepted {
+                Ok((io, source)) => {
+                    backoff = Duration::ZERO;
+                    let Some(membership) = policy.registry.admit(source) else {
+                        // This address holds its share: closed at once (dropping `io`).
+                        crate::metrics::record_connection_refused(policy.listener);
+                        continue;
+                    };
+                    match policy.permits.clone().try_acquire_owned() {
+                        Ok(permit) => {
+                            let guarded = Guarded::new(io, permit, membership, &policy);
+                            if tx.send(guarded).await.is_err() {
+                                return;
+                            }
+                        }
+                        Err(_) => make_room(io, membership, &policy, &tx),
+                    }
+                }
+                Err(error) => {
+                    if warned.is_none_or(|at| at.elapsed() >= ACCEPT_WARNING_INTERVAL) {
+                        warned = Some(Instant::now());
+                        tracing::warn!(listener = policy.listener, %error, "accept failed; backing off");
+                    } else {
+                        tracing::debug!(listener = policy.listener, %error, ?backoff, "accept failed again");
+                    }
+                    backoff = (backoff * 2).clamp(Duration::from_millis(5), Duration::from_secs(1));
+                    tokio::select! {
+                        _ = tx.closed() => return,
+                        _ = tokio::time::sleep(backoff) => {}
+                    }
+                }
+            }
+        }
+    });
+    ReceiverStream::new(rx)
+}
+
+/// Over the cap: the idlest connection is asked to close and the newcomer waits (a moment, in
+/// a task of its own) for its place; with none idle, or too many waiting, it is closed at once.
+fn make_room<Io: AsyncRead + AsyncWrite + Unpin + Send + 'static>(
+    io: Io,
+    membership: Membership,
+    policy: &Policy,
+    tx: &mpsc::Sender<Guarded<Io>>,
+) {
+    let Ok(waiter) = policy.registry.waiters.clone().try_acquire_owned() else {
+        crate::metrics::record_connection_refused(policy.listener);
+        return;
+    };
+    // Room is made once per newcomer: by its own source's idlest, else by the idlest of all.
+    if !membership.made_room && !policy.registry.evict_idlest() {
+        crate::metrics::record_connection_refused(policy.listener);
+        return;
+    }
+    let (policy, tx) = (policy.clone(), tx.clone());
+    tokio::spawn(async move {
+        let _waiter = waiter;
+        let permit =
+            tokio::time::timeout(EVICTION_WAIT, policy.permits.clone().acquire_owned()).await;
+        match permit {
+            Ok(Ok(permit)) => {
+                let _ = tx.send(Guarded::new(io, permit, membership, &policy)).await;
+            }
+            _ => crate::metrics::record_connection_refused(policy.listener),
+        }
+    });
+}
+
+/// A connection with a handshake deadline and a stall deadline, holding its place under the
+/// listener's cap (and its source's share) until it is dropped.
+pub struct Guarded<T> {
+    inner: T,
+    _permit: OwnedSemaphorePermit,
+    membership: Membership,
+    listener: &'static str,
+    /// Bytes still to read before the handshake deadline is lifted.
+    first_bytes: usize,
+    handshake: Option<Pin<Box<Sleep>>>,
+    idle: Pin<Box<Sleep>>,
+    idle_timeout: Duration,
+    last_progress: Instant,
+}
+
+impl<T> Guarded<T> {
+    fn new(inner: T, permit: OwnedSemaphorePermit, membership: Membership, policy: &Policy) -> Self {
+        let now = Instant::now();
+        crate::metrics::record_connection_open(policy.listener, 1.0);
+        Self {
+            inner,
+            _permit: permit,
+            membership,
+            listener: policy.listener,
+            first_bytes: policy.first_bytes,
+            handshake: Some(Box::pin(tokio::time::sleep_until(
+                now + policy.handshake_timeout,
+            ))),
+            idle: Box::pin(tokio::time::sleep_until(now + policy.idle_timeout)),
+            idle_timeout: policy.idle_timeout,
+            last_progress: now,
+        }
+    }
+
+    /// What the connection's requests do, for [`serve`].
+    pub fn activity(&self) -> Arc<Activity> {
+        Arc::clone(&self.membership.activity)
+    }
+    /// The inner stream is waiting: `Pending`, or the error of a deadline that passed.
+    fn waiting<R>(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<R>> {
+        match self.check_deadlines(cx) {
+            Ok(()) => Poll::Pending,
+            Err(e) => Poll::Ready(Err(e)),
+        }
+    }
+
+    /// `Err` once a deadline passed; registers the waker for both otherwise.
+    fn check_deadlines(&mut self, cx: &mut Context<'_>) -> io::Result<()> {
+        if let Some(handshake) = &mut self.handshake
+            && handshake.as_mut().poll(cx).is_ready()
+        {
+            crate::metrics::record_connection_timeout(self.listener, "handshake");
+            return Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                "no request within the handshake timeout",
+            ));
+        }
+        while self.idle.as_mut().poll(cx).is_ready() {
+            let due = self.last_progress + self.idle_timeout;
+            if due <= Instant::now() {
+                crate::metrics::record_connection_timeout(self.listener, "idle");
+                return Err(io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    "connection idle past the idle timeout",
+                ));
+            }
+            // Progress since the timer was set: wait for the rest.
+            self.idle.as_mut().reset(due);
+        }
+        Ok(())
+    }
+}
+
+impl<T> Drop for Guarded<T> {
+    fn drop(&mut self) {
+        crate::metrics::record_connection_open(self.listener, -1.0);
+    }
+}
+
+impl<T: AsyncRead + Unpin> AsyncRead for Guarded<T> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        let before = buf.filled().len();
+        match Pin::new(&mut this.inner).poll_read(cx, buf) {
+            Poll::Ready(Ok(())) => {
+                let read = buf.filled().len() - before;
+                if read > 0 {
+                    this.last_progress = Instant::now();
+                    this.first_bytes = this.first_bytes.saturating_sub(read);
+                    if this.first_bytes == 0 {
+                        this.handshake = None;
+                    }
+                }
+                Poll::Ready(Ok(()))
+            }
+            Poll::Pending => this.waiting(cx),
+            ready => ready,
+        }
+    }
+}
+
+impl<T> Guarded<T> {
+    /// A write's outcome: progress resets the idle deadline; waiting checks the deadlines.
+    fn after_write(
+        &mut self,
+        cx: &mut Context<'_>,
+        poll: Poll<io::Result<usize>>,
+    ) -> Poll<io::Result<usize>> {
+        match poll {
+            Poll::Ready(Ok(written)) => {
+                if written > 0 {
+                    self.last_progress = Instant::now();
+                }
+                Poll::Ready(Ok(written))
+            }
+            Poll::Pending => self.waiting(cx),
+            ready => ready,
+        }
+    }
+}
+
+impl<T: AsyncWrite + Unpin> AsyncWrite for Guarded<T> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        data: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let this = self.get_mut();
+        let poll = Pin::new(&mut this.inner).poll_write(cx, data);
+        this.after_write(cx, poll)
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        let this = self.get_mut();
+        let poll = Pin::new(&mut this.inner).poll_write_vectored(cx, bufs);
+        this.after_write(cx, poll)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn limits() -> ConnectionLimits {
+        ConnectionLimits {
+            handshake_timeout: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(60),
+            max_connections: None,
+            max_connections_per_source: None,
+            admin_max_connections: 64,
+            header_read_timeout: Duration::from_secs(10),
+            body_read_timeout: Duration::from_secs(10),
+            max_body_bytes: 64 * 1024,
+            max_message_bytes: 256 * 1024,
+            max_concurrent_streams: 100,
+            keepalive_interval: Duration::from_secs(30),
+            keepalive_timeout: Duration::from_secs(10),
+        }
+    }
+
+    #[test]
+    fn the_default_cap_stays_below_the_open_file_and_memory_limits() {
+        assert_eq!(limits().agent_cap(1024, None), 1024 - 256 - 64);
+        assert_eq!(limits().agent_cap(1_048_576, None), 16_384);
+        assert_eq!(limits().agent_cap(100, None), 16);
+        // The manifests' 256 MiB and 128 MiB: (limit - 96 MiB) / 64 KiB.
+        let mib = 1024 * 1024;
+        assert_eq!(limits().agent_cap(1_048_576, Some(256 * mib)), 2_560);
+        assert_eq!(limits().agent_cap(1_048_576, Some(128 * mib)), 512);
+        assert_eq!(limits().agent_cap(1_048_576, Some(64 * mib)), 16);
+        let fixed = ConnectionLimits {
+            max_connections: Some(7),
+            ..limits()
+        };
+        assert_eq!(fixed.agent_cap(1024, Some(mib)), 7);
+        assert_eq!(limits().per_source(2_560), 640);
+        assert_eq!(limits().per_source(16), 16);
+    }
+
+    #[test]
+    fn the_idlest_connection_without_a_request_is_evicted_and_a_source_keeps_its_share() {
+        let registry = Registry::new(2);
+        let source: IpAddr = [10, 0, 0, 1].into();
+        let first = registry.admit(Some(source)).unwrap();
+        let second = registry.admit(Some(source)).unwrap();
+        // Both busy: a third from that source is refused.
+        let busy = (first.activity.request(), second.activity.request());
+        assert!(registry.admit(Some(source)).is_none(), "a third from one source");
+        assert!(registry.admit(None).is_some(), "unix sockets have no source");
+        // One idle: the source's own idlest makes room for the newcomer.
+        drop(busy.1);
+        let third = registry.admit(Some(source)).unwrap();
+        assert!(second.activity.evicting.load(Ordering::Acquire));
+        assert!(!first.activity.evicting.load(Ordering::Acquire));
+        drop(second);
+        // Among all: the busy one stays, the one that never made a request goes first.
+        assert!(registry.evict_idlest());
+        assert!(!first.activity.evicting.load(Ordering::Acquire));
+        assert!(third.activity.evicting.load(Ordering::Acquire));
+        drop(busy.0);
+    }
+}

@@ -201,6 +201,9 @@ pub struct Activity {
     /// A request has started on it: a connection that never made one goes first when room is
     /// needed (a flood of bare connections evicts itself, not the callers).
     served: AtomicBool,
+    /// The connection sent its first bytes in full (the HTTP/2 preface): it can be told
+    /// goodbye (GOAWAY); before, it is simply dropped.
+    greeted: AtomicBool,
     /// When a request last started or ended (or the connection was accepted): milliseconds
     /// since [`epoch`].
     last_request_ms: AtomicU64,
@@ -240,9 +243,9 @@ impl Activity {
         epoch() + last + idle_timeout
     }
 
-    /// Whether a request ever started on the connection.
-    fn served(&self) -> bool {
-        self.served.load(Ordering::Acquire)
+    /// Whether the connection can be closed gracefully: past its preface (or first byte).
+    fn greeted(&self) -> bool {
+        self.greeted.load(Ordering::Acquire)
     }
 
     /// Resolves once the connection was asked to make room.
@@ -554,8 +557,12 @@ impl<T: AsyncRead + Unpin> AsyncRead for Guarded<T> {
                 if read > 0 {
                     this.last_progress = Instant::now();
                     this.first_bytes = this.first_bytes.saturating_sub(read);
-                    if this.first_bytes == 0 {
+                    if this.first_bytes == 0 && this.handshake.is_some() {
                         this.handshake = None;
+                        this.membership
+                            .activity
+                            .greeted
+                            .store(true, Ordering::Release);
                     }
                 }
                 Poll::Ready(Ok(()))

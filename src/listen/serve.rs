@@ -182,9 +182,8 @@ impl Watch {
                     // Something may have started or ended meanwhile: look again.
                     if self.activity.idle_at(self.idle_timeout) <= Instant::now() {
                         crate::metrics::record_connection_timeout(self.listener, "idle");
-                        if !self.activity.served() {
-                            // Never a request (HTTP/2 not even past its preface): nothing to
-                            // say goodbye to.
+                        if !self.activity.greeted() {
+                            // Not even past its preface: nothing to say goodbye to.
                             return;
                         }
                         conn.as_mut().graceful_shutdown();
@@ -193,7 +192,7 @@ impl Watch {
                 }
                 _ = self.activity.evicted(), if closing.is_none() => {
                     crate::metrics::record_connection_evicted(self.listener);
-                    if !self.activity.served() {
+                    if !self.activity.greeted() {
                         return;
                     }
                     conn.as_mut().graceful_shutdown();

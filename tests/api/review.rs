@@ -473,3 +473,241 @@ async fn cancel_churn_never_fails_a_neighbour_on_the_same_channel() {
     );
     server.terminate().await;
 }
+
+/// An HTTP/2 client that only does what a held connection needs: the preface, an empty
+/// SETTINGS, and an answer to every PING. It never opens a stream. `run` reads frames until
+/// the server closes the connection and tells whether a GOAWAY came first.
+struct PingAnswerer {
+    stream: tokio::net::TcpStream,
+}
+
+impl PingAnswerer {
+    async fn connect(address: &str) -> Self {
+        use tokio::io::AsyncWriteExt;
+        let mut stream = tokio::net::TcpStream::connect(address).await.unwrap();
+        stream
+            .write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00\x00\x04\x00\x00\x00\x00\x00")
+            .await
+            .unwrap();
+        Self { stream }
+    }
+
+    /// (pings answered, a GOAWAY received) once the server closed the connection.
+    async fn run(mut self) -> (usize, bool) {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let (mut pings, mut goaway) = (0, false);
+        loop {
+            let mut header = [0u8; 9];
+            if self.stream.read_exact(&mut header).await.is_err() {
+                return (pings, goaway);
+            }
+            let length = usize::from(header[0]) << 16 | usize::from(header[1]) << 8 | usize::from(header[2]);
+            let mut payload = vec![0u8; length];
+            if self.stream.read_exact(&mut payload).await.is_err() {
+                return (pings, goaway);
+            }
+            match (header[3], header[4]) {
+                // SETTINGS (not an ACK): acknowledge.
+                (4, 0) => {
+                    let _ = self.stream.write_all(&[0, 0, 0, 4, 1, 0, 0, 0, 0]).await;
+                }
+                // PING (not an ACK): answer with the same payload.
+                (6, 0) => {
+                    pings += 1;
+                    let mut ack = vec![0, 0, 8, 6, 1, 0, 0, 0, 0];
+                    ack.extend_from_slice(&payload);
+                    let _ = self.stream.write_all(&ack).await;
+                }
+                (7, _) => goaway = true,
+                _ => {}
+            }
+        }
+    }
+}
+
+/// Finding 1: HTTP/2 connections that never open a stream but answer the server's keepalive
+/// pings were held past the idle timeout for ever (16,400 of them took the whole cap). Idle
+/// now means no request: each is sent GOAWAY and closed at the idle timeout, pings or not.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ping_answering_connections_without_a_request_are_closed_at_the_idle_timeout() {
+    let db = TestDb::migrated().await;
+    seed_agent(&db, RECORDED_INSTANCE).await;
+    let server = ServeProcess::start(
+        &db,
+        &[
+            "--conn-idle-timeout",
+            "3s",
+            "--grpc-keepalive-interval",
+            "500ms",
+            "--log-level",
+            "warn",
+        ],
+    )
+    .await;
+    let address = server.grpc_url.trim_start_matches("http://").to_owned();
+    // A caller that made one request and then only answers pings is idle too.
+    let channel = server.channel().await;
+    assert!(logs_in_over_a_new_connection(&server.grpc_url, Duration::from_secs(5)).await);
+    let started = std::time::Instant::now();
+    let mut held = tokio::task::JoinSet::new();
+    for _ in 0..20 {
+        let answerer = PingAnswerer::connect(&address).await;
+        held.spawn(answerer.run());
+    }
+    let all = tokio::time::timeout(Duration::from_secs(15), async {
+        let mut outcomes = Vec::new();
+        while let Some(outcome) = held.join_next().await {
+            outcomes.push(outcome.unwrap());
+        }
+        outcomes
+    })
+    .await
+    .expect("connections answering pings were still open 15 s after a 3 s idle timeout");
+    let closed_after = started.elapsed();
+    let pings: usize = all.iter().map(|(pings, _)| pings).sum();
+    assert!(pings >= 40, "the server pinged ({pings} answered)");
+    assert!(all.iter().all(|(_, goaway)| *goaway), "closed without a GOAWAY");
+    assert!(closed_after >= Duration::from_secs(3) && closed_after < Duration::from_secs(6));
+    eprintln!("20 ping-answering connections closed with GOAWAY after {closed_after:?} ({pings} pings answered)");
+    // The channel that logged in before reconnects by itself after its GOAWAY.
+    success(
+        agent_auth::client::authenticate(
+            channel,
+            aws_request(RECORDED_DOCUMENT, RECORDED_SIGNATURE, ""),
+        )
+        .await,
+    );
+    let timeouts = metric(
+        &server,
+        "agent_auth_connection_timeouts_total",
+        &[("listener", "grpc"), ("timeout", "idle")],
+    )
+    .await;
+    assert!(timeouts >= 20.0, "{timeouts}");
+    server.terminate().await;
+}
+
+/// Finding 1, the cap: one client address holds at most its share (here 8), so another
+/// address still gets in; and with the whole cap held, a new caller makes the idlest
+/// connection leave instead of being refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_source_cannot_hold_the_cap_and_a_full_cap_makes_room_for_a_caller() {
+    let db = TestDb::migrated().await;
+    seed_agent(&db, RECORDED_INSTANCE).await;
+    let server = ServeProcess::start(
+        &db,
+        &[
+            "--max-connections",
+            "16",
+            "--max-connections-per-source",
+            "8",
+            "--log-level",
+            "warn",
+        ],
+    )
+    .await;
+    let port: u16 = server.grpc_url.rsplit(':').next().unwrap().parse().unwrap();
+    // 127.0.0.2 holds 20 ping-answering connections: 8 stay, its newer ones push out its
+    // own older ones.
+    let from = |last: u8| async move {
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.bind(([127, 0, 0, last], 0).into()).unwrap();
+        let stream = socket
+            .connect(([127, 0, 0, 1], port).into())
+            .await
+            .unwrap();
+        stream
+    };
+    let mut held = Vec::new();
+    for _ in 0..20 {
+        let mut stream = from(2).await;
+        use tokio::io::AsyncWriteExt;
+        stream
+            .write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00\x00\x04\x00\x00\x00\x00\x00")
+            .await
+            .unwrap();
+        held.push(stream);
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let open = metric(&server, "agent_auth_connections_open", &[("listener", "grpc")]).await;
+    assert!(open <= 8.0, "one source holds {open} connections");
+    // Another address logs in beside them.
+    assert!(logs_in_over_a_new_connection(&server.grpc_url, Duration::from_secs(2)).await);
+    // A second source fills the cap (8 + 8); a caller from a third still gets in.
+    for _ in 0..8 {
+        held.push(from(3).await);
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(logs_in_over_a_new_connection(&server.grpc_url, Duration::from_secs(2)).await);
+    let evicted = metric(&server, "agent_auth_connections_evicted_total", &[("listener", "grpc")]).await;
+    assert!(evicted >= 12.0, "{evicted}");
+    drop(held);
+    server.terminate().await;
+}
+
+/// Finding 2: 64 keep-alive connections held the admin listener's whole cap and every fresh
+/// `/healthz` was reset (liveness probes fail, the pod restarts). Now the idlest admin
+/// connection makes room: with 70 held, a fresh probe always answers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fresh_probe_gets_through_while_the_admin_connections_are_held() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let db = TestDb::migrated().await;
+    let server = ServeProcess::start(&db, &["--log-level", "warn"]).await;
+    let admin = server.admin_url.trim_start_matches("http://").to_owned();
+    let mut held = Vec::new();
+    for _ in 0..70 {
+        let mut stream = tokio::net::TcpStream::connect(&admin).await.unwrap();
+        stream
+            .write_all(b"GET /healthz HTTP/1.1\r\nhost: x\r\n\r\n")
+            .await
+            .unwrap();
+        let mut answer = [0u8; 64];
+        let _ = stream.read(&mut answer).await;
+        held.push(stream);
+    }
+    for probe in 0..8 {
+        let (status, _) = http_get(&format!("{}/healthz", server.admin_url)).await;
+        assert_eq!(status, 200, "probe {probe} with 70 admin connections held");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let (status, _) = http_get(&format!("{}/readyz", server.admin_url)).await;
+    assert_eq!(status, 200);
+    drop(held);
+    server.terminate().await;
+}
+
+/// Finding 1, memory: an open connection costs well under the budget the default cap is
+/// derived from (`CONNECTION_MEMORY_BUDGET`, 64 KiB), so the cap derived from a memory limit
+/// fits inside it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_connection_costs_less_than_its_memory_budget() {
+    use nix::sys::resource::{Resource, getrlimit, setrlimit};
+    if let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE)
+        && soft < 4096
+    {
+        let _ = setrlimit(Resource::RLIMIT_NOFILE, hard.min(65536), hard);
+    }
+    let db = TestDb::migrated().await;
+    let server = ServeProcess::start(&db, &["--log-level", "warn"]).await;
+    let address = server.grpc_url.trim_start_matches("http://").to_owned();
+    // Warm up the allocator with a few, then measure a thousand more.
+    let mut held = Vec::new();
+    for _ in 0..50 {
+        held.push(PingAnswerer::connect(&address).await);
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let before = server.rss_kib();
+    for _ in 0..1000 {
+        held.push(PingAnswerer::connect(&address).await);
+    }
+    let open = eventually(Duration::from_secs(10), async || {
+        metric(&server, "agent_auth_connections_open", &[("listener", "grpc")]).await >= 1050.0
+    });
+    assert!(open.await, "a thousand connections were not all accepted");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let per_connection = (server.rss_kib().saturating_sub(before)) as f64 / 1000.0;
+    eprintln!("{per_connection:.1} KiB per open HTTP/2 connection");
+    assert!(per_connection < 64.0, "{per_connection:.1} KiB per connection");
+    drop(held);
+    server.terminate().await;
+}

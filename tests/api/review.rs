@@ -628,9 +628,12 @@ async fn one_source_cannot_hold_the_cap_and_a_full_cap_makes_room_for_a_caller()
             .unwrap();
         held.push(stream);
     }
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    let open = metric(&server, "agent_auth_connections_open", &[("listener", "grpc")]).await;
-    assert!(open <= 8.0, "one source holds {open} connections");
+    // Its own older ones were told to leave (GOAWAY; dropped at the latest after the close
+    // grace if the peer lingers).
+    let share_kept = eventually(Duration::from_secs(15), async || {
+        metric(&server, "agent_auth_connections_open", &[("listener", "grpc")]).await <= 8.0
+    });
+    assert!(share_kept.await, "one source holds more than its share");
     // Another address logs in beside them.
     assert!(logs_in_over_a_new_connection(&server.grpc_url, Duration::from_secs(2)).await);
     // A second source fills the cap (8 + 8); a caller from a third still gets in.

@@ -372,7 +372,13 @@ impl App {
             tokio::spawn(listen::serve(
                 listen::incoming(
                     listener,
-                    policy("http", &agent_permits, &agent_registry, 1, limits.idle_timeout),
+                    policy(
+                        "http",
+                        &agent_permits,
+                        &agent_registry,
+                        1,
+                        limits.idle_timeout,
+                    ),
                 ),
                 listen::Protocol::http1(&limits, limits.idle_timeout),
                 crate::http::agent::router(auth.clone(), limiter.clone(), limits),

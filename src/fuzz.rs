@@ -85,7 +85,7 @@ pub fn azure(data: &[u8]) {
     if let Some(trust) = azure_trust() {
         let at = SystemTime::UNIX_EPOCH + Duration::from_secs(1_782_417_405);
         let _ = trust.verify(&signature, at);
-        let _ = trust.issuer_urls_to_fetch(&signature);
+        let _ = trust.issuer_to_fetch(&signature);
     }
 }
 

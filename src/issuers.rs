@@ -1,28 +1,35 @@
 //! Fetching Azure issuer certificates through the signer's AIA "CA Issuers" URLs
 //! (`--azure-fetch-issuers`, off by default). Rules (DESIGN.md 4, from Coder's hardening and
-//! coder#25418):
+//! coder#25418, and the second adversarial review):
 //! - the caller asks only after the signer's name passed and its issuer is not pinned
-//!   (`AzureTrust::issuer_urls_to_fetch`), so self-signed junk costs nothing;
+//!   (`AzureTrust::issuer_to_fetch`), so self-signed junk costs nothing;
 //! - only `www.microsoft.com`, `caissuers.microsoft.com` and `cacerts.digicert.com`, http or
 //!   https, default ports, a path ending `.crt` or `.cer`, no query, no user info;
 //! - every resolved address must be public, and those addresses are dialled (no rebinding);
 //! - 5 s timeout, 1 MiB cap; DER or PEM bodies;
-//! - fetched certificates go into a bounded LRU cache, and fetches are rate-limited (a token
-//!   bucket), so a flood of distinct URLs can neither grow memory nor hammer the hosts.
+//! - **only what can help is kept**: a fetched certificate is kept (in a bounded cache keyed by
+//!   its subject, which is the next signer's issuer name) only if it is the issuer asked for,
+//!   signed by a pinned root or intermediate, and valid now. Junk, however much, never enters
+//!   it, so it cannot evict what legitimate documents need; a known issuer is found by name
+//!   with no fetch at all, whatever URL a document names;
+//! - a URL that gave nothing usable is not fetched again for [`NEGATIVE_TTL`];
+//! - fetches are rate-limited (a token bucket). When the budget is spent and nothing known
+//!   helps, the answer is [`Issuers::RateLimited`], which the use case makes retryable
+//!   (TRUST_UNAVAILABLE), never a final "invalid identity".
 //!
 //! A fetched certificate is never trusted by itself: it is only an intermediate that helps
 //! build a chain that must still end at a pinned root.
 
 use std::num::NonZeroUsize;
 use std::sync::Mutex;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use lru::LruCache;
 use openssl::x509::X509;
 
 use crate::fetch::{self, FetchError, Fetcher, PublicOnlyResolver};
 use crate::identity::IdentityError;
-use crate::identity::azure::AzureTrust;
+use crate::identity::azure::{AzureTrust, IssuerRequest};
 
 /// Hosts that serve Microsoft's and DigiCert's CA certificates.
 pub const ALLOWED_HOSTS: &[&str] = &[
@@ -34,8 +41,14 @@ pub const ALLOWED_HOSTS: &[&str] = &[
 /// The most issuers fetched for one request.
 const MAX_URLS: usize = 4;
 
-/// How many fetched issuers are kept (least recently used ones are dropped first).
+/// How many fetched issuers are kept (least recently used ones are dropped first). Only
+/// issuers signed by pinned CAs enter, and Azure has about a dozen.
 pub const CACHE_ENTRIES: usize = 32;
+
+/// How long a URL that gave nothing usable is not asked again.
+pub const NEGATIVE_TTL: Duration = Duration::from_secs(10 * 60);
+/// How many such URLs are remembered.
+const NEGATIVE_ENTRIES: usize = 4096;
 
 /// How fast fetches may go: `burst` at once, refilled at `per_minute`.
 #[derive(Debug, Clone, Copy)]
@@ -54,9 +67,22 @@ impl Default for FetchRate {
     }
 }
 
+/// What fetching found for a signer.
+pub enum Issuers {
+    /// Its issuer (known already, or fetched now).
+    Found(Vec<X509>),
+    /// Nothing usable behind its URLs.
+    NotFound,
+    /// Not known, and the fetch budget is spent: try again later.
+    RateLimited,
+}
+
 pub struct IssuerFetcher<R = PublicOnlyResolver> {
     fetcher: Fetcher<R>,
-    cache: Mutex<LruCache<String, X509>>,
+    /// Issuers that can help, by subject (DER).
+    known: Mutex<LruCache<Vec<u8>, X509>>,
+    /// URLs that gave nothing usable, and when.
+    failed: Mutex<LruCache<String, Instant>>,
     bucket: Mutex<TokenBucket>,
 }
 
@@ -84,34 +110,43 @@ where
     /// A fetcher over any resolver (tests point the allowed hosts at loopback).
     pub fn with_fetcher(fetcher: Fetcher<R>, rate: FetchRate) -> Self {
         let entries = NonZeroUsize::new(CACHE_ENTRIES).unwrap_or(NonZeroUsize::MIN);
+        let negative = NonZeroUsize::new(NEGATIVE_ENTRIES).unwrap_or(NonZeroUsize::MIN);
         Self {
             fetcher,
-            cache: Mutex::new(LruCache::new(entries)),
+            known: Mutex::new(LruCache::new(entries)),
+            failed: Mutex::new(LruCache::new(negative)),
             bucket: Mutex::new(TokenBucket::new(rate)),
         }
     }
 
     /// How many issuers the cache holds.
     pub fn cached(&self) -> usize {
-        self.cache.lock().map(|c| c.len()).unwrap_or(0)
+        self.known.lock().map(|c| c.len()).unwrap_or(0)
     }
 
-    /// For a document whose chain did not complete: its signer's issuers, fetched (or
-    /// recalled), after `azure` has judged the signer worth it (name, not self-issued, issuer
-    /// not pinned). Empty when no allowed URL gave a certificate.
+    /// [`AzureTrust::issuer_to_fetch`], then [`IssuerFetcher::fetch`].
     pub async fn complete_chain(
         &self,
         azure: &AzureTrust,
         signature: &str,
-    ) -> Result<Vec<X509>, IdentityError> {
-        let urls = azure.issuer_urls_to_fetch(signature)?;
-        Ok(self.issuers(&urls).await)
+    ) -> Result<Issuers, IdentityError> {
+        let request = azure.issuer_to_fetch(signature)?;
+        Ok(self.fetch(azure, &request).await)
     }
 
-    /// Fetches (or recalls) the certificates behind the allowed URLs; others are skipped.
-    pub async fn issuers(&self, urls: &[String]) -> Vec<X509> {
-        let mut found = Vec::new();
-        for url in urls.iter().take(MAX_URLS) {
+    /// The issuer `request` names: known already (by name, no fetch), or fetched from the
+    /// allowed URLs (others are skipped) and kept if it can help.
+    pub async fn fetch(&self, azure: &AzureTrust, request: &IssuerRequest) -> Issuers {
+        if let Some(known) = self
+            .known
+            .lock()
+            .ok()
+            .and_then(|mut known| known.get(&request.issuer).cloned())
+        {
+            return Issuers::Found(vec![known]);
+        }
+        let mut rate_limited = false;
+        for url in request.urls.iter().take(MAX_URLS) {
             if !is_allowed_url(url) {
                 tracing::warn!(
                     url,
@@ -119,30 +154,64 @@ where
                 );
                 continue;
             }
-            if let Some(cached) = self.cache.lock().ok().and_then(|mut c| c.get(url).cloned()) {
-                found.push(cached);
+            if self.failed_lately(url) {
                 continue;
             }
             if !self.bucket.lock().is_ok_and(|mut b| b.take(Instant::now())) {
-                tracing::warn!(url, "Azure issuer fetch rate limit reached; not fetched");
+                rate_limited = true;
                 continue;
             }
             match self.fetcher.get(url).await {
                 Ok(fetched) => {
-                    match X509::from_der(&fetched.body).or_else(|_| X509::from_pem(&fetched.body)) {
-                        Ok(certificate) => {
-                            if let Ok(mut cache) = self.cache.lock() {
-                                cache.put(url.clone(), certificate.clone());
+                    let certificate =
+                        X509::from_der(&fetched.body).or_else(|_| X509::from_pem(&fetched.body));
+                    match certificate {
+                        Ok(certificate) if self.can_help(azure, request, &certificate) => {
+                            if let Ok(mut known) = self.known.lock() {
+                                known.put(request.issuer.clone(), certificate.clone());
                             }
-                            found.push(certificate);
+                            return Issuers::Found(vec![certificate]);
                         }
-                        Err(_) => tracing::warn!(url, "fetched Azure issuer is not a certificate"),
+                        Ok(_) => tracing::debug!(
+                            url,
+                            "fetched Azure issuer is not the signer's issuer under a pinned CA, or not valid now"
+                        ),
+                        Err(_) => tracing::debug!(url, "fetched Azure issuer is not a certificate"),
                     }
                 }
-                Err(error) => tracing::warn!(url, %error, "Azure issuer fetch failed"),
+                Err(error) => tracing::debug!(url, %error, "Azure issuer fetch failed"),
+            }
+            if let Ok(mut failed) = self.failed.lock() {
+                failed.put(url.clone(), Instant::now());
             }
         }
-        found
+        if rate_limited {
+            tracing::warn!("Azure issuer fetch budget spent; the caller is asked to retry");
+            Issuers::RateLimited
+        } else {
+            Issuers::NotFound
+        }
+    }
+
+    fn failed_lately(&self, url: &str) -> bool {
+        self.failed
+            .lock()
+            .ok()
+            .and_then(|mut failed| failed.get(url).copied())
+            .is_some_and(|at| at.elapsed() < NEGATIVE_TTL)
+    }
+
+    /// The issuer asked for, signed by a pinned CA, and valid now.
+    fn can_help(&self, azure: &AzureTrust, request: &IssuerRequest, certificate: &X509) -> bool {
+        let now = openssl::asn1::Asn1Time::days_from_now(0);
+        let current =
+            now.is_ok_and(|now| certificate.not_before() <= now && certificate.not_after() >= now);
+        certificate
+            .subject_name()
+            .to_der()
+            .is_ok_and(|subject| subject == request.issuer)
+            && current
+            && azure.issued_by_pinned(certificate)
     }
 }
 

@@ -231,9 +231,9 @@ impl Authenticator {
             // where a login costs two statements). What the primary did not find either is
             // remembered briefly, so a replayed document costs the primary one statement per
             // [`PRIMARY_MISS_TTL`], not one per request.
-            Err(miss @ (AuthError::InstanceNotFound { .. } | AuthError::AgentNameNotFound { .. }))
-                if on_replica =>
-            {
+            Err(
+                miss @ (AuthError::InstanceNotFound { .. } | AuthError::AgentNameNotFound { .. }),
+            ) if on_replica => {
                 if self.primary_misses.recent(instance_id.as_str(), name) {
                     return Err(miss);
                 }
@@ -332,40 +332,37 @@ impl Authenticator {
     }
 
     /// Verifies an Azure document; when the chain is incomplete and issuer fetching is on, the
-    /// signer's AIA issuers are fetched and the chain is tried once more.
+    /// signer's issuer is looked up (or fetched) and the chain is tried once more. A spent
+    /// fetch budget is TRUST_UNAVAILABLE (retry later), never a final refusal.
     async fn verify_azure(
         &self,
         set: &Arc<TrustSet>,
         signature: &str,
     ) -> Result<crate::identity::azure::AzureIdentity, AuthError> {
+        use crate::issuers::Issuers;
         let invalid = |cause| AuthError::InvalidIdentity {
             cloud: Cloud::Azure,
             cause,
         };
-        // About 0.7 ms of OpenSSL work (chain building): off the async workers, so a burst of
-        // Azure logins cannot stall the runtime on a small machine. A failed task is a bug:
-        // INTERNAL, not an invalid identity.
         let verify = |extra: Vec<openssl::x509::X509>| {
             let (trust, signature, now) = (set.clone(), signature.to_owned(), self.now());
-            async move {
-                tokio::task::spawn_blocking(move || {
-                    trust.azure.verify_with(&signature, now, &extra)
-                })
-                .await
-                .map_err(|e| AuthError::Internal(format!("Azure verifier task: {e}")))
-            }
+            azure_work(move || trust.azure.verify_with(&signature, now, &extra))
         };
         match (verify(Vec::new()).await?, &self.trust.azure_issuers) {
             (Err(cause @ IdentityError::UntrustedChain(_)), Some(fetcher)) => {
-                // The signer's name and issuer are judged before any fetch.
-                let fetched = fetcher
-                    .complete_chain(&set.azure, signature)
-                    .await
-                    .map_err(invalid)?;
-                if fetched.is_empty() {
-                    return Err(invalid(cause));
+                // The signer's name and issuer are judged (and its signature checked, off the
+                // async workers) before any fetch.
+                let request = {
+                    let (trust, signature) = (set.clone(), signature.to_owned());
+                    azure_work(move || trust.azure.issuer_to_fetch(&signature))
+                        .await?
+                        .map_err(invalid)?
+                };
+                match fetcher.fetch(&set.azure, &request).await {
+                    Issuers::Found(fetched) => verify(fetched).await?.map_err(invalid),
+                    Issuers::NotFound => Err(invalid(cause)),
+                    Issuers::RateLimited => Err(AuthError::TrustUnavailable(Cloud::Azure)),
                 }
-                verify(fetched).await?.map_err(invalid)
             }
             (outcome, _) => outcome.map_err(invalid),
         }
@@ -479,6 +476,32 @@ fn record_outcome(
         duration_ms = started.elapsed().as_secs_f64() * 1000.0,
         "authentication"
     );
+}
+
+/// Runs Azure's OpenSSL work (PKCS#7 and chain checks: about 0.5 ms honest, more for a
+/// caller-chosen key within the accepted sizes) on the blocking pool, at most half the cores'
+/// worth at once: a flood of Azure documents queues here (and is shed by the concurrency
+/// limit) while the async workers keep serving other logins, `/healthz` and `/metrics`. A
+/// failed task is a bug: INTERNAL, not an invalid identity.
+async fn azure_work<T: Send + 'static>(
+    work: impl FnOnce() -> T + Send + 'static,
+) -> Result<T, AuthError> {
+    static PERMITS: std::sync::OnceLock<Arc<tokio::sync::Semaphore>> = std::sync::OnceLock::new();
+    let permits = PERMITS.get_or_init(|| {
+        let cores = std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get);
+        Arc::new(tokio::sync::Semaphore::new((cores / 2).max(1)))
+    });
+    let permit = Arc::clone(permits)
+        .acquire_owned()
+        .await
+        .map_err(|e| AuthError::Internal(format!("Azure verifier pool: {e}")))?;
+    // The permit goes with the work: a caller that leaves does not free a place for more.
+    tokio::task::spawn_blocking(move || {
+        let _permit = permit;
+        work()
+    })
+    .await
+    .map_err(|e| AuthError::Internal(format!("Azure verifier task: {e}")))
 }
 
 /// The first 12 hex digits of SHA-256: enough to correlate log lines, not an identifier.

@@ -167,12 +167,12 @@ impl AzureTrust {
         self.roots.iter().chain(self.intermediates.iter())
     }
 
-    /// The "CA Issuers" URLs worth fetching for a document whose chain did not complete, or
-    /// why none are (DESIGN.md 4: only after the signer's name has passed and when its issuer
-    /// is not pinned). The PKCS#7 signature is checked first, so junk costs no fetch: a
-    /// self-issued signer, a signer that is not Azure metadata, or one whose issuer is already
-    /// pinned (then a fetch cannot help) yields no URL.
-    pub fn issuer_urls_to_fetch(&self, signature: &str) -> Result<Vec<String>, IdentityError> {
+    /// The issuer worth fetching for a document whose chain did not complete, or why none is
+    /// (DESIGN.md 4: only after the signer's name has passed and when its issuer is not
+    /// pinned). The PKCS#7 signature is checked first, so junk costs no fetch: a self-issued
+    /// signer, a signer that is not Azure metadata, or one whose issuer is already pinned (then
+    /// a fetch cannot help) yields none.
+    pub fn issuer_to_fetch(&self, signature: &str) -> Result<IssuerRequest, IdentityError> {
         let (signer, _) = open_signed(signature)?;
         check_signer_name(&signer)?;
         let issuer = signer
@@ -199,7 +199,7 @@ impl AzureTrust {
                 "the signer's issuer is pinned; fetching cannot complete the chain".into(),
             ));
         }
-        Ok(signer
+        let urls = signer
             .authority_info()
             .map(|access| {
                 access
@@ -208,7 +208,27 @@ impl AzureTrust {
                     .filter_map(|d| d.location().uri().map(str::to_owned))
                     .collect()
             })
-            .unwrap_or_default())
+            .unwrap_or_default();
+        Ok(IssuerRequest { issuer, urls })
+    }
+
+    /// Whether `certificate` is signed by a pinned root or intermediate (its issuer's name and
+    /// key): the only fetched certificates worth keeping, since no other can complete a chain.
+    pub fn issued_by_pinned(&self, certificate: &X509) -> bool {
+        let Ok(issuer) = certificate.issuer_name().to_der() else {
+            return false;
+        };
+        self.certificates().any(|ca| {
+            ca.certificate
+                .subject_name()
+                .to_der()
+                .is_ok_and(|name| name == issuer)
+                && ca
+                    .certificate
+                    .public_key()
+                    .and_then(|key| certificate.verify(&key))
+                    .unwrap_or(false)
+        })
     }
 
     /// Verifies a base64 attested document as of `now`.
@@ -305,6 +325,14 @@ impl AzureTrust {
 /// Decodes a base64 attested document, checks its envelope strictly, verifies its signature
 /// with the embedded signer and that the signer info names that signer exactly; returns the
 /// signer and the content. Every reader of a document goes through here.
+/// What to fetch for a signer whose chain did not complete: its issuer's name (DER) and the
+/// signer's "CA Issuers" URLs.
+#[derive(Debug, Clone)]
+pub struct IssuerRequest {
+    pub issuer: Vec<u8>,
+    pub urls: Vec<String>,
+}
+
 fn open_signed(signature: &str) -> Result<(X509, Vec<u8>), IdentityError> {
     let der = super::decode_base64(signature)?;
     let envelope = super::pkcs7::check_envelope(&der)?;
@@ -315,10 +343,57 @@ fn open_signed(signature: &str) -> Result<(X509, Vec<u8>), IdentityError> {
     Ok((signer, content))
 }
 
-/// Verifies the PKCS#7 signature with its embedded signer; returns the signer and the content.
+/// The largest RSA modulus accepted from a signer: Azure signs with RSA-2048 (and may move
+/// to 3072 or 4096); a larger one only makes the signature check dearer.
+const MAX_SIGNER_RSA_BITS: u32 = 4096;
+/// The largest RSA public exponent accepted, in bits (65537 has 17): a caller-chosen
+/// 3,071-bit exponent made one check cost 15 times an honest one.
+const MAX_SIGNER_RSA_EXPONENT_BITS: u32 = 32;
+
+/// The signer's key must be one an honest signature check is cheap for, judged before any
+/// signature is checked: RSA of at most 4096 bits with a small exponent, or an EC key on
+/// P-256 or P-384 (the signer is not trusted yet; its certificate could be anyone's).
+fn check_signer_key(signer: &X509) -> Result<(), IdentityError> {
+    use openssl::pkey::Id;
+    let rejected = |why: String| IdentityError::Rejected(format!("signer key: {why}"));
+    let key = signer
+        .public_key()
+        .map_err(|e| rejected(format!("unreadable ({e})")))?;
+    match key.id() {
+        Id::RSA => {
+            let rsa = key
+                .rsa()
+                .map_err(|e| rejected(format!("unreadable RSA ({e})")))?;
+            let (bits, exponent) = (rsa.n().num_bits(), rsa.e().num_bits());
+            if !(2048..=MAX_SIGNER_RSA_BITS as i32).contains(&bits) {
+                return Err(rejected(format!("RSA of {bits} bits")));
+            }
+            if exponent > MAX_SIGNER_RSA_EXPONENT_BITS as i32 {
+                return Err(rejected(format!("RSA public exponent of {exponent} bits")));
+            }
+            Ok(())
+        }
+        Id::EC => {
+            let curve = key.ec_key().ok().and_then(|ec| ec.group().curve_name());
+            match curve {
+                Some(Nid::X9_62_PRIME256V1 | Nid::SECP384R1) => Ok(()),
+                other => Err(rejected(format!("EC curve {other:?}"))),
+            }
+        }
+        other => Err(rejected(format!("type {other:?}"))),
+    }
+}
+
+/// Verifies the PKCS#7 signature with its embedded signer (whose key is judged first); returns
+/// the signer and the content.
 fn signed_content(pkcs7: &Pkcs7) -> Result<(X509, Vec<u8>), IdentityError> {
     let bad = |e: openssl::error::ErrorStack| IdentityError::BadSignature(e.to_string());
     let none = Stack::new().map_err(bad)?;
+    // The signer as the envelope names it, before any signature is checked.
+    let named = pkcs7.signers(&none, Pkcs7Flags::empty()).map_err(bad)?;
+    for signer in &named {
+        check_signer_key(&signer.to_owned())?;
+    }
     // The chain is checked separately against pinned trust; an empty store here only lets
     // OpenSSL check the signature itself (NOVERIFY skips its S/MIME chain check).
     let store = X509StoreBuilder::new().map_err(bad)?.build();
@@ -476,7 +551,11 @@ mod tests {
 
     #[test]
     fn a_bundle_cut_short_is_refused_not_loaded_with_fewer_roots() {
-        let whole: Vec<u8> = BUILTIN_ROOTS.iter().take(3).flat_map(|pem| pem.to_vec()).collect();
+        let whole: Vec<u8> = BUILTIN_ROOTS
+            .iter()
+            .take(3)
+            .flat_map(|pem| pem.to_vec())
+            .collect();
         assert_eq!(bundle_certificates(&whole).map(|c| c.len()), Ok(3));
         // Cut inside the third certificate, and just after its BEGIN line.
         let third = whole.len() - BUILTIN_ROOTS[2].len();
@@ -486,7 +565,8 @@ mod tests {
         }
         // A section that is not a certificate.
         let mut with_key = whole.clone();
-        with_key.extend_from_slice(b"-----BEGIN PRIVATE KEY-----\nAAAA\n-----END PRIVATE KEY-----\n");
+        with_key
+            .extend_from_slice(b"-----BEGIN PRIVATE KEY-----\nAAAA\n-----END PRIVATE KEY-----\n");
         assert!(bundle_certificates(&with_key).is_err());
     }
 

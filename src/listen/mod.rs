@@ -125,7 +125,8 @@ pub fn memory_limit() -> Option<u64> {
         // v1 reports "no limit" as a huge number.
         (limit < (1 << 60)).then_some(limit)
     };
-    read("/sys/fs/cgroup/memory.max").or_else(|| read("/sys/fs/cgroup/memory/memory.limit_in_bytes"))
+    read("/sys/fs/cgroup/memory.max")
+        .or_else(|| read("/sys/fs/cgroup/memory/memory.limit_in_bytes"))
 }
 
 /// Raises the soft `RLIMIT_NOFILE` to the hard limit (logged) and returns the soft limit in
@@ -480,7 +481,12 @@ pub struct Guarded<T> {
 }
 
 impl<T> Guarded<T> {
-    fn new(inner: T, permit: OwnedSemaphorePermit, membership: Membership, policy: &Policy) -> Self {
+    fn new(
+        inner: T,
+        permit: OwnedSemaphorePermit,
+        membership: Membership,
+        policy: &Policy,
+    ) -> Self {
         let now = Instant::now();
         crate::metrics::record_connection_open(policy.listener, 1.0);
         Self {
@@ -675,8 +681,14 @@ mod tests {
         let second = registry.admit(Some(source)).unwrap();
         // Both busy: a third from that source is refused.
         let busy = (first.activity.request(), second.activity.request());
-        assert!(registry.admit(Some(source)).is_none(), "a third from one source");
-        assert!(registry.admit(None).is_some(), "unix sockets have no source");
+        assert!(
+            registry.admit(Some(source)).is_none(),
+            "a third from one source"
+        );
+        assert!(
+            registry.admit(None).is_some(),
+            "unix sockets have no source"
+        );
         // One idle: the source's own idlest makes room for the newcomer.
         drop(busy.1);
         let third = registry.admit(Some(source)).unwrap();

@@ -99,8 +99,12 @@ pub async fn serve<S, Io>(
                 None => break,
             },
         };
-        let (protocol, router, stopping, open) =
-            (protocol.clone(), router.clone(), stopping.clone(), open.clone());
+        let (protocol, router, stopping, open) = (
+            protocol.clone(),
+            router.clone(),
+            stopping.clone(),
+            open.clone(),
+        );
         tokio::spawn(async move {
             connection(io, protocol, router, stopping).await;
             drop(open);

@@ -192,10 +192,8 @@ impl Store {
             .map(|url| open(url))
             .collect::<Result<Vec<_>, _>>()?;
         let primary = std::sync::Arc::new(open(url)?);
-        let replicas = std::sync::Arc::new(replicas::Replicas::new(
-            replicas,
-            config.replica_max_lag,
-        ));
+        let replicas =
+            std::sync::Arc::new(replicas::Replicas::new(replicas, config.replica_max_lag));
         if !replicas.is_empty() {
             replicas.spawn_lag_monitor(std::sync::Arc::clone(&primary));
         }

@@ -83,8 +83,7 @@ impl Live {
                     return result;
                 }
                 Err(_) => {
-                    if self.last_heard().max(waiting_since) + self.silence_limit <= Instant::now()
-                    {
+                    if self.last_heard().max(waiting_since) + self.silence_limit <= Instant::now() {
                         tracing::warn!(
                             silent = ?self.silence_limit,
                             "database connection delivered nothing with statements waiting: \

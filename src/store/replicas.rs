@@ -201,7 +201,9 @@ impl Replicas {
                     "read replica behind the primary beyond --replica-max-lag (or its position \
                      unknown): logins go to the primary until it catches up"
                 ),
-                (false, true) => tracing::info!(replica = number, lag = ?lag, "read replica within the lag bound: serving logins"),
+                (false, true) => {
+                    tracing::info!(replica = number, lag = ?lag, "read replica within the lag bound: serving logins")
+                }
                 _ => {}
             }
         }

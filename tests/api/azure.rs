@@ -180,11 +180,16 @@ fn certificate_with(
 
 impl Pki {
     fn new() -> Self {
+        Self::named("Test Issuing CA")
+    }
+
+    /// A root and an intermediate called `intermediate_cn`.
+    fn named(intermediate_cn: &str) -> Self {
         let root_key = key();
         let root = certificate("Test Root", &root_key, None, true, (-10, 3650), None);
         let intermediate_key = key();
         let intermediate = certificate(
-            "Test Issuing CA",
+            intermediate_cn,
             &intermediate_key,
             Some((&root, &root_key)),
             true,
@@ -501,21 +506,30 @@ impl tower::Service<hyper_util::client::legacy::connect::dns::Name> for StubReso
 /// A loopback "PKI host" that answers every GET with `body`; returns the resolver stub that
 /// points every name at it and the Host headers it was asked with.
 async fn pki_host(body: Vec<u8>) -> (StubResolver, std::sync::Arc<std::sync::Mutex<Vec<String>>>) {
+    pki_host_with(move |_| body.clone()).await
+}
+
+/// As [`pki_host`], answering each path with `body(path)`.
+async fn pki_host_with(
+    body: impl Fn(&str) -> Vec<u8> + Clone + Send + Sync + 'static,
+) -> (StubResolver, std::sync::Arc<std::sync::Mutex<Vec<String>>>) {
     use std::sync::{Arc, Mutex};
     let hosts = Arc::new(Mutex::new(Vec::new()));
     let seen = hosts.clone();
-    let router = axum::Router::new().fallback(move |headers: axum::http::HeaderMap| {
-        let (seen, body) = (seen.clone(), body.clone());
-        async move {
-            let host = headers
-                .get("host")
-                .and_then(|h| h.to_str().ok())
-                .unwrap_or("")
-                .to_owned();
-            seen.lock().unwrap().push(host);
-            body
-        }
-    });
+    let router = axum::Router::new().fallback(
+        move |uri: axum::http::Uri, headers: axum::http::HeaderMap| {
+            let (seen, body) = (seen.clone(), body.clone());
+            async move {
+                let host = headers
+                    .get("host")
+                    .and_then(|h| h.to_str().ok())
+                    .unwrap_or("")
+                    .to_owned();
+                seen.lock().unwrap().push(host);
+                body(uri.path())
+            }
+        },
+    );
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     tokio::spawn(async move { axum::serve(listener, router).await });
@@ -581,14 +595,14 @@ async fn a_leaf_whose_issuer_is_on_caissuers_microsoft_com_completes_its_chain_b
         trust.verify(&signature, now),
         Err(agent_auth::identity::IdentityError::UntrustedChain(_))
     ));
-    let fetched = fetcher.complete_chain(&trust, &signature).await.unwrap();
+    let fetched = found(fetcher.complete_chain(&trust, &signature).await.unwrap());
     assert_eq!(fetched.len(), 1);
     assert_eq!(*asked.lock().unwrap(), ["caissuers.microsoft.com"]);
     assert_eq!(*hosts.lock().unwrap(), ["caissuers.microsoft.com"]);
     let verified = trust.verify_with(&signature, now, &fetched).unwrap();
     assert_eq!(verified.instance_id.as_str(), vm_id);
     // The second document from the same issuer is served from the cache: no new request.
-    let again = fetcher.complete_chain(&trust, &signature).await.unwrap();
+    let again = found(fetcher.complete_chain(&trust, &signature).await.unwrap());
     assert_eq!(again.len(), 1);
     assert_eq!(hosts.lock().unwrap().len(), 1);
 }
@@ -632,39 +646,207 @@ async fn self_signed_misnamed_or_pinned_issuer_signers_make_no_fetch() {
     assert!(hosts.lock().unwrap().is_empty());
 }
 
-/// 1,000 distinct AIA URLs (a flood of crafted leaves) leave the cache at its bound.
-#[tokio::test]
-async fn a_thousand_distinct_issuer_urls_leave_the_cache_at_its_bound() {
-    let pki = Pki::new();
-    let (resolver, hosts) = pki_host(pki.intermediate.to_der().unwrap()).await;
-    let fetcher = issuer_fetcher(
-        resolver,
-        agent_auth::issuers::FetchRate {
-            burst: 10_000,
-            per_minute: 1_000_000,
-        },
-    );
-    for i in 0..1000 {
-        let url = format!("http://www.microsoft.com/pkiops/certs/flood-{i}.crt");
-        assert_eq!(fetcher.issuers(&[url]).await.len(), 1);
+fn found(issuers: agent_auth::issuers::Issuers) -> Vec<X509> {
+    match issuers {
+        agent_auth::issuers::Issuers::Found(found) => found,
+        agent_auth::issuers::Issuers::NotFound => panic!("not found"),
+        agent_auth::issuers::Issuers::RateLimited => panic!("rate limited"),
     }
-    assert_eq!(hosts.lock().unwrap().len(), 1000);
-    assert_eq!(fetcher.cached(), agent_auth::issuers::CACHE_ENTRIES);
 }
 
-/// With the default rate, a burst of distinct URLs is cut off after the burst allowance.
+/// 100 leaves naming 100 distinct AIA URLs for one issuer cost one fetch: the issuer is
+/// known by name from then on, and the cache holds only it.
 #[tokio::test]
-async fn issuer_fetches_are_rate_limited() {
+async fn a_hundred_distinct_issuer_urls_for_one_issuer_cost_one_fetch() {
     let pki = Pki::new();
     let (resolver, hosts) = pki_host(pki.intermediate.to_der().unwrap()).await;
     let fetcher = issuer_fetcher(resolver, Default::default());
-    let mut fetched = 0;
-    for i in 0..40 {
-        let url = format!("http://www.microsoft.com/pkiops/certs/burst-{i}.crt");
-        fetched += fetcher.issuers(&[url]).await.len();
+    let trust = azure_trust_with_roots(pki.roots());
+    let document = content(&uuid::Uuid::new_v4().to_string(), "s", -60, 3600);
+    for i in 0..100 {
+        let url = format!("http://www.microsoft.com/pkiops/certs/flood-{i}.crt");
+        let leaf = aia_leaf(
+            "metadata.azure.com",
+            &url,
+            Some((&pki.intermediate, &pki.intermediate_key)),
+        );
+        let signature = pki.sign(&document, &leaf);
+        assert_eq!(
+            found(fetcher.complete_chain(&trust, &signature).await.unwrap()).len(),
+            1
+        );
+    }
+    assert_eq!(hosts.lock().unwrap().len(), 1);
+    assert_eq!(fetcher.cached(), 1);
+}
+
+/// With the default rate, a burst of documents under an unpinned CA is cut off after the
+/// burst allowance, and then answered "rate limited" (retry later), never "not found".
+#[tokio::test]
+async fn issuer_fetches_are_rate_limited() {
+    let (pki, attacker) = (Pki::new(), Pki::named("Not Pinned CA"));
+    let (resolver, hosts) = pki_host(attacker.intermediate.to_der().unwrap()).await;
+    let fetcher = issuer_fetcher(resolver, Default::default());
+    let trust = azure_trust_with_roots(pki.roots());
+    let document = content(&uuid::Uuid::new_v4().to_string(), "s", -60, 3600);
+    // Made first: key generation is slow enough to refill the bucket between fetches.
+    let signatures: Vec<String> = (0..40)
+        .map(|i| {
+            let url = format!("http://www.microsoft.com/pkiops/certs/burst-{i}.crt");
+            let leaf = aia_leaf(
+                "metadata.azure.com",
+                &url,
+                Some((&attacker.intermediate, &attacker.intermediate_key)),
+            );
+            attacker.sign(&document, &leaf)
+        })
+        .collect();
+    let mut limited = 0;
+    for signature in &signatures {
+        match fetcher.complete_chain(&trust, signature).await.unwrap() {
+            agent_auth::issuers::Issuers::RateLimited => limited += 1,
+            agent_auth::issuers::Issuers::NotFound => {}
+            agent_auth::issuers::Issuers::Found(_) => panic!("an unpinned CA was kept"),
+        }
     }
     let burst = agent_auth::issuers::FetchRate::default().burst as usize;
+    let fetched = hosts.lock().unwrap().len();
     // A test that ran slowly may have earned one or two refills (one per 2 s).
     assert!((burst..burst + 3).contains(&fetched), "{fetched}");
-    assert_eq!(hosts.lock().unwrap().len(), fetched);
+    assert_eq!(limited, 40 - fetched);
+    assert_eq!(fetcher.cached(), 0, "nothing an unpinned CA signed is kept");
+}
+
+/// Second review, finding 7: self-made documents (their own CA, the signer named
+/// metadata.azure.com, AIA URLs on the allowed hosts) drained the global fetch budget and 40
+/// of them evicted the 32-entry cache, so legitimate documents got a final 401. Now junk never
+/// enters the cache (only issuers signed by a pinned CA do, found by name with no fetch), a
+/// URL that gave nothing is not asked again, and a legitimate document that needs a fetch
+/// while the budget is spent is told to retry (TRUST_UNAVAILABLE), not refused.
+#[tokio::test]
+async fn junk_documents_can_neither_evict_nor_starve_the_issuers_legitimate_ones_need() {
+    let (pki, attacker) = (Pki::new(), Pki::named("Self Made CA"));
+    let (legit_der, junk_der) = (
+        pki.intermediate.to_der().unwrap(),
+        attacker.intermediate.to_der().unwrap(),
+    );
+    let (resolver, hosts) = pki_host_with(move |path: &str| {
+        if path.contains("legit") {
+            legit_der.clone()
+        } else {
+            junk_der.clone()
+        }
+    })
+    .await;
+    let fetcher = issuer_fetcher(resolver, Default::default());
+    let trust = azure_trust_with_roots(pki.roots());
+    let document = content(&uuid::Uuid::new_v4().to_string(), "s", -60, 3600);
+    let legit = |url: &str| {
+        let leaf = aia_leaf(
+            "metadata.azure.com",
+            url,
+            Some((&pki.intermediate, &pki.intermediate_key)),
+        );
+        pki.sign(&document, &leaf)
+    };
+    // A legitimate document's issuer is fetched once and kept.
+    let first = legit("http://caissuers.microsoft.com/pkiops/certs/legit.crt");
+    assert_eq!(
+        found(fetcher.complete_chain(&trust, &first).await.unwrap()).len(),
+        1
+    );
+    // An issuer never seen (made now: key generation refills the budget while it runs).
+    let other = Pki::named("Another Issuing CA");
+    let other_trust = azure_trust_with_roots(other.roots());
+    let leaf = aia_leaf(
+        "metadata.azure.com",
+        "http://www.microsoft.com/pkiops/certs/legit-new.crt",
+        Some((&other.intermediate, &other.intermediate_key)),
+    );
+    let unseen = other.sign(&document, &leaf);
+    // 40 junk documents, each naming its own URL: the budget is spent, nothing is kept.
+    let junk: Vec<String> = (0..40)
+        .map(|i| {
+            let url = format!("http://www.microsoft.com/pkiops/certs/junk-{i}.crt");
+            let leaf = aia_leaf(
+                "metadata.azure.com",
+                &url,
+                Some((&attacker.intermediate, &attacker.intermediate_key)),
+            );
+            attacker.sign(&document, &leaf)
+        })
+        .collect();
+    for junk in &junk {
+        assert!(!matches!(
+            fetcher.complete_chain(&trust, junk).await.unwrap(),
+            agent_auth::issuers::Issuers::Found(_)
+        ));
+    }
+    // With the budget spent, the unseen issuer is "retry later", not a refusal.
+    assert!(matches!(
+        fetcher.complete_chain(&other_trust, &unseen).await.unwrap(),
+        agent_auth::issuers::Issuers::RateLimited
+    ));
+    assert_eq!(fetcher.cached(), 1, "junk evicted the legitimate issuer");
+    // The same junk again costs no fetch (remembered as useless).
+    let asked = hosts.lock().unwrap().len();
+    let leaf = aia_leaf(
+        "metadata.azure.com",
+        "http://www.microsoft.com/pkiops/certs/junk-0.crt",
+        Some((&attacker.intermediate, &attacker.intermediate_key)),
+    );
+    let _ = fetcher
+        .complete_chain(&trust, &attacker.sign(&document, &leaf))
+        .await;
+    assert_eq!(hosts.lock().unwrap().len(), asked);
+    // Ten legitimate documents, each naming a URL never seen: their issuer is known by name,
+    // so every one completes its chain with no fetch and no budget.
+    let now = SystemTime::now();
+    for i in 0..10 {
+        let signature = legit(&format!(
+            "http://www.microsoft.com/pkiops/certs/other-{i}.crt"
+        ));
+        let issuers = found(fetcher.complete_chain(&trust, &signature).await.unwrap());
+        assert!(trust.verify_with(&signature, now, &issuers).is_ok());
+    }
+    assert_eq!(hosts.lock().unwrap().len(), asked);
+}
+
+/// Second review, finding 8: an Azure signer key of the caller's choosing (RSA-3072 with a
+/// 3,071-bit exponent) cost about 15 times an honest check, because the signature was checked
+/// before anything else. The key is judged first now: too large a modulus or exponent, or an
+/// unusual curve or type, is refused before any signature work.
+#[test]
+fn a_costly_signer_key_is_refused_before_its_signature_is_checked() {
+    use openssl::bn::BigNum;
+    use openssl::rsa::Rsa;
+    let pki = Pki::new();
+    let trust = azure_trust_with_roots(pki.roots());
+    let document = content(&uuid::Uuid::new_v4().to_string(), "s", -60, 3600);
+    // 2^64 + 1: odd, and far larger than any honest exponent.
+    let exponent = BigNum::from_dec_str("18446744073709551617").unwrap();
+    let rsa = Rsa::generate_with_e(2048, &exponent).unwrap();
+    let big_e = PKey::from_rsa(rsa).unwrap();
+    let big_n = crate::pki::rsa(4608);
+    for (what, leaf_key) in [("exponent", big_e), ("bits", big_n)] {
+        let leaf = certificate(
+            "metadata.azure.com",
+            &leaf_key,
+            Some((&pki.intermediate, &pki.intermediate_key)),
+            false,
+            (-1, 1),
+            None,
+        );
+        let signature = pki.sign(&document, &(leaf, leaf_key));
+        let error = trust
+            .verify(&signature, SystemTime::now())
+            .err()
+            .map(|e| e.to_string());
+        assert!(
+            error
+                .as_deref()
+                .is_some_and(|e| e.contains("signer key") && e.contains(what)),
+            "{error:?}"
+        );
+    }
 }

@@ -115,7 +115,11 @@ async fn a_replica_behind_the_lag_bound_is_skipped() {
         .await;
     let claimed = instance_id();
     world
-        .agent(world.build(world.workspace().await, 1).await, "main", &claimed)
+        .agent(
+            world.build(world.workspace().await, 1).await,
+            "main",
+            &claimed,
+        )
         .await;
     let on_replica = async |instance: &str| {
         connect(&replica_url)
@@ -156,7 +160,12 @@ async fn a_replica_behind_the_lag_bound_is_skipped() {
         success(agent_auth::client::authenticate(channel.clone(), login(&key, instance, "")).await);
     }
     assert_eq!(
-        metric(&server, "agent_auth_db_queries_total", &[("target", "replica")]).await,
+        metric(
+            &server,
+            "agent_auth_db_queries_total",
+            &[("target", "replica")]
+        )
+        .await,
         4.0,
         "the replica served the four while current"
     );
@@ -164,16 +173,28 @@ async fn a_replica_behind_the_lag_bound_is_skipped() {
     // Finding 15: a document for an unknown instance (a replay) cost two statements per
     // request with a replica; the primary's miss is now remembered for a moment.
     let unknown = instance_id();
-    let primary_before =
-        metric(&server, "agent_auth_db_queries_total", &[("target", "primary")]).await;
+    let primary_before = metric(
+        &server,
+        "agent_auth_db_queries_total",
+        &[("target", "primary")],
+    )
+    .await;
     for _ in 0..5 {
-        let result = agent_auth::client::authenticate(channel.clone(), login(&key, &unknown, "")).await;
+        let result =
+            agent_auth::client::authenticate(channel.clone(), login(&key, &unknown, "")).await;
         fails_with(result, tonic::Code::NotFound, "INSTANCE_NOT_FOUND");
     }
-    let on_primary =
-        metric(&server, "agent_auth_db_queries_total", &[("target", "primary")]).await
-            - primary_before;
-    assert_eq!(on_primary, 1.0, "five replays asked the primary {on_primary} times");
+    let on_primary = metric(
+        &server,
+        "agent_auth_db_queries_total",
+        &[("target", "primary")],
+    )
+    .await
+        - primary_before;
+    assert_eq!(
+        on_primary, 1.0,
+        "five replays asked the primary {on_primary} times"
+    );
 
     // Replay paused; the primary revokes all four.
     let replica_admin = connect(&replica_url).await;
@@ -196,30 +217,47 @@ async fn a_replica_behind_the_lag_bound_is_skipped() {
         )
         .await;
     world
-        .agent(world.build(world.workspace().await, 1).await, "main", &claimed)
+        .agent(
+            world.build(world.workspace().await, 1).await,
+            "main",
+            &claimed,
+        )
         .await;
     assert!(!on_replica(&instance_id()).await);
     let skipped = eventually(Duration::from_secs(10), async || {
         metric(&server, "agent_auth_db_replica_lag_seconds", &[lag]).await > 1.0
     });
     assert!(skipped.await, "the paused replica's lag passes the bound");
-    let replica_before =
-        metric(&server, "agent_auth_db_queries_total", &[("target", "replica")]).await;
+    let replica_before = metric(
+        &server,
+        "agent_auth_db_queries_total",
+        &[("target", "replica")],
+    )
+    .await;
     let refusals = [
         (&gone, "INSTANCE_NOT_FOUND"),
         (&deleted_agent, "INSTANCE_NOT_FOUND"),
         (&old_build, "NOT_LATEST_BUILD"),
     ];
     for (instance, reason) in refusals {
-        let result = agent_auth::client::authenticate(channel.clone(), login(&key, instance, "")).await;
+        let result =
+            agent_auth::client::authenticate(channel.clone(), login(&key, instance, "")).await;
         let (_, got, message) = failure(result);
         assert_eq!(got, reason, "{message}");
     }
     let conflict =
         agent_auth::client::authenticate(channel.clone(), login(&key, &claimed, "")).await;
-    assert!(conflict.is_err(), "an instance claimed by two workspaces got a token");
+    assert!(
+        conflict.is_err(),
+        "an instance claimed by two workspaces got a token"
+    );
     assert_eq!(
-        metric(&server, "agent_auth_db_queries_total", &[("target", "replica")]).await,
+        metric(
+            &server,
+            "agent_auth_db_queries_total",
+            &[("target", "replica")]
+        )
+        .await,
         replica_before,
         "nothing ran on the lagging replica"
     );
@@ -239,12 +277,21 @@ async fn a_replica_behind_the_lag_bound_is_skipped() {
         .await
         .unwrap();
     let back = eventually(Duration::from_secs(15), async || {
-        let before =
-            metric(&server, "agent_auth_db_queries_total", &[("target", "replica")]).await;
+        let before = metric(
+            &server,
+            "agent_auth_db_queries_total",
+            &[("target", "replica")],
+        )
+        .await;
         let result =
             agent_auth::client::authenticate(channel.clone(), login(&key, &old_build, "")).await;
         result.is_err()
-            && metric(&server, "agent_auth_db_queries_total", &[("target", "replica")]).await
+            && metric(
+                &server,
+                "agent_auth_db_queries_total",
+                &[("target", "replica")],
+            )
+            .await
                 > before
     });
     assert!(back.await, "the replica serves again once caught up");
@@ -376,7 +423,8 @@ async fn a_black_holed_database_connection_is_replaced_within_seconds() {
         let calls: Vec<_> = agents
             .iter()
             .map(|(instance, token)| {
-                let (channel, request, token) = (channel.clone(), login(&key, instance, ""), *token);
+                let (channel, request, token) =
+                    (channel.clone(), login(&key, instance, ""), *token);
                 tokio::spawn(async move {
                     agent_auth::client::authenticate(channel, request)
                         .await
@@ -431,8 +479,7 @@ async fn cancel_churn_never_fails_a_neighbour_on_the_same_channel() {
         .map(|worker| {
             let (channel, agents, key) = (channel.clone(), agents.clone(), key.clone());
             tokio::spawn(async move {
-                let mut client =
-                    pb::agent_auth_client::AgentAuthClient::new(channel);
+                let mut client = pb::agent_auth_client::AgentAuthClient::new(channel);
                 let (mut failed, mut cancelled, mut ok) = (Vec::new(), 0, 0);
                 for call in 0..120usize {
                     let (instance, token) = &agents[(worker + call) % agents.len()];
@@ -463,8 +510,14 @@ async fn cancel_churn_never_fails_a_neighbour_on_the_same_channel() {
         cancelled += c;
         ok += o;
     }
-    eprintln!("{ok} ok, {cancelled} cancelled by their 1 ms deadline, {} neighbours failed", failed.len());
-    assert!(cancelled > 100, "the churn did not happen ({cancelled} cancelled)");
+    eprintln!(
+        "{ok} ok, {cancelled} cancelled by their 1 ms deadline, {} neighbours failed",
+        failed.len()
+    );
+    assert!(
+        cancelled > 100,
+        "the churn did not happen ({cancelled} cancelled)"
+    );
     assert!(
         failed.is_empty(),
         "{} of 3,840 calls with a 20 s deadline failed: {:?}",
@@ -501,7 +554,8 @@ impl PingAnswerer {
             if self.stream.read_exact(&mut header).await.is_err() {
                 return (pings, goaway);
             }
-            let length = usize::from(header[0]) << 16 | usize::from(header[1]) << 8 | usize::from(header[2]);
+            let length =
+                usize::from(header[0]) << 16 | usize::from(header[1]) << 8 | usize::from(header[2]);
             let mut payload = vec![0u8; length];
             if self.stream.read_exact(&mut payload).await.is_err() {
                 return (pings, goaway);
@@ -566,9 +620,14 @@ async fn ping_answering_connections_without_a_request_are_closed_at_the_idle_tim
     let closed_after = started.elapsed();
     let pings: usize = all.iter().map(|(pings, _)| pings).sum();
     assert!(pings >= 40, "the server pinged ({pings} answered)");
-    assert!(all.iter().all(|(_, goaway)| *goaway), "closed without a GOAWAY");
+    assert!(
+        all.iter().all(|(_, goaway)| *goaway),
+        "closed without a GOAWAY"
+    );
     assert!(closed_after >= Duration::from_secs(3) && closed_after < Duration::from_secs(6));
-    eprintln!("20 ping-answering connections closed with GOAWAY after {closed_after:?} ({pings} pings answered)");
+    eprintln!(
+        "20 ping-answering connections closed with GOAWAY after {closed_after:?} ({pings} pings answered)"
+    );
     // The channel that logged in before reconnects by itself after its GOAWAY.
     success(
         agent_auth::client::authenticate(
@@ -612,11 +671,7 @@ async fn one_source_cannot_hold_the_cap_and_a_full_cap_makes_room_for_a_caller()
     let from = |last: u8| async move {
         let socket = tokio::net::TcpSocket::new_v4().unwrap();
         socket.bind(([127, 0, 0, last], 0).into()).unwrap();
-        let stream = socket
-            .connect(([127, 0, 0, 1], port).into())
-            .await
-            .unwrap();
-        stream
+        socket.connect(([127, 0, 0, 1], port).into()).await.unwrap()
     };
     let mut held = Vec::new();
     for _ in 0..20 {
@@ -631,7 +686,13 @@ async fn one_source_cannot_hold_the_cap_and_a_full_cap_makes_room_for_a_caller()
     // Its own older ones were told to leave (GOAWAY; dropped at the latest after the close
     // grace if the peer lingers).
     let share_kept = eventually(Duration::from_secs(15), async || {
-        metric(&server, "agent_auth_connections_open", &[("listener", "grpc")]).await <= 8.0
+        metric(
+            &server,
+            "agent_auth_connections_open",
+            &[("listener", "grpc")],
+        )
+        .await
+            <= 8.0
     });
     assert!(share_kept.await, "one source holds more than its share");
     // Another address logs in beside them.
@@ -642,7 +703,12 @@ async fn one_source_cannot_hold_the_cap_and_a_full_cap_makes_room_for_a_caller()
     }
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert!(logs_in_over_a_new_connection(&server.grpc_url, Duration::from_secs(2)).await);
-    let evicted = metric(&server, "agent_auth_connections_evicted_total", &[("listener", "grpc")]).await;
+    let evicted = metric(
+        &server,
+        "agent_auth_connections_evicted_total",
+        &[("listener", "grpc")],
+    )
+    .await;
     assert!(evicted >= 12.0, "{evicted}");
     drop(held);
     server.terminate().await;
@@ -704,13 +770,22 @@ async fn an_idle_connection_costs_less_than_its_memory_budget() {
         held.push(PingAnswerer::connect(&address).await);
     }
     let open = eventually(Duration::from_secs(10), async || {
-        metric(&server, "agent_auth_connections_open", &[("listener", "grpc")]).await >= 1050.0
+        metric(
+            &server,
+            "agent_auth_connections_open",
+            &[("listener", "grpc")],
+        )
+        .await
+            >= 1050.0
     });
     assert!(open.await, "a thousand connections were not all accepted");
     tokio::time::sleep(Duration::from_millis(500)).await;
     let per_connection = (server.rss_kib().saturating_sub(before)) as f64 / 1000.0;
     eprintln!("{per_connection:.1} KiB per open HTTP/2 connection");
-    assert!(per_connection < 64.0, "{per_connection:.1} KiB per connection");
+    assert!(
+        per_connection < 64.0,
+        "{per_connection:.1} KiB per connection"
+    );
     drop(held);
     server.terminate().await;
 }

@@ -164,8 +164,12 @@ async fn logins_resolve_on_a_streaming_replica_and_fall_back_to_the_primary() {
     // start-up; the bound is --replica-max-lag).
     let measured = eventually(Duration::from_secs(10), async || {
         let (_, text) = http_get(&format!("{}/metrics", server.admin_url)).await;
-        metric_sum(&text, "agent_auth_db_replica_lag_seconds", &[("replica", "1")])
-            .is_some_and(|lag| lag <= 5.0)
+        metric_sum(
+            &text,
+            "agent_auth_db_replica_lag_seconds",
+            &[("replica", "1")],
+        )
+        .is_some_and(|lag| lag <= 5.0)
     });
     assert!(measured.await, "the replica's lag was never measured");
 

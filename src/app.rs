@@ -173,8 +173,10 @@ impl App {
             // any EC2 instance of any account replays until the instance's agent row is gone.
             tracing::warn!(
                 "AWS identity documents are accepted from any account and are not checked \
-                 against EC2: a leaked document replays for as long as its agent exists; set \
-                 --aws-allowed-account and --aws-ec2-check"
+                 against EC2: an identity document never expires, so any copy (one that leaked, \
+                 or one of the real documents published in test suites, this project's \
+                 included) replays for as long as an agent with its instance id exists, and \
+                 each replay costs a statement; set --aws-allowed-account and --aws-ec2-check"
             );
         }
         let database = prepare_database(&config).await?;

@@ -527,6 +527,22 @@ fn bundle_certificates(pem: &[u8]) -> Result<Vec<X509>, String> {
         .windows(b"-----BEGIN ".len())
         .filter(|w| *w == b"-----BEGIN ")
         .count();
+    // After the last END line only blank space may follow: a file cut inside the next
+    // certificate's BEGIN line is otherwise read (by OpenSSL too) as one certificate fewer.
+    let tail = pem
+        .windows(b"-----END ".len())
+        .rposition(|w| w == b"-----END ")
+        .map(|end| {
+            let line_end = pem[end..]
+                .iter()
+                .position(|b| *b == b'\n')
+                .map_or(pem.len(), |n| end + n);
+            &pem[line_end..]
+        })
+        .unwrap_or(pem);
+    if tail.iter().any(|b| !b.is_ascii_whitespace()) {
+        return Err("text after the last certificate: the file looks truncated".into());
+    }
     let ders = CertificateDer::pem_slice_iter(pem)
         .collect::<Result<Vec<_>, _>>()
         .map_err(|e| format!("damaged or truncated PEM ({e})"))?;
@@ -557,9 +573,10 @@ mod tests {
             .flat_map(|pem| pem.to_vec())
             .collect();
         assert_eq!(bundle_certificates(&whole).map(|c| c.len()), Ok(3));
-        // Cut inside the third certificate, and just after its BEGIN line.
+        // Cut inside the third certificate, just after its BEGIN line, and inside that line
+        // (which OpenSSL reads as two certificates, silently).
         let third = whole.len() - BUILTIN_ROOTS[2].len();
-        for cut in [whole.len() - 40, third + 30] {
+        for cut in [whole.len() - 40, third + 30, third + 16, third + 3] {
             let error = bundle_certificates(&whole[..cut]).map(|c| c.len());
             assert!(error.is_err(), "cut at {cut}: {error:?}");
         }

@@ -646,6 +646,22 @@ async fn self_signed_misnamed_or_pinned_issuer_signers_make_no_fetch() {
     assert!(hosts.lock().unwrap().is_empty());
 }
 
+/// `count` documents signed under `pki`'s intermediate, each leaf naming its own AIA URL
+/// (`…/certs/{name}-{i}.crt` on www.microsoft.com).
+fn documents_naming_urls(pki: &Pki, document: &str, name: &str, count: usize) -> Vec<String> {
+    (0..count)
+        .map(|i| {
+            let url = format!("http://www.microsoft.com/pkiops/certs/{name}-{i}.crt");
+            let leaf = aia_leaf(
+                "metadata.azure.com",
+                &url,
+                Some((&pki.intermediate, &pki.intermediate_key)),
+            );
+            pki.sign(document, &leaf)
+        })
+        .collect()
+}
+
 fn found(issuers: agent_auth::issuers::Issuers) -> Vec<X509> {
     match issuers {
         agent_auth::issuers::Issuers::Found(found) => found,
@@ -690,17 +706,7 @@ async fn issuer_fetches_are_rate_limited() {
     let trust = azure_trust_with_roots(pki.roots());
     let document = content(&uuid::Uuid::new_v4().to_string(), "s", -60, 3600);
     // Made first: key generation is slow enough to refill the bucket between fetches.
-    let signatures: Vec<String> = (0..40)
-        .map(|i| {
-            let url = format!("http://www.microsoft.com/pkiops/certs/burst-{i}.crt");
-            let leaf = aia_leaf(
-                "metadata.azure.com",
-                &url,
-                Some((&attacker.intermediate, &attacker.intermediate_key)),
-            );
-            attacker.sign(&document, &leaf)
-        })
-        .collect();
+    let signatures = documents_naming_urls(&attacker, &document, "burst", 40);
     let mut limited = 0;
     for signature in &signatures {
         match fetcher.complete_chain(&trust, signature).await.unwrap() {
@@ -765,17 +771,7 @@ async fn junk_documents_can_neither_evict_nor_starve_the_issuers_legitimate_ones
     );
     let unseen = other.sign(&document, &leaf);
     // 40 junk documents, each naming its own URL: the budget is spent, nothing is kept.
-    let junk: Vec<String> = (0..40)
-        .map(|i| {
-            let url = format!("http://www.microsoft.com/pkiops/certs/junk-{i}.crt");
-            let leaf = aia_leaf(
-                "metadata.azure.com",
-                &url,
-                Some((&attacker.intermediate, &attacker.intermediate_key)),
-            );
-            attacker.sign(&document, &leaf)
-        })
-        .collect();
+    let junk = documents_naming_urls(&attacker, &document, "junk", 40);
     for junk in &junk {
         assert!(!matches!(
             fetcher.complete_chain(&trust, junk).await.unwrap(),

@@ -391,14 +391,20 @@ impl Drop for BlackHoleProxy {
     }
 }
 
-/// Finding 4: a proxy that stopped forwarding on the existing database connections (new ones
-/// still worked) kept every login failing and `/readyz` at 503 for as long as the test ran.
-/// A connection silent for `statement_timeout` plus [`SILENCE_GRACE`] with statements waiting
-/// is now declared dead and replaced: logins and readiness come back within seconds.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_black_holed_database_connection_is_replaced_within_seconds() {
+/// A test database with `count` agents, a [`BlackHoleProxy`] in front of it, and the server
+/// reaching the database through the proxy (AWS keys of the test's own, `extra` flags).
+async fn behind_a_proxy(
+    count: usize,
+    extra: &[&str],
+) -> (
+    TestDb,
+    Vec<(String, uuid::Uuid)>,
+    BlackHoleProxy,
+    Arc<AwsKey>,
+    ServeProcess,
+) {
     let db = TestDb::migrated().await;
-    let agents = agents(&db, 8).await;
+    let agents = agents(&db, count).await;
     let proxy = BlackHoleProxy::start(&db).await;
     let through = TestDb {
         name: db.name.clone(),
@@ -406,18 +412,20 @@ async fn a_black_holed_database_connection_is_replaced_within_seconds() {
     };
     let key = Arc::new(AwsKey::generate(1024));
     let flag = key.flag("default");
-    let server = ServeProcess::start(
-        &through,
-        &[
-            "--aws-certificate",
-            &flag,
-            "--db-statement-timeout",
-            "1s",
-            "--log-level",
-            "error",
-        ],
-    )
-    .await;
+    let mut args = vec!["--aws-certificate", &flag, "--log-level", "error"];
+    args.extend_from_slice(extra);
+    let server = ServeProcess::start(&through, &args).await;
+    (db, agents, proxy, key, server)
+}
+
+/// Finding 4: a proxy that stopped forwarding on the existing database connections (new ones
+/// still worked) kept every login failing and `/readyz` at 503 for as long as the test ran.
+/// A connection silent for `statement_timeout` plus [`SILENCE_GRACE`] with statements waiting
+/// is now declared dead and replaced: logins and readiness come back within seconds.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_black_holed_database_connection_is_replaced_within_seconds() {
+    let (_db, agents, proxy, key, server) =
+        behind_a_proxy(8, &["--db-statement-timeout", "1s"]).await;
     let channel = server.channel().await;
     let all_log_in = async || {
         let calls: Vec<_> = agents
@@ -1012,20 +1020,7 @@ async fn the_start_up_warning_names_the_replay_risk() {
 /// per connection slot.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reconnects_back_off_while_the_database_refuses_connections() {
-    let db = TestDb::migrated().await;
-    let agents = agents(&db, 4).await;
-    let proxy = BlackHoleProxy::start(&db).await;
-    let through = TestDb {
-        name: db.name.clone(),
-        url: proxy.url.clone(),
-    };
-    let key = Arc::new(AwsKey::generate(1024));
-    let flag = key.flag("default");
-    let server = ServeProcess::start(
-        &through,
-        &["--aws-certificate", &flag, "--log-level", "error"],
-    )
-    .await;
+    let (db, agents, proxy, key, server) = behind_a_proxy(4, &[]).await;
     let channel = server.channel().await;
     // The database refuses connections, and drops the ones it has.
     db.allow_connections(false).await;

@@ -584,19 +584,22 @@ fn bind_unix(path: &std::path::Path) -> Result<(UnixListener, SocketFile), AppEr
     ))
 }
 
-/// Resolves on SIGTERM or SIGINT.
-pub async fn shutdown_signal() {
+/// Resolves on SIGTERM or SIGINT. The handlers are installed when this is called, not when
+/// the future is first polled: a SIGTERM that arrives once the listeners answer (readiness
+/// may already be 200) drains the server instead of killing it.
+pub fn shutdown_signal() -> impl Future<Output = ()> + Send + 'static {
     use tokio::signal::unix::{SignalKind, signal};
-    let (Ok(mut term), Ok(mut int)) = (
-        signal(SignalKind::terminate()),
-        signal(SignalKind::interrupt()),
-    ) else {
-        // Without signal handlers, fall back to Ctrl-C only.
-        let _ = tokio::signal::ctrl_c().await;
-        return;
-    };
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = int.recv() => {}
+    let handlers = signal(SignalKind::terminate())
+        .and_then(|term| signal(SignalKind::interrupt()).map(|int| (term, int)));
+    async move {
+        let Ok((mut term, mut int)) = handlers else {
+            // Without signal handlers, fall back to Ctrl-C only.
+            let _ = tokio::signal::ctrl_c().await;
+            return;
+        };
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = int.recv() => {}
+        }
     }
 }

@@ -67,8 +67,9 @@ const RESERVED_MEMORY: u64 = 96 * 1024 * 1024;
 /// The admin listener's idle timeout at most: probes and scrapes need no long-lived
 /// connection.
 pub const ADMIN_IDLE_TIMEOUT: Duration = Duration::from_secs(10);
-/// A newcomer over the cap waits this long at most for the idlest connection to close.
-const EVICTION_WAIT: Duration = Duration::from_secs(1);
+/// A newcomer over the cap waits this long at most for the idlest connection to close (an
+/// evicted connection is dropped after `serve::EVICTION_GRACE` at the latest).
+const EVICTION_WAIT: Duration = Duration::from_secs(2);
 /// Newcomers waiting for an evicted connection's place at once, per listener; more are closed
 /// at once.
 const EVICTION_WAITERS: usize = 32;
@@ -347,8 +348,9 @@ impl Registry {
         })
     }
 
-    /// Asks a connection with no request open to close: one that never made a request first,
-    /// else the one idle longest; false if every one is busy or already closing.
+    /// Asks a connection with no request open to close: one that never made a request first
+    /// (and among those, one that never even sent its preface), else the one idle longest;
+    /// false if every one is busy or already closing.
     fn evict_idlest(&self) -> bool {
         self.inner
             .lock()
@@ -371,6 +373,7 @@ impl Members {
             .min_by_key(|a| {
                 (
                     a.served.load(Ordering::Acquire),
+                    a.greeted.load(Ordering::Acquire),
                     a.last_request_ms.load(Ordering::Acquire),
                 )
             });

@@ -9,7 +9,8 @@
 //! - the server shuts down.
 //!
 //! A connection asked to close that has not closed within [`CLOSE_GRACE`] (a request still
-//! open: GOAWAY lets streams in flight finish) is dropped.
+//! open: GOAWAY lets streams in flight finish), or [`EVICTION_GRACE`] when evicted, is
+//! dropped.
 
 use std::future::Future;
 use std::sync::Arc;
@@ -25,9 +26,12 @@ use tokio_stream::{Stream, StreamExt as _};
 
 use super::{Activity, ConnectionLimits, Guarded, MAX_PENDING_ACCEPT_RESET_STREAMS};
 
-/// How long a connection asked to close (idle, or evicted) may take to finish what it has in
-/// flight before it is dropped.
+/// How long a connection asked to close when idle may take to finish what it has in flight
+/// before it is dropped.
 pub const CLOSE_GRACE: Duration = Duration::from_secs(10);
+/// The same for a connection evicted to make room: it had no request open when chosen, and a
+/// newcomer waits for its place (a peer that does not answer HTTP/2's goodbye is dropped).
+pub const EVICTION_GRACE: Duration = Duration::from_secs(1);
 
 /// The protocol a listener speaks, with its limits, and TLS if any.
 #[derive(Clone)]
@@ -200,7 +204,7 @@ impl Watch {
                         return;
                     }
                     conn.as_mut().graceful_shutdown();
-                    closing = Some(Instant::now() + CLOSE_GRACE);
+                    closing = Some(Instant::now() + EVICTION_GRACE);
                 }
                 _ = self.stopping.wait_for(|stop| *stop), if closing.is_none() => {
                     // The server's own drain bounds this (`--shutdown-grace`).

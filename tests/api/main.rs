@@ -13,6 +13,8 @@ mod gcp;
 mod hardening;
 mod helpers;
 mod http;
+#[cfg(feature = "container-tests")]
+mod image;
 mod operations;
 mod pipeline;
 mod pki;

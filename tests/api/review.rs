@@ -299,98 +299,6 @@ async fn a_replica_behind_the_lag_bound_is_skipped() {
     drop(replica);
 }
 
-/// A TCP proxy on loopback to a cluster's unix socket that can stop forwarding on the
-/// connections it has (a black hole: the peer still acknowledges, nothing comes back) while
-/// new connections still work.
-struct BlackHoleProxy {
-    url: String,
-    /// Connections numbered below this forward nothing any more.
-    cutoff: Arc<std::sync::atomic::AtomicU64>,
-    accepted: Arc<std::sync::atomic::AtomicU64>,
-    task: tokio::task::JoinHandle<()>,
-}
-
-/// Forwards `from` to `to` until the connection `number` falls below `cutoff`; then holds both
-/// open and silent.
-async fn pump(
-    number: u64,
-    cutoff: Arc<std::sync::atomic::AtomicU64>,
-    mut from: impl tokio::io::AsyncRead + Unpin,
-    mut to: impl tokio::io::AsyncWrite + Unpin,
-) {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut buffer = vec![0u8; 16 * 1024];
-    loop {
-        let read = match from.read(&mut buffer).await {
-            Ok(0) | Err(_) => return,
-            Ok(read) => read,
-        };
-        if number < cutoff.load(std::sync::atomic::Ordering::SeqCst) {
-            return std::future::pending::<()>().await;
-        }
-        if to.write_all(&buffer[..read]).await.is_err() {
-            return;
-        }
-    }
-}
-
-impl BlackHoleProxy {
-    async fn start(db: &TestDb) -> Self {
-        use std::sync::atomic::{AtomicU64, Ordering};
-        let field = |key: &str| {
-            db.url
-                .split_whitespace()
-                .find_map(|kv| kv.strip_prefix(&format!("{key}=")))
-                .map(|v| v.trim_matches('\'').to_owned())
-                .unwrap()
-        };
-        let socket = format!("{}/.s.PGSQL.{}", field("host"), field("port"));
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let port = listener.local_addr().unwrap().port();
-        let url = format!(
-            "host=127.0.0.1 port={port} user={} dbname={} sslmode=disable",
-            field("user"),
-            field("dbname")
-        );
-        let cutoff = Arc::new(AtomicU64::new(0));
-        let accepted = Arc::new(AtomicU64::new(0));
-        let task = {
-            let (cutoff, accepted) = (cutoff.clone(), accepted.clone());
-            tokio::spawn(async move {
-                while let Ok((client, _)) = listener.accept().await {
-                    let number = accepted.fetch_add(1, Ordering::SeqCst);
-                    let Ok(server) = tokio::net::UnixStream::connect(&socket).await else {
-                        continue;
-                    };
-                    let (client_read, client_write) = client.into_split();
-                    let (server_read, server_write) = server.into_split();
-                    tokio::spawn(pump(number, cutoff.clone(), client_read, server_write));
-                    tokio::spawn(pump(number, cutoff.clone(), server_read, client_write));
-                }
-            })
-        };
-        Self {
-            url,
-            cutoff,
-            accepted,
-            task,
-        }
-    }
-
-    /// From now on, every connection opened so far forwards nothing.
-    fn black_hole_existing(&self) {
-        use std::sync::atomic::Ordering;
-        self.cutoff
-            .store(self.accepted.load(Ordering::SeqCst), Ordering::SeqCst);
-    }
-}
-
-impl Drop for BlackHoleProxy {
-    fn drop(&mut self) {
-        self.task.abort();
-    }
-}
-
 /// A test database with `count` agents, a [`BlackHoleProxy`] in front of it, and the server
 /// reaching the database through the proxy (AWS keys of the test's own, `extra` flags).
 async fn behind_a_proxy(
@@ -937,8 +845,8 @@ async fn shutdown_removes_only_the_socket_it_made() {
         .unwrap()
         .local_addr()
         .unwrap();
-    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_agent-auth"))
-        .args(["serve", "--postgres-url", &db.url, "--log-level", "warn"])
+    let child = tokio::process::Command::new(env!("CARGO_BIN_EXE_agent-auth"))
+        .args(["serve", "--postgres-url", &db.url, "--log-level", "info"])
         .args(["--grpc-listen", &format!("unix:{}", socket.display())])
         .args(["--admin-listen", &admin.to_string()])
         .args([
@@ -949,7 +857,7 @@ async fn shutdown_removes_only_the_socket_it_made() {
             ),
         ])
         .env("AWS_EC2_METADATA_DISABLED", "true")
-        .stderr(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
         .kill_on_drop(true)
         .spawn()
         .unwrap();
@@ -966,11 +874,15 @@ async fn shutdown_removes_only_the_socket_it_made() {
         nix::sys::signal::Signal::SIGTERM,
     )
     .unwrap();
-    let status = tokio::time::timeout(Duration::from_secs(30), child.wait())
+    let output = tokio::time::timeout(Duration::from_secs(30), child.wait_with_output())
         .await
         .unwrap()
         .unwrap();
-    assert!(status.success());
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
     assert_eq!(std::fs::read_to_string(&socket).unwrap(), "not yours");
 }
 

@@ -375,13 +375,7 @@ async fn grpc_messages_over_the_limit_are_refused_and_streams_per_connection_are
 async fn accept_errors_back_off_and_the_server_recovers() {
     let db = TestDb::migrated().await;
     seed_agent(&db, RECORDED_INSTANCE).await;
-    let free = || {
-        std::net::TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .map(|a| a.port())
-            .unwrap()
-    };
-    let (grpc, admin) = (free(), free());
+    let (grpc, admin) = (free_port(), free_port());
     let mut child = tokio::process::Command::new("prlimit")
         .args(["--nofile=128:128", "--"])
         .arg(env!("CARGO_BIN_EXE_agent-auth"))

@@ -732,6 +732,14 @@ pub async fn eventually(limit: Duration, mut check: impl AsyncFnMut() -> bool) -
     }
 }
 
+/// A loopback port free at this instant.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .unwrap_or_else(|e| panic!("{e}"))
+}
+
 /// The real binary running `serve` against a test database, on free loopback ports.
 pub struct ServeProcess {
     child: tokio::process::Child,
@@ -742,13 +750,7 @@ pub struct ServeProcess {
 impl ServeProcess {
     /// Starts `agent-auth serve` with `extra` flags and waits until `/readyz` answers 200.
     pub async fn start(db: &TestDb, extra: &[&str]) -> Self {
-        let free = || {
-            std::net::TcpListener::bind("127.0.0.1:0")
-                .and_then(|l| l.local_addr())
-                .map(|a| a.port())
-                .unwrap_or_else(|e| panic!("{e}"))
-        };
-        let (grpc, admin) = (free(), free());
+        let (grpc, admin) = (free_port(), free_port());
         let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_agent-auth"));
         command
             .args(["serve", "--postgres-url", &db.url])

@@ -114,13 +114,7 @@ async fn the_image_serves_from_a_read_only_root_filesystem() {
     let agent = seed_agent(&db, RECORDED_INSTANCE).await;
     // The test cluster listens on a unix socket only; the container reaches it over loopback.
     let proxy = BlackHoleProxy::start(&db).await;
-    let free = || {
-        std::net::TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .map(|a| a.port())
-            .unwrap()
-    };
-    let (grpc, admin) = (free(), free());
+    let (grpc, admin) = (free_port(), free_port());
     let name = format!("agent-auth-test-{}", std::process::id());
     let url = format!("AGENT_AUTH_POSTGRES_URL={}", proxy.url);
     let grpc_listen = format!("AGENT_AUTH_GRPC_LISTEN=127.0.0.1:{grpc}");

@@ -70,7 +70,8 @@ async fn image() {
         .await;
 }
 
-/// Small, non-root, no shell: the image is the binary and what it links.
+/// Small, non-root, no shell, its health command the binary's own: the image is the binary
+/// and what it links.
 #[tokio::test]
 async fn the_image_is_small_and_runs_as_a_non_root_user_without_a_shell() {
     image().await;
@@ -89,6 +90,18 @@ async fn the_image_is_small_and_runs_as_a_non_root_user_without_a_shell() {
     assert!(size <= MAX_IMAGE_BYTES, "the image is {size} bytes");
     assert_eq!(fields.next(), Some("10001:10001"));
     assert_eq!(fields.next(), Some("[agent-auth]"));
+    let health = podman(&[
+        "image",
+        "inspect",
+        TAG,
+        "--format",
+        "{{json .Config.Healthcheck.Test}}",
+    ])
+    .await;
+    assert_eq!(
+        text(&health).trim(),
+        r#"["CMD","agent-auth","healthcheck","--server","http://127.0.0.1:50051"]"#
+    );
     let shell = podman(&["run", "--rm", "--entrypoint", "/bin/sh", TAG, "-c", "true"]).await;
     assert!(!shell.status.success(), "the image has a shell");
     let id = podman(&[

@@ -81,8 +81,8 @@ pub struct IssuerFetcher<R = PublicOnlyResolver> {
     fetcher: Fetcher<R>,
     /// Issuers that can help, by subject (DER).
     known: Mutex<LruCache<Vec<u8>, X509>>,
-    /// URLs that gave nothing usable, and when.
-    failed: Mutex<LruCache<String, Instant>>,
+    /// URLs that gave nothing usable lately.
+    failed: crate::recent::Recent<String>,
     bucket: Mutex<TokenBucket>,
 }
 
@@ -110,11 +110,10 @@ where
     /// A fetcher over any resolver (tests point the allowed hosts at loopback).
     pub fn with_fetcher(fetcher: Fetcher<R>, rate: FetchRate) -> Self {
         let entries = NonZeroUsize::new(CACHE_ENTRIES).unwrap_or(NonZeroUsize::MIN);
-        let negative = NonZeroUsize::new(NEGATIVE_ENTRIES).unwrap_or(NonZeroUsize::MIN);
         Self {
             fetcher,
             known: Mutex::new(LruCache::new(entries)),
-            failed: Mutex::new(LruCache::new(negative)),
+            failed: crate::recent::Recent::new(NEGATIVE_ENTRIES, NEGATIVE_TTL),
             bucket: Mutex::new(TokenBucket::new(rate)),
         }
     }
@@ -154,7 +153,7 @@ where
                 );
                 continue;
             }
-            if self.failed_lately(url) {
+            if self.failed.contains(url.as_str()) {
                 continue;
             }
             if !self.bucket.lock().is_ok_and(|mut b| b.take(Instant::now())) {
@@ -181,9 +180,7 @@ where
                 }
                 Err(error) => tracing::debug!(url, %error, "Azure issuer fetch failed"),
             }
-            if let Ok(mut failed) = self.failed.lock() {
-                failed.put(url.clone(), Instant::now());
-            }
+            self.failed.insert(url.clone());
         }
         if rate_limited {
             tracing::warn!("Azure issuer fetch budget spent; the caller is asked to retry");
@@ -191,14 +188,6 @@ where
         } else {
             Issuers::NotFound
         }
-    }
-
-    fn failed_lately(&self, url: &str) -> bool {
-        self.failed
-            .lock()
-            .ok()
-            .and_then(|mut failed| failed.get(url).copied())
-            .is_some_and(|at| at.elapsed() < NEGATIVE_TTL)
     }
 
     /// The issuer asked for, signed by a pinned CA, and valid now.

@@ -45,6 +45,7 @@ mod limit;
 mod listen;
 mod metrics;
 pub mod reasons;
+mod recent;
 pub mod store;
 pub mod telemetry;
 #[cfg(feature = "tools")]

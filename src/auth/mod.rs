@@ -90,44 +90,11 @@ pub struct Authenticator {
 /// workspace created meanwhile logs in at most this much later.
 pub const PRIMARY_MISS_TTL: std::time::Duration = std::time::Duration::from_secs(2);
 
-/// Instance ids and agent names (of verified evidence only) the primary did not find lately;
-/// bounded, oldest forgotten first.
-struct PrimaryMisses(std::sync::Mutex<lru::LruCache<(String, String), Instant>>);
+/// Instance ids and agent names (of verified evidence only) the primary did not find lately.
+type PrimaryMisses = crate::recent::Recent<(String, String)>;
 
-impl PrimaryMisses {
-    const CAPACITY: std::num::NonZeroUsize = match std::num::NonZeroUsize::new(4096) {
-        Some(n) => n,
-        None => std::num::NonZeroUsize::MIN,
-    };
-
-    fn new() -> Self {
-        Self(std::sync::Mutex::new(lru::LruCache::new(Self::CAPACITY)))
-    }
-
-    fn key(instance_id: &str, name: Option<&str>) -> (String, String) {
-        (instance_id.to_owned(), name.unwrap_or_default().to_owned())
-    }
-
-    fn recent(&self, instance_id: &str, name: Option<&str>) -> bool {
-        let Ok(mut misses) = self.0.lock() else {
-            return false;
-        };
-        let key = Self::key(instance_id, name);
-        match misses.get(&key) {
-            Some(at) if at.elapsed() < PRIMARY_MISS_TTL => true,
-            Some(_) => {
-                misses.pop(&key);
-                false
-            }
-            None => false,
-        }
-    }
-
-    fn remember(&self, instance_id: &str, name: Option<&str>) {
-        if let Ok(mut misses) = self.0.lock() {
-            misses.put(Self::key(instance_id, name), Instant::now());
-        }
-    }
+fn primary_miss(instance_id: &str, name: Option<&str>) -> (String, String) {
+    (instance_id.to_owned(), name.unwrap_or_default().to_owned())
 }
 
 impl Authenticator {
@@ -137,7 +104,7 @@ impl Authenticator {
             store,
             verify_time,
             live: None,
-            primary_misses: Arc::new(PrimaryMisses::new()),
+            primary_misses: Arc::new(PrimaryMisses::new(4096, PRIMARY_MISS_TTL)),
         }
     }
 
@@ -234,7 +201,10 @@ impl Authenticator {
             Err(
                 miss @ (AuthError::InstanceNotFound { .. } | AuthError::AgentNameNotFound { .. }),
             ) if on_replica => {
-                if self.primary_misses.recent(instance_id.as_str(), name) {
+                if self
+                    .primary_misses
+                    .contains(&primary_miss(instance_id.as_str(), name))
+                {
                     return Err(miss);
                 }
                 let resolution = self.store.resolve_on_primary(instance_id.as_str()).await?;
@@ -243,7 +213,8 @@ impl Authenticator {
                         miss @ (AuthError::InstanceNotFound { .. }
                         | AuthError::AgentNameNotFound { .. }),
                     ) => {
-                        self.primary_misses.remember(instance_id.as_str(), name);
+                        self.primary_misses
+                            .insert(primary_miss(instance_id.as_str(), name));
                         return Err(miss);
                     }
                     other => other?,

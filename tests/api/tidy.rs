@@ -218,7 +218,7 @@ fn the_server_never_reaches_into_the_tools() {
 /// its own layer or below, so the dependency graph has no cycle and the verifiers, the table of
 /// reasons and the metrics never depend on the use case or a transport.
 const LAYERS: &[&[&str]] = &[
-    &["reasons", "identity", "fetch"],
+    &["reasons", "identity", "fetch", "recent"],
     &["metrics", "issuers"],
     &["store", "cloud", "listen", "limit"],
     &["config", "embedded"],

@@ -1,5 +1,5 @@
 //! Read replicas (`--postgres-replica-url`): each has its own pipelined connections; logins
-//! take them in turn, skipping any that failed until a background probe finds it answering
+//! take them in turn, skipping any that failed until the lag monitor (below) finds it answering
 //! again, and any that lags the primary by more than `--replica-max-lag`. The primary answers
 //! a login when no replica is usable, when its replica failed, and when a replica did not find
 //! the instance or agent (a workspace created a moment ago may not have reached the replica
@@ -21,9 +21,6 @@ use std::time::{Duration, Instant};
 
 use super::pipeline::Connections;
 
-/// How often a failed replica is probed (one empty round trip) until it answers.
-const PROBE_INTERVAL: Duration = Duration::from_secs(1);
-
 /// How often every replica's lag is measured against the primary.
 pub const LAG_CHECK_INTERVAL: Duration = Duration::from_secs(1);
 
@@ -35,8 +32,8 @@ const APPLIED_LSN_SQL: &str = "SELECT pg_wal_lsn_diff(CASE WHEN pg_is_in_recover
 
 struct Replica {
     connections: Arc<Connections>,
-    healthy: Arc<AtomicBool>,
-    probing: Arc<AtomicBool>,
+    /// False from a failed login until the lag monitor reads its position again.
+    healthy: AtomicBool,
     /// Within `--replica-max-lag` at the last check. False until the first check passes.
     current: AtomicBool,
 }
@@ -44,7 +41,7 @@ struct Replica {
 pub(super) struct Replicas {
     list: Vec<Replica>,
     next: AtomicUsize,
-    closed: Arc<AtomicBool>,
+    closed: AtomicBool,
     max_lag: Duration,
 }
 
@@ -65,13 +62,12 @@ impl Replicas {
                 .into_iter()
                 .map(|connections| Replica {
                     connections: Arc::new(connections),
-                    healthy: Arc::new(AtomicBool::new(true)),
-                    probing: Arc::new(AtomicBool::new(false)),
+                    healthy: AtomicBool::new(true),
                     current: AtomicBool::new(false),
                 })
                 .collect(),
             next: AtomicUsize::new(0),
-            closed: Arc::new(AtomicBool::new(false)),
+            closed: AtomicBool::new(false),
             max_lag,
         }
     }
@@ -118,7 +114,8 @@ impl Replicas {
         })
     }
 
-    /// Replica `index` could not answer: skip it until a probe finds it answering again.
+    /// Replica `index` could not answer: skip it until the lag monitor finds it answering
+    /// again (within a second of it being back).
     pub(super) fn failed(&self, index: usize, cause: &str) {
         let Some(replica) = self.list.get(index) else {
             return;
@@ -131,27 +128,6 @@ impl Replicas {
                 "read replica unavailable: logins go to the primary until it answers again"
             );
         }
-        if replica.probing.swap(true, Ordering::AcqRel) {
-            return;
-        }
-        let connections = Arc::clone(&replica.connections);
-        let healthy = Arc::clone(&replica.healthy);
-        let probing = Arc::clone(&replica.probing);
-        let closed = Arc::clone(&self.closed);
-        tokio::spawn(async move {
-            loop {
-                tokio::time::sleep(PROBE_INTERVAL).await;
-                if closed.load(Ordering::Acquire) {
-                    break;
-                }
-                if super::ping(&connections).await.is_ok() {
-                    healthy.store(true, Ordering::Release);
-                    tracing::info!(replica = number, "read replica answers again");
-                    break;
-                }
-            }
-            probing.store(false, Ordering::Release);
-        });
     }
 
     /// Measures every replica's lag against `primary` every [`LAG_CHECK_INTERVAL`] until
@@ -186,10 +162,12 @@ impl Replicas {
         positions.forget_before(asked.checked_sub(self.max_lag + 2 * LAG_CHECK_INTERVAL));
         for (index, replica) in self.list.iter().enumerate() {
             let number = index + 1;
-            let lag = match applied_lsn(&replica.connections).await {
-                Some(lsn) => positions.lag(lsn, Instant::now()),
-                None => None,
-            };
+            let applied = applied_lsn(&replica.connections).await;
+            // An answer is also the sign that a replica which failed a login is back.
+            if applied.is_some() && !replica.healthy.swap(true, Ordering::AcqRel) {
+                tracing::info!(replica = number, "read replica answers again");
+            }
+            let lag = applied.and_then(|lsn| positions.lag(lsn, Instant::now()));
             crate::metrics::record_replica_lag(number, lag);
             let current = lag.is_some_and(|lag| lag <= self.max_lag);
             let was = replica.current.swap(current, Ordering::AcqRel);

@@ -190,21 +190,18 @@ impl Watch {
                     // Something may have started or ended meanwhile: look again.
                     if self.activity.idle_at(self.idle_timeout) <= Instant::now() {
                         crate::metrics::record_connection_timeout(self.listener, "idle");
-                        if !self.activity.greeted() {
-                            // Not even past its preface: nothing to say goodbye to.
+                        closing = goodbye(&self.activity, conn.as_mut(), CLOSE_GRACE);
+                        if closing.is_none() {
                             return;
                         }
-                        conn.as_mut().graceful_shutdown();
-                        closing = Some(Instant::now() + CLOSE_GRACE);
                     }
                 }
                 _ = self.activity.evicted(), if closing.is_none() => {
                     crate::metrics::record_connection_evicted(self.listener);
-                    if !self.activity.greeted() {
+                    closing = goodbye(&self.activity, conn.as_mut(), EVICTION_GRACE);
+                    if closing.is_none() {
                         return;
                     }
-                    conn.as_mut().graceful_shutdown();
-                    closing = Some(Instant::now() + EVICTION_GRACE);
                 }
                 _ = self.stopping.wait_for(|stop| *stop), if closing.is_none() => {
                     // The server's own drain bounds this (`--shutdown-grace`).
@@ -215,6 +212,21 @@ impl Watch {
             }
         }
     }
+}
+
+/// Asks an idle or evicted connection to close: `None` when it never got past its preface
+/// (nothing to say goodbye to: drop it now), else it is closed gracefully (HTTP/2 GOAWAY) and
+/// the instant returned is when it is dropped if still open.
+fn goodbye<C: GracefulConnection>(
+    activity: &Activity,
+    conn: std::pin::Pin<&mut C>,
+    grace: Duration,
+) -> Option<Instant> {
+    if !activity.greeted() {
+        return None;
+    }
+    conn.graceful_shutdown();
+    Some(Instant::now() + grace)
 }
 
 /// The router, counting each request on its connection's [`Activity`] from the call until the

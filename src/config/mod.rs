@@ -562,8 +562,8 @@ fn is_secret_key(key: &str) -> bool {
     key.eq_ignore_ascii_case("password") || key.eq_ignore_ascii_case("sslpassword")
 }
 
-/// `password=…` (and `sslpassword=…`, any case) in a libpq key=value string becomes `password=REDACTED`; a string that does
-/// not split into pairs is redacted whole.
+/// `password=…` (and `sslpassword=…`, in any case) in a libpq key=value string becomes
+/// `password=REDACTED`; a string that does not split into pairs is redacted whole.
 fn redact_conninfo(value: &str) -> String {
     use crate::store::conninfo;
     match conninfo::pairs(value) {

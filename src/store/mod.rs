@@ -32,8 +32,7 @@ use std::time::Duration;
 
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
 
-pub use pipeline::{RECONNECT_MAX_DELAY, SILENCE_GRACE};
-pub use replicas::LAG_CHECK_INTERVAL;
+pub use pipeline::SILENCE_GRACE;
 pub use resolve::{Candidate, Resolution};
 
 /// `--db-pooler`: what sits between the service and PostgreSQL.
@@ -202,9 +201,9 @@ impl Store {
 
     /// Readiness: the primary answers a round trip, or else at least one usable replica (up,
     /// and within the lag bound) does (logins still resolve there; only a replica's misses need
-    /// the primary). The empty query makes
-    /// the server answer without executing a statement, so probes never show up in statement
-    /// counts (`pg_stat_statements`, `agent_auth_db_queries_total`).
+    /// the primary). The empty query makes the server answer without executing a statement, so
+    /// probes never show up in statement counts (`pg_stat_statements`,
+    /// `agent_auth_db_queries_total`).
     pub async fn ping(&self) -> Result<(), StoreError> {
         let primary = ping(&self.primary).await;
         if primary.is_err() {

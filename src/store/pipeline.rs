@@ -59,7 +59,7 @@ pub const SILENCE_GRACE: Duration = Duration::from_secs(2);
 /// Reconnecting after a failed attempt waits this long at first, doubling (with jitter) to
 /// [`RECONNECT_MAX_DELAY`]; one attempt in flight per connection slot.
 const RECONNECT_MIN_DELAY: Duration = Duration::from_millis(50);
-pub const RECONNECT_MAX_DELAY: Duration = Duration::from_secs(2);
+const RECONNECT_MAX_DELAY: Duration = Duration::from_secs(2);
 
 impl Live {
     /// Waits for `answer`, a statement's on this connection. If the connection delivers

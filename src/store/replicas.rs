@@ -22,7 +22,7 @@ use std::time::{Duration, Instant};
 use super::pipeline::Connections;
 
 /// How often every replica's lag is measured against the primary.
-pub const LAG_CHECK_INTERVAL: Duration = Duration::from_secs(1);
+const LAG_CHECK_INTERVAL: Duration = Duration::from_secs(1);
 
 /// The WAL position a server has applied: its own write position on a primary, its replayed
 /// position on a standby; in bytes. Sent as a simple query (no prepared statement, so it works

@@ -732,6 +732,25 @@ pub async fn eventually(limit: Duration, mut check: impl AsyncFnMut() -> bool) -
     }
 }
 
+/// The server's metric `name` summed over the series with `labels` (-1 if it has none).
+pub async fn metric(server: &ServeProcess, name: &str, labels: &[(&str, &str)]) -> f64 {
+    let (_, text) = http_get(&format!("{}/metrics", server.admin_url)).await;
+    metric_sum(&text, name, labels).unwrap_or(-1.0)
+}
+
+/// Whether the database at `url` (a replica) holds an agent bound to `instance` yet.
+pub async fn replayed(url: &str, instance: &str) -> bool {
+    connect(url)
+        .await
+        .query_opt(
+            "SELECT 1 FROM workspace_agents WHERE auth_instance_id = $1",
+            &[&instance],
+        )
+        .await
+        .map(|row| row.is_some())
+        .unwrap_or(false)
+}
+
 /// A loopback port free at this instant.
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")

@@ -47,8 +47,7 @@ async fn storm(
 }
 
 async fn queries(server: &ServeProcess, target: &str) -> f64 {
-    let (_, text) = http_get(&format!("{}/metrics", server.admin_url)).await;
-    metric_sum(&text, "agent_auth_db_queries_total", &[("target", target)]).unwrap_or(-1.0)
+    metric(server, "agent_auth_db_queries_total", &[("target", target)]).await
 }
 
 /// The same database reached through PgBouncer.
@@ -129,17 +128,7 @@ async fn logins_resolve_on_a_streaming_replica_and_fall_back_to_the_primary() {
     let replica_url = replica.connection_string(&db.name);
     let replica_db = through(&db, replica_url.clone());
     let agents = agents(&db, 10).await;
-    let replayed = async |instance: &str| {
-        let client = replica_db.client().await;
-        client
-            .query_opt(
-                "SELECT 1 FROM workspace_agents WHERE auth_instance_id = $1",
-                &[&instance],
-            )
-            .await
-            .map(|row| row.is_some())
-            .unwrap_or(false)
-    };
+    let replayed = async |instance: &str| replayed(&replica_url, instance).await;
     assert!(
         eventually(Duration::from_secs(10), async || replayed(&agents[9].0)
             .await)
@@ -163,13 +152,13 @@ async fn logins_resolve_on_a_streaming_replica_and_fall_back_to_the_primary() {
     // The replica serves once its lag was measured within the bound (the first check runs at
     // start-up; the bound is --replica-max-lag).
     let measured = eventually(Duration::from_secs(10), async || {
-        let (_, text) = http_get(&format!("{}/metrics", server.admin_url)).await;
-        metric_sum(
-            &text,
+        metric(
+            &server,
             "agent_auth_db_replica_lag_seconds",
             &[("replica", "1")],
         )
-        .is_some_and(|lag| lag <= 5.0)
+        .await
+            <= 5.0
     });
     assert!(measured.await, "the replica's lag was never measured");
 

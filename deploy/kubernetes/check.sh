@@ -32,7 +32,7 @@ for i, d in enumerate(d for d in yaml.safe_load_all(sys.stdin) if d):
 ' "$2"
 }
 
-for overlay in base sidecar; do
+for overlay in base owned sidecar; do
   render "$overlay" "$out/$overlay"
   for doc in "$out/$overlay"/*.yaml; do
     if grep -q '^apiVersion: monitoring.coreos.com/' "$doc"; then

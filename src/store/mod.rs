@@ -32,7 +32,7 @@ use std::time::Duration;
 
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
 
-pub use pipeline::SILENCE_GRACE;
+pub use pipeline::{SILENCE_GRACE, STALL_LIMIT};
 pub use resolve::{Candidate, Resolution};
 
 /// `--db-pooler`: what sits between the service and PostgreSQL.

@@ -27,7 +27,7 @@
 //! by the next statement that finishes.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwapOption;
@@ -55,6 +55,12 @@ pub(super) struct Live {
 /// black-holed connection (a partition, a proxy that stopped forwarding) is never reported by
 /// the kernel while its peer still acknowledges.
 pub const SILENCE_GRACE: Duration = Duration::from_secs(2);
+
+/// A connection with statements waiting that has answered none of them for this long takes
+/// no new ones (it is stalled: the database is gone, or that backend waits on a lock): new
+/// logins go to another connection, or fail UNAVAILABLE at the checkout timeout, instead of
+/// queueing behind it for the silence limit. A login's statement answers in milliseconds.
+pub const STALL_LIMIT: Duration = Duration::from_secs(1);
 
 /// Reconnecting after a failed attempt waits this long at first, doubling (with jitter) to
 /// [`RECONNECT_MAX_DELAY`]; one attempt in flight per connection slot.
@@ -128,9 +134,12 @@ pub(super) struct Shape {
 struct Slot {
     live: ArcSwapOption<Live>,
     in_flight: AtomicUsize,
+    /// Since when (ns after [`Connections::epoch`]) it has had statements waiting: set when
+    /// `in_flight` leaves 0.
+    busy_since: AtomicU64,
     /// Held while (re)opening, so concurrent callers wait for one connection attempt; holds
     /// the back-off after failed attempts.
-    opening: tokio::sync::Mutex<Reconnect>,
+    opening: Arc<tokio::sync::Mutex<Reconnect>>,
 }
 
 /// A slot's reconnect back-off: when the next attempt may start, and the delays to come.
@@ -174,6 +183,8 @@ pub(super) struct Connections {
     estimate: std::sync::Mutex<super::depth::Estimate>,
     /// Notified when a statement leaves a connection (or the depth grows).
     released: tokio::sync::Notify,
+    /// The origin of [`Slot::busy_since`].
+    epoch: Instant,
     checkout_timeout: Duration,
     connect_timeout: Duration,
     pooler: super::Pooler,
@@ -291,7 +302,8 @@ impl Connections {
                 .map(|_| Slot {
                     live: ArcSwapOption::empty(),
                     in_flight: AtomicUsize::new(0),
-                    opening: tokio::sync::Mutex::new(Reconnect::default()),
+                    busy_since: AtomicU64::new(0),
+                    opening: Arc::new(tokio::sync::Mutex::new(Reconnect::default())),
                 })
                 .collect(),
             room: Arc::new(Semaphore::new(connections * depth.max(1))),
@@ -300,6 +312,7 @@ impl Connections {
             debt: AtomicUsize::new(0),
             estimate: std::sync::Mutex::new(super::depth::Estimate::new(depth.max(1))),
             released: tokio::sync::Notify::new(),
+            epoch: Instant::now(),
             checkout_timeout,
             connect_timeout,
             pooler,
@@ -353,29 +366,45 @@ impl Connections {
                 .await
                 .is_err()
             {
+                let now = Instant::now();
+                if this.slots.iter().any(|s| this.stalled(s, now)) {
+                    return Err(StoreError::Unavailable(format!(
+                        "the database answers nothing: no connection with room answered its \
+                         waiting statements within {STALL_LIMIT:?}"
+                    )));
+                }
                 return Err(StoreError::Busy("pool timeout (Wait)".into()));
             }
         }
     }
 
-    /// A place on the least-loaded connection with room, if any has. Among equals an open
-    /// connection comes before a closed one, so light load does not open every connection.
+    /// A place on the least-loaded connection with room, if any has; a stalled one takes none
+    /// ([`STALL_LIMIT`]). Among equals an open connection comes before a closed one, so light
+    /// load does not open every connection.
     fn try_reserve(self: &Arc<Self>) -> Option<Place> {
         let depth = self.depth.load(Ordering::Acquire);
-        let least = (0..self.slots.len()).min_by_key(|&i| {
-            let s = &self.slots[i];
-            (s.in_flight.load(Ordering::Acquire), !s.is_open())
-        })?;
+        let now = Instant::now();
+        let least = (0..self.slots.len())
+            .filter(|&i| !self.stalled(&self.slots[i], now))
+            .min_by_key(|&i| {
+                let s = &self.slots[i];
+                (s.in_flight.load(Ordering::Acquire), !s.is_open())
+            })?;
         // Another caller may take the least-loaded one's last place first: then any with room.
         std::iter::once(least)
             .chain(0..self.slots.len())
+            .filter(|&i| !self.stalled(&self.slots[i], now))
             .find_map(|slot| {
-                let ahead = self.slots[slot]
+                let s = &self.slots[slot];
+                let ahead = s
                     .in_flight
                     .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
                         (n < depth).then_some(n + 1)
                     })
                     .ok()?;
+                if ahead == 0 {
+                    s.busy_since.store(self.since_epoch(now), Ordering::Release);
+                }
                 // From here dropping the place gives it back, whatever happens.
                 Some(Place {
                     connections: Arc::clone(self),
@@ -383,6 +412,25 @@ impl Connections {
                     ahead,
                 })
             })
+    }
+
+    /// Whether `slot` is stalled at `now`: statements waiting on its open connection and no
+    /// answer from it for [`STALL_LIMIT`] since the later of its last answer and its first
+    /// waiting statement.
+    fn stalled(&self, slot: &Slot, now: Instant) -> bool {
+        if slot.in_flight.load(Ordering::Acquire) == 0 {
+            return false;
+        }
+        let live = slot.live.load();
+        let Some(live) = live.as_ref() else {
+            return false;
+        };
+        let busy_since = self.epoch + Duration::from_nanos(slot.busy_since.load(Ordering::Acquire));
+        now.saturating_duration_since(live.last_heard().max(busy_since)) > STALL_LIMIT
+    }
+
+    fn since_epoch(&self, now: Instant) -> u64 {
+        u64::try_from(now.saturating_duration_since(self.epoch).as_nanos()).unwrap_or(u64::MAX)
     }
 
     /// Opens the place's connection if needed: the claim.
@@ -428,15 +476,23 @@ impl Connections {
         }
     }
 
-    /// The slot's connection, opened (and its statement prepared) if it is not open.
-    async fn open(&self, slot: usize, deadline: Instant) -> Result<Arc<Live>, StoreError> {
+    /// The slot's connection, opened (and its statement prepared) if it is not open. The
+    /// attempt runs in a task of its own for up to the connect timeout; the caller waits for it
+    /// only until its deadline, so a database that does not answer connection attempts (a
+    /// partition) fails logins at the checkout timeout while the attempt goes on.
+    async fn open(
+        self: &Arc<Self>,
+        slot: usize,
+        deadline: Instant,
+    ) -> Result<Arc<Live>, StoreError> {
         let s = &self.slots[slot];
         if let Some(live) = s.open_live() {
             return Ok(live);
         }
-        let mut reconnect = tokio::time::timeout_at(deadline.into(), s.opening.lock())
-            .await
-            .map_err(|_| StoreError::Unavailable("pool timeout (Create)".into()))?;
+        let mut reconnect =
+            tokio::time::timeout_at(deadline.into(), Arc::clone(&s.opening).lock_owned())
+                .await
+                .map_err(|_| StoreError::Unavailable("connecting to the database".into()))?;
         // Opened by another caller while this one waited for the lock.
         if let Some(live) = s.open_live() {
             return Ok(live);
@@ -453,24 +509,32 @@ impl Connections {
             }
             tokio::time::sleep_until(not_before.into()).await;
         }
-        // Boxed: opening is rare, and inline its future (connect, SET, PREPARE) would make every
-        // login's resolver task larger, copied when it is spawned (callgrind).
-        let opened = tokio::time::timeout(self.connect_timeout, Box::pin(self.connect()))
-            .await
-            .map_err(|_| StoreError::Unavailable("pool timeout (Create)".into()))
-            .and_then(|opened| opened);
-        let live = match opened {
-            Ok(live) => {
-                reconnect.succeeded();
-                Arc::new(live)
+        let this = Arc::clone(self);
+        let attempt = tokio::spawn(async move {
+            let opened = tokio::time::timeout(this.connect_timeout, this.connect())
+                .await
+                .map_err(|_| StoreError::Unavailable("pool timeout (Create)".into()))
+                .and_then(|opened| opened);
+            match opened {
+                Ok(live) => {
+                    reconnect.succeeded();
+                    let live = Arc::new(live);
+                    this.slots[slot].live.store(Some(Arc::clone(&live)));
+                    Ok(live)
+                }
+                Err(e) => {
+                    reconnect.failed();
+                    Err(e)
+                }
             }
-            Err(e) => {
-                reconnect.failed();
-                return Err(e);
-            }
-        };
-        s.live.store(Some(Arc::clone(&live)));
-        Ok(live)
+        });
+        match tokio::time::timeout_at(deadline.into(), attempt).await {
+            Ok(Ok(opened)) => opened,
+            Ok(Err(_)) => Err(StoreError::Unavailable("connection attempt failed".into())),
+            Err(_) => Err(StoreError::Unavailable(
+                "connecting to the database (the attempt goes on)".into(),
+            )),
+        }
     }
 
     async fn connect(&self) -> Result<Live, StoreError> {

@@ -9,15 +9,15 @@ use std::time::Duration;
 
 use crate::helpers::*;
 
-const TAG: &str = "localhost/agent-auth:test";
+pub const TAG: &str = "localhost/agent-auth:test";
 /// The image's size at most (the aim).
 const MAX_IMAGE_BYTES: u64 = 100 * 1000 * 1000;
 
-fn containers_conf() -> String {
+pub fn containers_conf() -> String {
     concat!(env!("CARGO_MANIFEST_DIR"), "/deploy/podman/containers.conf").to_owned()
 }
 
-async fn podman(args: &[&str]) -> Output {
+pub async fn podman(args: &[&str]) -> Output {
     tokio::process::Command::new("podman")
         .env("CONTAINERS_CONF", containers_conf())
         .args(args)
@@ -26,7 +26,7 @@ async fn podman(args: &[&str]) -> Output {
         .unwrap_or_else(|e| panic!("podman (apt-get install podman runc): {e}"))
 }
 
-fn text(output: &Output) -> String {
+pub fn text(output: &Output) -> String {
     format!(
         "{}{}",
         String::from_utf8_lossy(&output.stdout),
@@ -36,7 +36,7 @@ fn text(output: &Output) -> String {
 
 /// The release binary the image is built from (`AGENT_AUTH_RELEASE_BINARY`, or the target
 /// directory's).
-fn release_binary() -> String {
+pub fn release_binary() -> String {
     if let Ok(path) = std::env::var("AGENT_AUTH_RELEASE_BINARY") {
         return path;
     }
@@ -51,7 +51,7 @@ fn release_binary() -> String {
 }
 
 /// Builds the image once per test run.
-async fn image() {
+pub async fn image() {
     static BUILT: tokio::sync::OnceCell<()> = tokio::sync::OnceCell::const_new();
     BUILT
         .get_or_init(|| async {

@@ -18,6 +18,8 @@ mod image;
 mod operations;
 mod pipeline;
 mod pki;
+#[cfg(feature = "container-tests")]
+mod pods;
 mod resolution;
 mod review;
 mod scaling;

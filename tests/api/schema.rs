@@ -2,13 +2,10 @@
 //! Coder's own schema (tests/fixtures/coder/schema-subset.sql) through a read-only role.
 
 use tonic::Code;
-use uuid::Uuid;
 
 use crate::helpers::*;
 use agent_auth::app::App;
 use agent_auth::config::Config;
-
-const CODER_SCHEMA: &str = include_str!("../fixtures/coder/schema-subset.sql");
 
 #[tokio::test]
 async fn replicas_migrating_together_apply_the_schema_once() {
@@ -69,68 +66,6 @@ async fn the_resolver_plan_probes_the_instance_index_on_ten_thousand_agents() {
         !plan.contains("Seq Scan"),
         "no sequential scan expected, plan:\n{plan}"
     );
-}
-
-/// Rows in Coder's schema, with the NOT NULL columns it requires.
-struct CoderWorld {
-    client: tokio_postgres::Client,
-}
-
-impl CoderWorld {
-    async fn workspace(&self) -> Uuid {
-        let id = Uuid::new_v4();
-        self.client
-            .execute(
-                "INSERT INTO workspaces (id, created_at, updated_at, owner_id, organization_id, template_id, name) \
-                 VALUES ($1, now(), now(), gen_random_uuid(), gen_random_uuid(), gen_random_uuid(), 'ws-' || left(gen_random_uuid()::text, 8))",
-                &[&id],
-            )
-            .await
-            .unwrap();
-        id
-    }
-
-    async fn build(&self, workspace: Uuid, number: i32) -> Uuid {
-        let job = Uuid::new_v4();
-        let resource = Uuid::new_v4();
-        self.client
-            .execute(
-                "INSERT INTO provisioner_jobs (id, created_at, updated_at, organization_id, initiator_id, provisioner, storage_method, type, input, file_id) \
-                 VALUES ($1, now(), now(), gen_random_uuid(), gen_random_uuid(), 'terraform', 'file', 'workspace_build', '{}', gen_random_uuid())",
-                &[&job],
-            )
-            .await
-            .unwrap();
-        self.client
-            .execute(
-                "INSERT INTO workspace_builds (id, created_at, updated_at, workspace_id, template_version_id, build_number, transition, initiator_id, job_id) \
-                 VALUES (gen_random_uuid(), now(), now(), $1, gen_random_uuid(), $2, 'start', gen_random_uuid(), $3)",
-                &[&workspace, &number, &job],
-            )
-            .await
-            .unwrap();
-        self.client
-            .execute(
-                "INSERT INTO workspace_resources (id, created_at, job_id, transition, type, name) VALUES ($1, now(), $2, 'start', 'aws_instance', 'dev')",
-                &[&resource, &job],
-            )
-            .await
-            .unwrap();
-        resource
-    }
-
-    async fn agent(&self, resource: Uuid, name: &str, instance: &str) -> Uuid {
-        let token = Uuid::new_v4();
-        self.client
-            .execute(
-                "INSERT INTO workspace_agents (id, created_at, updated_at, name, resource_id, auth_token, auth_instance_id, architecture, operating_system) \
-                 VALUES (gen_random_uuid(), now(), now(), $1, $2, $3, $4, 'amd64', 'linux')",
-                &[&name, &resource, &token, &instance],
-            )
-            .await
-            .unwrap();
-        token
-    }
 }
 
 /// A database holding Coder's schema, and a read-only role for it.

@@ -51,6 +51,10 @@ PY
   echo "$overlay: $(ls "$out/$overlay" | wc -l) documents valid"
 done
 
+# The ingress example (applied on its own, next to Coder's Ingress).
+"$venv/bin/kubernetes-validate" --strict -k 1.33.0 --quiet coder-ingress.example.yaml
+echo "coder-ingress.example.yaml: valid"
+
 # The sidecar patch over a control plane with settings of its own: they must survive.
 own="$out/own-controlplane"
 mkdir -p "$own"

@@ -170,7 +170,7 @@ pub struct HealthcheckArgs {
     /// The server's gRPC address: http://HOST:PORT or unix:/path.
     #[arg(
         long,
-        env = "AGENT_AUTH_HEALTHCHECK_SERVER",
+        env = "AGENT_AUTH_SERVER",
         default_value = "http://127.0.0.1:50051"
     )]
     pub server: String,
@@ -224,7 +224,16 @@ pub struct DemoArgs {
     /// After the demo, keep serving until Ctrl-C so `agent-auth authenticate` can be tried.
     #[arg(long)]
     pub serve: bool,
-    /// gRPC listener while serving [default: 127.0.0.1:50051 with --serve, else a free port]
-    #[arg(long, value_name = "ADDR")]
-    pub grpc_listen: Option<String>,
+    /// gRPC listener (the default takes a free port on loopback).
+    #[arg(
+        long,
+        value_name = "ADDR",
+        env = "AGENT_AUTH_DEMO_GRPC_LISTEN",
+        default_value = "127.0.0.1:0"
+    )]
+    pub grpc_listen: String,
+    /// With --serve: once it serves, write the server's address (http://HOST:PORT) to FILE,
+    /// so a script calls this server and no other.
+    #[arg(long, value_name = "FILE", requires = "serve")]
+    pub ready_file: Option<PathBuf>,
 }

@@ -8,7 +8,7 @@ use crate::grpc::pb;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
-    #[error("invalid server address {0:?}")]
+    #[error("invalid server address {0}")]
     Address(String),
     #[error("cannot connect to {server}: {reason}")]
     Connect { server: String, reason: String },
@@ -59,7 +59,7 @@ pub async fn connect_with(
 ) -> Result<Channel, ClientError> {
     let failed = |e: tonic::transport::Error| ClientError::Connect {
         server: server.to_owned(),
-        reason: e.to_string(),
+        reason: cause(&e, timeout),
     };
     if let Some(path) = server.strip_prefix("unix:") {
         let path = std::path::PathBuf::from(path);
@@ -79,8 +79,13 @@ pub async fn connect_with(
             .await
             .map_err(failed);
     }
+    if !(server.starts_with("http://") || server.starts_with("https://")) {
+        return Err(ClientError::Address(format!(
+            "{server:?}: no scheme: use http://HOST:PORT (https:// with --tls-ca) or unix:/PATH"
+        )));
+    }
     let mut endpoint = Endpoint::from_shared(server.to_owned())
-        .map_err(|_| ClientError::Address(server.to_owned()))?
+        .map_err(|e| ClientError::Address(format!("{server:?}: {e}")))?
         .connect_timeout(timeout)
         .timeout(timeout);
     if let Some(tls) = tls {
@@ -95,6 +100,33 @@ pub async fn connect_with(
         endpoint = endpoint.tls_config(config).map_err(failed)?;
     }
     endpoint.connect().await.map_err(failed)
+}
+
+/// Why a connection failed, in words an operator acts on: the innermost cause (refused, timed
+/// out, no such socket file, a TLS failure), not the transport's "transport error".
+fn cause(error: &tonic::transport::Error, timeout: Duration) -> String {
+    let mut innermost: &dyn std::error::Error = error;
+    while let Some(source) = innermost.source() {
+        if let Some(io) = source.downcast_ref::<std::io::Error>() {
+            return match io.kind() {
+                std::io::ErrorKind::ConnectionRefused => {
+                    "connection refused: nothing listens there (is the server running, on this \
+                     address?)"
+                        .into()
+                }
+                std::io::ErrorKind::TimedOut => format!("no answer within {timeout:?}"),
+                std::io::ErrorKind::NotFound => {
+                    "no such socket file (is the server running, with this --grpc-listen?)".into()
+                }
+                _ => io.to_string(),
+            };
+        }
+        innermost = source;
+    }
+    if innermost.to_string().contains("elapsed") {
+        return format!("no answer within {timeout:?}");
+    }
+    innermost.to_string()
 }
 
 /// Sends one `Authenticate`.

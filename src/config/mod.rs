@@ -31,16 +31,41 @@ pub use values::{JwksSource, ListenAddr, LogFormat, SchemaMode};
 pub const EXIT_CONFIG: i32 = 64;
 
 /// A configuration error: the key and what is wrong with it. Shown with all three names an
-/// operator may have used: `--flag`, `AGENT_AUTH_FLAG` and the TOML key.
+/// operator may have used for a real setting: `--flag`, `AGENT_AUTH_FLAG` and the TOML key; a
+/// key that is no setting (a file's unknown key) is shown as written, with no invented names.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error(
-    "invalid configuration: --{} (env AGENT_AUTH_{}, key {key}): {message}",
-    key.replace('_', "-"),
-    key.to_ascii_uppercase()
-)]
 pub struct ConfigError {
     pub key: String,
     pub message: String,
+}
+
+impl std::fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let key = &self.key;
+        let message = &self.message;
+        if Settings::keys().any(|k| k == *key)
+            || ["config", "insecure_verify_time"].contains(&key.as_str())
+        {
+            write!(
+                f,
+                "invalid configuration: --{} (env AGENT_AUTH_{}, key {key}): {message}",
+                key.replace('_', "-"),
+                key.to_ascii_uppercase()
+            )
+        } else {
+            write!(f, "invalid configuration: {message}")
+        }
+    }
+}
+
+/// The real setting nearest to `key` (a `-` written for `_`, a typo), if one is near enough.
+fn did_you_mean(key: &str) -> Option<String> {
+    let written = key.replace('-', "_").to_ascii_lowercase();
+    Settings::keys()
+        .map(|k| (strsim::damerau_levenshtein(&written, &k), k))
+        .filter(|(distance, k)| *distance <= 2.max(k.len() / 4))
+        .min_by_key(|(distance, _)| *distance)
+        .map(|(_, k)| k)
 }
 
 impl ConfigError {
@@ -97,7 +122,7 @@ pub struct ServeArgs {
 /// The clap side of [`ServeArgs`]: the two file options and the flattened settings.
 #[derive(Debug, Clone, Args)]
 struct ServeFlags {
-    /// TOML file with any of the keys below (flag names with `-` → `_`).
+    /// TOML file with any of these settings (keys: the flag names with `_` for `-`).
     #[arg(long, env = "AGENT_AUTH_CONFIG")]
     config: Option<PathBuf>,
     /// Validate the configuration, print it, and exit.
@@ -135,12 +160,24 @@ impl FromArgMatches for ServeArgs {
 
 impl Args for ServeArgs {
     fn augment_args(command: clap::Command) -> clap::Command {
-        ServeFlags::augment_args(command)
+        short_help(ServeFlags::augment_args(command))
     }
 
     fn augment_args_for_update(command: clap::Command) -> clap::Command {
-        ServeFlags::augment_args_for_update(command)
+        short_help(ServeFlags::augment_args_for_update(command))
     }
+}
+
+/// `-h` and `--help` both print the short reference (a line or two per flag: what it does and
+/// its default); the prose is the README's and docs/'s.
+fn short_help(command: clap::Command) -> clap::Command {
+    command.disable_help_flag(true).arg(
+        clap::Arg::new("help")
+            .short('h')
+            .long("help")
+            .action(clap::ArgAction::HelpShort)
+            .help("Print this reference (the README explains each setting)"),
+    )
 }
 
 impl Settings {
@@ -497,6 +534,16 @@ fn check_postgres_url(key: &str, url: &str) -> Result<(), ConfigError> {
 }
 
 fn figment_error(e: figment::Error) -> ConfigError {
+    if let figment::error::Kind::UnknownField(found, _) = &e.kind {
+        let hint = match did_you_mean(found) {
+            Some(key) => format!("; did you mean `{key}`?"),
+            None => "; the keys are the flags' names with `_` for `-` (`serve --help`)".to_owned(),
+        };
+        return ConfigError::new(
+            found,
+            format!("unknown key `{found}` in the --config file{hint}"),
+        );
+    }
     let key = if e.path.is_empty() {
         "config".to_owned()
     } else {

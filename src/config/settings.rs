@@ -41,7 +41,7 @@ pub struct Settings {
     #[arg(long, env = "AGENT_AUTH_ADMIN_LISTEN", help_heading = "Listeners", value_name = "ADDR", default_value = "127.0.0.1:9090", value_parser = super::values::parse_socket)]
     pub admin_listen: SocketAddr,
 
-    /// Coder-compatible HTTP listener for agents (the endpoints below) [default: off].
+    /// Coder-compatible HTTP listener for agents (the three instance-identity endpoints) [default: off].
     #[arg(long, env = "AGENT_AUTH_HTTP_LISTEN", help_heading = "Listeners", value_name = "ADDR", value_parser = super::values::parse_socket)]
     pub http_listen: Option<SocketAddr>,
 
@@ -167,7 +167,7 @@ pub struct Settings {
     pub db_pool_size: NonZeroUsize,
 
     /// Statements in flight on one connection at most (pipelined: sent without waiting for
-    /// the answers before them). The depth in use adapts below it: about 8 with the database
+    /// the answers before them). The depth in use adapts up to it: about 8 with the database
     /// near, up to this with it far. 1 gives one statement per connection at a time.
     #[arg(
         long,
@@ -542,7 +542,7 @@ pub struct Settings {
     )]
     pub otlp_endpoint: Option<HttpUrl>,
 
-    /// Live check of AWS logins with EC2 `DescribeInstances` (below).
+    /// Live check of AWS logins with EC2 `DescribeInstances` (README, "Live cloud API checks").
     ///
     /// After a verified login, EC2 must show the instance pending or running, launched when
     /// the document says (needs `ec2:DescribeInstances`).

@@ -75,17 +75,59 @@ pub async fn run_migrations_with(
         .execute("SELECT pg_advisory_lock($1)", &[&MIGRATION_LOCK_KEY])
         .await
         .map_err(internal)?;
-    let outcome = migrations::runner().run_async(&mut client).await;
+    let outcome = match holds_coders_tables(&client).await {
+        Ok(false) => migrations::runner()
+            .run_async(&mut client)
+            .await
+            .map_err(|e| StoreError::Internal(format!("migration failed: {}", causes(&e)))),
+        Ok(true) => Err(StoreError::Internal(
+            "this database already holds workspace_agents and the other tables agent-auth reads, \
+             but no agent-auth migration history: it is a control plane's own database (Coder's). \
+             Next to Coder run with --schema coder (read-only: nothing is migrated or written); \
+             the owned schema needs a database of its own"
+                .into(),
+        )),
+        Err(e) => Err(internal(e)),
+    };
     client
         .execute("SELECT pg_advisory_unlock($1)", &[&MIGRATION_LOCK_KEY])
         .await
         .map_err(internal)?;
-    let report = outcome.map_err(|e| StoreError::Internal(format!("migration failed: {e}")))?;
+    let report = outcome?;
     Ok(report
         .applied_migrations()
         .iter()
         .map(|m| m.version())
         .collect())
+}
+
+/// Whether the database holds the tables agent-auth reads without its own migration history:
+/// a control plane's database, which the owned schema's first migration would collide with.
+async fn holds_coders_tables(
+    client: &tokio_postgres::Client,
+) -> Result<bool, tokio_postgres::Error> {
+    let row = client
+        .query_one(
+            "SELECT to_regclass('refinery_schema_history') IS NULL \
+                    AND to_regclass('workspace_agents') IS NOT NULL",
+            &[],
+        )
+        .await?;
+    row.try_get(0)
+}
+
+/// An error and its sources on one line ("db error: ERROR: relation … already exists").
+fn causes(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        let next = cause.to_string();
+        if !text.contains(&next) {
+            text = format!("{text}: {next}");
+        }
+        source = cause.source();
+    }
+    text
 }
 
 /// `--db-pooler transaction`: a transaction-mode pooler cannot hold the session lock that

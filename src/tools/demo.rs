@@ -83,11 +83,7 @@ async fn with_cluster(
         seeded.workspace_id, seeded.build_id
     );
 
-    let grpc_listen = match (&args.grpc_listen, args.serve) {
-        (Some(addr), _) => addr.clone(),
-        (None, true) => "127.0.0.1:50051".into(),
-        (None, false) => "127.0.0.1:0".into(),
-    };
+    let grpc_listen = args.grpc_listen.clone();
     // The demo is AWS only: no GCP keys, so nothing is fetched from the internet.
     let empty_jwks = cluster_dir.join("gcp-jwks.json");
     std::fs::write(&empty_jwks, r#"{"keys":[]}"#).map_err(|e| e.to_string())?;
@@ -146,6 +142,16 @@ async fn with_cluster(
         } else {
             Err("the token received differs from the seeded agent's token".to_owned())
         }
+    });
+    let checked = checked.and_then(|()| match (&args.ready_file, args.serve) {
+        (Some(file), true) => {
+            // Whole or not at all: a script polling for it never reads half an address.
+            let partial = file.with_extension("partial");
+            std::fs::write(&partial, &server_url)
+                .and_then(|()| std::fs::rename(&partial, file))
+                .map_err(|e| format!("cannot write {}: {e}", file.display()))
+        }
+        _ => Ok(()),
     });
     if args.serve && checked.is_ok() {
         println!(

@@ -704,3 +704,212 @@ async fn a_wrong_password_is_named_as_the_cause() {
     drop(admin);
     cluster.stop().await.unwrap();
 }
+
+/// `healthcheck` and `authenticate` name the cause and the fix: an address without a scheme, a
+/// port nothing listens on, a socket file that is not there. Both read `AGENT_AUTH_SERVER`.
+#[test]
+fn client_commands_name_the_cause_and_the_fix() {
+    let closed = free_port();
+    let evidence = [
+        "--aws-document",
+        concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/fixtures/aws/us-east-1-document.json"
+        ),
+        "--aws-signature",
+        concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/fixtures/aws/us-east-1-signature.txt"
+        ),
+    ];
+    let no_scheme = format!("127.0.0.1:{closed}");
+    let refused = format!("http://127.0.0.1:{closed}");
+    let cases = [
+        (no_scheme.as_str(), "no scheme: use http://HOST:PORT"),
+        (
+            refused.as_str(),
+            "connection refused: nothing listens there",
+        ),
+        ("unix:/no/such/agent-auth.sock", "no such socket file"),
+    ];
+    for (server, expected) in cases {
+        for command in ["healthcheck", "authenticate"] {
+            let mut run = agent_auth();
+            run.arg(command).env("AGENT_AUTH_SERVER", server);
+            if command == "authenticate" {
+                run.args(evidence);
+            }
+            let output = run.output().unwrap();
+            let stderr = String::from_utf8_lossy(&output.stderr);
+            assert_eq!(
+                output.status.code(),
+                Some(1),
+                "{command} {server}: {stderr}"
+            );
+            assert!(
+                stderr.contains(expected) && stderr.contains(server),
+                "{command} {server}: {stderr}"
+            );
+            assert!(!stderr.contains("transport error"), "{stderr}");
+        }
+    }
+}
+
+/// An unknown key in the config file is named as written, with the real key it is nearest to;
+/// no flag or env var is invented for it.
+#[test]
+fn an_unknown_config_key_gets_a_did_you_mean_and_no_invented_names() {
+    let dir = tempfile::tempdir().unwrap();
+    for (written, meant) in [
+        ("grpc-listen = \"127.0.0.1:1\"\n", Some("grpc_listen")),
+        ("db_pool_sise = 7\n", Some("db_pool_size")),
+        ("frobnicate = 1\n", None),
+    ] {
+        let path = dir.path().join("agent-auth.toml");
+        std::fs::write(&path, written).unwrap();
+        let output = agent_auth()
+            .args(["serve", "--config", path.to_str().unwrap()])
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(64), "{stderr}");
+        assert_eq!(stderr.lines().count(), 1, "{stderr}");
+        let key = written.split(' ').next().unwrap();
+        assert!(stderr.contains(&format!("unknown key `{key}`")), "{stderr}");
+        match meant {
+            Some(meant) => assert!(
+                stderr.contains(&format!("did you mean `{meant}`?")),
+                "{stderr}"
+            ),
+            None => assert!(!stderr.contains("did you mean"), "{stderr}"),
+        }
+        let invented_env = format!("AGENT_AUTH_{}", key.to_ascii_uppercase());
+        assert!(
+            !stderr.contains(&invented_env) && !stderr.contains(&format!("--{key} (")),
+            "{stderr}"
+        );
+    }
+}
+
+/// `migrate` against a database that already holds Coder's tables refuses before touching it,
+/// says why, and points at `--schema coder`.
+#[tokio::test]
+async fn migrate_over_coders_tables_suggests_schema_coder() {
+    let db = TestDb::new().await;
+    db.client().await.batch_execute(CODER_SCHEMA).await.unwrap();
+    let url = db.url.clone();
+    let output = tokio::task::spawn_blocking(move || {
+        agent_auth()
+            .args(["migrate", "--log-format", "text", "--postgres-url", &url])
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("already holds workspace_agents") && stderr.contains("--schema coder"),
+        "{stderr}"
+    );
+    let history: Option<String> = db
+        .client()
+        .await
+        .query_one("SELECT to_regclass('refinery_schema_history')::text", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(history, None, "nothing may be written");
+}
+
+/// `serve --help` is a short reference an operator reads through: at most 150 lines, the same
+/// as `-h`, every setting's flag in it, and no pointer to prose that is not there.
+#[test]
+fn serve_help_is_a_short_reference() {
+    let long = agent_auth().args(["serve", "--help"]).output().unwrap();
+    let short = agent_auth().args(["serve", "-h"]).output().unwrap();
+    assert!(long.status.success());
+    let text = String::from_utf8_lossy(&long.stdout);
+    let lines = text.lines().count();
+    eprintln!("serve --help: {lines} lines");
+    assert!(lines <= 150, "serve --help is {lines} lines:\n{text}");
+    assert_eq!(long.stdout, short.stdout);
+    for flag in [
+        "--postgres-url",
+        "--schema",
+        "--db-pool-size",
+        "--max-connections",
+        "--gcp-jwks",
+    ] {
+        assert!(text.contains(flag), "{flag} missing from:\n{text}");
+    }
+    assert!(!text.contains("below"), "{text}");
+}
+
+/// The README's quick start (its server part, on the test's binary), as a newcomer runs it.
+fn quick_start(env: &[(&str, &str)]) -> std::process::Output {
+    let readme =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
+    let block = readme
+        .split("<!-- quick-start -->\n```sh\n")
+        .nth(1)
+        .and_then(|rest| rest.split("```\n<!-- /quick-start -->").next())
+        .expect("the README's quick-start block");
+    assert!(
+        block.contains("cargo build --release --locked\n"),
+        "{block}"
+    );
+    let script = block
+        .replace("cargo build --release --locked\n", "")
+        .replace(
+            "bin=\"${CARGO_TARGET_DIR:-target}/release/agent-auth\"",
+            &format!("bin={}", env!("CARGO_BIN_EXE_agent-auth")),
+        );
+    let mut bash = Command::new("bash");
+    bash.current_dir(env!("CARGO_MANIFEST_DIR"))
+        .args(["-c", &script])
+        .envs(env.iter().copied());
+    for (key, _) in std::env::vars() {
+        if key.starts_with("AGENT_AUTH_") && !env.iter().any(|(k, _)| *k == key) {
+            bash.env_remove(key);
+        }
+    }
+    bash.output().unwrap()
+}
+
+/// The quick start calls the server it started, wherever another listens: a server already on
+/// 127.0.0.1:50051 (the old fixed port) changes nothing.
+#[test]
+fn the_quick_start_calls_the_server_it_started() {
+    let squatter = std::net::TcpListener::bind("127.0.0.1:50051");
+    let output = quick_start(&[]);
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "{stdout}\n{stderr}");
+    assert!(stdout.contains("SERVING"), "{stdout}");
+    assert!(stdout.contains("session_token: "), "{stdout}");
+    drop(squatter);
+}
+
+/// A demo server that cannot start (its port taken) ends the quick start at once with its own
+/// cause, never with a failed login against whatever holds the port.
+#[test]
+fn the_quick_start_stops_with_the_cause_when_the_port_is_taken() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let address = taken.local_addr().unwrap().to_string();
+    let started = std::time::Instant::now();
+    let output = quick_start(&[("AGENT_AUTH_DEMO_GRPC_LISTEN", &address)]);
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success(), "{stdout}\n{stderr}");
+    assert!(
+        stderr.contains(&format!("cannot listen on {address}")),
+        "{stderr}"
+    );
+    assert!(
+        !stderr.contains("INVALID_IDENTITY") && !stdout.contains("session_token"),
+        "{stdout}\n{stderr}"
+    );
+    assert!(started.elapsed() < std::time::Duration::from_secs(60));
+    drop(taken);
+}

@@ -9,10 +9,20 @@ use clap::{Args, Parser, Subcommand};
 
 pub use crate::config::ServeArgs;
 
+/// `--version`: the version and whether the optional live cloud checks are built in.
+pub const VERSION: &str = if cfg!(feature = "live-checks") {
+    concat!(env!("CARGO_PKG_VERSION"), " (live cloud checks built in)")
+} else {
+    concat!(
+        env!("CARGO_PKG_VERSION"),
+        " (without the live cloud checks: build with --features live-checks for them)"
+    )
+};
+
 #[derive(Debug, Parser)]
 #[command(
     name = "agent-auth",
-    version,
+    version = VERSION,
     about = "Authenticates cloud workspace agents by their signed instance identity"
 )]
 pub struct Cli {

@@ -240,7 +240,8 @@ impl LiveChecks {
         if aws.is_some() || gcp.is_some() {
             return Err(
                 "this build has no live cloud API checks (built without the `live-checks` \
-                 feature): rebuild with the default features, or turn the checks off"
+                 feature): rebuild with `cargo build --release --features live-checks` (the \
+                 container image has them), or turn the checks off"
                     .into(),
             );
         }

@@ -115,6 +115,12 @@ async fn the_image_is_small_and_runs_as_a_non_root_user_without_a_shell() {
     ])
     .await;
     assert!(id.status.success(), "{}", text(&id));
+    // The image is the server operators deploy: with the live cloud checks.
+    assert!(
+        text(&id).contains("live cloud checks built in"),
+        "{}",
+        text(&id)
+    );
 }
 
 /// The image serves from a read-only root filesystem as uid 10001: ready, a real login over

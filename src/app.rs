@@ -125,7 +125,12 @@ pub async fn prepare_database(config: &Config) -> Result<Database, AppError> {
         }
         SchemaMode::Owned => {
             let applied = migrate::run_migrations_with(&pg_config, tls).await?;
-            tracing::info!(?applied, "owned schema is up to date");
+            match applied.iter().max() {
+                None => tracing::info!("owned schema is up to date: no migration to apply"),
+                Some(&newest) => {
+                    tracing::info!(applied = applied.len(), newest, "owned schema migrated")
+                }
+            }
         }
         SchemaMode::Coder => {
             migrate::check_coder_schema(&pg_config, tls).await?;

@@ -74,7 +74,7 @@ fn main() -> ExitCode {
                 }
             }
             Command::Authenticate(args) => authenticate(args).await,
-            Command::Trust(args) => agent_auth::trust::command(args),
+            Command::Trust(args) => agent_auth::trust::command(args).await,
             #[cfg(feature = "tools")]
             Command::Bench(args) => agent_auth::tools::bench::command(args).await,
             #[cfg(feature = "tools")]

@@ -48,6 +48,8 @@ pub fn init(format: LogFormat, filter: &str, otlp_endpoint: Option<&str>) -> Tel
         LogFormat::Json => tracing_subscriber::fmt::layer()
             .json()
             .flatten_event(true)
+            // The current span once (`span`), not again in the list of its parents.
+            .with_span_list(false)
             .with_writer(std::io::stderr)
             .boxed(),
         LogFormat::Text => tracing_subscriber::fmt::layer()

@@ -95,20 +95,32 @@ impl Jwks {
         self.current()
     }
 
+    /// `agent-auth trust`: fetches a remote JWKS now and installs it; the server's `max-age`
+    /// (`None` when it sent none). A file's keys are loaded already: `Ok(None)`.
+    pub async fn fetch_now(&self) -> Result<Option<Duration>, String> {
+        let Source::Remote { url, fetcher } = &self.source else {
+            return Ok(None);
+        };
+        let (set, max_age) = Self::fetch(url, fetcher).await?;
+        if let Ok(mut keys) = self.keys.write() {
+            *keys = Some(Arc::new(set));
+        }
+        Ok(max_age)
+    }
+
+    async fn fetch(url: &str, fetcher: &Fetcher) -> Result<(JwkSet, Option<Duration>), String> {
+        let fetched = fetcher.get(url).await.map_err(|e| e.to_string())?;
+        serde_json::from_slice::<JwkSet>(&fetched.body)
+            .map(|set| (set, fetched.max_age))
+            .map_err(|e| format!("not a JWKS: {e}"))
+    }
+
     /// Fetches and installs the keys; on failure the previous keys stay in force.
     async fn fetch_once(&self) -> Option<Duration> {
         let Source::Remote { url, fetcher } = &self.source else {
             return None;
         };
-        let outcome = fetcher
-            .get(url)
-            .await
-            .map_err(|e| e.to_string())
-            .and_then(|fetched| {
-                serde_json::from_slice::<JwkSet>(&fetched.body)
-                    .map(|set| (set, fetched.max_age))
-                    .map_err(|e| format!("not a JWKS: {e}"))
-            });
+        let outcome = Self::fetch(url, fetcher).await;
         match outcome {
             Ok((set, max_age)) => {
                 if let Ok(mut keys) = self.keys.write() {

@@ -10,7 +10,7 @@
 pub mod jwks;
 
 use std::sync::Arc;
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 use arc_swap::ArcSwap;
 
@@ -151,12 +151,20 @@ pub struct Pinned {
     pub sha256: String,
     /// `built-in` or the file it was read from.
     pub source: String,
+    /// Whether it verifies logins now: false for a certificate past its notAfter, kept only
+    /// so recorded documents replay (with `--insecure-verify-time`).
+    pub in_force: bool,
 }
 
 /// Every pinned certificate and key of a set: AWS (by form, then region), Azure, then the GCP
 /// keys in force (a remote JWKS changes under the set, so they are read now).
 pub fn pinned(set: &TrustSet) -> Vec<Pinned> {
+    let now = SystemTime::now();
     let mut out = set.certificates.clone();
+    for p in &mut out {
+        // An AWS signature verifies whatever the certificate's dates; an Azure chain does not.
+        p.in_force = p.cloud == "aws" || !expired(p, now);
+    }
     if let Some(keys) = set.gcp_keys.current() {
         let source = set.gcp_keys.source_label();
         for key in &keys.keys {
@@ -170,6 +178,7 @@ pub fn pinned(set: &TrustSet) -> Vec<Pinned> {
                 not_after_unix: None,
                 sha256: String::new(),
                 source: source.clone(),
+                in_force: true,
             });
         }
     }
@@ -211,7 +220,7 @@ fn describe(
 ) -> Pinned {
     let not_after_unix = crate::metrics::not_after(certificate);
     let not_after = not_after_unix.and_then(|t| u64::try_from(t).ok()).map(|t| {
-        humantime::format_rfc3339_seconds(std::time::UNIX_EPOCH + std::time::Duration::from_secs(t))
+        humantime::format_rfc3339_seconds(std::time::UNIX_EPOCH + Duration::from_secs(t))
             .to_string()
     });
     let sha256 = certificate
@@ -227,6 +236,7 @@ fn describe(
         not_after_unix,
         sha256,
         source,
+        in_force: true,
     }
 }
 
@@ -274,8 +284,10 @@ pub fn listing(pinned: &[Pinned], json: bool) -> Result<String, serde_json::Erro
         .iter()
         .map(|p| {
             let mut not_after = p.not_after.clone().unwrap_or_else(|| "-".into());
-            if expired(p, now) {
-                not_after.push_str(" (expired)");
+            if !p.in_force {
+                not_after.push_str(" (expired: replay only)");
+            } else if expired(p, now) {
+                not_after.push_str(" (expired; AWS verifies regardless)");
             } else if expiring_soon(p, now) {
                 not_after.push_str(" (expires within 30 days)");
             }
@@ -362,9 +374,10 @@ pub fn log_sources(set: &TrustSet, sources: &TrustSources) {
     warn_expiring(&pinned, SystemTime::now());
 }
 
-/// `agent-auth trust`: what the service would pin with these settings; exit 1 when a
-/// certificate expires within 30 days.
-pub fn command(args: crate::cli::TrustArgs) -> std::process::ExitCode {
+/// `agent-auth trust`: what the service would pin with these settings, a remote GCP JWKS
+/// fetched now, and what is in force. Exit 1 when a certificate in force expires within 30
+/// days, or GCP has no keys.
+pub async fn command(args: crate::cli::TrustArgs) -> std::process::ExitCode {
     use std::process::ExitCode;
     let config = match crate::config::Config::load(&args.serve) {
         Ok(config) => config,
@@ -390,7 +403,9 @@ pub fn command(args: crate::cli::TrustArgs) -> std::process::ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let pinned = pinned(&store.current());
+    let set = store.current();
+    let gcp = gcp_summary(&set.gcp_keys).await;
+    let pinned = pinned(&set);
     match listing(&pinned, args.json) {
         Ok(text) => print!("{text}"),
         Err(e) => {
@@ -398,7 +413,15 @@ pub fn command(args: crate::cli::TrustArgs) -> std::process::ExitCode {
             return ExitCode::FAILURE;
         }
     }
-    let warnings = expiry_warnings(&pinned, std::time::SystemTime::now());
+    let mut warnings = expiry_warnings(&pinned, std::time::SystemTime::now());
+    match gcp {
+        Ok(line) if !args.json => println!("{line}"),
+        Ok(_) => {}
+        Err(warning) => warnings.push(warning),
+    }
+    if !args.json {
+        println!("{}", in_force_summary(&pinned));
+    }
     for warning in &warnings {
         eprintln!("agent-auth: warning: {warning}");
     }
@@ -407,6 +430,56 @@ pub fn command(args: crate::cli::TrustArgs) -> std::process::ExitCode {
     } else {
         ExitCode::FAILURE
     }
+}
+
+/// Where the GCP keys come from and how fresh they are (a remote JWKS is fetched now); a
+/// warning when GCP has no key to verify with.
+async fn gcp_summary(jwks: &Jwks) -> Result<String, String> {
+    let source = jwks.source_label();
+    let fetched = jwks.fetch_now().await;
+    let keys = jwks.current().map_or(0, |set| set.keys.len());
+    let freshness = match (
+        &fetched,
+        std::fs::metadata(&source).and_then(|m| m.modified()),
+    ) {
+        (Err(e), _) => return Err(format!("gcp: cannot fetch the JWKS from {source}: {e}")),
+        (Ok(Some(max_age)), _) => format!(
+            "fetched now; the server keeps it {} (max-age) and refetches on an unknown kid",
+            humantime::format_duration(*max_age)
+        ),
+        (Ok(None), Ok(modified)) => format!(
+            "a file, modified {} ({} ago), read at start-up and on SIGHUP",
+            humantime::format_rfc3339_seconds(modified),
+            humantime::format_duration(Duration::from_secs(
+                modified.elapsed().unwrap_or_default().as_secs()
+            ))
+        ),
+        (Ok(None), Err(_)) => "fetched now (no max-age: the server refetches hourly)".to_owned(),
+    };
+    if keys == 0 {
+        return Err(format!(
+            "gcp: the JWKS from {source} holds no key: every GCP login would be refused"
+        ));
+    }
+    Ok(format!("gcp: {keys} JWKS keys from {source}: {freshness}"))
+}
+
+/// One line: what verifies logins now, and what is kept only to replay recorded documents.
+fn in_force_summary(pinned: &[Pinned]) -> String {
+    let count = |cloud: &str, in_force: bool| {
+        pinned
+            .iter()
+            .filter(|p| p.cloud == cloud && p.in_force == in_force)
+            .count()
+    };
+    format!(
+        "in force: {} AWS certificates, {} Azure certificates, {} GCP keys; kept only to replay \
+         recorded documents (expired, never trusted for a new login): {} Azure certificates",
+        count("aws", true),
+        count("azure", true),
+        count("gcp", true),
+        count("azure", false)
+    )
 }
 
 /// Reads an operator's trust file: the only file read of trust material (the verifiers in

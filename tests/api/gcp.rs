@@ -84,14 +84,14 @@ pub(crate) fn gcp_request(token: &str) -> pb::AuthenticateRequest {
 
 /// A JWKS endpoint on loopback whose keys, status and max-age the test changes, counting hits.
 #[derive(Clone)]
-struct JwksServer {
+pub(crate) struct JwksServer {
     state: Arc<Mutex<(Vec<Value>, u16, u64)>>,
     hits: Arc<AtomicUsize>,
-    url: String,
+    pub(crate) url: String,
 }
 
 impl JwksServer {
-    async fn start(keys: Vec<Value>, max_age: u64) -> Self {
+    pub(crate) async fn start(keys: Vec<Value>, max_age: u64) -> Self {
         let state = Arc::new(Mutex::new((keys, 200, max_age)));
         let hits = Arc::new(AtomicUsize::new(0));
         let (s, h) = (state.clone(), hits.clone());

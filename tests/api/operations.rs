@@ -199,6 +199,8 @@ async fn json_logs_have_one_line_per_authentication_and_no_secrets() {
         (&"invalid_identity".into(), &"INVALID_IDENTITY".into())
     );
     for line in &auths {
+        // One span per line: the current one, not repeated in a list.
+        assert!(line.get("spans").is_none(), "{line}");
         assert_eq!(line["cloud"], "aws");
         assert_eq!(line["request_id"].as_str().map(str::len), Some(32));
         assert!(line["duration_ms"].as_f64().is_some());

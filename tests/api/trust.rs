@@ -300,17 +300,26 @@ async fn sighup_swaps_in_a_replaced_certificate_and_a_broken_file_keeps_the_old_
     );
 }
 
-fn trust_command(args: &[&str]) -> std::process::Output {
-    std::process::Command::new(env!("CARGO_BIN_EXE_agent-auth"))
-        .arg("trust")
-        .args(args)
-        .output()
+/// `agent-auth trust ARGS`, its GCP keys from `jwks` (a loopback JWKS server: the command
+/// fetches a remote JWKS, and tests never reach Google).
+async fn trust_command(jwks: &str, args: &[&str]) -> std::process::Output {
+    let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_agent-auth"));
+    command.args(["trust", "--gcp-jwks", jwks]).args(args);
+    tokio::task::spawn_blocking(move || command.output().unwrap())
+        .await
         .unwrap()
 }
 
-#[test]
-fn the_trust_command_lists_every_region_in_both_forms_and_every_built_in_azure_ca() {
-    let output = trust_command(&["--json"]);
+/// A JWKS server on loopback with one key, `kid`.
+async fn jwks_server(kid: &str) -> crate::gcp::JwksServer {
+    let key = crate::gcp::GcpKey::generate(kid);
+    crate::gcp::JwksServer::start(vec![key.jwk.clone()], 300).await
+}
+
+#[tokio::test]
+async fn the_trust_command_lists_every_region_in_both_forms_and_every_built_in_azure_ca() {
+    let jwks = jwks_server("trust-test-key").await;
+    let output = trust_command(&jwks.url, &["--json"]).await;
     assert!(
         output.status.success(),
         "{}",
@@ -366,16 +375,73 @@ fn the_trust_command_lists_every_region_in_both_forms_and_every_built_in_azure_c
             .all(|v| field(v, "sha256").len() == 64)
     );
 
-    // The table names the same things, one line each plus a header.
-    let table = trust_command(&[]);
+    // GCP: the key fetched now from the JWKS server, in force.
+    let gcp: Vec<&serde_json::Value> = listed
+        .iter()
+        .filter(|v| field(v, "cloud") == "gcp")
+        .collect();
+    assert_eq!(gcp.len(), 1, "{gcp:?}");
+    assert_eq!(field(gcp[0], "subject"), "trust-test-key");
+    assert_eq!(field(gcp[0], "source"), jwks.url);
+    // In force: every AWS certificate and GCP key, the Azure certificates not yet expired.
+    let replay_only: Vec<&serde_json::Value> =
+        listed.iter().filter(|v| v["in_force"] == false).collect();
+    assert!(
+        replay_only.iter().all(|v| field(v, "cloud") == "azure"),
+        "{replay_only:?}"
+    );
+
+    // The table names the same things, one line each plus a header, then where the GCP keys
+    // come from and what is in force.
+    let table = trust_command(&jwks.url, &[]).await;
+    assert!(
+        table.status.success(),
+        "{}",
+        String::from_utf8_lossy(&table.stderr)
+    );
     let text = String::from_utf8_lossy(&table.stdout);
     assert!(text.starts_with("CLOUD"), "{text}");
     assert!(text.contains("ca-west-1 rsa2048"));
-    assert_eq!(text.lines().count(), listed.len() + 1);
+    assert_eq!(text.lines().count(), listed.len() + 3, "{text}");
+    let mut tail = text.lines().rev();
+    let (summary, gcp_line) = (tail.next().unwrap(), tail.next().unwrap());
+    assert!(
+        gcp_line.starts_with(&format!("gcp: 1 JWKS keys from {}: fetched now", jwks.url)),
+        "{gcp_line}"
+    );
+    assert!(
+        summary.contains(&format!(
+            "kept only to replay recorded documents (expired, never trusted for a new login): {} Azure certificates",
+            replay_only.len()
+        )),
+        "{summary}"
+    );
+    assert_eq!(
+        text.lines()
+            .filter(|l| l.contains("(expired: replay only)"))
+            .count(),
+        replay_only.len()
+    );
 }
 
-#[test]
-fn the_trust_command_applies_the_flags_and_exits_1_for_a_certificate_expiring_within_30_days() {
+/// A GCP JWKS that cannot be fetched is a warning and exit 1: GCP logins would all fail.
+#[tokio::test]
+async fn the_trust_command_warns_when_gcp_has_no_keys() {
+    let closed = free_port();
+    let url = format!("http://127.0.0.1:{closed}/oauth2/v3/certs");
+    let output = trust_command(&url, &[]).await;
+    assert_eq!(output.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains(&format!("warning: gcp: cannot fetch the JWKS from {url}")),
+        "{stderr}"
+    );
+}
+
+#[tokio::test]
+async fn the_trust_command_applies_the_flags_and_exits_1_for_a_certificate_expiring_within_30_days()
+{
+    let jwks = jwks_server("k").await;
     let key = crate::pki::rsa(1024);
     let soon = crate::pki::certificate(
         &crate::pki::Spec {
@@ -389,7 +455,7 @@ fn the_trust_command_applies_the_flags_and_exits_1_for_a_certificate_expiring_wi
     let path = dir.path().join("soon.pem");
     std::fs::write(&path, soon.to_pem().unwrap()).unwrap();
     let flag = format!("ca-west-1={}", path.display());
-    let output = trust_command(&["--aws-certificate", &flag]);
+    let output = trust_command(&jwks.url, &["--aws-certificate", &flag]).await;
     assert_eq!(output.status.code(), Some(1));
     let stdout = String::from_utf8_lossy(&output.stdout);
     let stderr = String::from_utf8_lossy(&output.stderr);

@@ -169,14 +169,14 @@ impl Args for ServeArgs {
 }
 
 /// `-h` and `--help` both print the short reference (a line or two per flag: what it does and
-/// its default); the prose is the README's and docs/'s.
+/// its default); the prose is in docs/configuration.md.
 fn short_help(command: clap::Command) -> clap::Command {
     command.disable_help_flag(true).arg(
         clap::Arg::new("help")
             .short('h')
             .long("help")
             .action(clap::ArgAction::HelpShort)
-            .help("Print this reference (the README explains each setting)"),
+            .help("Print this reference (docs/configuration.md explains each setting)"),
     )
 }
 

@@ -1,5 +1,5 @@
-//! The README's settings table, generated from [`Settings`] so the two cannot drift: a test
-//! compares it with the README (and rewrites it with `AGENT_AUTH_BLESS=1`).
+//! The settings table of docs/configuration.md, generated from [`Settings`] so the two cannot
+//! drift: a test compares it with the file (and rewrites it with `AGENT_AUTH_BLESS=1`).
 
 use super::Settings;
 
@@ -73,14 +73,14 @@ mod tests {
     const BEGIN: &str = "<!-- settings:begin (generated from src/config/settings.rs) -->\n";
     const END: &str = "<!-- settings:end -->";
 
-    /// CI fails when a setting changed without the README; `AGENT_AUTH_BLESS=1 cargo test
+    /// CI fails when a setting changed without docs/configuration.md; `AGENT_AUTH_BLESS=1 cargo test
     /// readme` rewrites the table.
     #[test]
     fn the_readme_settings_table_is_generated_from_the_settings() {
-        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/README.md");
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/docs/configuration.md");
         let readme = std::fs::read_to_string(path).unwrap_or_default();
         let (Some((head, rest)), true) = (readme.split_once(BEGIN), readme.contains(END)) else {
-            panic!("README.md lacks the settings markers");
+            panic!("docs/configuration.md lacks the settings markers");
         };
         let tail = rest.split_once(END).map(|(_, t)| t).unwrap_or_default();
         let generated = format!("{head}{BEGIN}{}{END}{tail}", settings_table());
@@ -90,7 +90,7 @@ mod tests {
         }
         assert!(
             readme == generated,
-            "README.md's settings table differs from src/config/settings.rs; run \
+            "docs/configuration.md's settings table differs from src/config/settings.rs; run \
              AGENT_AUTH_BLESS=1 cargo test readme"
         );
     }

@@ -1,7 +1,7 @@
 //! Every `serve`/`migrate` setting, defined once (DESIGN.md 3.4, contract for the flags it
 //! lists).
 //!
-//! A setting is one field here: its doc comment is the `--help` text and the README's row
+//! A setting is one field here: its doc comment is the `--help` text and the row of docs/configuration.md
 //! (the first paragraph is the short help), its name is the TOML key, `--flag` is the name
 //! with `-`, `env` is `AGENT_AUTH_` and the name in upper case (a unit test holds every field
 //! to that), `default_value` is the default, and its type parses and prints the value
@@ -9,7 +9,7 @@
 //!
 //! To add a setting: add a field with its doc comment and `#[arg]`, read it in
 //! `Config::try_from`, and run `AGENT_AUTH_BLESS=1 cargo test readme` to regenerate the
-//! README table (CI fails while it differs).
+//! docs/configuration.md table (CI fails while it differs).
 
 use std::net::SocketAddr;
 use std::num::{NonZeroU32, NonZeroUsize};
@@ -542,7 +542,7 @@ pub struct Settings {
     )]
     pub otlp_endpoint: Option<HttpUrl>,
 
-    /// Live check of AWS logins with EC2 `DescribeInstances` (README, "Live cloud API checks").
+    /// Live check of AWS logins with EC2 `DescribeInstances` (docs/trust.md, "Live cloud API checks").
     ///
     /// After a verified login, EC2 must show the instance pending or running, launched when
     /// the document says (needs `ec2:DescribeInstances`).

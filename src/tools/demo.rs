@@ -18,6 +18,8 @@ pub const RECORDED_DOCUMENT: &str =
 pub const RECORDED_SIGNATURE: &str =
     include_str!("../../tests/fixtures/aws/us-east-1-signature.txt");
 pub const RECORDED_INSTANCE_ID: &str = "i-076e9b91f7c420782";
+/// The AWS account of the recorded document.
+pub const RECORDED_ACCOUNT_ID: &str = "628783029487";
 
 /// `agent-auth demo`: runs the demo, printing each step.
 pub async fn command(args: DemoArgs) -> ExitCode {
@@ -98,6 +100,9 @@ async fn with_cluster(
         "warn".into(),
         "--gcp-jwks".into(),
         empty_jwks.display().to_string(),
+        // The recorded document's account: what an operator sets (and no replay warning).
+        "--aws-allowed-account".into(),
+        RECORDED_ACCOUNT_ID.into(),
     ])
     .map_err(|e| e.to_string())?;
     let config = Config::try_from(settings).map_err(|e| e.to_string())?;

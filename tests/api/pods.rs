@@ -1,11 +1,11 @@
 //! The manifests as pods. `deploy/kubernetes/base` and `sidecar` are rendered by kustomize and run
 //! by `podman kube play` with the image of `image.rs`, beside real parts in containers of their
 //! own on a network the test creates: PostgreSQL holding Coder's schema, read through the
-//! README's read-only role; nginx as the ingress in front of Coder; nginx as the control
+//! read-only role of docs/deploy.md; nginx as the ingress in front of Coder; nginx as the control
 //! plane's HTTP stand-in. Compiled with `--features container-tests` (`.ci/run` does).
 //!
 //! What `podman kube play` (podman 4.3, Debian 12) cannot take as Kubernetes does, and what these
-//! tests change on the rendered documents instead (`for_podman`), each said in the README:
+//! tests change on the rendered documents instead (`for_podman`), each said in docs/deploy.md:
 //! - A `Secret` in the YAML is stored in a form its own `secretRef` reader refuses ("is not
 //!   valid JSON"): the test creates it with `podman secret create` (a JSON map of base64
 //!   values), which that reader takes.
@@ -134,7 +134,7 @@ impl Topology {
         name
     }
 
-    /// PostgreSQL with Coder's schema in database `coder` and the README's read-only role
+    /// PostgreSQL with Coder's schema in database `coder` and the read-only role of docs/deploy.md
     /// (`agent_auth_reader`: CONNECT, USAGE, SELECT on the five tables, nothing else).
     async fn coder_database(&self) -> CoderWorld {
         self.run(

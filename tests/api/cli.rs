@@ -11,6 +11,12 @@ fn agent_auth() -> Command {
             command.env_remove(key);
         }
     }
+    // No fetch of Google's keys from a test: the empty JWKS fixture, unless a flag says
+    // otherwise (flags beat the environment).
+    command.env(
+        "AGENT_AUTH_GCP_JWKS",
+        concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/gcp/empty-jwks.json"),
+    );
     command
 }
 
@@ -627,6 +633,10 @@ async fn database_failures_name_where_and_why() {
             1,
             "printed once: {stderr}"
         );
+        // The fatal error is the last line and the only ERROR.
+        let errors: Vec<&str> = stderr.lines().filter(|l| l.contains(" ERROR ")).collect();
+        assert_eq!(errors.len(), 1, "{stderr}");
+        assert_eq!(stderr.trim_end().lines().last(), Some(errors[0]), "{stderr}");
     }
 }
 

@@ -125,7 +125,6 @@ impl EmbeddedPostgres {
             .arg("-k")
             .arg(&socket_dir)
             .args(["-p", &options.port.to_string()])
-            .args(["-c", "listen_addresses="])
             .args(["-c", "unix_socket_permissions=0700"]);
         if options.ephemeral {
             for setting in [
@@ -139,6 +138,8 @@ impl EmbeddedPostgres {
         for (name, value) in &options.settings {
             postgres.arg("-c").arg(format!("{name}={value}"));
         }
+        // Last, so no extra setting can turn TCP on: the cluster listens on its socket only.
+        postgres.args(["-c", "listen_addresses="]);
         let (pid, exited) = supervise(postgres, account.as_ref(), &log_path)?;
         let cluster = Self {
             socket_dir,

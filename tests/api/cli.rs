@@ -15,7 +15,10 @@ fn agent_auth() -> Command {
     // otherwise (flags beat the environment).
     command.env(
         "AGENT_AUTH_GCP_JWKS",
-        concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/gcp/empty-jwks.json"),
+        concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/fixtures/gcp/empty-jwks.json"
+        ),
     );
     command
 }
@@ -636,7 +639,11 @@ async fn database_failures_name_where_and_why() {
         // The fatal error is the last line and the only ERROR.
         let errors: Vec<&str> = stderr.lines().filter(|l| l.contains(" ERROR ")).collect();
         assert_eq!(errors.len(), 1, "{stderr}");
-        assert_eq!(stderr.trim_end().lines().last(), Some(errors[0]), "{stderr}");
+        assert_eq!(
+            stderr.trim_end().lines().last(),
+            Some(errors[0]),
+            "{stderr}"
+        );
     }
 }
 

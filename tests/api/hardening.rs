@@ -189,3 +189,23 @@ async fn sslmode_and_sslrootcert_are_honoured_against_a_tls_postgres() {
     assert!(error.contains("sslrootcert"), "{error}");
     cluster.stop().await.unwrap();
 }
+
+/// The embedded cluster listens on its unix socket only, whatever extra settings it is given.
+#[tokio::test]
+async fn the_embedded_cluster_never_listens_on_tcp() {
+    let dir = crate::helpers::reachable_tempdir();
+    let mut options = agent_auth::embedded::EmbeddedOptions::new(dir.path());
+    options.ephemeral = true;
+    options.settings = vec![("listen_addresses".into(), "127.0.0.1".into())];
+    let cluster = agent_auth::embedded::EmbeddedPostgres::start(options)
+        .await
+        .unwrap_or_else(|e| panic!("private cluster: {e}"));
+    let client = cluster.admin_client().await.unwrap();
+    let listen: String = client
+        .query_one("SHOW listen_addresses", &[])
+        .await
+        .unwrap()
+        .get(0);
+    cluster.stop().await.unwrap();
+    assert_eq!(listen, "", "the embedded cluster listens on TCP");
+}

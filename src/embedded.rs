@@ -56,8 +56,13 @@ pub struct EmbeddedOptions {
     pub port: u16,
     /// Trade durability for speed (tests and the demo): no fsync at all.
     pub ephemeral: bool,
-    /// Extra `-c name=value` server settings.
+    /// Extra `-c name=value` server settings (`listen_addresses` is not one of them: see
+    /// `loopback_tcp`).
     pub settings: Vec<(String, String)>,
+    /// Also listen on 127.0.0.1 at `port`: for tests of TLS and passwords only; the service
+    /// (`serve` without a URL, `demo`, `bench`) never sets it (test
+    /// `tidy::only_tests_open_the_embedded_cluster_to_tcp`).
+    pub loopback_tcp: bool,
 }
 
 impl EmbeddedOptions {
@@ -67,6 +72,7 @@ impl EmbeddedOptions {
             port: 5432,
             ephemeral: false,
             settings: Vec::new(),
+            loopback_tcp: false,
         }
     }
 }
@@ -138,8 +144,15 @@ impl EmbeddedPostgres {
         for (name, value) in &options.settings {
             postgres.arg("-c").arg(format!("{name}={value}"));
         }
-        // Last, so no extra setting can turn TCP on: the cluster listens on its socket only.
-        postgres.args(["-c", "listen_addresses="]);
+        // Last, so no extra setting can turn TCP on: the socket only, unless `loopback_tcp`.
+        postgres.args([
+            "-c",
+            if options.loopback_tcp {
+                "listen_addresses=127.0.0.1"
+            } else {
+                "listen_addresses="
+            },
+        ]);
         let (pid, exited) = supervise(postgres, account.as_ref(), &log_path)?;
         let cluster = Self {
             socket_dir,

@@ -692,7 +692,7 @@ async fn a_wrong_password_is_named_as_the_cause() {
     let mut options = agent_auth::embedded::EmbeddedOptions::new(data.path());
     options.ephemeral = true;
     options.port = port;
-    options.settings = vec![("listen_addresses".into(), "127.0.0.1".into())];
+    options.loopback_tcp = true;
     let cluster = agent_auth::embedded::EmbeddedPostgres::start(options)
         .await
         .unwrap();

@@ -120,8 +120,8 @@ async fn sslmode_and_sslrootcert_are_honoured_against_a_tls_postgres() {
         .port();
     let mut options = options(data.path());
     options.port = port;
+    options.loopback_tcp = true;
     options.settings = vec![
-        ("listen_addresses".into(), "127.0.0.1".into()),
         ("ssl".into(), "on".into()),
         ("ssl_cert_file".into(), pki.path("server.pem")),
         ("ssl_key_file".into(), pki.path("server.key")),

@@ -558,8 +558,8 @@ async fn postgres_tls_encrypts_by_default_and_verifies_with_a_ca() {
     let mut options = EmbeddedOptions::new(&data);
     options.ephemeral = true;
     options.port = port;
+    options.loopback_tcp = true;
     options.settings = vec![
-        ("listen_addresses".into(), "127.0.0.1".into()),
         ("ssl".into(), "on".into()),
         ("ssl_cert_file".into(), cert_path.display().to_string()),
         ("ssl_key_file".into(), key_path.display().to_string()),

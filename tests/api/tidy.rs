@@ -195,6 +195,18 @@ fn no_cancel_request_is_ever_sent_to_postgresql() {
 }
 
 #[test]
+fn only_tests_open_the_embedded_cluster_to_tcp() {
+    let found = offenders(&["src/embedded.rs"], |line| {
+        line.contains("loopback_tcp") || line.contains("listen_addresses")
+    });
+    assert!(
+        found.is_empty(),
+        "TCP for the embedded cluster:\n{}",
+        found.join("\n")
+    );
+}
+
+#[test]
 fn unsafe_code_is_only_the_prctl_call_of_the_embedded_cluster() {
     let found = offenders(&["src/embedded.rs"], |line| {
         line.contains("unsafe ") || line.contains("unsafe_code")

@@ -273,18 +273,23 @@ fn the_demo_authenticates_the_recorded_document_on_an_embedded_database() {
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn migrate_applies_the_owned_schema_and_healthcheck_probes_a_server() {
-    let db = TestDb::new().await;
+/// `agent-auth migrate` against `db`, with text logs.
+async fn migrate(db: &TestDb) -> std::process::Output {
     let url = db.url.clone();
-    let output = tokio::task::spawn_blocking(move || {
+    tokio::task::spawn_blocking(move || {
         agent_auth()
             .args(["migrate", "--log-format", "text", "--postgres-url", &url])
             .output()
             .unwrap()
     })
     .await
-    .unwrap();
+    .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn migrate_applies_the_owned_schema_and_healthcheck_probes_a_server() {
+    let db = TestDb::new().await;
+    let output = migrate(&db).await;
     assert!(
         output.status.success(),
         "{}",
@@ -814,15 +819,7 @@ fn an_unknown_config_key_gets_a_did_you_mean_and_no_invented_names() {
 async fn migrate_over_coders_tables_suggests_schema_coder() {
     let db = TestDb::new().await;
     db.client().await.batch_execute(CODER_SCHEMA).await.unwrap();
-    let url = db.url.clone();
-    let output = tokio::task::spawn_blocking(move || {
-        agent_auth()
-            .args(["migrate", "--log-format", "text", "--postgres-url", &url])
-            .output()
-            .unwrap()
-    })
-    .await
-    .unwrap();
+    let output = migrate(&db).await;
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert_eq!(output.status.code(), Some(1), "{stderr}");
     assert!(

@@ -1148,3 +1148,18 @@ impl CoderWorld {
         token
     }
 }
+
+/// Logs the recorded AWS document in over a new gRPC channel to `server`; the session token.
+pub async fn recorded_login(server: &str) -> String {
+    let channel = agent_auth::client::connect(server, Duration::from_secs(5))
+        .await
+        .unwrap_or_else(|e| panic!("{server}: {e}"));
+    success(
+        agent_auth::client::authenticate(
+            channel,
+            aws_request(RECORDED_DOCUMENT, RECORDED_SIGNATURE, ""),
+        )
+        .await,
+    )
+    .session_token
+}

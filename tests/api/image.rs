@@ -177,18 +177,8 @@ async fn the_image_serves_from_a_read_only_root_filesystem() {
         let _ = podman(&["rm", "-f", &name]).await;
         panic!("the container never became ready: {}", text(&logs));
     }
-    let channel =
-        agent_auth::client::connect(&format!("http://127.0.0.1:{grpc}"), Duration::from_secs(5))
-            .await
-            .unwrap();
-    let answer = success(
-        agent_auth::client::authenticate(
-            channel,
-            aws_request(RECORDED_DOCUMENT, RECORDED_SIGNATURE, ""),
-        )
-        .await,
-    );
-    assert_eq!(answer.session_token, agent.token.to_string());
+    let token = recorded_login(&format!("http://127.0.0.1:{grpc}")).await;
+    assert_eq!(token, agent.token.to_string());
     let health = podman(&[
         "exec",
         &name,

@@ -450,6 +450,11 @@ async fn probes_pass(probes: &[Probe], pod: &str, ip: &str) {
     }
 }
 
+/// Whether GET `url` answers `status` within `limit`.
+async fn answers(url: &str, status: u16, limit: Duration) -> bool {
+    eventually(limit, async || http_get(url).await.0 == status).await
+}
+
 /// The port numbers behind the manifests' named ports.
 fn named_port(port: &Value) -> u64 {
     match port {
@@ -469,6 +474,18 @@ fn aws_body(document: &str) -> Vec<u8> {
     json!({"signature": RECORDED_SIGNATURE, "document": document})
         .to_string()
         .into_bytes()
+}
+
+/// An agent's login through Coder's AWS path at `base` (the service or the ingress): (status,
+/// body).
+async fn coder_login(base: &str, document: &str) -> (u16, String) {
+    let (status, _, body) = http_post(
+        &format!("{base}{AWS_PATH}"),
+        "application/json",
+        &aws_body(document),
+    )
+    .await;
+    (status, body)
 }
 
 /// One agent in Coder's tables for the recorded AWS instance; its session token.
@@ -613,26 +630,10 @@ async fn the_standalone_manifests_run_as_pods_behind_an_ingress() {
     for (index, host) in REPLICA_HOSTS.iter().enumerate() {
         let (pod, ip) = (format!("{name}-pod-{index}"), net.ip(*host));
         probes_pass(&probes, &pod, &ip).await;
-        let channel =
-            agent_auth::client::connect(&format!("http://{ip}:50051"), Duration::from_secs(5))
-                .await
-                .unwrap();
-        let answer = success(
-            agent_auth::client::authenticate(
-                channel,
-                aws_request(RECORDED_DOCUMENT, RECORDED_SIGNATURE, ""),
-            )
-            .await,
-        );
-        assert_eq!(answer.session_token, token.to_string());
-        let (status, _, body) = http_post(
-            &format!("http://{ip}:8080{AWS_PATH}"),
-            "application/json",
-            &aws_body(RECORDED_DOCUMENT),
-        )
-        .await;
+        let grpc_token = recorded_login(&format!("http://{ip}:50051")).await;
+        assert_eq!(grpc_token, token.to_string());
         assert_eq!(
-            (status, body),
+            coder_login(&format!("http://{ip}:8080"), RECORDED_DOCUMENT).await,
             (200, format!("{{\"session_token\":\"{token}\"}}"))
         );
         let health = podman(&[
@@ -681,26 +682,14 @@ async fn the_standalone_manifests_run_as_pods_behind_an_ingress() {
     }
     let (_, body) = http_get(&format!("{ingress}/api/v2/buildinfo")).await;
     assert_eq!(body, r#"{"served_by":"control-plane stand-in"}"#);
-    let (status, _, body) = http_post(
-        &format!("{ingress}{AWS_PATH}"),
-        "application/json",
-        &aws_body(RECORDED_DOCUMENT),
-    )
-    .await;
     assert_eq!(
-        (status, body),
+        coder_login(&ingress, RECORDED_DOCUMENT).await,
         (200, format!("{{\"session_token\":\"{token}\"}}"))
     );
     let forged = RECORDED_DOCUMENT.replace("t2.micro", "t2.nano");
-    let (status, _, body) = http_post(
-        &format!("{ingress}{AWS_PATH}"),
-        "application/json",
-        &aws_body(&forged),
-    )
-    .await;
     assert_eq!(
-        (status, body.as_str()),
-        (401, r#"{"message":"Invalid AWS identity."}"#)
+        coder_login(&ingress, &forged).await,
+        (401, r#"{"message":"Invalid AWS identity."}"#.to_owned())
     );
 
     // One replica stopped (SIGTERM, as a rollout or a drained node does) while 8 agents log in
@@ -771,10 +760,7 @@ async fn the_standalone_manifests_run_as_pods_behind_an_ingress() {
     let disconnect = podman(&["network", "disconnect", &net.prefix, &postgres]).await;
     let cut = start.elapsed();
     assert!(disconnect.status.success(), "{}", text(&disconnect));
-    let unready = eventually(Duration::from_secs(30), async || {
-        http_get(&readyz).await.0 == 503
-    })
-    .await;
+    let unready = answers(&readyz, 503, Duration::from_secs(30)).await;
     let unready_after = start.elapsed() - cut;
     assert!(
         unready,
@@ -792,10 +778,7 @@ async fn the_standalone_manifests_run_as_pods_behind_an_ingress() {
     .await;
     assert!(reconnect.status.success(), "{}", text(&reconnect));
     let back = start.elapsed();
-    let ready = eventually(Duration::from_secs(60), async || {
-        http_get(&readyz).await.0 == 200
-    })
-    .await;
+    let ready = answers(&readyz, 200, Duration::from_secs(60)).await;
     let ready_after = start.elapsed() - back;
     assert!(
         ready,

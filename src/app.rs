@@ -173,7 +173,12 @@ impl App {
                 allowed_projects: config.gcp.allowed_projects.iter().cloned().collect(),
             },
         };
-        if config.live.aws.is_none() && config.aws.allowed_accounts.is_empty() {
+        if config.live.aws.is_none() && config.aws_any_account {
+            tracing::info!(
+                "AWS identity documents are accepted from any account (--aws-allowed-account \
+                 any) and are not checked against EC2"
+            );
+        } else if config.live.aws.is_none() && config.aws.allowed_accounts.is_empty() {
             // SECURITY.md: an AWS identity document never expires, so a copy that leaked from
             // any EC2 instance of any account replays until the instance's agent row is gone.
             tracing::warn!(
@@ -181,7 +186,8 @@ impl App {
                  against EC2: an identity document never expires, so any copy (one that leaked, \
                  or one of the real documents published in test suites, this project's \
                  included) replays for as long as an agent with its instance id exists, and \
-                 each replay costs a statement; set --aws-allowed-account and --aws-ec2-check"
+                 each replay costs a statement; set --aws-allowed-account and --aws-ec2-check \
+                 (or --aws-allowed-account any to accept it)"
             );
         }
         let database = prepare_database(&config).await?;

@@ -230,6 +230,8 @@ pub struct Config {
     pub schema: SchemaMode,
     pub store: StoreConfig,
     pub max_concurrent_requests: usize,
+    /// `--aws-allowed-account any`: the operator accepts AWS documents of every account.
+    pub aws_any_account: bool,
     /// Timeouts and caps of the listeners' connections.
     pub connections: crate::listen::ConnectionLimits,
     pub aws: AwsTrustConfig,
@@ -443,7 +445,18 @@ impl TryFrom<Settings> for Config {
         let region_files = |files: Vec<values::RegionFile>| -> Vec<(String, PathBuf)> {
             files.into_iter().map(|f| (f.region, f.path)).collect()
         };
+        let aws_any_account = s
+            .aws_allowed_account
+            .iter()
+            .any(|a| a.0 == values::ANY_ACCOUNT);
+        if aws_any_account && s.aws_allowed_account.len() > 1 {
+            return Err(ConfigError::new(
+                "aws_allowed_account",
+                "`any` accepts every account: give it alone, or list the accounts",
+            ));
+        }
         Ok(Self {
+            aws_any_account,
             grpc_listen: s.grpc_listen,
             admin_listen: s.admin_listen,
             http_listen: s.http_listen,
@@ -482,7 +495,12 @@ impl TryFrom<Settings> for Config {
             aws: AwsTrustConfig {
                 signature_certificates: region_files(s.aws_certificate),
                 rsa2048_certificates: region_files(s.aws_rsa2048_certificate),
-                allowed_accounts: s.aws_allowed_account.into_iter().map(|a| a.0).collect(),
+                allowed_accounts: s
+                    .aws_allowed_account
+                    .into_iter()
+                    .map(|a| a.0)
+                    .filter(|a| a != values::ANY_ACCOUNT)
+                    .collect(),
             },
             azure: AzureTrustConfig {
                 roots: s.azure_roots.map(|f| f.0),
@@ -823,6 +841,18 @@ mod tests {
             config.map(|c| (c.store.pool_size, c.max_concurrent_requests, c.schema)),
             Ok((7, 11, SchemaMode::Owned))
         );
+    }
+
+    #[test]
+    fn any_aws_account_is_accepted_alone_only() {
+        let any = parse(&["--aws-allowed-account", "ANY"])
+            .map(|c| (c.aws_any_account, c.aws.allowed_accounts.is_empty()));
+        assert_eq!(any, Ok((true, true)));
+        let listed = parse(&["--aws-allowed-account", "111111111111"])
+            .map(|c| (c.aws_any_account, c.aws.allowed_accounts));
+        assert_eq!(listed, Ok((false, vec!["111111111111".to_owned()])));
+        let both = parse(&["--aws-allowed-account", "any,111111111111"]).err();
+        assert_eq!(both.map(|e| e.key), Some("aws_allowed_account".to_owned()));
     }
 
     #[test]

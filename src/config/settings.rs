@@ -391,7 +391,8 @@ pub struct Settings {
     )]
     pub aws_rsa2048_certificate: Vec<RegionFile>,
 
-    /// Only AWS accounts listed here pass [default: any]. Repeatable.
+    /// Only AWS accounts listed here pass [default: any, with a warning]. Repeatable; `any`
+    /// accepts every account knowingly (no warning).
     #[arg(
         long,
         env = "AGENT_AUTH_AWS_ALLOWED_ACCOUNT",

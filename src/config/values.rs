@@ -305,14 +305,22 @@ impl fmt::Display for RegionFile {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AccountId(pub String);
 
+/// `--aws-allowed-account any`: every account, accepted knowingly (an INFO line at start-up
+/// instead of the replay warning).
+pub const ANY_ACCOUNT: &str = "any";
+
 impl FromStr for AccountId {
     type Err = String;
     fn from_str(text: &str) -> Result<Self, String> {
         let id = text.trim();
         if is_account_id(id) {
             Ok(Self(id.to_owned()))
+        } else if id.eq_ignore_ascii_case(ANY_ACCOUNT) {
+            Ok(Self(ANY_ACCOUNT.to_owned()))
         } else {
-            Err(format!("expected a 12-digit account id, found {id:?}"))
+            Err(format!(
+                "expected a 12-digit account id (or `{ANY_ACCOUNT}`), found {id:?}"
+            ))
         }
     }
 }

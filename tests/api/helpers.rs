@@ -1150,6 +1150,7 @@ impl CoderWorld {
 }
 
 /// Logs the recorded AWS document in over a new gRPC channel to `server`; the session token.
+#[cfg(feature = "container-tests")]
 pub async fn recorded_login(server: &str) -> String {
     let channel = agent_auth::client::connect(server, Duration::from_secs(5))
         .await

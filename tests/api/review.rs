@@ -909,6 +909,16 @@ async fn the_start_up_warning_names_the_replay_risk() {
             && stderr.contains("--aws-allowed-account"),
         "{stderr}"
     );
+    // Accepted knowingly (`any`): one INFO line, no warning.
+    let server = ServeProcess::start(&db, &["--aws-allowed-account", "any"]).await;
+    let (_, stderr) = server.terminate().await;
+    let lines: Vec<&str> = stderr
+        .lines()
+        .filter(|l| l.contains("accepted from any account"))
+        .collect();
+    assert_eq!(lines.len(), 1, "{stderr}");
+    assert!(lines[0].contains("\"INFO\""), "{stderr}");
+    assert!(!stderr.contains("\"WARN\""), "{stderr}");
 }
 
 /// Finding 9: against a database that refuses every new connection, 16 callers made 28,269

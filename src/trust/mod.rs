@@ -376,7 +376,7 @@ pub fn log_sources(set: &TrustSet, sources: &TrustSources) {
 
 /// `agent-auth trust`: what the service would pin with these settings, a remote GCP JWKS
 /// fetched now, and what is in force. Exit 1 when a certificate in force expires within 30
-/// days, or GCP has no keys.
+/// days, or a remote JWKS cannot be fetched or holds no key (an empty file turns GCP off).
 pub async fn command(args: crate::cli::TrustArgs) -> std::process::ExitCode {
     use std::process::ExitCode;
     let config = match crate::config::Config::load(&args.serve) {
@@ -436,25 +436,33 @@ pub async fn command(args: crate::cli::TrustArgs) -> std::process::ExitCode {
 /// warning when GCP has no key to verify with.
 async fn gcp_summary(jwks: &Jwks) -> Result<String, String> {
     let source = jwks.source_label();
-    let fetched = jwks.fetch_now().await;
+    let max_age = jwks
+        .fetch_now()
+        .await
+        .map_err(|e| format!("gcp: cannot fetch the JWKS from {source}: {e}"))?;
     let keys = jwks.current().map_or(0, |set| set.keys.len());
-    let freshness = match (
-        &fetched,
-        std::fs::metadata(&source).and_then(|m| m.modified()),
-    ) {
-        (Err(e), _) => return Err(format!("gcp: cannot fetch the JWKS from {source}: {e}")),
-        (Ok(Some(max_age)), _) => format!(
+    let modified = std::fs::metadata(&source).and_then(|m| m.modified());
+    let freshness = match (max_age, modified) {
+        (Some(max_age), _) => format!(
             "fetched now; the server keeps it {} (max-age) and refetches on an unknown kid",
-            humantime::format_duration(*max_age)
+            humantime::format_duration(max_age)
         ),
-        (Ok(None), Ok(modified)) => format!(
-            "a file, modified {} ({} ago), read at start-up and on SIGHUP",
-            humantime::format_rfc3339_seconds(modified),
-            humantime::format_duration(Duration::from_secs(
-                modified.elapsed().unwrap_or_default().as_secs()
-            ))
-        ),
-        (Ok(None), Err(_)) => "fetched now (no max-age: the server refetches hourly)".to_owned(),
+        (None, Ok(modified)) => {
+            let age = Duration::from_secs(modified.elapsed().unwrap_or_default().as_secs());
+            let freshness = format!(
+                "a file, modified {} ({} ago), read at start-up and on SIGHUP",
+                humantime::format_rfc3339_seconds(modified),
+                humantime::format_duration(age)
+            );
+            if keys == 0 {
+                // An empty file is how an operator turns GCP off: said, not warned about.
+                return Ok(format!(
+                    "gcp: no key in {source} ({freshness}): GCP logins are refused (GCP is off)"
+                ));
+            }
+            freshness
+        }
+        (None, Err(_)) => "fetched now (no max-age: the server refetches hourly)".to_owned(),
     };
     if keys == 0 {
         return Err(format!(

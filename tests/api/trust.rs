@@ -424,7 +424,8 @@ async fn the_trust_command_lists_every_region_in_both_forms_and_every_built_in_a
     );
 }
 
-/// A GCP JWKS that cannot be fetched is a warning and exit 1: GCP logins would all fail.
+/// A GCP JWKS that cannot be fetched is a warning and exit 1: GCP logins would all fail. An
+/// empty file is the operator turning GCP off.
 #[tokio::test]
 async fn the_trust_command_warns_when_gcp_has_no_keys() {
     let closed = free_port();
@@ -435,6 +436,23 @@ async fn the_trust_command_warns_when_gcp_has_no_keys() {
     assert!(
         stderr.contains(&format!("warning: gcp: cannot fetch the JWKS from {url}")),
         "{stderr}"
+    );
+    // An empty JWKS file is GCP turned off: said on stdout, no warning, exit 0.
+    let empty = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/fixtures/gcp/empty-jwks.json"
+    );
+    let output = trust_command(empty, &[]).await;
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert_eq!(output.status.code(), Some(0), "{stdout}");
+    assert!(
+        stdout.contains(&format!("gcp: no key in {empty}")) && stdout.contains("GCP is off"),
+        "{stdout}"
+    );
+    assert!(
+        output.stderr.is_empty(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
     );
 }
 

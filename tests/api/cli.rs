@@ -271,6 +271,9 @@ fn the_demo_authenticates_the_recorded_document_on_an_embedded_database() {
         stdout.contains("matches workspace_agents.auth_token"),
         "{stdout}"
     );
+    // The demo sets the recorded document's account: no replay warning, no warning at all.
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!stderr.contains("WARN"), "{stderr}");
 }
 
 /// `agent-auth migrate` against `db`, with text logs.
@@ -303,6 +306,12 @@ async fn migrate_applies_the_owned_schema_and_healthcheck_probes_a_server() {
         .unwrap()
         .get(0);
     assert_eq!(tables, 5);
+    // The first migration says what it applied, as numbers.
+    let first = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        first.contains("owned schema migrated applied=1 newest=1"),
+        "{first}"
+    );
     // Again, on the migrated schema: PostgreSQL's NOTICEs ("… already exists, skipping") and
     // refinery's own lines stay out of the operator's log.
     let url = db.url.clone();
@@ -320,6 +329,7 @@ async fn migrate_applies_the_owned_schema_and_healthcheck_probes_a_server() {
         !log.contains("NOTICE") && !log.contains("refinery"),
         "{log}"
     );
+    assert!(log.contains("no migration to apply"), "{log}");
 
     let app = TestApp::spawn(&db, |_| {}).await;
     let server = app.grpc_url.clone();

@@ -42,7 +42,7 @@ pub fn outcomes() -> impl Iterator<Item = &'static str> {
     std::iter::once("ok")
         .chain(
             crate::reasons::Kind::ALL
-                .into_iter()
+                .iter()
                 .filter(|kind| kind.counted)
                 .map(|kind| kind.outcome),
         )

@@ -40,82 +40,6 @@ impl Kind {
         }
     }
 
-    pub const MALFORMED_REQUEST: Kind = Kind::new(
-        "MALFORMED_REQUEST",
-        "malformed_request",
-        GrpcCode::InvalidArgument,
-        400,
-    );
-    pub const INVALID_IDENTITY: Kind = Kind::new(
-        "INVALID_IDENTITY",
-        "invalid_identity",
-        GrpcCode::Unauthenticated,
-        401,
-    );
-    pub const INSTANCE_NOT_FOUND: Kind = Kind::new(
-        "INSTANCE_NOT_FOUND",
-        "instance_not_found",
-        GrpcCode::NotFound,
-        404,
-    );
-    pub const AGENT_NAME_NOT_FOUND: Kind = Kind::new(
-        "AGENT_NAME_NOT_FOUND",
-        "agent_name_not_found",
-        GrpcCode::NotFound,
-        404,
-    );
-    pub const AMBIGUOUS_AGENT: Kind = Kind::new(
-        "AMBIGUOUS_AGENT",
-        "ambiguous_agent",
-        GrpcCode::FailedPrecondition,
-        409,
-    );
-    /// Coder answers 400 here, and agents rely on it.
-    pub const NOT_LATEST_BUILD: Kind = Kind::new(
-        "NOT_LATEST_BUILD",
-        "not_latest_build",
-        GrpcCode::FailedPrecondition,
-        400,
-    );
-    pub const DATABASE_UNAVAILABLE: Kind = Kind::new(
-        "DATABASE_UNAVAILABLE",
-        "database_unavailable",
-        GrpcCode::Unavailable,
-        503,
-    );
-    pub const TRUST_UNAVAILABLE: Kind = Kind::new(
-        "TRUST_UNAVAILABLE",
-        "trust_unavailable",
-        GrpcCode::Unavailable,
-        503,
-    );
-    pub const CLOUD_API_UNAVAILABLE: Kind = Kind::new(
-        "CLOUD_API_UNAVAILABLE",
-        "cloud_api_unavailable",
-        GrpcCode::Unavailable,
-        503,
-    );
-    pub const INTERNAL: Kind = Kind::new("INTERNAL", "internal", GrpcCode::Internal, 500);
-    pub const OVERLOADED: Kind = Kind {
-        counted: false,
-        ..Kind::new("OVERLOADED", "overloaded", GrpcCode::ResourceExhausted, 429)
-    };
-
-    /// Every row.
-    pub const ALL: [Kind; 11] = [
-        Kind::MALFORMED_REQUEST,
-        Kind::INVALID_IDENTITY,
-        Kind::INSTANCE_NOT_FOUND,
-        Kind::AGENT_NAME_NOT_FOUND,
-        Kind::AMBIGUOUS_AGENT,
-        Kind::NOT_LATEST_BUILD,
-        Kind::DATABASE_UNAVAILABLE,
-        Kind::TRUST_UNAVAILABLE,
-        Kind::CLOUD_API_UNAVAILABLE,
-        Kind::INTERNAL,
-        Kind::OVERLOADED,
-    ];
-
     /// Whether a client should retry later (HTTP adds `Retry-After`).
     pub fn retryable(&self) -> bool {
         matches!(
@@ -123,6 +47,82 @@ impl Kind {
             GrpcCode::Unavailable | GrpcCode::ResourceExhausted
         )
     }
+}
+
+/// Declares the rows as constants of [`Kind`] and [`Kind::ALL`] from one list, so a row cannot
+/// be left out of `ALL` (the metrics' outcome labels and the distinctness test read it).
+macro_rules! kinds {
+    ($($(#[$meta:meta])* $name:ident = $value:expr;)*) => {
+        impl Kind {
+            $($(#[$meta])* pub const $name: Kind = $value;)*
+
+            /// Every row, in the order declared.
+            pub const ALL: &'static [Kind] = &[$(Kind::$name),*];
+        }
+    };
+}
+
+kinds! {
+    MALFORMED_REQUEST = Kind::new(
+        "MALFORMED_REQUEST",
+        "malformed_request",
+        GrpcCode::InvalidArgument,
+        400,
+    );
+    INVALID_IDENTITY = Kind::new(
+        "INVALID_IDENTITY",
+        "invalid_identity",
+        GrpcCode::Unauthenticated,
+        401,
+    );
+    INSTANCE_NOT_FOUND = Kind::new(
+        "INSTANCE_NOT_FOUND",
+        "instance_not_found",
+        GrpcCode::NotFound,
+        404,
+    );
+    AGENT_NAME_NOT_FOUND = Kind::new(
+        "AGENT_NAME_NOT_FOUND",
+        "agent_name_not_found",
+        GrpcCode::NotFound,
+        404,
+    );
+    AMBIGUOUS_AGENT = Kind::new(
+        "AMBIGUOUS_AGENT",
+        "ambiguous_agent",
+        GrpcCode::FailedPrecondition,
+        409,
+    );
+    /// Coder answers 400 here, and agents rely on it.
+    NOT_LATEST_BUILD = Kind::new(
+        "NOT_LATEST_BUILD",
+        "not_latest_build",
+        GrpcCode::FailedPrecondition,
+        400,
+    );
+    DATABASE_UNAVAILABLE = Kind::new(
+        "DATABASE_UNAVAILABLE",
+        "database_unavailable",
+        GrpcCode::Unavailable,
+        503,
+    );
+    TRUST_UNAVAILABLE = Kind::new(
+        "TRUST_UNAVAILABLE",
+        "trust_unavailable",
+        GrpcCode::Unavailable,
+        503,
+    );
+    CLOUD_API_UNAVAILABLE = Kind::new(
+        "CLOUD_API_UNAVAILABLE",
+        "cloud_api_unavailable",
+        GrpcCode::Unavailable,
+        503,
+    );
+    INTERNAL = Kind::new("INTERNAL", "internal", GrpcCode::Internal, 500);
+    OVERLOADED = Kind {
+        counted: false,
+        ..Kind::new("OVERLOADED", "overloaded", GrpcCode::ResourceExhausted, 429)
+    };
 }
 
 #[cfg(test)]

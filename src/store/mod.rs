@@ -182,6 +182,7 @@ impl Store {
                     connect_timeout: config.connect_timeout,
                     pooler: config.pooler,
                     statement_timeout_ms: statement_timeout_ms(config),
+                    statement: resolve::STATEMENT,
                 },
             ))
         };

@@ -8,7 +8,8 @@
 //! connections ÷ round trip.
 //!
 //! The rules that stay:
-//! - a login is one statement (the prepared [`super::resolve::RESOLVE_SQL`]);
+//! - a login is one statement (the resolver's, prepared on each connection as it opens: the
+//!   store hands it in with [`Shape::statement`], so this module knows no SQL of its own);
 //! - waiting for room is bounded by `--db-checkout-timeout`, then UNAVAILABLE;
 //! - a statement is never cancelled: no cancel request is ever sent (one would cancel whatever
 //!   that backend runs at that moment, and with several statements in flight that is a
@@ -128,6 +129,16 @@ pub(super) struct Shape {
     pub connect_timeout: Duration,
     pub pooler: super::Pooler,
     pub statement_timeout_ms: u128,
+    /// The statement every connection prepares as it opens (none behind a transaction-mode
+    /// pooler): its SQL and parameter types.
+    pub statement: Prepared,
+}
+
+/// A statement's SQL and parameter types, prepared on each new connection.
+#[derive(Clone, Copy)]
+pub(super) struct Prepared {
+    pub sql: &'static str,
+    pub types: &'static [tokio_postgres::types::Type],
 }
 
 /// One connection's place: the connection when open, and the statements on it now.
@@ -189,6 +200,7 @@ pub(super) struct Connections {
     connect_timeout: Duration,
     pooler: super::Pooler,
     statement_timeout_ms: u128,
+    statement: Prepared,
     config: tokio_postgres::Config,
     tls: MakeRustlsConnect,
 }
@@ -295,6 +307,7 @@ impl Connections {
             connect_timeout,
             pooler,
             statement_timeout_ms,
+            statement,
         } = shape;
         let connections = connections.max(1);
         Self {
@@ -317,6 +330,7 @@ impl Connections {
             connect_timeout,
             pooler,
             statement_timeout_ms,
+            statement,
             config,
             tls,
         }
@@ -562,7 +576,12 @@ impl Connections {
         }
         let statement = match self.pooler {
             super::Pooler::Transaction => None,
-            _ => Some(super::resolve::prepare(&client).await.map_err(preparing)?),
+            _ => Some(
+                client
+                    .prepare_typed(self.statement.sql, self.statement.types)
+                    .await
+                    .map_err(preparing)?,
+            ),
         };
         Ok(Live {
             client,
@@ -646,6 +665,10 @@ mod tests {
                 connect_timeout: Duration::from_secs(1),
                 pooler: super::super::Pooler::None,
                 statement_timeout_ms: 1000,
+                statement: Prepared {
+                    sql: "SELECT $1::text",
+                    types: &[],
+                },
             },
         )))
     }

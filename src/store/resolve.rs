@@ -179,12 +179,12 @@ async fn resolve_detached(
     parse(&rows)
 }
 
-/// Prepares [`RESOLVE_SQL`] on a new connection (once; every login then binds it).
-pub async fn prepare(
-    client: &tokio_postgres::Client,
-) -> Result<tokio_postgres::Statement, tokio_postgres::Error> {
-    client.prepare_typed(RESOLVE_SQL, &[Type::TEXT]).await
-}
+/// The resolver's statement as each connection prepares it ([`super::pipeline`]): one text
+/// parameter, the instance id.
+pub(super) const STATEMENT: super::pipeline::Prepared = super::pipeline::Prepared {
+    sql: RESOLVE_SQL,
+    types: &[Type::TEXT],
+};
 
 /// Runs the statement prepared when the connection opened (Bind/Execute/Sync), or behind a
 /// transaction-mode pooler the unnamed statement (Parse/Bind/Execute/Sync): one round trip

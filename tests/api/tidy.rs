@@ -287,6 +287,118 @@ fn no_module_uses_one_above_its_layer() {
     assert!(found.is_empty(), "upward uses:\n{}", found.join("\n"));
 }
 
+/// `src/store/pipeline.rs` → `store::pipeline`; `src/store/mod.rs` → `store`; `src/app.rs` →
+/// `app`.
+fn module_path(file: &str) -> String {
+    let rest = file.trim_start_matches("src/").trim_end_matches(".rs");
+    rest.trim_end_matches("/mod").replace('/', "::")
+}
+
+/// The module a path used in `from` names: `crate::a::b::Item` or `super::b::Item`, resolved to
+/// the longest prefix that is a module of the tree.
+fn used_module(
+    from: &str,
+    path: &str,
+    modules: &std::collections::BTreeSet<String>,
+) -> Option<String> {
+    let mut segments: Vec<&str> = Vec::new();
+    let mut rest = path;
+    if let Some(after) = rest.strip_prefix("crate::") {
+        rest = after;
+    } else {
+        let mut base: Vec<&str> = from.split("::").collect();
+        while let Some(after) = rest.strip_prefix("super::") {
+            base.pop();
+            rest = after;
+        }
+        segments.extend(base);
+    }
+    segments.extend(rest.split("::").take_while(|s| {
+        !s.is_empty()
+            && s.chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
+    }));
+    (1..=segments.len())
+        .rev()
+        .map(|n| segments[..n].join("::"))
+        .find(|candidate| modules.contains(candidate))
+}
+
+/// A module and one above or below it (a parent declares its children, and children use the
+/// parent's items) are not a cycle; siblings that use each other are.
+fn related(a: &str, b: &str) -> bool {
+    a.starts_with(&format!("{b}::")) || b.starts_with(&format!("{a}::"))
+}
+
+#[test]
+fn no_two_modules_use_each_other() {
+    let sources = sources();
+    let modules: std::collections::BTreeSet<String> =
+        sources.iter().map(|(file, _)| module_path(file)).collect();
+    let mut uses: std::collections::BTreeMap<String, std::collections::BTreeSet<String>> =
+        Default::default();
+    for (file, lines) in &sources {
+        let from = module_path(file);
+        for (_, line) in lines {
+            let code = line.split("//").next().unwrap_or_default();
+            for start in ["crate::", "super::"] {
+                for (at, _) in code.match_indices(start) {
+                    // `super::super::x` is read once, from its first `super::`.
+                    if start == "super::" && code[..at].ends_with("super::") {
+                        continue;
+                    }
+                    let path: String = code[at..]
+                        .chars()
+                        .take_while(|c| c.is_alphanumeric() || *c == '_' || *c == ':')
+                        .collect();
+                    // `use super::{a, b::C}` (on one line): each name in the braces.
+                    let grouped = code[at + path.len()..]
+                        .strip_prefix('{')
+                        .and_then(|rest| rest.split('}').next())
+                        .map(|names| {
+                            names
+                                .split(',')
+                                .map(|n| format!("{path}{}", n.trim()))
+                                .collect()
+                        })
+                        .unwrap_or_else(|| vec![path.clone()]);
+                    for path in grouped {
+                        if let Some(to) = used_module(&from, &path, &modules)
+                            && to != from
+                            && !related(&from, &to)
+                        {
+                            uses.entry(from.clone()).or_default().insert(to);
+                        }
+                    }
+                }
+            }
+        }
+    }
+    // A cycle: a module that reaches itself through the others.
+    let mut cycles = Vec::new();
+    for start in uses.keys() {
+        let mut stack: Vec<Vec<String>> = vec![vec![start.clone()]];
+        let mut seen = std::collections::BTreeSet::new();
+        while let Some(trail) = stack.pop() {
+            let Some(last) = trail.last() else { continue };
+            for next in uses.get(last).into_iter().flatten() {
+                if next == start {
+                    cycles.push(format!("{} -> {start}", trail.join(" -> ")));
+                } else if seen.insert(next.clone()) {
+                    let mut longer = trail.clone();
+                    longer.push(next.clone());
+                    stack.push(longer);
+                }
+            }
+        }
+    }
+    assert!(
+        cycles.is_empty(),
+        "modules that use each other:\n{}",
+        cycles.join("\n")
+    );
+}
+
 /// Every test ARCHITECTURE.md names as an invariant's enforcer exists (`area::name` for
 /// `tests/api/area.rs`, a module path for a unit test; `area::*` for a whole file).
 #[test]

@@ -599,3 +599,70 @@ async fn compute_engine_checks_status_id_and_creation_time_through_a_real_token_
         4.0
     );
 }
+
+/// A metadata endpoint stand-in on loopback that counts the requests it gets.
+async fn counting_imds() -> (String, Arc<std::sync::atomic::AtomicUsize>) {
+    let hits = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counted = hits.clone();
+    let router = axum::Router::new().fallback(move || {
+        let counted = counted.clone();
+        async move {
+            counted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            axum::http::StatusCode::NOT_FOUND
+        }
+    });
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, router).await });
+    (url, hits)
+}
+
+/// The credential chain never asks the instance metadata endpoint, with metadata NOT disabled
+/// in the environment and no other credentials anywhere: a stand-in endpoint (through
+/// `AWS_EC2_METADATA_SERVICE_ENDPOINT`) sees no request. The control: with
+/// `--aws-ec2-imds-credentials true` the same stand-in is asked, so the redirection works.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_aws_sdk_never_asks_the_metadata_endpoint_unless_told_to() {
+    let db = TestDb::migrated().await;
+    let key = AwsKey::generate(1024);
+    let (instance, launched) = run_instances(1).await.remove(0);
+    seed_agent(&db, &instance).await;
+    for (imds_credentials, asked) in [("false", false), ("true", true)] {
+        let (imds, hits) = counting_imds().await;
+        let certificate = key.flag("us-east-1");
+        let args = [
+            "--aws-certificate",
+            &certificate,
+            "--aws-ec2-check",
+            "true",
+            "--aws-ec2-endpoint",
+            moto().url.as_str(),
+            "--aws-ec2-imds-credentials",
+            imds_credentials,
+            "--log-level",
+            "error",
+        ];
+        let server = ServeProcess::start_with(&db, &args, |command| {
+            command
+                .env_remove("AWS_EC2_METADATA_DISABLED")
+                .env_remove("AWS_ACCESS_KEY_ID")
+                .env_remove("AWS_SECRET_ACCESS_KEY")
+                .env("AWS_EC2_METADATA_SERVICE_ENDPOINT", &imds);
+        })
+        .await;
+        // No credentials anywhere: the check cannot be made (fails closed), whatever it asks.
+        let answer = agent_auth::client::authenticate(
+            server.channel().await,
+            ec2_request(&key, &instance, launched),
+        )
+        .await;
+        assert!(answer.is_err(), "{answer:?}");
+        let count = hits.load(std::sync::atomic::Ordering::SeqCst);
+        server.terminate().await;
+        assert_eq!(
+            count > 0,
+            asked,
+            "--aws-ec2-imds-credentials {imds_credentials}: {count} metadata requests"
+        );
+    }
+}

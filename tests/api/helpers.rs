@@ -769,6 +769,16 @@ pub struct ServeProcess {
 impl ServeProcess {
     /// Starts `agent-auth serve` with `extra` flags and waits until `/readyz` answers 200.
     pub async fn start(db: &TestDb, extra: &[&str]) -> Self {
+        Self::start_with(db, extra, |_| {}).await
+    }
+
+    /// As [`ServeProcess::start`], with `edit` changing the process's environment last (a test
+    /// that must see what the defaults here hide, such as the metadata endpoint).
+    pub async fn start_with(
+        db: &TestDb,
+        extra: &[&str],
+        edit: impl FnOnce(&mut tokio::process::Command),
+    ) -> Self {
         let (grpc, admin) = (free_port(), free_port());
         let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_agent-auth"));
         command
@@ -786,7 +796,7 @@ impl ServeProcess {
         }
         // The AWS SDK must never reach an instance metadata endpoint or a developer's own
         // credentials from a test: explicit test credentials, no profile files, IMDS off.
-        let child = command
+        command
             .env("AWS_EC2_METADATA_DISABLED", "true")
             .env("AWS_ACCESS_KEY_ID", "testing")
             .env("AWS_SECRET_ACCESS_KEY", "testing")
@@ -800,9 +810,9 @@ impl ServeProcess {
             .env_remove("GOOGLE_APPLICATION_CREDENTIALS")
             .args(extra)
             .stderr(std::process::Stdio::piped())
-            .kill_on_drop(true)
-            .spawn()
-            .unwrap_or_else(|e| panic!("spawn: {e}"));
+            .kill_on_drop(true);
+        edit(&mut command);
+        let child = command.spawn().unwrap_or_else(|e| panic!("spawn: {e}"));
         let process = Self {
             child,
             grpc_url: format!("http://127.0.0.1:{grpc}"),

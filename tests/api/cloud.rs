@@ -152,13 +152,6 @@ async fn serve_with_ec2_check(db: &TestDb, key: &AwsKey, extra: &[&str]) -> Serv
     ServeProcess::start(db, &args).await
 }
 
-/// The sum of the samples of `name` with `labels` on the server's /metrics (0 when none).
-async fn metric(server: &ServeProcess, name: &str, labels: &[(&str, &str)]) -> f64 {
-    let (status, text) = http_get(&format!("{}/metrics", server.admin_url)).await;
-    assert_eq!(status, 200);
-    metric_sum(&text, name, labels).unwrap_or(0.0)
-}
-
 async fn aws_calls(server: &ServeProcess) -> f64 {
     metric(
         server,

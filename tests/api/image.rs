@@ -17,10 +17,15 @@ pub fn containers_conf() -> String {
     concat!(env!("CARGO_MANIFEST_DIR"), "/deploy/podman/containers.conf").to_owned()
 }
 
+/// `podman ARGS` with this machine's engine settings (`deploy/podman/containers.conf`).
+pub fn podman_command(args: &[&str]) -> std::process::Command {
+    let mut command = std::process::Command::new("podman");
+    command.env("CONTAINERS_CONF", containers_conf()).args(args);
+    command
+}
+
 pub async fn podman(args: &[&str]) -> Output {
-    tokio::process::Command::new("podman")
-        .env("CONTAINERS_CONF", containers_conf())
-        .args(args)
+    tokio::process::Command::from(podman_command(args))
         .output()
         .await
         .unwrap_or_else(|e| panic!("podman (apt-get install podman runc): {e}"))

@@ -35,7 +35,7 @@ use serde::Deserialize as _;
 use serde_json::{Value, json};
 
 use crate::helpers::*;
-use crate::image::{containers_conf, image, podman, release_binary, text};
+use crate::image::{image, podman, podman_command, release_binary, text};
 
 const TESTBED: &str = "localhost/agent-auth-testbed:1";
 const ROOT: &str = env!("CARGO_MANIFEST_DIR");
@@ -67,12 +67,21 @@ async fn testbed() {
         .await;
 }
 
+/// What a test made, to remove when it ends.
+enum Made {
+    Network(String),
+    Container(String),
+    Pod(String),
+    Secret(String),
+    File(String),
+}
+
 /// A network of the test's own and everything made on it, removed when the test ends (also when
 /// it fails).
 struct Topology {
     prefix: String,
     subnet: String,
-    made: std::sync::Mutex<Vec<(&'static str, String)>>,
+    made: std::sync::Mutex<Vec<Made>>,
 }
 
 impl Topology {
@@ -86,7 +95,7 @@ impl Topology {
         let _ = podman(&["network", "rm", "-f", &topology.prefix]).await;
         let create = podman(&["network", "create", &topology.prefix]).await;
         assert!(create.status.success(), "{}", text(&create));
-        topology.made("network", &topology.prefix);
+        topology.made(Made::Network(topology.prefix.clone()));
         let subnet = podman(&[
             "network",
             "inspect",
@@ -101,8 +110,8 @@ impl Topology {
         topology
     }
 
-    fn made(&self, kind: &'static str, name: &str) {
-        self.made.lock().unwrap().push((kind, name.to_owned()));
+    fn made(&self, made: Made) {
+        self.made.lock().unwrap().push(made);
     }
 
     fn ip(&self, host: u8) -> String {
@@ -130,7 +139,7 @@ impl Topology {
         all.extend_from_slice(args);
         let run = podman(&all).await;
         assert!(run.status.success(), "{}", text(&run));
-        self.made("container", &name);
+        self.made(Made::Container(name.clone()));
         name
     }
 
@@ -205,7 +214,7 @@ impl Topology {
         let _ = podman(&["secret", "rm", name]).await;
         let create = podman(&["secret", "create", name, file.to_str().unwrap()]).await;
         assert!(create.status.success(), "{}", text(&create));
-        self.made("secret", name);
+        self.made(Made::Secret(name.to_owned()));
     }
 
     /// `podman kube play` of `docs` on the network, its pods at the fixed addresses `hosts`.
@@ -215,7 +224,7 @@ impl Topology {
         let yaml: Vec<String> = docs.iter().map(Value::to_string).collect();
         std::fs::write(&file, yaml.join("\n---\n")).unwrap();
         for pod in pod_names {
-            self.made("pod", pod);
+            self.made(Made::Pod(pod.clone()));
         }
         let mut args = vec![
             "kube".to_owned(),
@@ -242,7 +251,7 @@ impl Topology {
         }
         let path = format!("/var/tmp/{}-{part}.conf", self.prefix);
         std::fs::write(&path, body).unwrap();
-        self.made("file", &path);
+        self.made(Made::File(path.clone()));
         let mount = format!("{path}:/etc/nginx/test.conf:ro");
         self.run(
             part,
@@ -265,21 +274,18 @@ impl Topology {
 impl Drop for Topology {
     fn drop(&mut self) {
         let made = std::mem::take(&mut *self.made.lock().unwrap());
-        for (kind, name) in made.iter().rev() {
-            let args: &[&str] = match *kind {
-                "pod" => &["pod", "rm", "-f", "-t", "0", name],
-                "container" => &["rm", "-f", "-t", "0", name],
-                "secret" => &["secret", "rm", name],
-                "network" => &["network", "rm", "-f", name],
-                _ => {
-                    let _ = std::fs::remove_file(name);
+        for made in made.iter().rev() {
+            let args: &[&str] = match made {
+                Made::Pod(name) => &["pod", "rm", "-f", "-t", "0", name],
+                Made::Container(name) => &["rm", "-f", "-t", "0", name],
+                Made::Secret(name) => &["secret", "rm", name],
+                Made::Network(name) => &["network", "rm", "-f", name],
+                Made::File(path) => {
+                    let _ = std::fs::remove_file(path);
                     continue;
                 }
             };
-            let _ = std::process::Command::new("podman")
-                .env("CONTAINERS_CONF", containers_conf())
-                .args(args)
-                .output();
+            let _ = podman_command(args).output();
         }
     }
 }

@@ -251,122 +251,80 @@ impl Drop for EmbeddedPostgres {
     }
 }
 
-/// A streaming replica and PgBouncer next to a cluster: what `serve` meets in production,
-/// started for the tests and the bench from the same server binaries (and Debian's
-/// `pgbouncer` package).
+/// What the test bed (`agent_auth_tools::testbed`: a streaming replica, PgBouncer) needs to run
+/// beside a cluster as the cluster's own account. The service itself uses none of it.
 impl EmbeddedPostgres {
-    /// A streaming replica of this cluster in `options.data_dir`: `pg_basebackup -R` (as the
-    /// cluster's account), then started like any cluster, read-only.
-    pub async fn replica(
-        &self,
-        options: EmbeddedOptions,
-    ) -> Result<EmbeddedPostgres, EmbeddedError> {
-        let bin = find_binaries()?;
-        let account = unprivileged_account()?;
-        let ClusterDirs {
-            pgdata, log_path, ..
-        } = ClusterDirs::prepare(&options.data_dir, account.as_ref())?;
-        // Next to the server binaries, else the newest Debian version's, else PATH.
-        let program = std::iter::once(bin)
-            .chain(debian_bin_dirs().into_iter().rev())
-            .map(|dir| dir.join("pg_basebackup"))
-            .find(|p| p.is_file())
-            .unwrap_or_else(|| PathBuf::from("pg_basebackup"));
-        let mut backup = Command::new(program);
-        backup
-            .arg("-D")
-            .arg(&pgdata)
-            .arg("-h")
-            .arg(&self.socket_dir)
-            .args(["-p", &self.port.to_string(), "-U", SUPERUSER])
-            .args(["-R", "-X", "stream", "-c", "fast", "--no-sync"]);
-        run_to_end(backup, "pg_basebackup", account.as_ref(), &log_path)?;
-        EmbeddedPostgres::start(options).await
+    /// The private socket directory the cluster listens in.
+    pub fn socket_dir(&self) -> &Path {
+        &self.socket_dir
     }
 
-    /// PgBouncer (`pool_mode` `session` or `transaction`) on a free loopback port in front of
-    /// this cluster, trusting every client (it is for loopback tests and benches only).
-    pub async fn pgbouncer(&self, dir: &Path, pool_mode: &str) -> Result<PgBouncer, EmbeddedError> {
-        let account = unprivileged_account()?;
-        let io = |e: std::io::Error| EmbeddedError::Io(format!("{}: {e}", dir.display()));
-        fs::create_dir_all(dir).map_err(io)?;
-        prepare_dir(dir, account.as_ref(), 0o711)?;
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .map_err(io)?
-            .port();
-        let users = dir.join("users.txt");
-        fs::write(&users, format!("\"{SUPERUSER}\" \"\"\n")).map_err(io)?;
-        let config = dir.join("pgbouncer.ini");
-        fs::write(
-            &config,
-            format!(
-                "[databases]\n* = host={socket} port={cluster_port}\n\n[pgbouncer]\n\
-                 listen_addr = 127.0.0.1\nlisten_port = {port}\nunix_socket_dir =\n\
-                 auth_type = trust\nauth_file = {users}\npool_mode = {pool_mode}\n\
-                 max_client_conn = 1000\ndefault_pool_size = 20\n\
-                 ignore_startup_parameters = extra_float_digits\n",
-                socket = self.socket_dir.display(),
-                cluster_port = self.port,
-                users = users.display(),
-            ),
-        )
-        .map_err(io)?;
-        let binary = ["/usr/sbin/pgbouncer", "/usr/bin/pgbouncer"]
-            .into_iter()
-            .map(PathBuf::from)
-            .find(|p| p.is_file())
-            .ok_or_else(|| {
-                EmbeddedError::Start(
-                    "pgbouncer is not installed (Debian: apt-get install pgbouncer)".into(),
-                )
-            })?;
-        let log_path = dir.join("pgbouncer.log");
-        let mut command = Command::new(binary);
-        command.arg(&config);
-        let (pid, exited) = supervise(command, account.as_ref(), &log_path)?;
-        let bouncer = PgBouncer { pid, exited, port };
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-        while tokio::net::TcpStream::connect(("127.0.0.1", port))
-            .await
-            .is_err()
-        {
-            if bouncer.exited.borrow().is_some() || tokio::time::Instant::now() > deadline {
-                return Err(EmbeddedError::Start(format!(
-                    "pgbouncer did not start; see {}",
-                    log_path.display()
-                )));
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        Ok(bouncer)
+    /// The port that names the cluster's socket file.
+    pub fn port(&self) -> u16 {
+        self.port
     }
 }
 
-/// A running PgBouncer; stopped (SIGINT) when dropped.
-pub struct PgBouncer {
+/// Prepares `data_dir` for a cluster (as [`EmbeddedPostgres::start`] does) without starting
+/// one; returns its `pgdata` directory and log file.
+pub fn prepare_cluster_dirs(data_dir: &Path) -> Result<(PathBuf, PathBuf), EmbeddedError> {
+    let account = unprivileged_account()?;
+    let dirs = ClusterDirs::prepare(data_dir, account.as_ref())?;
+    Ok((dirs.pgdata, dirs.log_path))
+}
+
+/// Creates `dir` (if missing) owned by the cluster's account with `mode`; never follows a link.
+pub fn prepare_dir_for_cluster(dir: &Path, mode: u32) -> Result<(), EmbeddedError> {
+    let account = unprivileged_account()?;
+    prepare_dir(dir, account.as_ref(), mode)
+}
+
+/// Runs `command` to its end as the cluster's account, its output appended to `log_path`.
+pub fn run_as_cluster_account(
+    command: Command,
+    name: &str,
+    log_path: &Path,
+) -> Result<(), EmbeddedError> {
+    let account = unprivileged_account()?;
+    run_to_end(command, name, account.as_ref(), log_path)
+}
+
+/// Starts a server program as the cluster's account, supervised as the cluster is (its output
+/// appended to `log_path`; SIGINT when this process dies). Dropping it sends SIGINT.
+pub struct Supervised {
     pid: Pid,
     exited: watch::Receiver<Option<ExitStatus>>,
-    pub port: u16,
 }
 
-impl PgBouncer {
-    /// A libpq key=value connection string for `dbname` through the pooler.
-    pub fn connection_string(&self, dbname: &str) -> String {
-        format!(
-            "host=127.0.0.1 port={} user={SUPERUSER} sslmode=disable dbname={}",
-            self.port,
-            conninfo_quote(dbname)
-        )
+impl Supervised {
+    pub fn spawn(command: Command, log_path: &Path) -> Result<Self, EmbeddedError> {
+        let account = unprivileged_account()?;
+        let (pid, exited) = supervise(command, account.as_ref(), log_path)?;
+        Ok(Self { pid, exited })
+    }
+
+    pub fn has_exited(&self) -> bool {
+        self.exited.borrow().is_some()
     }
 }
 
-impl Drop for PgBouncer {
+impl Drop for Supervised {
     fn drop(&mut self) {
-        if self.exited.borrow().is_none() {
+        if !self.has_exited() {
             let _ = kill(self.pid, Signal::SIGINT);
         }
     }
+}
+
+/// A PostgreSQL client program (`pg_basebackup`, say): next to the server binaries, else the
+/// newest Debian version's, else from PATH.
+pub fn postgres_program(name: &str) -> Result<PathBuf, EmbeddedError> {
+    let bin = find_binaries()?;
+    Ok(std::iter::once(bin)
+        .chain(debian_bin_dirs().into_iter().rev())
+        .map(|dir| dir.join(name))
+        .find(|p| p.is_file())
+        .unwrap_or_else(|| PathBuf::from(name)))
 }
 
 /// Spawns a server (PostgreSQL, PgBouncer) as `account`, its output appended to `log_path`, in

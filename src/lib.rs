@@ -24,7 +24,8 @@
 //! [`issuers`] and [`fetch`] (outbound HTTP for Azure issuers and GCP keys), [`cloud`] (optional
 //! live checks), [`embedded`] (a private PostgreSQL cluster for the default `serve`, the demo
 //! and the tests), [`client`] (the gRPC client behind `authenticate` and `healthcheck`),
-//! [`telemetry`], [`cli`], and the tools (feature `tools`: `bench`, `demo`). ARCHITECTURE.md
+//! [`telemetry`] and [`cli`]. The demo, the bench and the test bed are another package
+//! (`tools/`, binary `agent-auth-tools`) built on this library's public API. ARCHITECTURE.md
 //! has the layers, the request path and the invariants with the tests that hold them.
 
 pub mod app;
@@ -43,11 +44,9 @@ pub mod identity;
 pub mod issuers;
 mod limit;
 mod listen;
-mod metrics;
+pub mod metrics;
 pub mod reasons;
 mod recent;
 pub mod store;
 pub mod telemetry;
-#[cfg(feature = "tools")]
-pub mod tools;
 pub mod trust;

@@ -75,10 +75,6 @@ fn main() -> ExitCode {
             }
             Command::Authenticate(args) => authenticate(args).await,
             Command::Trust(args) => agent_auth::trust::command(args).await,
-            #[cfg(feature = "tools")]
-            Command::Bench(args) => agent_auth::tools::bench::command(args).await,
-            #[cfg(feature = "tools")]
-            Command::Demo(args) => agent_auth::tools::demo::command(args).await,
         }
     })
 }

@@ -30,8 +30,6 @@ pub mod tls;
 
 use std::time::Duration;
 
-use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
-
 pub use pipeline::{SILENCE_GRACE, STALL_LIMIT};
 pub use resolve::{Candidate, Resolution};
 
@@ -106,7 +104,7 @@ pub struct Store {
 
 /// The libpq settings and TLS connector for `url`, with the service's own: connect timeout,
 /// `statement_timeout` in the startup packet, application name.
-fn connection_settings(
+pub fn connection_settings(
     url: &str,
     config: &StoreConfig,
 ) -> Result<
@@ -250,40 +248,6 @@ async fn ping(connections: &std::sync::Arc<pipeline::Connections>) -> Result<(),
             Err(query_error(e))
         }
     }
-}
-
-/// A checkout-per-statement pool with the service's connection settings, for the bench's
-/// baselines (the resolver's statement alone, the incumbent's logins).
-pub fn baseline_pool(url: &str, config: &StoreConfig) -> Result<Pool, StoreError> {
-    let (pg_config, tls) = connection_settings(url, config)?;
-    let manager = Manager::from_config(
-        pg_config,
-        tls,
-        ManagerConfig {
-            recycling_method: RecyclingMethod::Fast,
-        },
-    );
-    Pool::builder(manager)
-        .max_size(config.pool_size)
-        .wait_timeout(Some(config.checkout_timeout))
-        .create_timeout(Some(config.connect_timeout))
-        .recycle_timeout(Some(config.checkout_timeout))
-        .post_create(deadpool_postgres::Hook::async_fn(|client, _| {
-            // Prepared (and cached) when a connection opens, as the service does.
-            Box::pin(async move {
-                client
-                    .prepare_typed_cached(
-                        resolve::RESOLVE_SQL,
-                        &[tokio_postgres::types::Type::TEXT],
-                    )
-                    .await
-                    .map(|_| ())
-                    .map_err(deadpool_postgres::HookError::Backend)
-            })
-        }))
-        .runtime(Runtime::Tokio1)
-        .build()
-        .map_err(|e| StoreError::Internal(format!("cannot build the pool: {e}")))
 }
 
 /// Connection-level failures and server shutdown or overload are retryable (UNAVAILABLE);

@@ -85,7 +85,9 @@ async fn a_replica_behind_the_lag_bound_is_skipped() {
     let (primary, db) = private_database(&dir.path().join("primary"), "lagging").await;
     let mut options = agent_auth::embedded::EmbeddedOptions::new(dir.path().join("replica"));
     options.ephemeral = true;
-    let replica = primary.replica(options).await.unwrap();
+    let replica = agent_auth_tools::testbed::replica(&primary, options)
+        .await
+        .unwrap();
     let replica_url = replica.connection_string(&db.name);
 
     let world = World::new(&db).await;

@@ -6,6 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use agent_auth::embedded::{EmbeddedOptions, EmbeddedPostgres};
+use agent_auth_tools::testbed::{self, PgBouncer};
 
 use crate::helpers::*;
 
@@ -70,8 +71,7 @@ async fn logins_go_through_pgbouncer_in_session_and_transaction_mode() {
     let key = Arc::new(AwsKey::generate(1024));
     let flag = key.flag("default");
     for mode in ["session", "transaction"] {
-        let bouncer = cluster
-            .pgbouncer(&dir.path().join(mode), mode)
+        let bouncer = PgBouncer::start(&cluster, &dir.path().join(mode), mode)
             .await
             .unwrap();
         let pooled = through(&db, bouncer.connection_string(&db.name));
@@ -100,8 +100,7 @@ async fn logins_go_through_pgbouncer_in_session_and_transaction_mode() {
 
     // Not told: PgBouncer refuses the startup parameter that carries statement_timeout, and
     // the reason says which setting to change.
-    let bouncer = cluster
-        .pgbouncer(&dir.path().join("untold"), "transaction")
+    let bouncer = PgBouncer::start(&cluster, &dir.path().join("untold"), "transaction")
         .await
         .unwrap();
     let mut config = test_config(&through(&db, bouncer.connection_string(&db.name)));
@@ -124,7 +123,7 @@ async fn logins_resolve_on_a_streaming_replica_and_fall_back_to_the_primary() {
     let (primary, db) = private_database(&dir.path().join("primary"), "replicated").await;
     let mut options = EmbeddedOptions::new(dir.path().join("replica"));
     options.ephemeral = true;
-    let replica = primary.replica(options.clone()).await.unwrap();
+    let replica = testbed::replica(&primary, options.clone()).await.unwrap();
     let replica_url = replica.connection_string(&db.name);
     let replica_db = through(&db, replica_url.clone());
     let agents = agents(&db, 10).await;

@@ -99,9 +99,9 @@ fn only_the_store_issues_sql() {
         "\"BEGIN",
         "\"COPY ",
     ];
-    // The tools (cargo feature `tools`) seed rows and run the incumbent's statements as the
-    // bench's baselines.
-    let found = offenders(&["src/store/", "src/tools/"], |line| {
+    // (The tools, another package under tools/, seed rows and run the incumbent's statements
+    // as the bench's baselines.)
+    let found = offenders(&["src/store/"], |line| {
         CALLS.iter().any(|c| line.contains(c)) || STATEMENTS.iter().any(|s| line.contains(s))
     });
     assert!(
@@ -130,11 +130,8 @@ fn only_the_grpc_module_names_tonic_or_prost() {
             })
         })
     };
-    // app.rs wires the server, client.rs is the client; the tools drive the server over gRPC.
-    let found = offenders(
-        &["src/grpc/", "src/app.rs", "src/client.rs", "src/tools/"],
-        names,
-    );
+    // app.rs wires the server, client.rs is the client.
+    let found = offenders(&["src/grpc/", "src/app.rs", "src/client.rs"], names);
     assert!(
         found.is_empty(),
         "tonic/prost outside src/grpc/:\n{}",
@@ -214,15 +211,44 @@ fn unsafe_code_is_only_the_prctl_call_of_the_embedded_cluster() {
     assert!(found.is_empty(), "unsafe:\n{}", found.join("\n"));
 }
 
+/// The tools are another package (`tools/`) that depends on this one; the server package has
+/// neither it nor a dependency only the tools use among its own (a dev-dependency for the
+/// tests' test bed is all), so the compiler keeps tool code out of the server binary. CI also
+/// checks the whole build graph (`cargo tree -p agent-auth`).
 #[test]
-fn the_server_never_reaches_into_the_tools() {
-    let found = offenders(&["src/tools/", "src/main.rs", "src/lib.rs"], |line| {
-        line.contains("crate::tools") || line.contains("agent_auth::tools")
-    });
+fn the_server_package_depends_on_no_tool() {
+    let read = |path: &str| -> toml::Table {
+        let text =
+            std::fs::read_to_string(format!("{}/{path}", env!("CARGO_MANIFEST_DIR"))).unwrap();
+        text.parse().unwrap()
+    };
+    let server = read("Cargo.toml");
+    let tools = read("tools/Cargo.toml");
+    let tool_only = ["agent-auth-tools", "deadpool-postgres", "indicatif"];
+    for section in ["dependencies", "build-dependencies"] {
+        let names = server[section].as_table().unwrap();
+        for name in tool_only {
+            assert!(
+                !names.contains_key(name),
+                "{name} in the server's [{section}]"
+            );
+        }
+    }
     assert!(
-        found.is_empty(),
-        "server modules using the bench or demo:\n{}",
-        found.join("\n")
+        server["dev-dependencies"]
+            .as_table()
+            .unwrap()
+            .contains_key("agent-auth-tools")
+    );
+    assert!(
+        tools["dependencies"]
+            .as_table()
+            .unwrap()
+            .contains_key("agent-auth")
+    );
+    assert!(
+        !server["features"].as_table().unwrap().contains_key("tools"),
+        "the tools are no feature of the server"
     );
 }
 
@@ -240,7 +266,6 @@ const LAYERS: &[&[&str]] = &[
     &["grpc"],
     &["http", "client"],
     &["app", "fuzz"],
-    &["tools"],
 ];
 
 fn layer_of(module: &str) -> Option<usize> {

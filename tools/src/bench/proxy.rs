@@ -98,7 +98,7 @@ const PORT: u16 = 5432;
 
 /// The same user, password and database, reached through the socket in `dir`.
 fn rewrite(config: &tokio_postgres::Config, dir: &Path) -> String {
-    let quote = crate::embedded::conninfo_quote;
+    let quote = agent_auth::embedded::conninfo_quote;
     let mut url = format!("host={} port={PORT}", quote(&dir.display().to_string()));
     if let Some(user) = config.get_user() {
         url.push_str(&format!(" user={}", quote(user)));

@@ -1,4 +1,4 @@
-//! `agent-auth bench`: a load generator that measures the service next to the physical limit
+//! `agent-auth-tools bench`: a load generator that measures the service next to the physical limit
 //! (its own SQL statement run directly, no gRPC, no crypto) and next to emulations of the
 //! incumbent's multi-statement logins, in the same run, on the same database and pool size.
 //!
@@ -27,7 +27,7 @@ pub use drive::{Outcome, table};
 pub use server::ServerMode;
 
 use crate::cli::BenchArgs;
-use crate::grpc::pb;
+use agent_auth::grpc::pb;
 use baseline::Incumbent;
 use drive::{Cost, Tally};
 
@@ -117,7 +117,7 @@ pub struct BenchOptions {
     /// Added round trip between the load (service and baselines) and the database.
     pub db_rtt: Duration,
     /// PgBouncer in front of the private database, in this mode.
-    pub pgbouncer: Option<crate::store::Pooler>,
+    pub pgbouncer: Option<agent_auth::store::Pooler>,
     /// A streaming replica of the private database serves the logins.
     pub replica: bool,
     pub explain: bool,
@@ -168,13 +168,13 @@ pub async fn run(options: BenchOptions, postgres_url: Option<String>) -> Result<
                 "bench: starting a private PostgreSQL in {}",
                 temp.path().display()
             );
-            let mut embedded = crate::embedded::EmbeddedOptions::new(temp.path().join("pg"));
+            let mut embedded = agent_auth::embedded::EmbeddedOptions::new(temp.path().join("pg"));
             embedded.ephemeral = true;
             embedded.settings = vec![("max_connections".into(), "300".into())];
             embedded
                 .settings
                 .extend(options.db_settings.iter().cloned());
-            let started = crate::embedded::EmbeddedPostgres::start(embedded)
+            let started = agent_auth::embedded::EmbeddedPostgres::start(embedded)
                 .await
                 .map_err(|e| e.to_string())?;
             started
@@ -197,14 +197,14 @@ async fn run_on(
     options: &BenchOptions,
     url: &str,
     scratch: &Path,
-    cluster: Option<&crate::embedded::EmbeddedPostgres>,
+    cluster: Option<&agent_auth::embedded::EmbeddedPostgres>,
 ) -> Result<Report, String> {
     let text = |e: &dyn std::fmt::Display| e.to_string();
     let pg_config: tokio_postgres::Config = url.parse().map_err(|e| format!("{e}"))?;
-    crate::store::migrate::run_migrations(&pg_config)
+    agent_auth::store::migrate::run_migrations(&pg_config)
         .await
         .map_err(|e| text(&e))?;
-    let client = crate::store::migrate::dedicated(&pg_config)
+    let client = agent_auth::store::migrate::dedicated(&pg_config)
         .await
         .map_err(|e| text(&e))?;
     let existing: i64 = client
@@ -258,13 +258,12 @@ async fn run_on(
 
     // PgBouncer and a replica stand beside the private cluster when asked for.
     let bouncer = match (options.pgbouncer, cluster) {
-        (None | Some(crate::store::Pooler::None), _) => None,
+        (None | Some(agent_auth::store::Pooler::None), _) => None,
         (Some(mode), Some(cluster)) => {
             let mode = mode.to_string();
             eprintln!("bench: PgBouncer in {mode} mode in front of the database");
             Some(
-                cluster
-                    .pgbouncer(&scratch.join("pgbouncer"), &mode)
+                crate::testbed::PgBouncer::start(cluster, &scratch.join("pgbouncer"), &mode)
                     .await
                     .map_err(|e| text(&e))?,
             )
@@ -275,11 +274,10 @@ async fn run_on(
         (false, _) => None,
         (true, Some(cluster)) => {
             let mut replica_options =
-                crate::embedded::EmbeddedOptions::new(scratch.join("replica"));
+                agent_auth::embedded::EmbeddedOptions::new(scratch.join("replica"));
             replica_options.ephemeral = true;
             replica_options.settings = vec![("max_connections".into(), "300".into())];
-            let replica = cluster
-                .replica(replica_options)
+            let replica = crate::testbed::replica(cluster, replica_options)
                 .await
                 .map_err(|e| text(&e))?;
             let replica_url = replica.connection_string("bench");
@@ -316,19 +314,19 @@ async fn run_on(
         replica_url: replica.as_ref().map(|(_, url)| url.as_str()),
     };
     // The baselines' pool has the server's settings (size, checkout and statement timeouts).
-    let store_config = crate::config::Config::try_from(server::settings(&setup)?)
+    let store_config = agent_auth::config::Config::try_from(server::settings(&setup)?)
         .map_err(|e| text(&e))?
         .store;
     let server = server::Server::start(&options.server, &setup).await?;
     let mut channels = Vec::new();
     for _ in 0..4 {
         channels.push(
-            crate::client::connect(&server.grpc_url, Duration::from_secs(5))
+            agent_auth::client::connect(&server.grpc_url, Duration::from_secs(5))
                 .await
                 .map_err(|e| text(&e))?,
         );
     }
-    let pool = crate::store::baseline_pool(load_url, &store_config).map_err(|e| text(&e))?;
+    let pool = baseline::pool(load_url, &store_config).map_err(|e| text(&e))?;
     let sets = InstanceSets {
         history: Arc::new(history),
         single: Arc::new(seed::single_instances(options.agents, 1000)),
@@ -465,15 +463,18 @@ async fn run_scenario(
                 Some(server::sample(after.as_ref()?, name)? - before)
             };
             let logins = tally.logins().max(1) as f64;
-            let statements = delta(crate::metrics::DB_QUERIES).map(|q| q / logins);
-            let pool_wait = delta(&format!("{}_sum", crate::metrics::DB_POOL_WAIT))
-                .zip(delta(&format!("{}_count", crate::metrics::DB_POOL_WAIT)))
+            let statements = delta(agent_auth::metrics::DB_QUERIES).map(|q| q / logins);
+            let pool_wait = delta(&format!("{}_sum", agent_auth::metrics::DB_POOL_WAIT))
+                .zip(delta(&format!(
+                    "{}_count",
+                    agent_auth::metrics::DB_POOL_WAIT
+                )))
                 .map(|(sum, count)| sum * 1000.0 / count.max(1.0));
             // The mean over every connection's series (the primary's and any replica's); a
             // health check puts nothing on them.
             let logins_ran = scenario == Scenario::Service;
             depth_in_use = after.as_deref().filter(|_| logins_ran).and_then(|text| {
-                let name = crate::metrics::DB_CONNECTION_DEPTH;
+                let name = agent_auth::metrics::DB_CONNECTION_DEPTH;
                 let series = text
                     .lines()
                     .filter(|line| line.starts_with(&format!("{name}{{")))
@@ -529,7 +530,7 @@ async fn run_service(
         async move {
             let code = |status: tonic::Status| format!("{:?}", status.code());
             let Some((document, signature)) = evidence else {
-                return match crate::client::check_serving(channel, "").await {
+                return match agent_auth::client::check_serving(channel, "").await {
                     Ok(true) => Ok(Cost::default()),
                     Ok(false) => Err("NOT_SERVING".to_owned()),
                     Err(status) => Err(code(status)),
@@ -545,7 +546,7 @@ async fn run_service(
                 )),
                 agent_name: String::new(),
             };
-            crate::client::authenticate(channel, request)
+            agent_auth::client::authenticate(channel, request)
                 .await
                 .map(|_| Cost::default())
                 .map_err(code)
@@ -557,7 +558,7 @@ async fn run_service(
 /// Median time of an empty query (a round trip that executes nothing) on a dedicated connection.
 async fn measure_round_trip(url: &str) -> Result<f64, String> {
     let config: tokio_postgres::Config = url.parse().map_err(|e| format!("{e}"))?;
-    let client = crate::store::migrate::dedicated(&config)
+    let client = agent_auth::store::migrate::dedicated(&config)
         .await
         .map_err(|e| e.to_string())?;
     let mut samples = Vec::with_capacity(50);
@@ -573,7 +574,7 @@ async fn measure_round_trip(url: &str) -> Result<f64, String> {
 /// Waits until the replica at `url` has as many agent rows as were seeded.
 async fn wait_for_replay(url: &str, agent_rows: i64) -> Result<(), String> {
     let config: tokio_postgres::Config = url.parse().map_err(|e| format!("{e}"))?;
-    let client = crate::store::migrate::dedicated(&config)
+    let client = agent_auth::store::migrate::dedicated(&config)
         .await
         .map_err(|e| e.to_string())?;
     for _ in 0..600 {
@@ -599,7 +600,7 @@ async fn explain_resolve(
 ) -> Result<String, String> {
     let sql = format!(
         "EXPLAIN (ANALYZE, BUFFERS) {}",
-        crate::store::resolve::RESOLVE_SQL
+        agent_auth::store::resolve::RESOLVE_SQL
     );
     let lines = |rows: Vec<tokio_postgres::Row>| -> String {
         rows.iter()
@@ -673,9 +674,9 @@ fn self_signed_pem(key: &PKey<Private>) -> Result<Vec<u8>, openssl::error::Error
     builder.build().to_pem()
 }
 
-/// `agent-auth bench`: runs the load test and prints its report.
+/// `agent-auth-tools bench`: runs the load test and prints its report.
 pub async fn command(args: BenchArgs) -> ExitCode {
-    crate::telemetry::init(crate::config::LogFormat::Text, "warn", None);
+    agent_auth::telemetry::init(agent_auth::config::LogFormat::Text, "warn", None);
     let scenarios = if args.scenarios.is_empty() {
         Ok(Scenario::defaults())
     } else {
@@ -684,7 +685,7 @@ pub async fn command(args: BenchArgs) -> ExitCode {
     let scenarios = match scenarios {
         Ok(scenarios) => scenarios,
         Err(e) => {
-            eprintln!("agent-auth: bench: {e}");
+            eprintln!("agent-auth-tools: bench: {e}");
             return ExitCode::from(64);
         }
     };
@@ -709,7 +710,9 @@ pub async fn command(args: BenchArgs) -> ExitCode {
                 db_settings.push((key.trim().to_owned(), value.trim().to_owned()));
             }
             _ => {
-                eprintln!("agent-auth: bench: --db-setting expects KEY=VALUE, found {setting:?}");
+                eprintln!(
+                    "agent-auth-tools: bench: --db-setting expects KEY=VALUE, found {setting:?}"
+                );
                 return ExitCode::from(64);
             }
         }
@@ -744,7 +747,7 @@ pub async fn command(args: BenchArgs) -> ExitCode {
                 match serde_json::to_string(&report) {
                     Ok(json) => println!("{json}"),
                     Err(e) => {
-                        eprintln!("agent-auth: bench: {e}");
+                        eprintln!("agent-auth-tools: bench: {e}");
                         return ExitCode::FAILURE;
                     }
                 }
@@ -789,7 +792,7 @@ pub async fn command(args: BenchArgs) -> ExitCode {
             ExitCode::SUCCESS
         }
         Err(e) => {
-            eprintln!("agent-auth: bench failed: {e}");
+            eprintln!("agent-auth-tools: bench failed: {e}");
             ExitCode::FAILURE
         }
     }

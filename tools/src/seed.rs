@@ -3,7 +3,7 @@
 use tokio_postgres::Client;
 use uuid::Uuid;
 
-use crate::store::StoreError;
+use agent_auth::store::StoreError;
 
 /// One workspace with one latest `workspace_build` build whose resource holds one agent.
 pub struct SeededAgent {

@@ -29,7 +29,7 @@ pub struct ServerSetup<'a> {
     pub aws_certificate: &'a Path,
     pub gcp_jwks: &'a Path,
     pub scratch: &'a Path,
-    pub pooler: crate::store::Pooler,
+    pub pooler: agent_auth::store::Pooler,
     pub replica_url: Option<&'a str>,
 }
 
@@ -72,7 +72,7 @@ impl Server {
     /// The server's Prometheus text, if reachable.
     pub async fn scrape(&self) -> Option<String> {
         if self.in_process_metrics {
-            return crate::metrics::handle().map(|h| h.render());
+            return agent_auth::metrics::handle().map(|h| h.render());
         }
         admin_get(self.metrics?, "/metrics").await
     }
@@ -115,8 +115,8 @@ impl Server {
 }
 
 /// The server's settings; the baselines take their pool settings from here too.
-pub fn settings(setup: &ServerSetup<'_>) -> Result<crate::config::Settings, String> {
-    crate::config::Settings::from_flags(
+pub fn settings(setup: &ServerSetup<'_>) -> Result<agent_auth::config::Settings, String> {
+    agent_auth::config::Settings::from_flags(
         vec![
             "--grpc-listen".to_owned(),
             "127.0.0.1:0".into(),
@@ -151,8 +151,9 @@ pub fn settings(setup: &ServerSetup<'_>) -> Result<crate::config::Settings, Stri
 }
 
 async fn start_in_process(setup: &ServerSetup<'_>) -> Result<Server, String> {
-    let config = crate::config::Config::try_from(settings(setup)?).map_err(|e| e.to_string())?;
-    let app = crate::app::App::build(config)
+    let config =
+        agent_auth::config::Config::try_from(settings(setup)?).map_err(|e| e.to_string())?;
+    let app = agent_auth::app::App::build(config)
         .await
         .map_err(|e| e.to_string())?;
     let addr = app.grpc_addr().ok_or("no gRPC address")?;
@@ -172,20 +173,20 @@ async fn start_in_process(setup: &ServerSetup<'_>) -> Result<Server, String> {
     })
 }
 
-/// Starts `agent-auth serve` (this executable) on free loopback ports with the same settings
+/// Starts `agent-auth serve` (the server binary beside this one) on free loopback ports with the same settings
 /// as the in-process server ([`settings`], written as its `--config` file), and waits until
 /// its readiness endpoint answers 200.
 async fn spawn(setup: &ServerSetup<'_>, wrapper: &[String]) -> Result<Server, String> {
     let (grpc, admin) = (free_port()?, free_port()?);
-    let raw = crate::config::Settings {
-        grpc_listen: crate::config::ListenAddr::Tcp(grpc),
+    let raw = agent_auth::config::Settings {
+        grpc_listen: agent_auth::config::ListenAddr::Tcp(grpc),
         admin_listen: admin,
         ..settings(setup)?
     };
     let config = setup.scratch.join("server.toml");
     let text = toml::to_string(&raw).map_err(|e| format!("server configuration: {e}"))?;
     std::fs::write(&config, text).map_err(|e| format!("{}: {e}", config.display()))?;
-    let exe = std::env::current_exe().map_err(|e| e.to_string())?;
+    let exe = server_binary()?;
     let log = setup.scratch.join("server.log");
     let log_file = std::fs::File::create(&log).map_err(|e| e.to_string())?;
     let mut command = match wrapper.split_first() {
@@ -260,9 +261,12 @@ fn free_port() -> Result<SocketAddr, String> {
 
 /// The body of a 2xx answer from the server's admin listener, through the one HTTP client.
 async fn admin_get(addr: SocketAddr, path: &str) -> Option<String> {
-    static HTTP: std::sync::OnceLock<Option<crate::fetch::Fetcher>> = std::sync::OnceLock::new();
+    static HTTP: std::sync::OnceLock<Option<agent_auth::fetch::Fetcher>> =
+        std::sync::OnceLock::new();
     let fetcher = HTTP
-        .get_or_init(|| crate::fetch::Fetcher::new(Duration::from_secs(5), 16 * 1024 * 1024).ok())
+        .get_or_init(|| {
+            agent_auth::fetch::Fetcher::new(Duration::from_secs(5), 16 * 1024 * 1024).ok()
+        })
         .as_ref()?;
     let fetched = fetcher.get(&format!("http://{addr}{path}")).await.ok()?;
     Some(String::from_utf8_lossy(&fetched.body).into_owned())
@@ -287,6 +291,22 @@ pub fn sample(text: &str, name: &str) -> Option<f64> {
         .filter_map(|l| l.rsplit(' ').next()?.parse().ok())
         .collect();
     (!values.is_empty()).then(|| values.iter().sum())
+}
+
+/// The `agent-auth` server binary in the directory of this one (`cargo build` puts both in
+/// `target/<profile>/`).
+pub fn server_binary() -> Result<PathBuf, String> {
+    let exe = std::env::current_exe().map_err(|e| format!("cannot find this executable: {e}"))?;
+    let server = exe.with_file_name("agent-auth");
+    if server.is_file() {
+        Ok(server)
+    } else {
+        Err(format!(
+            "the server binary {} is missing: build it beside the tools (cargo build --release \
+             builds both)",
+            server.display()
+        ))
+    }
 }
 
 #[cfg(test)]

@@ -10,7 +10,8 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use deadpool_postgres::{Object, Pool};
+use agent_auth::store::{self, StoreConfig};
+use deadpool_postgres::{Manager, ManagerConfig, Object, Pool, RecyclingMethod, Runtime};
 use tokio_postgres::Row;
 use tokio_postgres::types::ToSql;
 
@@ -208,7 +209,7 @@ pub async fn run_raw(load: Load<'_>) -> (Tally, Duration) {
         // Cached per connection, as the service prepares it once per connection.
         let statement = client
             .prepare_typed_cached(
-                crate::store::resolve::RESOLVE_SQL,
+                agent_auth::store::resolve::RESOLVE_SQL,
                 &[tokio_postgres::types::Type::TEXT],
             )
             .await
@@ -244,4 +245,38 @@ pub async fn run_incumbent(
         Ok(session.statements)
     };
     drive_on_pool(load, login).await
+}
+
+/// A checkout-per-statement pool with the service's connection settings, for the bench's
+/// baselines (the resolver's statement alone, the incumbent's logins).
+pub fn pool(url: &str, config: &StoreConfig) -> Result<Pool, String> {
+    let (pg_config, tls) = store::connection_settings(url, config).map_err(|e| e.to_string())?;
+    let manager = Manager::from_config(
+        pg_config,
+        tls,
+        ManagerConfig {
+            recycling_method: RecyclingMethod::Fast,
+        },
+    );
+    Pool::builder(manager)
+        .max_size(config.pool_size)
+        .wait_timeout(Some(config.checkout_timeout))
+        .create_timeout(Some(config.connect_timeout))
+        .recycle_timeout(Some(config.checkout_timeout))
+        .post_create(deadpool_postgres::Hook::async_fn(|client, _| {
+            // Prepared (and cached) when a connection opens, as the service does.
+            Box::pin(async move {
+                client
+                    .prepare_typed_cached(
+                        store::resolve::RESOLVE_SQL,
+                        &[tokio_postgres::types::Type::TEXT],
+                    )
+                    .await
+                    .map(|_| ())
+                    .map_err(deadpool_postgres::HookError::Backend)
+            })
+        }))
+        .runtime(Runtime::Tokio1)
+        .build()
+        .map_err(|e| format!("cannot build the pool: {e}"))
 }

@@ -1,16 +1,16 @@
-//! `agent-auth demo`: the whole loop on a private embedded database with the real recorded AWS
+//! `agent-auth-tools demo`: the whole loop on a private embedded database with the real recorded AWS
 //! document (instance `i-076e9b91f7c420782`, us-east-1), through a real gRPC client.
 
 use std::process::ExitCode;
 use std::time::Duration;
 
-use super::seed;
-use crate::app::{App, EMBEDDED_DATABASE};
 use crate::cli::DemoArgs;
-use crate::config::{Config, Settings};
-use crate::embedded::{EmbeddedOptions, EmbeddedPostgres};
-use crate::grpc::pb;
-use crate::store::migrate;
+use crate::seed;
+use agent_auth::app::{App, EMBEDDED_DATABASE};
+use agent_auth::config::{Config, Settings};
+use agent_auth::embedded::{EmbeddedOptions, EmbeddedPostgres};
+use agent_auth::grpc::pb;
+use agent_auth::store::migrate;
 
 /// The recorded document and signature (exact bytes; see tests/fixtures/aws).
 pub const RECORDED_DOCUMENT: &str =
@@ -21,13 +21,13 @@ pub const RECORDED_INSTANCE_ID: &str = "i-076e9b91f7c420782";
 /// The AWS account of the recorded document.
 pub const RECORDED_ACCOUNT_ID: &str = "628783029487";
 
-/// `agent-auth demo`: runs the demo, printing each step.
+/// `agent-auth-tools demo`: runs the demo, printing each step.
 pub async fn command(args: DemoArgs) -> ExitCode {
-    crate::telemetry::init(crate::config::LogFormat::Text, "warn", None);
+    agent_auth::telemetry::init(agent_auth::config::LogFormat::Text, "warn", None);
     match run(args).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("agent-auth: demo failed: {e}");
+            eprintln!("agent-auth-tools: demo failed: {e}");
             ExitCode::FAILURE
         }
     }
@@ -116,10 +116,10 @@ async fn with_cluster(
 
     let server_url = format!("http://{addr}");
     let result = async {
-        let channel = crate::client::connect(&server_url, Duration::from_secs(5))
+        let channel = agent_auth::client::connect(&server_url, Duration::from_secs(5))
             .await
             .map_err(|e| e.to_string())?;
-        crate::client::authenticate(
+        agent_auth::client::authenticate(
             channel,
             pb::AuthenticateRequest {
                 identity: Some(pb::authenticate_request::Identity::Aws(
@@ -133,7 +133,7 @@ async fn with_cluster(
             },
         )
         .await
-        .map_err(|s| crate::client::describe(&s))
+        .map_err(|s| agent_auth::client::describe(&s))
     }
     .await;
     let checked = result.and_then(|response| {
@@ -165,7 +165,7 @@ async fn with_cluster(
              --aws-document tests/fixtures/aws/us-east-1-document.json \\\n     \
              --aws-signature tests/fixtures/aws/us-east-1-signature.txt"
         );
-        crate::app::shutdown_signal().await;
+        agent_auth::app::shutdown_signal().await;
     }
     let _ = stop_tx.send(());
     let _ = server.await;

@@ -77,9 +77,7 @@ async fn with_cluster(
     let mut client = migrate::dedicated(&pg_config)
         .await
         .map_err(|e| e.to_string())?;
-    let seeded = seed::seed_agent(&mut client, RECORDED_INSTANCE_ID, "main")
-        .await
-        .map_err(|e| e.to_string())?;
+    let seeded = seed::seed_agent(&mut client, RECORDED_INSTANCE_ID, "main").await?;
     println!(
         "3. Seeded workspace {} with latest build {} and agent \"main\" bound to {RECORDED_INSTANCE_ID}",
         seeded.workspace_id, seeded.build_id

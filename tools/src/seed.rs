@@ -3,8 +3,6 @@
 use tokio_postgres::Client;
 use uuid::Uuid;
 
-use agent_auth::store::StoreError;
-
 /// One workspace with one latest `workspace_build` build whose resource holds one agent.
 pub struct SeededAgent {
     pub workspace_id: Uuid,
@@ -19,8 +17,8 @@ pub async fn seed_agent(
     client: &mut Client,
     instance_id: &str,
     agent_name: &str,
-) -> Result<SeededAgent, StoreError> {
-    let err = |e: tokio_postgres::Error| StoreError::Internal(format!("seeding: {e}"));
+) -> Result<SeededAgent, String> {
+    let err = |e: tokio_postgres::Error| format!("seeding: {e}");
     let seeded = SeededAgent {
         workspace_id: Uuid::new_v4(),
         build_id: Uuid::new_v4(),

@@ -24,7 +24,8 @@
 //! [`issuers`] and [`fetch`] (outbound HTTP for Azure issuers and GCP keys), [`cloud`] (optional
 //! live checks), [`embedded`] (a private PostgreSQL cluster for the default `serve`, the demo
 //! and the tests), [`client`] (the gRPC client behind `authenticate` and `healthcheck`),
-//! [`telemetry`] and [`cli`]. The demo, the bench and the test bed are another package
+//! [`telemetry`], [`cli`], and on top [`commands`] (one module per subcommand, and the exit
+//! codes). The demo, the bench and the test bed are another package
 //! (`tools/`, binary `agent-auth-tools`) built on this library's public API. ARCHITECTURE.md
 //! has the layers, the request path and the invariants with the tests that hold them.
 
@@ -33,6 +34,7 @@ pub mod auth;
 pub mod cli;
 pub mod client;
 pub mod cloud;
+pub mod commands;
 pub mod config;
 pub mod embedded;
 pub mod fetch;

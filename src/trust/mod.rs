@@ -374,67 +374,9 @@ pub fn log_sources(set: &TrustSet, sources: &TrustSources) {
     warn_expiring(&pinned, SystemTime::now());
 }
 
-/// `agent-auth trust`: what the service would pin with these settings, a remote GCP JWKS
-/// fetched now, and what is in force. Exit 1 when a certificate in force expires within 30
-/// days, or a remote JWKS cannot be fetched or holds no key (an empty file turns GCP off).
-pub async fn command(args: crate::cli::TrustArgs) -> std::process::ExitCode {
-    use std::process::ExitCode;
-    let config = match crate::config::Config::load(&args.serve) {
-        Ok(config) => config,
-        Err(e) => {
-            eprintln!("agent-auth: {e}");
-            return ExitCode::from(crate::config::EXIT_CONFIG as u8);
-        }
-    };
-    let store = GcpKeys::from_config(&config.gcp.jwks)
-        .map_err(|e| e.to_string())
-        .and_then(|gcp| {
-            TrustStore::load(TrustSources {
-                aws: config.aws.clone(),
-                azure: config.azure.clone(),
-                gcp,
-            })
-            .map_err(|e| e.to_string())
-        });
-    let store = match store {
-        Ok(store) => store,
-        Err(e) => {
-            eprintln!("agent-auth: trust: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
-    let set = store.current();
-    let gcp = gcp_summary(&set.gcp_keys).await;
-    let pinned = pinned(&set);
-    match listing(&pinned, args.json) {
-        Ok(text) => print!("{text}"),
-        Err(e) => {
-            eprintln!("agent-auth: trust: {e}");
-            return ExitCode::FAILURE;
-        }
-    }
-    let mut warnings = expiry_warnings(&pinned, std::time::SystemTime::now());
-    match gcp {
-        Ok(line) if !args.json => println!("{line}"),
-        Ok(_) => {}
-        Err(warning) => warnings.push(warning),
-    }
-    if !args.json {
-        println!("{}", in_force_summary(&pinned));
-    }
-    for warning in &warnings {
-        eprintln!("agent-auth: warning: {warning}");
-    }
-    if warnings.is_empty() {
-        ExitCode::SUCCESS
-    } else {
-        ExitCode::FAILURE
-    }
-}
-
 /// Where the GCP keys come from and how fresh they are (a remote JWKS is fetched now); a
 /// warning when GCP has no key to verify with.
-async fn gcp_summary(jwks: &Jwks) -> Result<String, String> {
+pub async fn gcp_summary(jwks: &Jwks) -> Result<String, String> {
     let source = jwks.source_label();
     let max_age = jwks
         .fetch_now()
@@ -473,7 +415,7 @@ async fn gcp_summary(jwks: &Jwks) -> Result<String, String> {
 }
 
 /// One line: what verifies logins now, and what is kept only to replay recorded documents.
-fn in_force_summary(pinned: &[Pinned]) -> String {
+pub fn in_force_summary(pinned: &[Pinned]) -> String {
     let count = |cloud: &str, in_force: bool| {
         pinned
             .iter()

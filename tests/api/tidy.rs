@@ -266,6 +266,7 @@ const LAYERS: &[&[&str]] = &[
     &["grpc"],
     &["http", "client"],
     &["app", "fuzz"],
+    &["commands"],
 ];
 
 fn layer_of(module: &str) -> Option<usize> {

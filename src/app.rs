@@ -19,7 +19,7 @@ use crate::identity::TrustError;
 use crate::identity::gcp::GcpPolicy;
 use crate::limit::Limiter;
 use crate::listen::{self, Policy};
-use crate::store::{Store, StoreError, migrate};
+use crate::store::{PostgresUrl, Store, StoreError, migrate};
 use crate::trust::{GcpKeys, TrustSources, TrustStore};
 
 /// The database name the embedded cluster serves.
@@ -97,7 +97,7 @@ pub struct App {
 
 /// The database an app uses: a URL, and the embedded cluster when it started one.
 pub struct Database {
-    pub url: String,
+    pub url: PostgresUrl,
     pub embedded: Option<EmbeddedPostgres>,
 }
 
@@ -110,7 +110,9 @@ pub async fn prepare_database(config: &Config) -> Result<Database, AppError> {
             let cluster = EmbeddedPostgres::start(EmbeddedOptions::new(&config.data_dir)).await?;
             cluster.ensure_database(EMBEDDED_DATABASE).await?;
             tracing::info!(data_dir = %config.data_dir.display(), "embedded PostgreSQL started");
-            (cluster.connection_string(EMBEDDED_DATABASE), Some(cluster))
+            let url = PostgresUrl::parse(&cluster.connection_string(EMBEDDED_DATABASE))
+                .map_err(|e| AppError::Store(StoreError::Internal(e)))?;
+            (url, Some(cluster))
         }
     };
     let crate::store::tls::Target {

@@ -21,7 +21,7 @@ use figment::providers::{Format, Serialized, Toml};
 
 use crate::identity::aws::AwsTrustConfig;
 use crate::identity::azure::AzureTrustConfig;
-use crate::store::StoreConfig;
+use crate::store::{PostgresUrl, StoreConfig};
 
 pub use reference::settings_table;
 pub use settings::Settings;
@@ -29,6 +29,8 @@ pub use values::{JwksSource, ListenAddr, LogFormat, SchemaMode};
 
 /// Exit code for bad configuration (sysexits EX_USAGE).
 pub const EXIT_CONFIG: i32 = 64;
+
+pub use crate::store::url::{REDACTED, redact_postgres_url};
 
 /// A configuration error: the key and what is wrong with it. Shown with all three names an
 /// operator may have used for a real setting: `--flag`, `AGENT_AUTH_FLAG` and the TOML key; a
@@ -225,7 +227,7 @@ pub struct Config {
     /// Coder-compatible HTTP endpoints; off when `None`.
     pub http_listen: Option<SocketAddr>,
     /// `None`: start the embedded database in `data_dir`.
-    pub postgres_url: Option<String>,
+    pub postgres_url: Option<PostgresUrl>,
     pub data_dir: PathBuf,
     pub schema: SchemaMode,
     pub store: StoreConfig,
@@ -368,23 +370,21 @@ impl TryFrom<Settings> for Config {
                 "coder reads an existing control-plane database: set postgres_url",
             ));
         }
-        if let Some(url) = &postgres_url {
-            check_postgres_url("postgres_url", url)?;
-        }
-        let replica_urls: Vec<String> = s
+        let postgres_url = postgres_url
+            .map(|url| postgres_url_setting("postgres_url", &url))
+            .transpose()?;
+        let replica_urls = s
             .postgres_replica_url
-            .into_iter()
-            .map(|u| u.trim().to_owned())
+            .iter()
+            .map(|u| u.trim())
             .filter(|u| !u.is_empty())
-            .collect();
+            .map(|u| postgres_url_setting("postgres_replica_url", u))
+            .collect::<Result<Vec<_>, _>>()?;
         if !replica_urls.is_empty() && postgres_url.is_none() {
             return Err(ConfigError::new(
                 "postgres_replica_url",
                 "replicas need their primary: set postgres_url",
             ));
-        }
-        for url in &replica_urls {
-            check_postgres_url("postgres_replica_url", url)?;
         }
         let tls = match (s.tls_cert, s.tls_key, s.tls_client_ca) {
             (None, None, None) => None,
@@ -545,10 +545,8 @@ impl TryFrom<Settings> for Config {
 }
 
 /// A connection string the store can use, or an error naming `key` (the password redacted).
-fn check_postgres_url(key: &str, url: &str) -> Result<(), ConfigError> {
-    crate::store::tls::parse(url)
-        .map(|_| ())
-        .map_err(|e| ConfigError::new(key, format!("{e} (in {})", redact_postgres_url(url))))
+fn postgres_url_setting(key: &str, url: &str) -> Result<PostgresUrl, ConfigError> {
+    PostgresUrl::parse(url).map_err(|e| ConfigError::new(key, e))
 }
 
 fn figment_error(e: figment::Error) -> ConfigError {
@@ -570,8 +568,16 @@ fn figment_error(e: figment::Error) -> ConfigError {
     ConfigError::new(&key, e.kind.to_string())
 }
 
-/// What stands in for a password wherever a URL or conninfo is printed or logged.
-pub const REDACTED: &str = "REDACTED";
+/// What `--check-config` prints (passwords redacted), so a `?settings` in a log line shows no
+/// password either.
+impl std::fmt::Debug for Settings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.to_redacted_toml() {
+            Ok(text) => write!(f, "Settings {{ {} }}", text.trim_end().replace('\n', ", ")),
+            Err(_) => f.write_str("Settings { .. }"),
+        }
+    }
+}
 
 impl Settings {
     /// The settings as TOML that `--config` reads back, with every password redacted and the
@@ -584,61 +590,6 @@ impl Settings {
         }
         shown.insecure_verify_time = None;
         toml::to_string(&shown).map_err(|e| e.to_string())
-    }
-}
-
-/// A PostgreSQL URL (`postgres://user:password@host/db?password=…`) or libpq key=value
-/// string (`password=… host=…`) with every password replaced by [`REDACTED`].
-pub fn redact_postgres_url(value: &str) -> String {
-    match value.split_once("://") {
-        Some((scheme, rest)) => {
-            let end = rest.find(['/', '?']).unwrap_or(rest.len());
-            let (authority, tail) = rest.split_at(end);
-            let authority = match authority.rsplit_once('@') {
-                Some((userinfo, hosts)) => match userinfo.split_once(':') {
-                    Some((user, _)) => format!("{user}:{REDACTED}@{hosts}"),
-                    None => format!("{userinfo}@{hosts}"),
-                },
-                None => authority.to_owned(),
-            };
-            let tail = match tail.split_once('?') {
-                Some((path, query)) => {
-                    let query: Vec<String> = query
-                        .split('&')
-                        .map(|pair| match pair.split_once('=') {
-                            Some((key, _)) if is_secret_key(key) => format!("{key}={REDACTED}"),
-                            _ => pair.to_owned(),
-                        })
-                        .collect();
-                    format!("{path}?{}", query.join("&"))
-                }
-                None => tail.to_owned(),
-            };
-            format!("{scheme}://{authority}{tail}")
-        }
-        None => redact_conninfo(value),
-    }
-}
-
-/// Keys whose values are secrets, in any case: `password` and `sslpassword` (the client key's
-/// passphrase).
-fn is_secret_key(key: &str) -> bool {
-    let key = key.trim();
-    key.eq_ignore_ascii_case("password") || key.eq_ignore_ascii_case("sslpassword")
-}
-
-/// `password=…` (and `sslpassword=…`, in any case) in a libpq key=value string becomes
-/// `password=REDACTED`; a string that does not split into pairs is redacted whole.
-fn redact_conninfo(value: &str) -> String {
-    use crate::store::conninfo;
-    match conninfo::pairs(value) {
-        Some(mut pairs) => {
-            for pair in pairs.iter_mut().filter(|p| is_secret_key(&p.key)) {
-                pair.raw = REDACTED.into();
-            }
-            conninfo::join(&pairs)
-        }
-        None => REDACTED.into(),
     }
 }
 
@@ -659,53 +610,33 @@ pub fn default_data_dir() -> PathBuf {
 
 #[cfg(test)]
 mod tests {
-    #[test]
-    fn passwords_are_redacted_from_urls_and_conninfo_strings() {
-        let cases = [
-            (
-                "postgres://u:pw@h:5432/db?sslmode=require",
-                "postgres://u:REDACTED@h:5432/db?sslmode=require",
-            ),
-            (
-                "postgres://u:p%40w@h1,h2/db",
-                "postgres://u:REDACTED@h1,h2/db",
-            ),
-            ("postgres://u@h/db", "postgres://u@h/db"),
-            (
-                "postgres://h/db?password=pw&x=1",
-                "postgres://h/db?password=REDACTED&x=1",
-            ),
-            ("postgres://u:p@w@h/db", "postgres://u:REDACTED@h/db"),
-            (
-                "host=h password=pw dbname=d",
-                "host=h password=REDACTED dbname=d",
-            ),
-            (
-                "host=h password = 'p w\\' x' dbname=d",
-                "host=h password=REDACTED dbname=d",
-            ),
-            ("password=", "password=REDACTED"),
-            (
-                "host=h PASSWORD=x user=u sslpassword=k",
-                "host=h PASSWORD=REDACTED user=u sslpassword=REDACTED",
-            ),
-            (
-                "postgres://h/db?Password=pw&sslpassword=k",
-                "postgres://h/db?Password=REDACTED&sslpassword=REDACTED",
-            ),
-            ("host=h", "host=h"),
-        ];
-        for (input, expected) in cases {
-            assert_eq!(super::redact_postgres_url(input), expected, "{input}");
-        }
-    }
-
     use super::*;
 
     fn with(edit: impl FnOnce(&mut Settings)) -> Result<Config, ConfigError> {
         let mut settings = Settings::defaults()?;
         edit(&mut settings);
         Config::try_from(settings)
+    }
+
+    /// The URL is a `PostgresUrl` from the settings on: a `?config` or `?settings` in a log
+    /// line shows no password.
+    #[test]
+    fn debug_of_the_settings_and_the_config_never_shows_a_password() {
+        let mut settings = Settings::defaults().unwrap();
+        settings.postgres_url = Some("postgres://u:hunter2@db.example/coder".into());
+        settings.postgres_replica_url = vec!["host=r password=sesame dbname=coder".into()];
+        let shown = format!("{settings:?}");
+        assert!(
+            shown.contains("db.example") && shown.contains("REDACTED"),
+            "{shown}"
+        );
+        let config = Config::try_from(settings).unwrap();
+        for shown in [shown, format!("{config:?}"), format!("{:?}", config.store)] {
+            assert!(
+                !shown.contains("hunter2") && !shown.contains("sesame"),
+                "{shown}"
+            );
+        }
     }
 
     /// What `serve` makes of these flags (no env var: clap reads them, tests may not set them).

@@ -24,7 +24,7 @@ use super::values::{
 };
 
 /// The layered settings, typed. Unknown keys in the file are an error.
-#[derive(Debug, Clone, Args, Serialize, Deserialize)]
+#[derive(Clone, Args, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Settings {
     /// gRPC listener: HOST:PORT, or unix:/path for a socket created with mode 0600.

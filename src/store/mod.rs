@@ -27,6 +27,9 @@ mod pipeline;
 mod replicas;
 pub mod resolve;
 pub mod tls;
+pub mod url;
+
+pub use url::PostgresUrl;
 
 use std::time::Duration;
 
@@ -77,7 +80,7 @@ pub struct StoreConfig {
     pub ca: Option<std::path::PathBuf>,
     pub pooler: Pooler,
     /// `--postgres-replica-url`s, in order.
-    pub replica_urls: Vec<String>,
+    pub replica_urls: Vec<PostgresUrl>,
     /// `--replica-max-lag`: a replica further behind the primary is skipped.
     pub replica_max_lag: Duration,
 }
@@ -105,7 +108,7 @@ pub struct Store {
 /// The libpq settings and TLS connector for `url`, with the service's own: connect timeout,
 /// `statement_timeout` in the startup packet, application name.
 pub fn connection_settings(
-    url: &str,
+    url: &PostgresUrl,
     config: &StoreConfig,
 ) -> Result<
     (
@@ -167,8 +170,8 @@ fn statement_timeout_ms(config: &StoreConfig) -> u128 {
 impl Store {
     /// Sets up the connections to the primary and each replica. None is opened until its
     /// first statement.
-    pub fn connect(url: &str, config: &StoreConfig) -> Result<Self, StoreError> {
-        let open = |url: &str| -> Result<pipeline::Connections, StoreError> {
+    pub fn connect(url: &PostgresUrl, config: &StoreConfig) -> Result<Self, StoreError> {
+        let open = |url: &PostgresUrl| -> Result<pipeline::Connections, StoreError> {
             let (pg_config, tls) = connection_settings(url, config)?;
             Ok(pipeline::Connections::new(
                 pg_config,
@@ -187,7 +190,7 @@ impl Store {
         let replicas = config
             .replica_urls
             .iter()
-            .map(|url| open(url))
+            .map(&open)
             .collect::<Result<Vec<_>, _>>()?;
         let primary = std::sync::Arc::new(open(url)?);
         let replicas =

@@ -90,9 +90,8 @@ pub struct Target {
 
 /// The settings and TLS connector for `url`; `ca` is `--postgres-ca` (the URL's
 /// `sslrootcert` wins).
-pub fn target(url: &str, ca: Option<&Path>) -> Result<Target, StoreError> {
-    let parsed =
-        parse(url).map_err(|e| StoreError::Internal(format!("invalid postgres url: {e}")))?;
+pub fn target(url: &super::url::PostgresUrl, ca: Option<&Path>) -> Result<Target, StoreError> {
+    let parsed = url.parsed().clone();
     let root = parsed.root_cert.as_deref().or(ca);
     let mut config = parsed.config;
     let (ssl_mode, check) = match (parsed.mode, root) {

@@ -130,7 +130,8 @@ async fn sslmode_and_sslrootcert_are_honoured_against_a_tls_postgres() {
     let other_ca = DbPki::new();
     // Connects as the pool would, and reports whether the session is encrypted.
     let connect = async |url: &str| -> Result<bool, String> {
-        let target = agent_auth::store::tls::target(url, None).map_err(|e| e.to_string())?;
+        let url = agent_auth::store::PostgresUrl::parse(url)?;
+        let target = agent_auth::store::tls::target(&url, None).map_err(|e| e.to_string())?;
         let (client, connection) = target
             .config
             .connect(target.tls)

@@ -250,7 +250,8 @@ pub async fn run_incumbent(
 /// A checkout-per-statement pool with the service's connection settings, for the bench's
 /// baselines (the resolver's statement alone, the incumbent's logins).
 pub fn pool(url: &str, config: &StoreConfig) -> Result<Pool, String> {
-    let (pg_config, tls) = store::connection_settings(url, config).map_err(|e| e.to_string())?;
+    let url = store::PostgresUrl::parse(url)?;
+    let (pg_config, tls) = store::connection_settings(&url, config).map_err(|e| e.to_string())?;
     let manager = Manager::from_config(
         pg_config,
         tls,

@@ -12,7 +12,7 @@
 //! about once at start-up. PostgreSQL never uses TLS on a unix socket, so the embedded database
 //! is unaffected.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
@@ -21,64 +21,7 @@ use rustls::{DigitallySignedStruct, SignatureScheme};
 use tokio_postgres_rustls::MakeRustlsConnect;
 
 use super::StoreError;
-
-/// libpq's `sslmode` values.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum SslMode {
-    Disable,
-    Prefer,
-    Require,
-    VerifyCa,
-    VerifyFull,
-}
-
-impl SslMode {
-    fn parse(value: &str) -> Result<Self, String> {
-        Ok(match value {
-            "disable" => SslMode::Disable,
-            "allow" | "prefer" => SslMode::Prefer,
-            "require" => SslMode::Require,
-            "verify-ca" => SslMode::VerifyCa,
-            "verify-full" => SslMode::VerifyFull,
-            other => {
-                return Err(format!(
-                    "sslmode {other:?} is not one of disable, prefer, require, verify-ca, verify-full"
-                ));
-            }
-        })
-    }
-}
-
-/// A connection string read the way libpq reads it: tokio-postgres's settings, and the TLS
-/// parameters it does not know.
-#[derive(Debug, Clone)]
-pub struct Parsed {
-    pub config: tokio_postgres::Config,
-    pub mode: SslMode,
-    pub root_cert: Option<PathBuf>,
-}
-
-/// Parses a URL or key=value string; the message never contains the password.
-pub fn parse(url: &str) -> Result<Parsed, String> {
-    let (rest, taken) = super::conninfo::take(url, &["sslmode", "sslrootcert"])
-        .ok_or_else(|| "not a PostgreSQL URL or key=value connection string".to_owned())?;
-    let mut mode = SslMode::Prefer;
-    let mut root_cert = None;
-    for (key, value) in taken {
-        match key.as_str() {
-            "sslmode" => mode = SslMode::parse(&value)?,
-            _ => root_cert = Some(PathBuf::from(value)),
-        }
-    }
-    let config = rest
-        .parse::<tokio_postgres::Config>()
-        .map_err(|e| e.to_string())?;
-    Ok(Parsed {
-        config,
-        mode,
-        root_cert,
-    })
-}
+use super::url::{PostgresUrl, SslMode};
 
 /// Where and how to connect.
 pub struct Target {
@@ -90,7 +33,7 @@ pub struct Target {
 
 /// The settings and TLS connector for `url`; `ca` is `--postgres-ca` (the URL's
 /// `sslrootcert` wins).
-pub fn target(url: &super::url::PostgresUrl, ca: Option<&Path>) -> Result<Target, StoreError> {
+pub fn target(url: &PostgresUrl, ca: Option<&Path>) -> Result<Target, StoreError> {
     let parsed = url.parsed().clone();
     let root = parsed.root_cert.as_deref().or(ca);
     let mut config = parsed.config;
@@ -291,6 +234,7 @@ impl ServerCertVerifier for Lenient {
 
 #[cfg(test)]
 mod tests {
+    use super::super::url::parse;
     use super::*;
 
     fn remote(url: &str, verified: bool) -> Vec<String> {

@@ -4,21 +4,19 @@
 //! [`PostgresUrl::expose`] (for a config file a tool writes for a child server).
 
 use std::fmt;
-
-use super::tls;
+use std::path::PathBuf;
 
 /// A checked PostgreSQL connection string; printing it never shows a password.
 #[derive(Clone)]
 pub struct PostgresUrl {
     text: String,
-    parsed: tls::Parsed,
+    parsed: Parsed,
 }
 
 impl PostgresUrl {
     /// Reads `text` the way libpq does; the error never contains the password.
     pub fn parse(text: &str) -> Result<Self, String> {
-        let parsed =
-            tls::parse(text).map_err(|e| format!("{e} (in {})", redact_postgres_url(text)))?;
+        let parsed = parse(text).map_err(|e| format!("{e} (in {})", redact_postgres_url(text)))?;
         Ok(Self {
             text: text.to_owned(),
             parsed,
@@ -27,7 +25,7 @@ impl PostgresUrl {
 
     /// What the driver reads: tokio-postgres's settings and the TLS parameters it does not
     /// know.
-    pub fn parsed(&self) -> &tls::Parsed {
+    pub fn parsed(&self) -> &Parsed {
         &self.parsed
     }
 
@@ -35,6 +33,64 @@ impl PostgresUrl {
     pub fn expose(&self) -> &str {
         &self.text
     }
+}
+
+/// libpq's `sslmode` values.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SslMode {
+    Disable,
+    Prefer,
+    Require,
+    VerifyCa,
+    VerifyFull,
+}
+
+impl SslMode {
+    fn parse(value: &str) -> Result<Self, String> {
+        Ok(match value {
+            "disable" => SslMode::Disable,
+            "allow" | "prefer" => SslMode::Prefer,
+            "require" => SslMode::Require,
+            "verify-ca" => SslMode::VerifyCa,
+            "verify-full" => SslMode::VerifyFull,
+            other => {
+                return Err(format!(
+                    "sslmode {other:?} is not one of disable, prefer, require, verify-ca, verify-full"
+                ));
+            }
+        })
+    }
+}
+
+/// A connection string read the way libpq reads it: tokio-postgres's settings, and the TLS
+/// parameters it does not know.
+#[derive(Debug, Clone)]
+pub struct Parsed {
+    pub config: tokio_postgres::Config,
+    pub mode: SslMode,
+    pub root_cert: Option<PathBuf>,
+}
+
+/// Parses a URL or key=value string; the message never contains the password.
+pub fn parse(url: &str) -> Result<Parsed, String> {
+    let (rest, taken) = super::conninfo::take(url, &["sslmode", "sslrootcert"])
+        .ok_or_else(|| "not a PostgreSQL URL or key=value connection string".to_owned())?;
+    let mut mode = SslMode::Prefer;
+    let mut root_cert = None;
+    for (key, value) in taken {
+        match key.as_str() {
+            "sslmode" => mode = SslMode::parse(&value)?,
+            _ => root_cert = Some(PathBuf::from(value)),
+        }
+    }
+    let config = rest
+        .parse::<tokio_postgres::Config>()
+        .map_err(|e| e.to_string())?;
+    Ok(Parsed {
+        config,
+        mode,
+        root_cert,
+    })
 }
 
 impl fmt::Display for PostgresUrl {

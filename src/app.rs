@@ -262,45 +262,18 @@ impl App {
             http_listener,
             auth,
             embedded,
-            mut hangup,
+            hangup,
         } = self;
-        let grpc_bound = match &grpc_listener {
-            GrpcListener::Tcp(listener) => listener.local_addr().ok(),
-            GrpcListener::Unix(..) => None,
+        let bound = Bound {
+            grpc: match &grpc_listener {
+                GrpcListener::Tcp(listener) => listener.local_addr().ok(),
+                GrpcListener::Unix(..) => None,
+            },
+            admin: admin_listener.local_addr().ok(),
+            http: http_listener.as_ref().and_then(|l| l.local_addr().ok()),
         };
-        let admin_bound = admin_listener.local_addr().ok();
-        let http_bound = http_listener.as_ref().and_then(|l| l.local_addr().ok());
+        let caps = Caps::new(config.connections);
         let limiter = Limiter::new(config.max_concurrent_requests);
-        let limits = config.connections;
-        let open_files = crate::listen::raise_open_file_limit();
-        let memory_limit = crate::listen::memory_limit();
-        let agent_cap = limits.agent_cap(open_files, memory_limit);
-        let per_source = limits.per_source(agent_cap);
-        let admin_idle = limits.idle_timeout.min(listen::ADMIN_IDLE_TIMEOUT);
-        tracing::info!(
-            open_files,
-            memory_limit,
-            grpc_and_http = agent_cap,
-            per_source,
-            admin = limits.admin_max_connections,
-            "connection caps"
-        );
-        let agent_registry = listen::Registry::new(per_source);
-        let admin_registry = listen::Registry::new(limits.admin_max_connections / 2);
-        let policy = |listener,
-                      permits: &Arc<Semaphore>,
-                      registry: &Arc<listen::Registry>,
-                      first_bytes,
-                      idle_timeout| Policy {
-            listener,
-            permits: permits.clone(),
-            registry: registry.clone(),
-            first_bytes,
-            handshake_timeout: limits.handshake_timeout,
-            idle_timeout,
-        };
-        let agent_permits = Arc::new(Semaphore::new(agent_cap));
-        let admin_permits = Arc::new(Semaphore::new(limits.admin_max_connections));
         let store = auth.store().clone();
         let draining = Arc::new(AtomicBool::new(false));
         let (health, health_service) = crate::grpc::Health::new();
@@ -309,119 +282,34 @@ impl App {
             trust: auth.trust().clone(),
             draining: draining.clone(),
         };
-        let trust = auth.trust().clone();
-        let reloader = tokio::spawn(async move {
-            while hangup.recv().await.is_some() {
-                tracing::info!("SIGHUP: reloading trust files");
-                // Off the async workers: reading and parsing files blocks.
-                let trust = trust.clone();
-                let _ = tokio::task::spawn_blocking(move || trust.reload()).await;
-            }
-        });
+        let reloader = spawn_reloader(hangup, auth.trust().clone());
         // Health starts as the first probe finds the database.
         let initially_serving = admin::readiness(&admin_state).await.is_ok();
         health.set(initially_serving).await;
-        let reflection_v1 = reflection().build_v1()?;
-        let reflection_v1alpha = reflection().build_v1alpha()?;
 
         let (stop_tx, stop_rx) = watch::channel(false);
-        let stopped = |mut rx: watch::Receiver<bool>| async move {
-            let _ = rx.wait_for(|stop| *stop).await;
-        };
-        let grpc_router = tonic::service::Routes::new(health_service)
-            .add_service(reflection_v1)
-            .add_service(reflection_v1alpha)
-            .add_service(
-                AgentAuthService::new(auth.clone(), limiter.clone())
-                    .into_server(limits.max_message_bytes),
-            )
-            .into_axum_router()
-            .layer(axum::middleware::map_response(
-                grpc::damaged_frames_are_malformed,
-            ));
-        let grpc_protocol = listen::Protocol::http2(&limits, grpc_tls.clone());
-        let grpc_policy = policy(
-            "grpc",
-            &agent_permits,
-            &agent_registry,
-            listen::HTTP2_PREFACE_BYTES,
-            limits.idle_timeout,
-        );
-        let mut socket_file = None;
-        let grpc_task = match grpc_listener {
-            GrpcListener::Tcp(listener) => tokio::spawn(listen::serve(
-                listen::incoming(listener, grpc_policy),
-                grpc_protocol,
-                grpc_router,
-                stopped(stop_rx.clone()),
-            )),
-            GrpcListener::Unix(listener, file) => {
-                socket_file = Some(file);
-                tokio::spawn(listen::serve(
-                    listen::incoming(listener, grpc_policy),
-                    grpc_protocol,
-                    grpc_router,
-                    stopped(stop_rx.clone()),
-                ))
-            }
-        };
+        let (grpc_task, socket_file) = spawn_grpc(
+            grpc_listener,
+            grpc_tls,
+            &caps,
+            AgentAuthService::new(auth.clone(), limiter.clone()),
+            health_service,
+            stop_rx.clone(),
+        )?;
         let prober = tokio::spawn(admin::follow_readiness(
             admin_state.clone(),
             health.clone(),
             stop_rx.clone(),
             initially_serving,
         ));
-        let admin_router = admin::router(admin_state);
-        let admin_task = tokio::spawn(listen::serve(
-            listen::incoming(
-                admin_listener,
-                policy("admin", &admin_permits, &admin_registry, 1, admin_idle),
-            ),
-            listen::Protocol::http1(&limits, admin_idle),
-            admin_router,
-            stopped(stop_rx.clone()),
-        ));
+        let admin_task = spawn_admin(admin_listener, &caps, admin_state, stop_rx.clone());
         // The agent endpoints share the use case, the concurrency limit and the connection cap
         // (and each source's share of it) with gRPC.
         let http_task = http_listener.map(|listener| {
-            tokio::spawn(listen::serve(
-                listen::incoming(
-                    listener,
-                    policy(
-                        "http",
-                        &agent_permits,
-                        &agent_registry,
-                        1,
-                        limits.idle_timeout,
-                    ),
-                ),
-                listen::Protocol::http1(&limits, limits.idle_timeout),
-                crate::http::agent::router(auth.clone(), limiter.clone(), limits),
-                stopped(stop_rx.clone()),
-            ))
+            let router = crate::http::agent::router(auth.clone(), limiter.clone(), caps.limits);
+            spawn_http(listener, &caps, router, stop_rx.clone())
         });
-        // One line per listener, with the bound address, so an operator sees what serves where.
-        match (&config.grpc_listen, grpc_bound) {
-            (ListenAddr::Unix(path), _) => tracing::info!(
-                socket = %path.display(),
-                "gRPC listening on a unix socket (mode 0600; agentauth.v1, health, reflection)"
-            ),
-            (ListenAddr::Tcp(configured), bound) => tracing::info!(
-                address = %bound.unwrap_or(*configured),
-                tls = config.tls.is_some(),
-                "gRPC listening (agentauth.v1, health, reflection)"
-            ),
-        }
-        tracing::info!(
-            address = %admin_bound.unwrap_or(config.admin_listen),
-            "admin HTTP listening (/healthz, /readyz, /metrics)"
-        );
-        if let Some(addr) = http_bound {
-            tracing::info!(
-                address = %addr,
-                "Coder-compatible agent HTTP listening (/api/v2/workspaceagents/*)"
-            );
-        }
+        log_listeners(&config, &bound);
 
         shutdown.await;
         tracing::info!("shutting down: not serving, draining in-flight requests");
@@ -429,28 +317,7 @@ impl App {
         health.set(false).await;
         let _ = stop_tx.send(true);
         let _ = prober.await;
-        let drained = tokio::time::timeout(config.shutdown_grace, async {
-            let grpc = grpc_task.await;
-            let admin = admin_task.await;
-            if let Some(http) = http_task
-                && let Err(e) = http.await
-            {
-                tracing::warn!(error = %e, "HTTP listener task failed");
-            }
-            (grpc, admin)
-        })
-        .await;
-        let result = match drained {
-            Ok((Ok(()), Ok(()))) => Ok(()),
-            Ok((grpc, admin)) => Err(AppError::Listener {
-                grpc: format!("{grpc:?}"),
-                admin: format!("{admin:?}"),
-            }),
-            Err(_) => {
-                tracing::warn!(grace = ?config.shutdown_grace, "in-flight requests did not finish within the grace period");
-                Ok(())
-            }
-        };
+        let result = drain(grpc_task, admin_task, http_task, config.shutdown_grace).await;
         reloader.abort();
         store.close();
         if let Some(file) = socket_file {
@@ -461,6 +328,225 @@ impl App {
             tracing::info!("embedded PostgreSQL stopped");
         }
         result
+    }
+}
+
+/// The addresses the listeners were bound to (TCP only).
+struct Bound {
+    grpc: Option<SocketAddr>,
+    admin: Option<SocketAddr>,
+    http: Option<SocketAddr>,
+}
+
+/// The connection caps of the listeners: gRPC and agent HTTP share one (and each source's
+/// share of it), admin has its own.
+struct Caps {
+    limits: listen::ConnectionLimits,
+    agent_permits: Arc<Semaphore>,
+    agent_registry: Arc<listen::Registry>,
+    admin_permits: Arc<Semaphore>,
+    admin_registry: Arc<listen::Registry>,
+    admin_idle: std::time::Duration,
+}
+
+impl Caps {
+    /// Sizes the caps from the settings and what the process may open, and says so once.
+    fn new(limits: listen::ConnectionLimits) -> Self {
+        let open_files = crate::listen::raise_open_file_limit();
+        let memory_limit = crate::listen::memory_limit();
+        let agent_cap = limits.agent_cap(open_files, memory_limit);
+        let per_source = limits.per_source(agent_cap);
+        tracing::info!(
+            open_files,
+            memory_limit,
+            grpc_and_http = agent_cap,
+            per_source,
+            admin = limits.admin_max_connections,
+            "connection caps"
+        );
+        Self {
+            limits,
+            agent_permits: Arc::new(Semaphore::new(agent_cap)),
+            agent_registry: listen::Registry::new(per_source),
+            admin_permits: Arc::new(Semaphore::new(limits.admin_max_connections)),
+            admin_registry: listen::Registry::new(limits.admin_max_connections / 2),
+            admin_idle: limits.idle_timeout.min(listen::ADMIN_IDLE_TIMEOUT),
+        }
+    }
+
+    /// The policy of an agent-facing listener (`grpc` or `http`).
+    fn agent(&self, listener: &'static str, first_bytes: usize) -> Policy {
+        Policy {
+            listener,
+            permits: self.agent_permits.clone(),
+            registry: self.agent_registry.clone(),
+            first_bytes,
+            handshake_timeout: self.limits.handshake_timeout,
+            idle_timeout: self.limits.idle_timeout,
+        }
+    }
+
+    fn admin(&self) -> Policy {
+        Policy {
+            listener: "admin",
+            permits: self.admin_permits.clone(),
+            registry: self.admin_registry.clone(),
+            first_bytes: 1,
+            handshake_timeout: self.limits.handshake_timeout,
+            idle_timeout: self.admin_idle,
+        }
+    }
+}
+
+/// Resolves once the stop signal is sent.
+async fn stopped(mut stop: watch::Receiver<bool>) {
+    let _ = stop.wait_for(|stop| *stop).await;
+}
+
+/// SIGHUP reloads the trust files, off the async workers (reading and parsing blocks).
+fn spawn_reloader(
+    mut hangup: tokio::signal::unix::Signal,
+    trust: Arc<TrustStore>,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        while hangup.recv().await.is_some() {
+            tracing::info!("SIGHUP: reloading trust files");
+            let trust = trust.clone();
+            let _ = tokio::task::spawn_blocking(move || trust.reload()).await;
+        }
+    })
+}
+
+/// Serves gRPC (the service, health and reflection) on its TCP or unix listener; returns the
+/// task and the socket file to remove at the end.
+fn spawn_grpc(
+    listener: GrpcListener,
+    tls: Option<Arc<rustls::ServerConfig>>,
+    caps: &Caps,
+    service: AgentAuthService,
+    health: tonic_health::pb::health_server::HealthServer<
+        impl tonic_health::pb::health_server::Health,
+    >,
+    stop: watch::Receiver<bool>,
+) -> Result<(tokio::task::JoinHandle<()>, Option<SocketFile>), AppError> {
+    let router = tonic::service::Routes::new(health)
+        .add_service(reflection().build_v1()?)
+        .add_service(reflection().build_v1alpha()?)
+        .add_service(service.into_server(caps.limits.max_message_bytes))
+        .into_axum_router()
+        .layer(axum::middleware::map_response(
+            grpc::damaged_frames_are_malformed,
+        ));
+    let protocol = listen::Protocol::http2(&caps.limits, tls);
+    let policy = caps.agent("grpc", listen::HTTP2_PREFACE_BYTES);
+    Ok(match listener {
+        GrpcListener::Tcp(listener) => (
+            tokio::spawn(listen::serve(
+                listen::incoming(listener, policy),
+                protocol,
+                router,
+                stopped(stop),
+            )),
+            None,
+        ),
+        GrpcListener::Unix(listener, file) => (
+            tokio::spawn(listen::serve(
+                listen::incoming(listener, policy),
+                protocol,
+                router,
+                stopped(stop),
+            )),
+            Some(file),
+        ),
+    })
+}
+
+/// Serves `/healthz`, `/readyz` and `/metrics`.
+fn spawn_admin(
+    listener: TcpListener,
+    caps: &Caps,
+    state: AdminState,
+    stop: watch::Receiver<bool>,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(listen::serve(
+        listen::incoming(listener, caps.admin()),
+        listen::Protocol::http1(&caps.limits, caps.admin_idle),
+        admin::router(state),
+        stopped(stop),
+    ))
+}
+
+/// Serves the Coder-compatible agent endpoints.
+fn spawn_http(
+    listener: TcpListener,
+    caps: &Caps,
+    router: axum::Router,
+    stop: watch::Receiver<bool>,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(listen::serve(
+        listen::incoming(listener, caps.agent("http", 1)),
+        listen::Protocol::http1(&caps.limits, caps.limits.idle_timeout),
+        router,
+        stopped(stop),
+    ))
+}
+
+/// One line per listener, with the bound address, so an operator sees what serves where.
+fn log_listeners(config: &Config, bound: &Bound) {
+    match (&config.grpc_listen, bound.grpc) {
+        (ListenAddr::Unix(path), _) => tracing::info!(
+            socket = %path.display(),
+            "gRPC listening on a unix socket (mode 0600; agentauth.v1, health, reflection)"
+        ),
+        (ListenAddr::Tcp(configured), bound) => tracing::info!(
+            address = %bound.unwrap_or(*configured),
+            tls = config.tls.is_some(),
+            "gRPC listening (agentauth.v1, health, reflection)"
+        ),
+    }
+    tracing::info!(
+        address = %bound.admin.unwrap_or(config.admin_listen),
+        "admin HTTP listening (/healthz, /readyz, /metrics)"
+    );
+    if let Some(addr) = bound.http {
+        tracing::info!(
+            address = %addr,
+            "Coder-compatible agent HTTP listening (/api/v2/workspaceagents/*)"
+        );
+    }
+}
+
+/// Waits up to `grace` for the listeners to finish their in-flight requests.
+async fn drain(
+    grpc: tokio::task::JoinHandle<()>,
+    admin: tokio::task::JoinHandle<()>,
+    http: Option<tokio::task::JoinHandle<()>>,
+    grace: std::time::Duration,
+) -> Result<(), AppError> {
+    let drained = tokio::time::timeout(grace, async {
+        let grpc = grpc.await;
+        let admin = admin.await;
+        if let Some(http) = http
+            && let Err(e) = http.await
+        {
+            tracing::warn!(error = %e, "HTTP listener task failed");
+        }
+        (grpc, admin)
+    })
+    .await;
+    match drained {
+        Ok((Ok(()), Ok(()))) => Ok(()),
+        Ok((grpc, admin)) => Err(AppError::Listener {
+            grpc: format!("{grpc:?}"),
+            admin: format!("{admin:?}"),
+        }),
+        Err(_) => {
+            tracing::warn!(
+                ?grace,
+                "in-flight requests did not finish within the grace period"
+            );
+            Ok(())
+        }
     }
 }
 

@@ -9,7 +9,7 @@ use clap::Parser;
 
 /// mimalloc instead of glibc's malloc: a login allocates a few hundred small blocks (HTTP/2
 /// frames, headers, protobuf), and glibc's free alone was 4 % of the server's instructions
-/// (`scripts/cpu-per-login`; before and after in BENCHMARKS.md).
+/// (`scripts/cpu-per-login`; before and after in docs/bench/history.md, "CPU per login").
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 

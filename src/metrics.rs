@@ -373,7 +373,7 @@ pub fn subject_label(certificate: &openssl::x509::X509Ref) -> String {
 
 /// The handles every login records to, registered once with our recorder: a `counter!` or
 /// `histogram!` call builds its key and looks it up in the registry each time (about 1,000
-/// instructions each, four or five per login; BENCHMARKS.md section 9).
+/// instructions each, four or five per login, in `scripts/cpu-per-login`).
 struct Hot {
     authentications: Vec<(&'static str, &'static str, metrics::Counter)>,
     authentication_duration: Vec<(&'static str, metrics::Histogram)>,

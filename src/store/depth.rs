@@ -4,7 +4,8 @@
 //! connection needs dozens of statements in flight to stay busy. Near the database it only
 //! hurts: the statements queue behind each other on one backend, and a backend that stalls
 //! (descheduled, a spinlock) holds every one of them, which is the tail of the latency
-//! (BENCHMARKS.md section 11: p99 4.7× p50 at depth 32 locally, 1.8× at depth 8). So the
+//! (p99 4.7× p50 at depth 32 locally, 1.8× at depth 8: docs/bench/history.md, "Fewer
+//! connections and an adaptive pipeline depth"). So the
 //! depth in use is the pipe's size, not the configured maximum:
 //!
 //! - the *base* latency is the least a statement took over the last [`HORIZON`] windows (an

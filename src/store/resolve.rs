@@ -23,7 +23,7 @@ use super::{Store, StoreError, Target, is_connection_lost, query_error};
 /// index probes however small the tables (joined, PostgreSQL scanned `workspaces` whole). The job's type is checked only for the
 /// agents that can matter: the latest build's, and the first stale one found. So an instance
 /// with many live agents on old builds costs three probes per old agent, not six
-/// (BENCHMARKS.md section 9, live stale agents).
+/// (docs/bench/history.md, "Live stale agents").
 ///
 /// Rows: every candidate, then one row whose `stale` is 1 if an agent of the instance sits on
 /// an older build of a live workspace, else 0. A job without a build (template import, dry

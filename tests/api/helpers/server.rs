@@ -1,0 +1,325 @@
+//! The server under test: in this process (`TestApp`) or as the real binary (`ServeProcess`),
+//! its settings, and waiting for it.
+
+use super::*;
+
+/// A running server.
+pub struct TestApp {
+    pub grpc_url: String,
+    pub admin_url: String,
+    /// The Coder-compatible HTTP listener, when `http_listen` was set.
+    pub http_url: Option<String>,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    task: Option<tokio::task::JoinHandle<Result<(), agent_auth::app::AppError>>>,
+}
+
+impl TestApp {
+    /// Starts the server on loopback with `db`, after `edit` adjusts the settings.
+    pub async fn spawn(db: &TestDb, edit: impl FnOnce(&mut Settings)) -> Self {
+        let mut settings = test_config(db);
+        edit(&mut settings);
+        Self::spawn_config(Config::try_from(settings).unwrap_or_else(|e| panic!("{e}"))).await
+    }
+
+    pub async fn spawn_config(config: Config) -> Self {
+        let unix = match &config.grpc_listen {
+            agent_auth::config::ListenAddr::Unix(path) => Some(format!("unix:{}", path.display())),
+            agent_auth::config::ListenAddr::Tcp(_) => None,
+        };
+        let app = App::build(config)
+            .await
+            .unwrap_or_else(|e| panic!("App::build: {e}"));
+        let grpc_url = unix.unwrap_or_else(|| {
+            format!(
+                "http://{}",
+                app.grpc_addr().unwrap_or_else(|| panic!("no gRPC address"))
+            )
+        });
+        let admin = app
+            .admin_addr()
+            .unwrap_or_else(|| panic!("no admin address"));
+        let http_url = app.http_addr().map(|a| format!("http://{a}"));
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let task = tokio::spawn(app.run(async {
+            let _ = stopped.await;
+        }));
+        Self {
+            grpc_url,
+            http_url,
+            admin_url: format!("http://{admin}"),
+            stop: Some(stop),
+            task: Some(task),
+        }
+    }
+
+    pub async fn channel(&self) -> Channel {
+        agent_auth::client::connect(&self.grpc_url, Duration::from_secs(5))
+            .await
+            .unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    pub async fn authenticate(
+        &self,
+        request: pb::AuthenticateRequest,
+    ) -> Result<pb::AuthenticateResponse, tonic::Status> {
+        agent_auth::client::authenticate(self.channel().await, request).await
+    }
+
+    /// GET on the admin listener: (status, body).
+    pub async fn admin_get(&self, path: &str) -> (u16, String) {
+        http_get(&format!("{}{path}", self.admin_url)).await
+    }
+
+    pub async fn stop(mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(task) = self.task.take() {
+            let result = task.await.unwrap_or_else(|e| panic!("server task: {e}"));
+            result.unwrap_or_else(|e| panic!("server: {e}"));
+        }
+    }
+}
+
+impl Drop for TestApp {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+    }
+}
+
+/// Settings for a test server: loopback, port 0, the test's database.
+pub fn test_config(db: &TestDb) -> Settings {
+    Settings::from_flags([
+        "--grpc-listen",
+        "127.0.0.1:0",
+        "--admin-listen",
+        "127.0.0.1:0",
+        "--postgres-url",
+        &db.url,
+        "--log-level",
+        "warn",
+        "--db-pool-size",
+        "4",
+        // Never the real Google URL: tests reach loopback only.
+        "--gcp-jwks",
+        concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/fixtures/gcp/empty-jwks.json"
+        ),
+    ])
+    .unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// A setting's value from the text an operator would write for it.
+pub fn value<T>(text: impl std::fmt::Display) -> T
+where
+    T: std::str::FromStr,
+    T::Err: std::fmt::Display,
+{
+    let text = text.to_string();
+    text.parse()
+        .unwrap_or_else(|e| panic!("{text:?} as a setting: {e}"))
+}
+
+/// [`value`] for each of several.
+pub fn values<T>(texts: &[String]) -> Vec<T>
+where
+    T: std::str::FromStr,
+    T::Err: std::fmt::Display,
+{
+    texts.iter().map(value).collect()
+}
+
+/// Whether the recorded AWS document logs in over a new connection to `url` (connect within
+/// `timeout`); false for any failure, refused connections included.
+pub async fn logs_in_over_a_new_connection(url: &str, timeout: Duration) -> bool {
+    match agent_auth::client::connect(url, timeout).await {
+        Ok(channel) => agent_auth::client::authenticate(
+            channel,
+            aws_request(RECORDED_DOCUMENT, RECORDED_SIGNATURE, ""),
+        )
+        .await
+        .is_ok(),
+        Err(_) => false,
+    }
+}
+
+/// Polls `check` until it holds or `limit` passes.
+pub async fn eventually(limit: Duration, mut check: impl AsyncFnMut() -> bool) -> bool {
+    let deadline = tokio::time::Instant::now() + limit;
+    loop {
+        if check().await {
+            return true;
+        }
+        if tokio::time::Instant::now() > deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// The server's metric `name` summed over the series with `labels` (-1 if it has none).
+pub async fn metric(server: &ServeProcess, name: &str, labels: &[(&str, &str)]) -> f64 {
+    let (_, text) = http_get(&format!("{}/metrics", server.admin_url)).await;
+    metric_sum(&text, name, labels).unwrap_or(-1.0)
+}
+
+/// A loopback port free at this instant.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// The real binary running `serve` against a test database, on free loopback ports.
+pub struct ServeProcess {
+    child: tokio::process::Child,
+    pub grpc_url: String,
+    pub admin_url: String,
+}
+
+impl ServeProcess {
+    /// Starts `agent-auth serve` with `extra` flags and waits until `/readyz` answers 200.
+    pub async fn start(db: &TestDb, extra: &[&str]) -> Self {
+        Self::start_with(db, extra, |_| {}).await
+    }
+
+    /// As [`ServeProcess::start`], with `edit` changing the process's environment last (a test
+    /// that must see what the defaults here hide, such as the metadata endpoint).
+    pub async fn start_with(
+        db: &TestDb,
+        extra: &[&str],
+        edit: impl FnOnce(&mut tokio::process::Command),
+    ) -> Self {
+        let (grpc, admin) = (free_port(), free_port());
+        let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_agent-auth"));
+        command
+            .args(["serve", "--postgres-url", &db.url])
+            .args(["--grpc-listen", &format!("127.0.0.1:{grpc}")])
+            .args(["--admin-listen", &format!("127.0.0.1:{admin}")]);
+        if !extra.contains(&"--gcp-jwks") {
+            command.args([
+                "--gcp-jwks",
+                concat!(
+                    env!("CARGO_MANIFEST_DIR"),
+                    "/tests/fixtures/gcp/empty-jwks.json"
+                ),
+            ]);
+        }
+        // The AWS SDK must never reach an instance metadata endpoint or a developer's own
+        // credentials from a test: explicit test credentials, no profile files, IMDS off.
+        command
+            .env("AWS_EC2_METADATA_DISABLED", "true")
+            .env("AWS_ACCESS_KEY_ID", "testing")
+            .env("AWS_SECRET_ACCESS_KEY", "testing")
+            .env_remove("AWS_SESSION_TOKEN")
+            .env_remove("AWS_PROFILE")
+            .env("AWS_CONFIG_FILE", "/nonexistent/agent-auth-test")
+            .env(
+                "AWS_SHARED_CREDENTIALS_FILE",
+                "/nonexistent/agent-auth-test",
+            )
+            .env_remove("GOOGLE_APPLICATION_CREDENTIALS")
+            .args(extra)
+            .stderr(std::process::Stdio::piped())
+            .kill_on_drop(true);
+        edit(&mut command);
+        let child = command.spawn().unwrap_or_else(|e| panic!("spawn: {e}"));
+        let process = Self {
+            child,
+            grpc_url: format!("http://127.0.0.1:{grpc}"),
+            admin_url: format!("http://127.0.0.1:{admin}"),
+        };
+        let ready = eventually(Duration::from_secs(30), async || {
+            http_get(&format!("{}/readyz", process.admin_url)).await.0 == 200
+        });
+        assert!(ready.await, "serve never became ready");
+        process
+    }
+
+    pub async fn channel(&self) -> Channel {
+        agent_auth::client::connect(&self.grpc_url, Duration::from_secs(5))
+            .await
+            .unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    /// The process's resident memory in KiB (`VmRSS` of /proc).
+    pub fn rss_kib(&self) -> u64 {
+        let pid = self.child.id().unwrap_or_else(|| panic!("exited early"));
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status"))
+            .unwrap_or_else(|e| panic!("{e}"));
+        status
+            .lines()
+            .find_map(|line| line.strip_prefix("VmRSS:"))
+            .and_then(|rest| rest.split_whitespace().next()?.parse().ok())
+            .unwrap_or_else(|| panic!("no VmRSS in {status}"))
+    }
+
+    /// Sends `signal` to the process.
+    pub fn signal(&self, signal: nix::sys::signal::Signal) {
+        let pid = self.child.id().unwrap_or_else(|| panic!("exited early"));
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), signal)
+            .unwrap_or_else(|e| panic!("{e}"));
+    }
+
+    /// SIGTERM, then the exit status and everything the process wrote to stderr.
+    pub async fn terminate(mut self) -> (std::process::ExitStatus, String) {
+        use tokio::io::AsyncReadExt;
+        let pid = self.child.id().unwrap_or_else(|| panic!("exited early"));
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(pid as i32),
+            nix::sys::signal::Signal::SIGTERM,
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+        let mut stderr = String::new();
+        if let Some(mut pipe) = self.child.stderr.take() {
+            let _ = pipe.read_to_string(&mut stderr).await;
+        }
+        let status = tokio::time::timeout(Duration::from_secs(30), self.child.wait())
+            .await
+            .unwrap_or_else(|_| panic!("no exit within 30 s of SIGTERM"))
+            .unwrap_or_else(|e| panic!("{e}"));
+        (status, stderr)
+    }
+}
+
+/// Runs `agent-auth authenticate --server SERVER ARGS…` and checks it printed `token`.
+pub async fn assert_authenticate_command_prints(server: &str, args: &[&str], token: Uuid) {
+    let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_agent-auth"));
+    command
+        .args(["authenticate", "--server", server])
+        .args(args);
+    let output = tokio::task::spawn_blocking(move || command.output())
+        .await
+        .unwrap_or_else(|e| panic!("{e}"))
+        .unwrap_or_else(|e| panic!("{e}"));
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(
+        stdout.contains(&format!("session_token: {token}")),
+        "{stdout}"
+    );
+}
+
+/// Logs the recorded AWS document in over a new gRPC channel to `server`; the session token.
+#[cfg(feature = "container-tests")]
+pub async fn recorded_login(server: &str) -> String {
+    let channel = agent_auth::client::connect(server, Duration::from_secs(5))
+        .await
+        .unwrap_or_else(|e| panic!("{server}: {e}"));
+    success(
+        agent_auth::client::authenticate(
+            channel,
+            aws_request(RECORDED_DOCUMENT, RECORDED_SIGNATURE, ""),
+        )
+        .await,
+    )
+    .session_token
+}

@@ -1,4 +1,8 @@
-//! Every resolution rule of DESIGN.md section 2, each through the real server.
+//! Every resolution rule of DESIGN.md section 2 through the real server: a table of rules
+//! (the rows around an instance, the logins and what each gets), and the cases that need more.
+
+use std::future::Future;
+use std::pin::Pin;
 
 use tonic::Code;
 
@@ -52,233 +56,275 @@ async fn a_single_agent_on_the_latest_build_gets_its_token_and_details() {
     assert_eq!(response.workspace_build_id, build.to_string());
 }
 
-#[tokio::test]
-async fn two_agents_without_a_name_are_ambiguous_and_listed_sorted() {
-    let (_db, world, app, key) = setup().await;
-    let instance = instance_id();
-    let resource = world.build(world.workspace().await, 1).await;
-    world.agent(resource, "beta", &instance).await;
-    world.agent(resource, "alpha", &instance).await;
-
-    let (code, reason, message) = failure(login(&app, &key, &instance, "").await);
-    assert_eq!(code, Code::FailedPrecondition);
-    assert_eq!(reason, "AMBIGUOUS_AGENT");
-    assert_eq!(
-        message,
-        format!(
-            "Multiple agents found with instance ID \"{instance}\". Set CODER_AGENT_NAME to one of: alpha, beta"
-        )
-    );
+/// What a login with a name gets.
+enum Expect {
+    /// The token of the agent of this name in the layout.
+    TokenOf(&'static str),
+    /// Refused with this code and reason.
+    Refused(Code, &'static str),
+    /// Refused with this code, reason and message (`{instance}` stands for the case's
+    /// instance id).
+    Saying(Code, &'static str, &'static str),
 }
 
-#[tokio::test]
-async fn a_name_selects_its_agent_after_trimming() {
-    let (_db, world, app, key) = setup().await;
-    let instance = instance_id();
-    let resource = world.build(world.workspace().await, 1).await;
-    let alpha = world.agent(resource, "alpha", &instance).await;
-    let beta = world.agent(resource, "beta", &instance).await;
+/// The agents a layout made that a login may expect, by name.
+type Agents = Vec<(&'static str, Agent)>;
+type Layout = for<'a> fn(&'a World, &'a str) -> Pin<Box<dyn Future<Output = Agents> + 'a>>;
 
-    assert_eq!(
-        success(login(&app, &key, &instance, "alpha").await).session_token,
-        alpha.token.to_string()
-    );
-    assert_eq!(
-        success(login(&app, &key, &instance, "  beta\t").await).session_token,
-        beta.token.to_string()
-    );
+/// One rule of DESIGN.md section 2: the rows around a fresh instance id, then logins with
+/// names and what each gets.
+struct Rule {
+    rule: &'static str,
+    layout: Layout,
+    logins: &'static [(&'static str, Expect)],
 }
 
+const RULES: &[Rule] = &[
+    Rule {
+        rule: "two agents without a name are ambiguous, listed sorted",
+        layout: |world, instance| {
+            Box::pin(async move {
+                let resource = world.build(world.workspace().await, 1).await;
+                world.agent(resource, "beta", instance).await;
+                world.agent(resource, "alpha", instance).await;
+                vec![]
+            })
+        },
+        logins: &[(
+            "",
+            Expect::Saying(
+                Code::FailedPrecondition,
+                "AMBIGUOUS_AGENT",
+                "Multiple agents found with instance ID \"{instance}\". Set CODER_AGENT_NAME to one of: alpha, beta",
+            ),
+        )],
+    },
+    Rule {
+        rule: "a name selects its agent after trimming",
+        layout: |world, instance| {
+            Box::pin(async move {
+                let resource = world.build(world.workspace().await, 1).await;
+                let alpha = world.agent(resource, "alpha", instance).await;
+                let beta = world.agent(resource, "beta", instance).await;
+                vec![("alpha", alpha), ("beta", beta)]
+            })
+        },
+        logins: &[
+            ("alpha", Expect::TokenOf("alpha")),
+            ("  beta\t", Expect::TokenOf("beta")),
+        ],
+    },
+    Rule {
+        rule: "an unknown name is AGENT_NAME_NOT_FOUND (names are case-sensitive)",
+        layout: |world, instance| {
+            Box::pin(async move {
+                let resource = world.build(world.workspace().await, 1).await;
+                world.agent(resource, "main", instance).await;
+                vec![]
+            })
+        },
+        logins: &[(
+            "Main",
+            Expect::Saying(
+                Code::NotFound,
+                "AGENT_NAME_NOT_FOUND",
+                "No agent found with instance ID \"{instance}\" and name \"Main\".",
+            ),
+        )],
+    },
+    Rule {
+        rule: "a whitespace-only name counts as not given",
+        layout: |world, instance| {
+            Box::pin(async move {
+                let resource = world.build(world.workspace().await, 1).await;
+                vec![("main", world.agent(resource, "main", instance).await)]
+            })
+        },
+        logins: &[("   ", Expect::TokenOf("main"))],
+    },
+    Rule {
+        rule: "an unknown instance is INSTANCE_NOT_FOUND",
+        layout: |_, _| Box::pin(async { vec![] }),
+        logins: &[(
+            "",
+            Expect::Saying(
+                Code::NotFound,
+                "INSTANCE_NOT_FOUND",
+                "Instance with id \"{instance}\" not found.",
+            ),
+        )],
+    },
+    Rule {
+        rule: "an agent only on an older build is NOT_LATEST_BUILD, named or not",
+        layout: |world, instance| {
+            Box::pin(async move {
+                let ws = world.workspace().await;
+                let old = world.build(ws, 1).await;
+                world.agent(old, "main", instance).await;
+                let latest = world.build(ws, 2).await;
+                world.agent(latest, "main", &instance_id()).await;
+                vec![]
+            })
+        },
+        logins: &[
+            (
+                "",
+                Expect::Saying(
+                    Code::FailedPrecondition,
+                    "NOT_LATEST_BUILD",
+                    "Resource found for id \"{instance}\", but isn't registered on the latest history.",
+                ),
+            ),
+            (
+                "main",
+                Expect::Refused(Code::FailedPrecondition, "NOT_LATEST_BUILD"),
+            ),
+        ],
+    },
+    Rule {
+        rule: "stale history with the same name does not make the latest agent ambiguous",
+        layout: |world, instance| {
+            Box::pin(async move {
+                let ws = world.workspace().await;
+                for number in 1..=30 {
+                    let resource = world.build(ws, number).await;
+                    world.agent(resource, "main", instance).await;
+                }
+                let latest = world.build(ws, 31).await;
+                vec![("main", world.agent(latest, "main", instance).await)]
+            })
+        },
+        logins: &[("", Expect::TokenOf("main"))],
+    },
+    Rule {
+        rule: "template import and dry-run agents are invisible",
+        layout: |world, instance| {
+            Box::pin(async move {
+                for job_type in ["template_version_import", "template_version_dry_run"] {
+                    let resource = world.template_job_resource(job_type).await;
+                    world.agent(resource, "main", instance).await;
+                }
+                vec![]
+            })
+        },
+        logins: &[("", Expect::Refused(Code::NotFound, "INSTANCE_NOT_FOUND"))],
+    },
+    Rule {
+        rule: "beside template import and dry-run agents, the workspace's agent logs in",
+        layout: |world, instance| {
+            Box::pin(async move {
+                for job_type in ["template_version_import", "template_version_dry_run"] {
+                    let resource = world.template_job_resource(job_type).await;
+                    world.agent(resource, "main", instance).await;
+                }
+                let resource = world.build(world.workspace().await, 1).await;
+                vec![("main", world.agent(resource, "main", instance).await)]
+            })
+        },
+        logins: &[("", Expect::TokenOf("main"))],
+    },
+    Rule {
+        rule: "sub-agents never match or cause ambiguity",
+        layout: |world, instance| {
+            Box::pin(async move {
+                let resource = world.build(world.workspace().await, 1).await;
+                let parent = world.agent(resource, "main", instance).await;
+                world
+                    .agent_with(resource, "devcontainer", instance, false, Some(parent.id))
+                    .await;
+                vec![("main", parent)]
+            })
+        },
+        logins: &[
+            ("", Expect::TokenOf("main")),
+            (
+                "devcontainer",
+                Expect::Refused(Code::NotFound, "AGENT_NAME_NOT_FOUND"),
+            ),
+        ],
+    },
+    Rule {
+        // Not NOT_LATEST_BUILD: the deleted agent on the old build does not count as stale.
+        rule: "deleted agents are invisible on the latest and on older builds",
+        layout: |world, instance| {
+            Box::pin(async move {
+                let ws = world.workspace().await;
+                let old = world.build(ws, 1).await;
+                world.agent_with(old, "main", instance, true, None).await;
+                let latest = world.build(ws, 2).await;
+                world.agent_with(latest, "main", instance, true, None).await;
+                vec![]
+            })
+        },
+        logins: &[("", Expect::Refused(Code::NotFound, "INSTANCE_NOT_FOUND"))],
+    },
+    Rule {
+        rule: "agents of deleted workspaces are invisible",
+        layout: |world, instance| {
+            Box::pin(async move {
+                let ws = world.workspace().await;
+                let old = world.build(ws, 1).await;
+                world.agent(old, "main", instance).await;
+                let latest = world.build(ws, 2).await;
+                world.agent(latest, "main", instance).await;
+                world.delete_workspace(ws).await;
+                vec![]
+            })
+        },
+        logins: &[("", Expect::Refused(Code::NotFound, "INSTANCE_NOT_FOUND"))],
+    },
+    Rule {
+        rule: "a live workspace wins over a deleted one for a recycled instance id",
+        layout: |world, instance| {
+            Box::pin(async move {
+                let gone = world.workspace().await;
+                let resource = world.build(gone, 1).await;
+                world.agent(resource, "main", instance).await;
+                world.delete_workspace(gone).await;
+                let live = world.workspace().await;
+                let resource = world.build(live, 1).await;
+                vec![("main", world.agent(resource, "main", instance).await)]
+            })
+        },
+        logins: &[("", Expect::TokenOf("main"))],
+    },
+];
+
+/// Every rule of [`RULES`] on one server, each around its own instance id.
 #[tokio::test]
-async fn an_unknown_name_is_agent_name_not_found() {
+async fn every_resolution_rule_holds_through_the_real_server() {
     let (_db, world, app, key) = setup().await;
-    let instance = instance_id();
-    let resource = world.build(world.workspace().await, 1).await;
-    world.agent(resource, "main", &instance).await;
-
-    let message = fails_with(
-        login(&app, &key, &instance, "Main").await,
-        Code::NotFound,
-        "AGENT_NAME_NOT_FOUND",
-    );
-    assert_eq!(
-        message,
-        format!("No agent found with instance ID \"{instance}\" and name \"Main\".")
-    );
-}
-
-#[tokio::test]
-async fn a_whitespace_only_name_counts_as_not_given() {
-    let (_db, world, app, key) = setup().await;
-    let instance = instance_id();
-    let resource = world.build(world.workspace().await, 1).await;
-    let agent = world.agent(resource, "main", &instance).await;
-
-    assert_eq!(
-        success(login(&app, &key, &instance, "   ").await).session_token,
-        agent.token.to_string()
-    );
-}
-
-#[tokio::test]
-async fn an_unknown_instance_is_instance_not_found() {
-    let (_db, _world, app, key) = setup().await;
-    let instance = instance_id();
-    let message = fails_with(
-        login(&app, &key, &instance, "").await,
-        Code::NotFound,
-        "INSTANCE_NOT_FOUND",
-    );
-    assert_eq!(
-        message,
-        format!("Instance with id \"{instance}\" not found.")
-    );
-}
-
-#[tokio::test]
-async fn an_agent_only_on_an_older_build_is_not_latest_build() {
-    let (_db, world, app, key) = setup().await;
-    let instance = instance_id();
-    let ws = world.workspace().await;
-    let old = world.build(ws, 1).await;
-    world.agent(old, "main", &instance).await;
-    let latest = world.build(ws, 2).await;
-    world.agent(latest, "main", &instance_id()).await;
-
-    let message = fails_with(
-        login(&app, &key, &instance, "").await,
-        Code::FailedPrecondition,
-        "NOT_LATEST_BUILD",
-    );
-    assert_eq!(
-        message,
-        format!(
-            "Resource found for id \"{instance}\", but isn't registered on the latest history."
-        )
-    );
-    // A name does not turn a stale agent into a match either.
-    fails_with(
-        login(&app, &key, &instance, "main").await,
-        Code::FailedPrecondition,
-        "NOT_LATEST_BUILD",
-    );
-}
-
-#[tokio::test]
-async fn stale_history_with_the_same_name_does_not_make_the_latest_agent_ambiguous() {
-    let (_db, world, app, key) = setup().await;
-    let instance = instance_id();
-    let ws = world.workspace().await;
-    for number in 1..=30 {
-        let resource = world.build(ws, number).await;
-        world.agent(resource, "main", &instance).await;
+    for rule in RULES {
+        let instance = instance_id();
+        let agents = (rule.layout)(&world, &instance).await;
+        for (name, expect) in rule.logins {
+            let answer = login(&app, &key, &instance, name).await;
+            let case = format!("{}: name {name:?}", rule.rule);
+            match expect {
+                Expect::TokenOf(agent) => {
+                    let (_, agent) = agents
+                        .iter()
+                        .find(|(n, _)| n == agent)
+                        .unwrap_or_else(|| panic!("{case}: the layout made no {agent}"));
+                    let response = answer.unwrap_or_else(|e| panic!("{case}: {e:?}"));
+                    assert_eq!(response.session_token, agent.token.to_string(), "{case}");
+                    assert_eq!(response.agent_id, agent.id.to_string(), "{case}");
+                }
+                Expect::Refused(code, reason) => {
+                    let (got_code, got_reason, _) = failure(answer);
+                    assert_eq!((got_code, got_reason.as_str()), (*code, *reason), "{case}");
+                }
+                Expect::Saying(code, reason, message) => {
+                    let (got_code, got_reason, got_message) = failure(answer);
+                    assert_eq!(
+                        (got_code, got_reason.as_str(), got_message),
+                        (*code, *reason, message.replace("{instance}", &instance)),
+                        "{case}"
+                    );
+                }
+            }
+        }
     }
-    let latest = world.build(ws, 31).await;
-    let current = world.agent(latest, "main", &instance).await;
-
-    assert_eq!(
-        success(login(&app, &key, &instance, "").await).session_token,
-        current.token.to_string()
-    );
-}
-
-#[tokio::test]
-async fn template_import_and_dry_run_agents_are_invisible() {
-    let (_db, world, app, key) = setup().await;
-    let instance = instance_id();
-    for job_type in ["template_version_import", "template_version_dry_run"] {
-        let resource = world.template_job_resource(job_type).await;
-        world.agent(resource, "main", &instance).await;
-    }
-    fails_with(
-        login(&app, &key, &instance, "").await,
-        Code::NotFound,
-        "INSTANCE_NOT_FOUND",
-    );
-
-    let resource = world.build(world.workspace().await, 1).await;
-    let agent = world.agent(resource, "main", &instance).await;
-    assert_eq!(
-        success(login(&app, &key, &instance, "").await).session_token,
-        agent.token.to_string()
-    );
-}
-
-#[tokio::test]
-async fn sub_agents_never_match_or_cause_ambiguity() {
-    let (_db, world, app, key) = setup().await;
-    let instance = instance_id();
-    let resource = world.build(world.workspace().await, 1).await;
-    let parent = world.agent(resource, "main", &instance).await;
-    world
-        .agent_with(resource, "devcontainer", &instance, false, Some(parent.id))
-        .await;
-
-    assert_eq!(
-        success(login(&app, &key, &instance, "").await).session_token,
-        parent.token.to_string()
-    );
-    fails_with(
-        login(&app, &key, &instance, "devcontainer").await,
-        Code::NotFound,
-        "AGENT_NAME_NOT_FOUND",
-    );
-}
-
-#[tokio::test]
-async fn deleted_agents_are_invisible_on_the_latest_and_on_older_builds() {
-    let (_db, world, app, key) = setup().await;
-    let instance = instance_id();
-    let ws = world.workspace().await;
-    let old = world.build(ws, 1).await;
-    world.agent_with(old, "main", &instance, true, None).await;
-    let latest = world.build(ws, 2).await;
-    world
-        .agent_with(latest, "main", &instance, true, None)
-        .await;
-
-    // Not NOT_LATEST_BUILD: the deleted agent on the old build does not count as stale.
-    fails_with(
-        login(&app, &key, &instance, "").await,
-        Code::NotFound,
-        "INSTANCE_NOT_FOUND",
-    );
-}
-
-#[tokio::test]
-async fn agents_of_deleted_workspaces_are_invisible() {
-    let (_db, world, app, key) = setup().await;
-    let instance = instance_id();
-    let ws = world.workspace().await;
-    let old = world.build(ws, 1).await;
-    world.agent(old, "main", &instance).await;
-    let latest = world.build(ws, 2).await;
-    world.agent(latest, "main", &instance).await;
-    world.delete_workspace(ws).await;
-
-    fails_with(
-        login(&app, &key, &instance, "").await,
-        Code::NotFound,
-        "INSTANCE_NOT_FOUND",
-    );
-}
-
-#[tokio::test]
-async fn a_live_workspace_wins_over_a_deleted_one_for_a_recycled_instance_id() {
-    let (_db, world, app, key) = setup().await;
-    let instance = instance_id();
-    let gone = world.workspace().await;
-    let resource = world.build(gone, 1).await;
-    world.agent(resource, "main", &instance).await;
-    world.delete_workspace(gone).await;
-    let live = world.workspace().await;
-    let resource = world.build(live, 1).await;
-    let agent = world.agent(resource, "main", &instance).await;
-
-    assert_eq!(
-        success(login(&app, &key, &instance, "").await).session_token,
-        agent.token.to_string()
-    );
 }
 
 #[tokio::test]

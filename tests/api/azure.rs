@@ -814,15 +814,11 @@ async fn junk_documents_can_neither_evict_nor_starve_the_issuers_legitimate_ones
 /// unusual curve or type, is refused before any signature work.
 #[test]
 fn a_costly_signer_key_is_refused_before_its_signature_is_checked() {
-    use openssl::bn::BigNum;
-    use openssl::rsa::Rsa;
     let pki = Pki::new();
     let trust = azure_trust_with_roots(pki.roots());
     let document = content(&uuid::Uuid::new_v4().to_string(), "s", -60, 3600);
     // 2^64 + 1: odd, and far larger than any honest exponent.
-    let exponent = BigNum::from_dec_str("18446744073709551617").unwrap();
-    let rsa = Rsa::generate_with_e(2048, &exponent).unwrap();
-    let big_e = PKey::from_rsa(rsa).unwrap();
+    let big_e = crate::pki::rsa_with_exponent(2048, "18446744073709551617");
     let big_n = crate::pki::rsa(4608);
     for (what, leaf_key) in [("exponent", big_e), ("bits", big_n)] {
         let leaf = certificate(

@@ -482,14 +482,8 @@ async fn compute_engine_checks_status_id_and_creation_time_through_a_real_token_
     std::fs::write(&jwks, json!({"keys": [signing.jwk.clone()]}).to_string()).unwrap();
     // A service-account key whose token_uri is the fake: gcp_auth signs and posts a real
     // JWT-bearer grant.
-    let sa_key = openssl::rsa::Rsa::generate(2048).unwrap();
-    let sa_pem = String::from_utf8(
-        openssl::pkey::PKey::from_rsa(sa_key)
-            .unwrap()
-            .private_key_to_pem_pkcs8()
-            .unwrap(),
-    )
-    .unwrap();
+    let sa_pem =
+        String::from_utf8(crate::pki::rsa(2048).private_key_to_pem_pkcs8().unwrap()).unwrap();
     let credentials = dir.path().join("sa.json");
     std::fs::write(
         &credentials,

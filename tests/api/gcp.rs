@@ -7,41 +7,12 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use base64::Engine as _;
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
-use openssl::rsa::Rsa;
 use serde_json::{Value, json};
 use tonic::Code;
 
 use crate::helpers::*;
+pub(crate) use crate::pki::GcpKey;
 use agent_auth::grpc::pb;
-
-/// An RS256 signing key with its JWK.
-pub(crate) struct GcpKey {
-    kid: String,
-    der: Vec<u8>,
-    pub(crate) jwk: Value,
-}
-
-impl GcpKey {
-    pub(crate) fn generate(kid: &str) -> Self {
-        let rsa = Rsa::generate(2048).unwrap();
-        let b64 = |bytes: Vec<u8>| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes);
-        let jwk = json!({
-            "kty": "RSA", "alg": "RS256", "use": "sig", "kid": kid,
-            "n": b64(rsa.n().to_vec()), "e": b64(rsa.e().to_vec()),
-        });
-        Self {
-            kid: kid.into(),
-            der: rsa.private_key_to_der().unwrap(),
-            jwk,
-        }
-    }
-
-    pub(crate) fn sign(&self, claims: &Value) -> String {
-        let mut header = Header::new(Algorithm::RS256);
-        header.kid = Some(self.kid.clone());
-        jsonwebtoken::encode(&header, claims, &EncodingKey::from_rsa_der(&self.der)).unwrap()
-    }
-}
 
 fn now() -> i64 {
     SystemTime::now()

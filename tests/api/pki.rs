@@ -1,18 +1,58 @@
-//! The one test PKI: generated RSA keys and X.509 certificates, self-signed or issued, for the
-//! AWS keys, Azure chains, gRPC TLS/mTLS and the database's TLS.
+//! The one test PKI: every generated key and X.509 certificate of the tests, self-signed or
+//! issued, for the AWS keys, Azure chains, the GCP signing keys and their JWKs, gRPC TLS/mTLS
+//! and the database's TLS (test `tidy::only_the_test_pki_generates_keys`).
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use base64::Engine as _;
+use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use openssl::asn1::Asn1Time;
 use openssl::hash::MessageDigest;
 use openssl::pkey::{PKey, Private};
 use openssl::rsa::Rsa;
 use openssl::x509::extension::{BasicConstraints, SubjectAlternativeName};
 use openssl::x509::{X509, X509NameBuilder};
+use serde_json::{Value, json};
 
 /// A fresh RSA key.
 pub fn rsa(bits: u32) -> PKey<Private> {
     PKey::from_rsa(Rsa::generate(bits).unwrap()).unwrap()
+}
+
+/// A fresh RSA key with the public exponent `e` (decimal), for keys no honest signer has.
+pub fn rsa_with_exponent(bits: u32, e: &str) -> PKey<Private> {
+    let exponent = openssl::bn::BigNum::from_dec_str(e).unwrap();
+    PKey::from_rsa(Rsa::generate_with_e(bits, &exponent).unwrap()).unwrap()
+}
+
+/// An RS256 signing key with its JWK.
+pub struct GcpKey {
+    kid: String,
+    der: Vec<u8>,
+    pub jwk: Value,
+}
+
+impl GcpKey {
+    pub fn generate(kid: &str) -> Self {
+        let key = rsa(2048);
+        let rsa = key.rsa().unwrap();
+        let b64 = |bytes: Vec<u8>| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes);
+        let jwk = json!({
+            "kty": "RSA", "alg": "RS256", "use": "sig", "kid": kid,
+            "n": b64(rsa.n().to_vec()), "e": b64(rsa.e().to_vec()),
+        });
+        Self {
+            kid: kid.into(),
+            der: rsa.private_key_to_der().unwrap(),
+            jwk,
+        }
+    }
+
+    pub fn sign(&self, claims: &Value) -> String {
+        let mut header = Header::new(Algorithm::RS256);
+        header.kid = Some(self.kid.clone());
+        jsonwebtoken::encode(&header, claims, &EncodingKey::from_rsa_der(&self.der)).unwrap()
+    }
 }
 
 /// What goes into a certificate. [`Spec::new`] is a 30-day end-entity certificate.

@@ -252,6 +252,42 @@ fn the_server_package_depends_on_no_tool() {
     );
 }
 
+/// Every key and certificate the tests use comes from `tests/api/pki.rs`: no other test file
+/// generates one.
+#[test]
+fn only_the_test_pki_generates_keys() {
+    const GENERATORS: &[&str] = &[
+        "Rsa::generate",
+        "PKey::generate",
+        "EcKey::generate",
+        "X509Builder::new",
+        "X509::builder",
+    ];
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let mut found = Vec::new();
+    for path in rust_files(&root.join("tests")) {
+        let name = path
+            .strip_prefix(root)
+            .unwrap()
+            .to_string_lossy()
+            .into_owned();
+        if name == "tests/api/pki.rs" || name == "tests/api/tidy.rs" {
+            continue;
+        }
+        let text = std::fs::read_to_string(&path).unwrap();
+        for (number, line) in text.lines().enumerate() {
+            if GENERATORS.iter().any(|g| line.contains(g)) {
+                found.push(format!("{name}:{}: {}", number + 1, line.trim()));
+            }
+        }
+    }
+    assert!(
+        found.is_empty(),
+        "keys made outside the test PKI:\n{}",
+        found.join("\n")
+    );
+}
+
 /// The modules from the bottom up (ARCHITECTURE.md's layers): a module uses only modules of
 /// its own layer or below, so the dependency graph has no cycle and the verifiers, the table of
 /// reasons and the metrics never depend on the use case or a transport.

@@ -111,7 +111,7 @@ pub async fn prepare_database(config: &Config) -> Result<Database, AppError> {
             cluster.ensure_database(EMBEDDED_DATABASE).await?;
             tracing::info!(data_dir = %config.data_dir.display(), "embedded PostgreSQL started");
             let url = PostgresUrl::parse(&cluster.connection_string(EMBEDDED_DATABASE))
-                .map_err(|e| AppError::Store(StoreError::Internal(e)))?;
+                .map_err(|e| AppError::Store(StoreError::internal(e)))?;
             (url, Some(cluster))
         }
     };

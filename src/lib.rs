@@ -49,6 +49,7 @@ mod listen;
 pub mod metrics;
 pub mod reasons;
 mod recent;
+pub mod report;
 pub mod store;
 pub mod telemetry;
 pub mod trust;

@@ -35,8 +35,10 @@ pub enum AuthError {
     },
     #[error("not on the latest build")]
     NotLatestBuild { instance_id: InstanceId },
-    #[error("{0}")]
-    DatabaseUnavailable(String),
+    /// The database could not answer: unavailable or busy (retry later), or failing
+    /// (internal), as the store said, with its causes.
+    #[error(transparent)]
+    Database(crate::store::StoreError),
     #[error("{0} trust material is not available yet")]
     TrustUnavailable(Cloud),
     #[error("cloud API check: {0}")]
@@ -63,7 +65,8 @@ impl AuthError {
                 Kind::AMBIGUOUS_AGENT
             }
             AuthError::NotLatestBuild { .. } => Kind::NOT_LATEST_BUILD,
-            AuthError::DatabaseUnavailable(_) => Kind::DATABASE_UNAVAILABLE,
+            AuthError::Database(crate::store::StoreError::Internal { .. }) => Kind::INTERNAL,
+            AuthError::Database(_) => Kind::DATABASE_UNAVAILABLE,
             AuthError::TrustUnavailable(_) => Kind::TRUST_UNAVAILABLE,
             AuthError::CloudApiUnavailable(_) => Kind::CLOUD_API_UNAVAILABLE,
             AuthError::Internal(_) => Kind::INTERNAL,
@@ -100,7 +103,10 @@ impl AuthError {
                 "Resource found for id {}, but isn't registered on the latest history.",
                 go_quote(instance_id.as_str())
             ),
-            AuthError::DatabaseUnavailable(_) => "The database is unavailable. Retry later.".into(),
+            AuthError::Database(crate::store::StoreError::Internal { .. }) => {
+                "Internal error.".into()
+            }
+            AuthError::Database(_) => "The database is unavailable. Retry later.".into(),
             AuthError::TrustUnavailable(_) => {
                 "The signing keys are not available yet. Retry later.".into()
             }

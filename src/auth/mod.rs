@@ -55,12 +55,7 @@ pub struct Authenticated {
 
 impl From<StoreError> for AuthError {
     fn from(e: StoreError) -> Self {
-        match e {
-            StoreError::Unavailable(cause) | StoreError::Busy(cause) => {
-                AuthError::DatabaseUnavailable(cause)
-            }
-            StoreError::Internal(cause) => AuthError::Internal(cause),
-        }
+        AuthError::Database(e)
     }
 }
 
@@ -153,10 +148,10 @@ impl Authenticator {
             Err(
                 e @ (AuthError::InvalidIdentity { .. }
                 | AuthError::InstanceConflict { .. }
-                | AuthError::DatabaseUnavailable(_)
+                | AuthError::Database(_)
                 | AuthError::CloudApiUnavailable(_)
                 | AuthError::Internal(_)),
-            ) => e.to_string(),
+            ) => crate::report::chain(e),
             _ => String::new(),
         };
         record_outcome(

@@ -31,9 +31,9 @@ impl From<ConfigError> for Failure {
 }
 
 impl Failure {
-    /// A failure whose cause is `error`, said as it is.
-    fn failed(error: impl std::fmt::Display) -> Self {
-        Failure::Failed(error.to_string())
+    /// A failure whose cause is `error`, said with its causes.
+    fn failed(error: impl std::error::Error + 'static) -> Self {
+        Failure::Failed(crate::report::chain(&error))
     }
 
     /// Prints the failure's line (if it has one) and gives its exit code.

@@ -27,7 +27,7 @@ pub async fn run(args: ServeArgs) -> Result<(), Failure> {
         Ok(app) => app,
         Err(e) => {
             // Once, in the configured log format (JSON lines stay parseable).
-            tracing::error!(error = %e, "start-up failed");
+            tracing::error!(error = %crate::report::chain(&e), "start-up failed");
             return Err(Failure::Reported);
         }
     };

@@ -99,7 +99,7 @@ pub async fn readiness(state: &AdminState) -> Result<(), String> {
     }
     match tokio::time::timeout(READY_DB_TIMEOUT, state.store.ping()).await {
         Ok(Ok(())) => Ok(()),
-        Ok(Err(e)) => Err(e.to_string()),
+        Ok(Err(e)) => Err(e.report()),
         Err(_) => Err(format!(
             "database did not answer within {READY_DB_TIMEOUT:?}"
         )),

@@ -49,7 +49,7 @@ pub async fn dedicated_with(
     let (client, connection) = config
         .connect(tls)
         .await
-        .map_err(|e| StoreError::Unavailable(super::connect_error(&e, config)))?;
+        .map_err(|e| StoreError::unavailable(super::connect_error(&e, config)))?;
     tokio::spawn(async move {
         if let Err(e) = connection.await {
             tracing::debug!(error = %e, "schema connection ended");
@@ -70,7 +70,7 @@ pub async fn run_migrations_with(
     tls: MakeRustlsConnect,
 ) -> Result<Vec<i32>, StoreError> {
     let mut client = dedicated_with(config, tls).await?;
-    let internal = |e: tokio_postgres::Error| StoreError::Internal(format!("migration lock: {e}"));
+    let internal = |e: tokio_postgres::Error| StoreError::internal_by("migration lock", e);
     client
         .execute("SELECT pg_advisory_lock($1)", &[&MIGRATION_LOCK_KEY])
         .await
@@ -79,13 +79,12 @@ pub async fn run_migrations_with(
         Ok(false) => migrations::runner()
             .run_async(&mut client)
             .await
-            .map_err(|e| StoreError::Internal(format!("migration failed: {}", causes(&e)))),
-        Ok(true) => Err(StoreError::Internal(
+            .map_err(|e| StoreError::internal_by("migration failed", e)),
+        Ok(true) => Err(StoreError::internal(
             "this database already holds workspace_agents and the other tables agent-auth reads, \
              but no agent-auth migration history: it is a control plane's own database (Coder's). \
              Next to Coder run with --schema coder (read-only: nothing is migrated or written); \
-             the owned schema needs a database of its own"
-                .into(),
+             the owned schema needs a database of its own",
         )),
         Err(e) => Err(internal(e)),
     };
@@ -116,20 +115,6 @@ async fn holds_coders_tables(
     row.try_get(0)
 }
 
-/// An error and its sources on one line ("db error: ERROR: relation … already exists").
-fn causes(error: &dyn std::error::Error) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        let next = cause.to_string();
-        if !text.contains(&next) {
-            text = format!("{text}: {next}");
-        }
-        source = cause.source();
-    }
-    text
-}
-
 /// `--db-pooler transaction`: a transaction-mode pooler cannot hold the session lock that
 /// migrating takes, so `serve` only checks that every migration is applied (one statement, no
 /// state on the connection) and otherwise names the command to run against the database.
@@ -152,7 +137,7 @@ pub async fn check_migrated(
     if applied.unwrap_or(0) >= newest {
         return Ok(());
     }
-    Err(StoreError::Internal(format!(
+    Err(StoreError::internal(format!(
         "the owned schema is not at migration {newest} (found {}), and a transaction-mode \
          pooler (--db-pooler transaction) cannot hold the migration lock: run `agent-auth \
          migrate` with --postgres-url of the database itself, not of the pooler",
@@ -175,17 +160,17 @@ pub async fn check_coder_schema(
             &[&tables],
         )
         .await
-        .map_err(|e| StoreError::Unavailable(format!("cannot read the catalog: {e}")))?;
+        .map_err(|e| StoreError::unavailable_by("cannot read the catalog", e))?;
     let present = rows
         .iter()
         .map(|r| Ok((r.try_get::<_, String>(0)?, r.try_get::<_, String>(1)?)))
         .collect::<Result<std::collections::HashSet<(String, String)>, tokio_postgres::Error>>()
-        .map_err(|e| StoreError::Internal(format!("unexpected catalog row: {e}")))?;
+        .map_err(|e| StoreError::internal_by("unexpected catalog row", e))?;
     let missing = missing_columns(&present);
     if missing.is_empty() {
         Ok(())
     } else {
-        Err(StoreError::Internal(format!(
+        Err(StoreError::internal(format!(
             "the control-plane schema lacks what agent-auth reads: {}",
             missing.join(", ")
         )))

@@ -85,17 +85,66 @@ pub struct StoreConfig {
     pub replica_max_lag: Duration,
 }
 
-/// Why the database could not answer. Callers see UNAVAILABLE or INTERNAL; the text is for logs.
+/// What caused a [`StoreError`]: the driver's error, an I/O or TLS error.
+pub type Cause = Box<dyn std::error::Error + Send + Sync>;
+
+/// Why the database could not answer. Callers see UNAVAILABLE or INTERNAL; the text and its
+/// causes ([`StoreError::report`]) are for logs and readiness reasons.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
-    #[error("database unavailable: {0}")]
-    Unavailable(String),
+    /// Unreachable, gone, shutting down or refusing for now: worth retrying.
+    #[error("database unavailable: {context}")]
+    Unavailable {
+        context: String,
+        #[source]
+        source: Option<Cause>,
+    },
     /// Every connection is full and the checkout timeout passed: overload, not a dead database
     /// (a replica that is only busy is not skipped for it).
     #[error("database unavailable: {0}")]
-    Busy(String),
-    #[error("database error: {0}")]
-    Internal(String),
+    Busy(&'static str),
+    /// A statement or set-up that should not fail did: a bug or a misconfiguration.
+    #[error("database error: {context}")]
+    Internal {
+        context: String,
+        #[source]
+        source: Option<Cause>,
+    },
+}
+
+impl StoreError {
+    pub fn unavailable(context: impl Into<String>) -> Self {
+        StoreError::Unavailable {
+            context: context.into(),
+            source: None,
+        }
+    }
+
+    pub fn unavailable_by(context: impl Into<String>, source: impl Into<Cause>) -> Self {
+        StoreError::Unavailable {
+            context: context.into(),
+            source: Some(source.into()),
+        }
+    }
+
+    pub fn internal(context: impl Into<String>) -> Self {
+        StoreError::Internal {
+            context: context.into(),
+            source: None,
+        }
+    }
+
+    pub fn internal_by(context: impl Into<String>, source: impl Into<Cause>) -> Self {
+        StoreError::Internal {
+            context: context.into(),
+            source: Some(source.into()),
+        }
+    }
+
+    /// The message and its causes on one line.
+    pub fn report(&self) -> String {
+        crate::report::chain(self)
+    }
 }
 
 /// A handle on the connections (the primary's, and each replica's). Cheap to clone.
@@ -310,16 +359,17 @@ pub fn connect_error(e: &tokio_postgres::Error, config: &tokio_postgres::Config)
 
 fn query_error(e: tokio_postgres::Error) -> StoreError {
     if is_connection_lost(&e) {
-        return StoreError::Unavailable(format!("connection lost: {e}"));
+        return StoreError::unavailable_by("connection lost", e);
     }
     match e.code().map(|c| c.code()) {
         // invalid_sql_statement_name, duplicate_prepared_statement: the connection's prepared
         // statement is not where it was prepared, so statements of one connection reach
         // different server sessions: a transaction-mode pooler the service was not told of.
-        Some("26000" | "42P05") => StoreError::Internal(format!(
-            "{e}: the database is reached through a transaction-mode pooler (PgBouncer \
-             pool_mode=transaction?): set --db-pooler transaction"
-        )),
+        Some("26000" | "42P05") => StoreError::internal_by(
+            "the database is reached through a transaction-mode pooler (PgBouncer \
+             pool_mode=transaction?): set --db-pooler transaction",
+            e,
+        ),
         // query_canceled (statement_timeout), admin/crash shutdown, cannot_connect_now,
         // too_many_connections, connection_exception class, insufficient_resources class.
         Some(code)
@@ -328,9 +378,9 @@ fn query_error(e: tokio_postgres::Error) -> StoreError {
                 || code.starts_with("08")
                 || code.starts_with("53") =>
         {
-            StoreError::Unavailable(format!("database refused: {e}"))
+            StoreError::unavailable_by("database refused", e)
         }
-        _ => StoreError::Internal(e.to_string()),
+        _ => StoreError::internal_by("the statement failed", e),
     }
 }
 

@@ -354,8 +354,8 @@ impl Connections {
                     .await
                     .map(|place| (place, room))
             }
-            Ok(Err(_)) => Err(StoreError::Unavailable("pool closed".into())),
-            Err(_) => Err(StoreError::Busy("pool timeout (Wait)".into())),
+            Ok(Err(_)) => Err(StoreError::unavailable("pool closed")),
+            Err(_) => Err(StoreError::Busy("pool timeout (Wait)")),
         };
         drop(waiting);
         crate::metrics::record_pool_wait(started.elapsed());
@@ -382,12 +382,12 @@ impl Connections {
             {
                 let now = Instant::now();
                 if this.slots.iter().any(|s| this.stalled(s, now)) {
-                    return Err(StoreError::Unavailable(format!(
+                    return Err(StoreError::unavailable(format!(
                         "the database answers nothing: no connection with room answered its \
                          waiting statements within {STALL_LIMIT:?}"
                     )));
                 }
-                return Err(StoreError::Busy("pool timeout (Wait)".into()));
+                return Err(StoreError::Busy("pool timeout (Wait)"));
             }
         }
     }
@@ -506,7 +506,7 @@ impl Connections {
         let mut reconnect =
             tokio::time::timeout_at(deadline.into(), Arc::clone(&s.opening).lock_owned())
                 .await
-                .map_err(|_| StoreError::Unavailable("connecting to the database".into()))?;
+                .map_err(|_| StoreError::unavailable("connecting to the database"))?;
         // Opened by another caller while this one waited for the lock.
         if let Some(live) = s.open_live() {
             return Ok(live);
@@ -517,8 +517,8 @@ impl Connections {
             && not_before > Instant::now()
         {
             if not_before > deadline {
-                return Err(StoreError::Unavailable(
-                    "reconnecting to the database (backing off after a failed attempt)".into(),
+                return Err(StoreError::unavailable(
+                    "reconnecting to the database (backing off after a failed attempt)",
                 ));
             }
             tokio::time::sleep_until(not_before.into()).await;
@@ -527,7 +527,7 @@ impl Connections {
         let attempt = tokio::spawn(async move {
             let opened = tokio::time::timeout(this.connect_timeout, this.connect())
                 .await
-                .map_err(|_| StoreError::Unavailable("pool timeout (Create)".into()))
+                .map_err(|_| StoreError::unavailable("pool timeout (Create)"))
                 .and_then(|opened| opened);
             match opened {
                 Ok(live) => {
@@ -544,9 +544,9 @@ impl Connections {
         });
         match tokio::time::timeout_at(deadline.into(), attempt).await {
             Ok(Ok(opened)) => opened,
-            Ok(Err(_)) => Err(StoreError::Unavailable("connection attempt failed".into())),
-            Err(_) => Err(StoreError::Unavailable(
-                "connecting to the database (the attempt goes on)".into(),
+            Ok(Err(e)) => Err(StoreError::unavailable_by("connection attempt failed", e)),
+            Err(_) => Err(StoreError::unavailable(
+                "connecting to the database (the attempt goes on)",
             )),
         }
     }
@@ -556,15 +556,14 @@ impl Connections {
             .config
             .connect(self.tls.clone())
             .await
-            .map_err(|e| StoreError::Unavailable(super::connect_error(&e, &self.config)))?;
+            .map_err(|e| StoreError::unavailable(super::connect_error(&e, &self.config)))?;
         // The driver ends by itself once the client is dropped (a failure below).
         let driver = tokio::spawn(async move {
             let _ = connection.await;
         })
         .abort_handle();
-        let preparing = |e: tokio_postgres::Error| {
-            StoreError::Unavailable(format!("preparing a new connection: {e}"))
-        };
+        let preparing =
+            |e: tokio_postgres::Error| StoreError::unavailable_by("preparing a new connection", e);
         if self.pooler == super::Pooler::Session {
             client
                 .batch_execute(&format!(

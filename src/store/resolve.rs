@@ -116,7 +116,7 @@ impl Store {
                     resolution.on_replica = true;
                     return Ok(resolution);
                 }
-                Err(StoreError::Unavailable(cause)) => self.replicas.failed(index, &cause),
+                Err(e @ StoreError::Unavailable { .. }) => self.replicas.failed(index, &e.report()),
                 Err(e) => return Err(e),
             }
         }
@@ -144,7 +144,7 @@ async fn resolve_on(
     }));
     answered
         .await
-        .map_err(|_| StoreError::Internal("the resolver task ended without an answer".into()))?
+        .map_err(|_| StoreError::internal("the resolver task ended without an answer"))?
 }
 
 async fn resolve_detached(
@@ -153,7 +153,7 @@ async fn resolve_detached(
     instance_id: &str,
     answer: &tokio::sync::oneshot::Sender<Result<Resolution, StoreError>>,
 ) -> Result<Resolution, StoreError> {
-    let gone = || StoreError::Unavailable("the caller went away before the statement".into());
+    let gone = || StoreError::unavailable("the caller went away before the statement");
     let claim = connections.claim().await?;
     if answer.is_closed() {
         return Err(gone());
@@ -211,7 +211,7 @@ async fn query(
 }
 
 fn parse(rows: &[tokio_postgres::Row]) -> Result<Resolution, StoreError> {
-    let bad = |e: tokio_postgres::Error| StoreError::Internal(format!("unexpected row shape: {e}"));
+    let bad = |e: tokio_postgres::Error| StoreError::internal_by("unexpected row shape", e);
     let mut resolution = Resolution::default();
     for row in rows {
         let stale: Option<i64> = row.try_get("stale").map_err(bad)?;

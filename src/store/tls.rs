@@ -20,8 +20,8 @@ use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 use rustls::{DigitallySignedStruct, SignatureScheme};
 use tokio_postgres_rustls::MakeRustlsConnect;
 
-use super::StoreError;
 use super::url::{PostgresUrl, SslMode};
+use super::{Cause, StoreError};
 
 /// Where and how to connect.
 pub struct Target {
@@ -51,8 +51,8 @@ pub fn target(url: &PostgresUrl, ca: Option<&Path>) -> Result<Target, StoreError
             (tokio_postgres::config::SslMode::Require, Check::Chain(root))
         }
         (SslMode::VerifyCa | SslMode::VerifyFull, None) => {
-            return Err(StoreError::Internal(
-                "sslmode=verify-ca and verify-full need a CA: add sslrootcert=FILE to the URL or pass --postgres-ca".into(),
+            return Err(StoreError::internal(
+                "sslmode=verify-ca and verify-full need a CA: add sslrootcert=FILE to the URL or pass --postgres-ca",
             ));
         }
     };
@@ -120,16 +120,16 @@ fn build(check: Check<'_>) -> Result<MakeRustlsConnect, StoreError> {
     let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
     let builder = rustls::ClientConfig::builder_with_provider(provider.clone())
         .with_safe_default_protocol_versions()
-        .map_err(|e| StoreError::Internal(format!("TLS setup: {e}")))?;
+        .map_err(|e| StoreError::internal_by("TLS setup", e))?;
     let roots = |path: &Path| -> Result<rustls::RootCertStore, StoreError> {
         use rustls::pki_types::pem::PemObject as _;
-        let bad = |e: String| StoreError::Internal(format!("{}: {e}", path.display()));
-        let pem = std::fs::read(path).map_err(|e| bad(e.to_string()))?;
+        let bad = |e: Cause| StoreError::internal_by(path.display().to_string(), e);
+        let pem = std::fs::read(path).map_err(|e| bad(e.into()))?;
         let mut roots = rustls::RootCertStore::empty();
         for certificate in CertificateDer::pem_slice_iter(&pem) {
             roots
-                .add(certificate.map_err(|e| bad(e.to_string()))?)
-                .map_err(|e| bad(e.to_string()))?;
+                .add(certificate.map_err(|e| bad(e.into()))?)
+                .map_err(|e| bad(e.into()))?;
         }
         if roots.is_empty() {
             return Err(bad("no certificate in the file".into()));
@@ -146,7 +146,7 @@ fn build(check: Check<'_>) -> Result<MakeRustlsConnect, StoreError> {
                 provider.clone(),
             )
             .build()
-            .map_err(|e| StoreError::Internal(format!("TLS setup: {e}")))?;
+            .map_err(|e| StoreError::internal_by("TLS setup", e))?;
             builder
                 .dangerous()
                 .with_custom_certificate_verifier(Arc::new(Lenient {

@@ -292,7 +292,7 @@ fn only_the_test_pki_generates_keys() {
 /// its own layer or below, so the dependency graph has no cycle and the verifiers, the table of
 /// reasons and the metrics never depend on the use case or a transport.
 const LAYERS: &[&[&str]] = &[
-    &["reasons", "identity", "fetch", "recent"],
+    &["reasons", "identity", "fetch", "recent", "report"],
     &["metrics", "issuers"],
     &["store", "cloud", "listen", "limit"],
     &["config", "embedded"],

@@ -44,12 +44,18 @@ pub enum AppError {
     Signal(std::io::Error),
     #[error("gRPC reflection: {0}")]
     Reflection(#[from] tonic_reflection::server::Error),
-    #[error("a listener failed: gRPC {grpc}, admin {admin}")]
-    Listener { grpc: String, admin: String },
-    #[error("TLS: {0}")]
-    Tls(String),
-    #[error("cloud API checks: {0}")]
-    LiveChecks(String),
+    #[error("the {listener} listener failed")]
+    Listener {
+        listener: &'static str,
+        source: tokio::task::JoinError,
+    },
+    #[error("TLS: {}", path.display())]
+    Tls {
+        path: std::path::PathBuf,
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+    #[error("cloud API checks")]
+    LiveChecks(#[source] crate::cloud::CloudError),
 }
 
 enum GrpcListener {
@@ -536,9 +542,13 @@ async fn drain(
     .await;
     match drained {
         Ok((Ok(()), Ok(()))) => Ok(()),
-        Ok((grpc, admin)) => Err(AppError::Listener {
-            grpc: format!("{grpc:?}"),
-            admin: format!("{admin:?}"),
+        Ok((Err(source), _)) => Err(AppError::Listener {
+            listener: "gRPC",
+            source,
+        }),
+        Ok((_, Err(source))) => Err(AppError::Listener {
+            listener: "admin",
+            source,
         }),
         Err(_) => {
             tracing::warn!(
@@ -555,31 +565,32 @@ async fn drain(
 fn server_tls(tls: &crate::config::TlsConfig) -> Result<Arc<rustls::ServerConfig>, AppError> {
     use rustls::pki_types::pem::PemObject as _;
     use rustls::pki_types::{CertificateDer, PrivateKeyDer};
-    let bad = |path: &std::path::Path, e: &dyn std::fmt::Display| {
-        AppError::Tls(format!("{}: {e}", path.display()))
+    let bad = |path: &std::path::Path, e: Box<dyn std::error::Error + Send + Sync>| AppError::Tls {
+        path: path.to_owned(),
+        source: e,
     };
     let certificates = |path: &std::path::Path| {
         let pems = CertificateDer::pem_file_iter(path)
-            .map_err(|e| bad(path, &e))?
+            .map_err(|e| bad(path, e.into()))?
             .collect::<Result<Vec<_>, _>>()
-            .map_err(|e| bad(path, &e))?;
+            .map_err(|e| bad(path, e.into()))?;
         if pems.is_empty() {
-            return Err(bad(path, &"no PEM certificate in the file"));
+            return Err(bad(path, "no PEM certificate in the file".into()));
         }
         Ok(pems)
     };
     let chain = certificates(&tls.cert)?;
-    let key = PrivateKeyDer::from_pem_file(&tls.key).map_err(|e| bad(&tls.key, &e))?;
+    let key = PrivateKeyDer::from_pem_file(&tls.key).map_err(|e| bad(&tls.key, e.into()))?;
     let builder = rustls::ServerConfig::builder();
     let builder = match &tls.client_ca {
         Some(ca) => {
             let mut roots = rustls::RootCertStore::empty();
             for certificate in certificates(ca)? {
-                roots.add(certificate).map_err(|e| bad(ca, &e))?;
+                roots.add(certificate).map_err(|e| bad(ca, e.into()))?;
             }
             let verifier = rustls::server::WebPkiClientVerifier::builder(Arc::new(roots))
                 .build()
-                .map_err(|e| bad(ca, &e))?;
+                .map_err(|e| bad(ca, e.into()))?;
             builder.with_client_cert_verifier(verifier)
         }
         None => {
@@ -589,7 +600,7 @@ fn server_tls(tls: &crate::config::TlsConfig) -> Result<Arc<rustls::ServerConfig
     };
     let mut config = builder
         .with_single_cert(chain, key)
-        .map_err(|e| bad(&tls.cert, &e))?;
+        .map_err(|e| bad(&tls.cert, e.into()))?;
     config.alpn_protocols = vec![b"h2".to_vec()];
     Ok(Arc::new(config))
 }

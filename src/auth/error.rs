@@ -41,8 +41,8 @@ pub enum AuthError {
     Database(crate::store::StoreError),
     #[error("{0} trust material is not available yet")]
     TrustUnavailable(Cloud),
-    #[error("cloud API check: {0}")]
-    CloudApiUnavailable(String),
+    #[error("cloud API check")]
+    CloudApiUnavailable(#[source] crate::cloud::CloudError),
     #[error("internal: {0}")]
     Internal(String),
     /// Shed by the process-wide concurrency limit before the use case ran (the transports

@@ -69,7 +69,7 @@ pub struct AwsCheckConfig {
 }
 
 #[cfg(feature = "live-checks")]
-type Reply = oneshot::Sender<Result<Ec2Instance, String>>;
+type Reply = oneshot::Sender<Result<Ec2Instance, super::CloudError>>;
 #[cfg(feature = "live-checks")]
 /// Look-ups queued for one batcher: the instance id and where its answer goes.
 type Lookups = mpsc::Sender<(String, Reply)>;
@@ -141,16 +141,16 @@ impl AwsCheck {
         region: &str,
         account: &str,
         instance_id: &str,
-    ) -> Result<Ec2Instance, String> {
+    ) -> Result<Ec2Instance, super::CloudError> {
         let sender = self.batcher(region, account).await;
         let (reply, answer) = oneshot::channel();
         sender
             .send((instance_id.to_owned(), reply))
             .await
-            .map_err(|_| "the EC2 batcher stopped".to_owned())?;
+            .map_err(|_| super::CloudError::Lost("the EC2 batcher stopped"))?;
         answer
             .await
-            .map_err(|_| "the EC2 batcher dropped the look-up".to_owned())?
+            .map_err(|_| super::CloudError::Lost("the EC2 batcher dropped the look-up"))?
     }
 
     async fn batcher(&self, region: &str, account: &str) -> Lookups {
@@ -223,7 +223,10 @@ async fn run_batcher(
             ids.dedup();
             let result = match tokio::time::timeout(call_limit, describe(&client, ids)).await {
                 Ok(result) => result,
-                Err(_) => Err(format!("DescribeInstances took over {call_limit:?}")),
+                Err(_) => Err(super::CloudError::Timeout {
+                    call: "DescribeInstances",
+                    limit: call_limit,
+                }),
             };
             for (id, reply) in batch {
                 let answer = match &result {
@@ -241,7 +244,7 @@ async fn run_batcher(
 async fn describe(
     client: &aws_sdk_ec2::Client,
     ids: Vec<String>,
-) -> Result<HashMap<String, Ec2Instance>, String> {
+) -> Result<HashMap<String, Ec2Instance>, super::CloudError> {
     let started = Instant::now();
     metrics::histogram!(crate::metrics::CLOUD_API_BATCH_SIZE).record(ids.len() as f64);
     let filter = aws_sdk_ec2::types::Filter::builder()
@@ -279,12 +282,7 @@ async fn describe(
                     _ => break Ok(found),
                 }
             }
-            Err(e) => {
-                break Err(format!(
-                    "DescribeInstances: {}",
-                    aws_sdk_ec2::error::DisplayErrorContext(&e)
-                ));
-            }
+            Err(e) => break Err(super::CloudError::call("DescribeInstances", e)),
         }
     };
     super::record_call("aws", outcome.is_ok(), started.elapsed());

@@ -9,6 +9,8 @@ use std::time::{Duration, Instant};
 
 #[cfg(feature = "live-checks")]
 use super::CheckSettings;
+#[cfg(feature = "live-checks")]
+use super::CloudError;
 use super::{Answer, Failure};
 #[cfg(feature = "live-checks")]
 use crate::fetch::{FetchError, Fetcher};
@@ -60,7 +62,7 @@ pub struct GcpCheck {
 
 #[cfg(feature = "live-checks")]
 impl GcpCheck {
-    pub fn new(config: GcpCheckConfig, settings: &CheckSettings) -> Result<Self, String> {
+    pub fn new(config: GcpCheckConfig, settings: &CheckSettings) -> Result<Self, CloudError> {
         let endpoint = config
             .endpoint
             .unwrap_or_else(|| DEFAULT_ENDPOINT.to_owned())
@@ -70,45 +72,57 @@ impl GcpCheck {
         let key_file = match &config.credentials {
             Some(path) => Some(Arc::new(
                 gcp_auth::CustomServiceAccount::from_file(path)
-                    .map_err(|e| format!("{}: {e}", path.display()))?,
+                    .map_err(|e| CloudError::setup(path.display().to_string(), e))?,
             ) as Arc<dyn gcp_auth::TokenProvider>),
             None => None,
         };
         Ok(Self {
             endpoint,
             tokens: tokio::sync::OnceCell::new_with(key_file),
-            fetcher: Fetcher::new(settings.timeout, 1024 * 1024).map_err(|e| e.to_string())?,
+            fetcher: Fetcher::new(settings.timeout, 1024 * 1024)
+                .map_err(|e| CloudError::setup("the Compute API's HTTP client", e))?,
             timeout: settings.timeout,
         })
     }
 
-    async fn provider(&self) -> Result<Arc<dyn gcp_auth::TokenProvider>, String> {
+    async fn provider(&self) -> Result<Arc<dyn gcp_auth::TokenProvider>, CloudError> {
         self.tokens
             .get_or_try_init(|| async {
                 // gcp_auth's discovery has no timeout of its own.
                 tokio::time::timeout(self.timeout * 2, gcp_auth::provider())
                     .await
-                    .map_err(|_| "gcp_auth found no credentials in time".to_owned())?
-                    .map_err(|e| format!("gcp_auth: {e}"))
+                    .map_err(|_| CloudError::Timeout {
+                        call: "gcp_auth's search for credentials",
+                        limit: self.timeout * 2,
+                    })?
+                    .map_err(|e| CloudError::setup("gcp_auth found no credentials", e))
             })
             .await
             .cloned()
     }
 
     /// `instances.get` for one instance.
-    pub async fn get(&self, project: &str, zone: &str, name: &str) -> Result<GceInstance, String> {
+    pub async fn get(
+        &self,
+        project: &str,
+        zone: &str,
+        name: &str,
+    ) -> Result<GceInstance, CloudError> {
         let started = Instant::now();
         let result = self.call(project, zone, name).await;
         super::record_call("gcp", result.is_ok(), started.elapsed());
         result
     }
 
-    async fn call(&self, project: &str, zone: &str, name: &str) -> Result<GceInstance, String> {
+    async fn call(&self, project: &str, zone: &str, name: &str) -> Result<GceInstance, CloudError> {
         let provider = self.provider().await?;
         let token = tokio::time::timeout(self.timeout, provider.token(&[SCOPE]))
             .await
-            .map_err(|_| "the OAuth token took too long".to_owned())?
-            .map_err(|e| format!("OAuth token: {e}"))?;
+            .map_err(|_| CloudError::Timeout {
+                call: "the OAuth token",
+                limit: self.timeout,
+            })?
+            .map_err(|e| CloudError::call("the OAuth token", e))?;
         let url = format!(
             "{}/compute/v1/projects/{}/zones/{}/instances/{}",
             self.endpoint,
@@ -124,10 +138,10 @@ impl GcpCheck {
         {
             Ok(fetched) => fetched,
             Err(FetchError::Status(404)) => return Ok(GceInstance::NotFound),
-            Err(e) => return Err(format!("instances.get: {e}")),
+            Err(e) => return Err(CloudError::call("instances.get", e)),
         };
         let body: serde_json::Value = serde_json::from_slice(&fetched.body)
-            .map_err(|e| format!("instances.get answered no JSON: {e}"))?;
+            .map_err(|e| CloudError::call("instances.get answered no JSON", e))?;
         let text = |key: &str| body.get(key).and_then(|v| v.as_str()).unwrap_or_default();
         Ok(GceInstance::Found {
             id: text("id").to_owned(),

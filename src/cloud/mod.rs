@@ -38,12 +38,76 @@ pub struct CheckSettings {
 }
 
 /// Why a check did not pass. The text is for logs only.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub enum Failure {
     /// The API answered, and the answer rules the evidence out: INVALID_IDENTITY.
     Rejected(String),
     /// The API did not answer: per the failure policy.
-    Unavailable(String),
+    Unavailable(CloudError),
+}
+
+/// Verdicts compare by what they say (the tests' `assert_eq!`).
+impl PartialEq for Failure {
+    fn eq(&self, other: &Self) -> bool {
+        match (self, other) {
+            (Failure::Rejected(a), Failure::Rejected(b)) => a == b,
+            (Failure::Unavailable(a), Failure::Unavailable(b)) => {
+                crate::report::chain(a) == crate::report::chain(b)
+            }
+            _ => false,
+        }
+    }
+}
+
+/// A cause shared by every login waiting on the same look-up (an answer is cached and
+/// cloned to each).
+pub type Shared = std::sync::Arc<dyn std::error::Error + Send + Sync>;
+
+/// Why a cloud API could not be asked, or did not answer.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum CloudError {
+    /// A check is on in a build without the SDKs.
+    #[error(
+        "this build has no live cloud API checks (built without the `live-checks` feature): \
+         rebuild with `cargo build --release --features live-checks` (the container image has \
+         them), or turn the checks off"
+    )]
+    NotBuilt,
+    /// A client could not be set up (a credentials file, the HTTP client, credentials found).
+    #[error("{what}")]
+    Setup { what: String, source: Shared },
+    /// A call did not answer within its limit.
+    #[error("{call} took over {limit:?}")]
+    Timeout { call: &'static str, limit: Duration },
+    /// A call failed or answered with an error.
+    #[error("{call}")]
+    Call { call: &'static str, source: Shared },
+    /// The look-up was lost on the way (a batcher stopped).
+    #[error("{0}")]
+    Lost(&'static str),
+}
+
+#[cfg(feature = "live-checks")]
+impl CloudError {
+    pub(crate) fn setup(
+        what: impl Into<String>,
+        source: impl std::error::Error + Send + Sync + 'static,
+    ) -> Self {
+        CloudError::Setup {
+            what: what.into(),
+            source: std::sync::Arc::new(source),
+        }
+    }
+
+    pub(crate) fn call(
+        call: &'static str,
+        source: impl std::error::Error + Send + Sync + 'static,
+    ) -> Self {
+        CloudError::Call {
+            call,
+            source: std::sync::Arc::new(source),
+        }
+    }
 }
 
 /// What the verified evidence says, for the live check of its cloud.
@@ -68,7 +132,7 @@ pub enum LiveEvidence {
 
 #[cfg(feature = "live-checks")]
 /// Answers by (region, account, instance id) for EC2, (project, zone, name) for GCE.
-type InstanceCache<V> = FlightCache<(String, String, String), V, String>;
+type InstanceCache<V> = FlightCache<(String, String, String), V, CloudError>;
 
 /// What a cloud API said about one instance: whether it is running decides how long the
 /// answer is kept.
@@ -92,7 +156,7 @@ async fn look_up<V, Fut>(
 ) -> Result<V, Failure>
 where
     V: Answer,
-    Fut: std::future::Future<Output = Result<V, String>>,
+    Fut: std::future::Future<Output = Result<V, CloudError>>,
 {
     let (answer, cached) = cache.get(&key, fetch).await;
     record_cache(cloud, cached);
@@ -113,7 +177,7 @@ impl LiveChecks {
         aws: Option<aws::AwsCheckConfig>,
         gcp: Option<gcp::GcpCheckConfig>,
         settings: CheckSettings,
-    ) -> Result<Self, String> {
+    ) -> Result<Self, CloudError> {
         let aws = match aws {
             Some(config) => Some((
                 aws::AwsCheck::new(config, settings).await,
@@ -190,7 +254,7 @@ impl LiveChecks {
                     .increment(1);
                 tracing::warn!(
                     cloud,
-                    cause,
+                    cause = %crate::report::chain(&cause),
                     "cloud API check could not be completed; allowed by --cloud-check-on-error open"
                 );
                 Ok(())
@@ -236,14 +300,9 @@ impl LiveChecks {
         aws: Option<aws::AwsCheckConfig>,
         gcp: Option<gcp::GcpCheckConfig>,
         _settings: CheckSettings,
-    ) -> Result<Self, String> {
+    ) -> Result<Self, CloudError> {
         if aws.is_some() || gcp.is_some() {
-            return Err(
-                "this build has no live cloud API checks (built without the `live-checks` \
-                 feature): rebuild with `cargo build --release --features live-checks` (the \
-                 container image has them), or turn the checks off"
-                    .into(),
-            );
+            return Err(CloudError::NotBuilt);
         }
         Ok(Self)
     }
@@ -272,7 +331,7 @@ mod without_live_checks {
     #[tokio::test]
     async fn a_build_without_the_sdks_refuses_to_turn_a_check_on() {
         let aws = LiveChecks::new(Some(aws::AwsCheckConfig::default()), None, settings()).await;
-        assert!(aws.is_err_and(|e| e.contains("live-checks")));
+        assert!(aws.is_err_and(|e| e.to_string().contains("live-checks")));
         let gcp = LiveChecks::new(None, Some(gcp::GcpCheckConfig::default()), settings()).await;
         assert!(gcp.is_err());
         let off = LiveChecks::new(None, None, settings()).await;

@@ -326,7 +326,7 @@ async fn an_unreachable_ec2_endpoint_fails_closed_by_default_and_open_when_asked
     assert_eq!(status.code(), Code::Unavailable, "{status:?}");
     assert_eq!(
         agent_auth::grpc::status::to_status(&agent_auth::auth::AuthError::CloudApiUnavailable(
-            String::new()
+            agent_auth::cloud::CloudError::Lost("any cause")
         ))
         .message(),
         status.message()

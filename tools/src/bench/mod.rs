@@ -199,97 +199,11 @@ async fn run_on(
     scratch: &Path,
     cluster: Option<&agent_auth::embedded::EmbeddedPostgres>,
 ) -> Result<Report, String> {
-    let text = |e: &dyn std::fmt::Display| e.to_string();
-    let pg_config: tokio_postgres::Config = url.parse().map_err(|e| format!("{e}"))?;
-    agent_auth::store::migrate::run_migrations(&pg_config)
-        .await
-        .map_err(|e| text(&e))?;
-    let client = agent_auth::store::migrate::dedicated(&pg_config)
-        .await
-        .map_err(|e| text(&e))?;
-    let existing: i64 = client
-        .query_one("SELECT count(*) FROM workspace_agents", &[])
-        .await
-        .and_then(|r| r.try_get(0))
-        .map_err(|e| text(&e))?;
-    if existing > 0 {
-        return Err("the benchmark needs an empty database (it seeds its own agents)".into());
-    }
-    eprintln!(
-        "bench: seeding {} agents x {} builds (+ template imports, sub-agents, deleted workspaces, v2.33.1 groups) ...",
-        options.agents, options.builds_per_workspace
-    );
-    let seeding = Instant::now();
-    seed::seed(
-        &client,
-        options.agents,
-        options.builds_per_workspace,
-        options.soft_delete_stale,
-    )
-    .await
-    .map_err(|e| text(&e))?;
-    let seed_seconds = seeding.elapsed().as_secs_f64();
-    let agent_rows: i64 = client
-        .query_one("SELECT count(*) FROM workspace_agents", &[])
-        .await
-        .and_then(|r| r.try_get(0))
-        .map_err(|e| text(&e))?;
-    eprintln!("bench: {agent_rows} agent rows in {seed_seconds:.1} s");
-
-    let key = match &options.signing_key {
-        Some(path) => {
-            let pem = std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()))?;
-            PKey::private_key_from_pem(&pem).map_err(|e| format!("{}: {e}", path.display()))?
-        }
-        None => PKey::from_rsa(openssl::rsa::Rsa::generate(1024).map_err(|e| text(&e))?)
-            .map_err(|e| text(&e))?,
-    };
-    let pem_path = scratch.join("bench-aws.pem");
-    std::fs::write(&pem_path, self_signed_pem(&key).map_err(|e| text(&e))?)
-        .map_err(|e| text(&e))?;
-    let jwks_path = scratch.join("jwks.json");
-    std::fs::write(&jwks_path, r#"{"keys":[]}"#).map_err(|e| text(&e))?;
+    let seeded = seed_database(options, url).await?;
     let history = seed::history_instances(options.agents, 1000);
-    let documents: Vec<(String, String)> = history
-        .iter()
-        .map(|i| signed_document(&key, i))
-        .collect::<Result<_, _>>()
-        .map_err(|e| text(&e))?;
-
-    // PgBouncer and a replica stand beside the private cluster when asked for.
-    let bouncer = match (options.pgbouncer, cluster) {
-        (None | Some(agent_auth::store::Pooler::None), _) => None,
-        (Some(mode), Some(cluster)) => {
-            let mode = mode.to_string();
-            eprintln!("bench: PgBouncer in {mode} mode in front of the database");
-            Some(
-                crate::testbed::PgBouncer::start(cluster, &scratch.join("pgbouncer"), &mode)
-                    .await
-                    .map_err(|e| text(&e))?,
-            )
-        }
-        (Some(_), None) => return Err("--pgbouncer needs the private database".into()),
-    };
-    let replica = match (options.replica, cluster) {
-        (false, _) => None,
-        (true, Some(cluster)) => {
-            let mut replica_options =
-                agent_auth::embedded::EmbeddedOptions::new(scratch.join("replica"));
-            replica_options.ephemeral = true;
-            replica_options.settings = vec![("max_connections".into(), "300".into())];
-            let replica = crate::testbed::replica(cluster, replica_options)
-                .await
-                .map_err(|e| text(&e))?;
-            let replica_url = replica.connection_string("bench");
-            wait_for_replay(&replica_url, agent_rows).await?;
-            eprintln!("bench: a streaming replica serves the logins");
-            Some((replica, replica_url))
-        }
-        (true, None) => return Err("--replica needs the private database".into()),
-    };
-    let url = bouncer
-        .as_ref()
-        .map_or_else(|| url.to_owned(), |b| b.connection_string("bench"));
+    let signing = Signing::prepare(options, scratch, &history)?;
+    let beside = Beside::start(options, cluster, scratch, seeded.agent_rows).await?;
+    let url = beside.url(url);
     let url = url.as_str();
     // The load reaches the database through the latency proxy when one is asked for; seeding
     // and EXPLAIN do not.
@@ -307,15 +221,15 @@ async fn run_on(
         pool_size: options.pool_size,
         pipeline_depth: options.pipeline_depth,
         max_concurrent_requests: max_callers * 2,
-        aws_certificate: &pem_path,
-        gcp_jwks: &jwks_path,
+        aws_certificate: &signing.pem_path,
+        gcp_jwks: &signing.jwks_path,
         scratch,
         pooler: options.pgbouncer.unwrap_or_default(),
-        replica_url: replica.as_ref().map(|(_, url)| url.as_str()),
+        replica_url: beside.replica.as_ref().map(|(_, url)| url.as_str()),
     };
     // The baselines' pool has the server's settings (size, checkout and statement timeouts).
     let store_config = agent_auth::config::Config::try_from(server::settings(&setup)?)
-        .map_err(|e| text(&e))?
+        .map_err(|e| e.to_string())?
         .store;
     let server = server::Server::start(&options.server, &setup).await?;
     let mut channels = Vec::new();
@@ -323,38 +237,18 @@ async fn run_on(
         channels.push(
             agent_auth::client::connect(&server.grpc_url, Duration::from_secs(5))
                 .await
-                .map_err(|e| text(&e))?,
+                .map_err(|e| e.to_string())?,
         );
     }
-    let pool = baseline::pool(load_url, &store_config).map_err(|e| text(&e))?;
+    let pool = baseline::pool(load_url, &store_config)?;
     let sets = InstanceSets {
         history: Arc::new(history),
         single: Arc::new(seed::single_instances(options.agents, 1000)),
         pair: Arc::new(seed::pair_instances(options.agents, 1000)),
-        documents: Arc::new(documents),
+        documents: Arc::new(signing.documents),
         channels: Arc::new(channels),
     };
-
-    let mut outcomes = Vec::new();
-    for &callers in &options.concurrency {
-        for &scenario in &options.scenarios {
-            let outcome = run_scenario(scenario, callers, options, &sets, &pool, &server).await;
-            // Everything a reader of this line alone needs to trust the rate: the statements
-            // each login cost and whether any failed.
-            eprintln!(
-                "bench: {:<45} {callers:>4} callers: {:>7.0} logins/s, p50 {:.2} ms, p99 {:.2} ms, \
-                 missed {}, errors {}, statements/login {}",
-                outcome.description,
-                outcome.per_second,
-                outcome.p50_ms,
-                outcome.p99_ms,
-                outcome.missed_deadline,
-                outcome.errors.values().sum::<u64>(),
-                drive::or_dash(outcome.statements_per_login, 2),
-            );
-            outcomes.push(outcome);
-        }
-    }
+    let outcomes = run_all(options, &sets, &pool, &server).await;
     pool.close();
     let server_peak_rss_mib = server.peak_rss_mib();
     let server_kind = match &options.server {
@@ -369,7 +263,7 @@ async fn run_on(
         let instance = seed::history_instances(options.agents, 1)
             .pop()
             .unwrap_or_default();
-        Some(explain_resolve(&client, &instance).await?)
+        Some(explain_resolve(&seeded.client, &instance).await?)
     } else {
         None
     };
@@ -379,8 +273,8 @@ async fn run_on(
         agents: options.agents,
         builds_per_workspace: options.builds_per_workspace,
         soft_delete_stale: options.soft_delete_stale,
-        agent_rows,
-        seed_seconds,
+        agent_rows: seeded.agent_rows,
+        seed_seconds: seeded.seconds,
         pool_size: options.pool_size,
         pipeline_depth: options.pipeline_depth,
         deadline_ms: options.deadline.as_millis(),
@@ -398,20 +292,197 @@ async fn run_on(
         explain,
     };
     if let Some(path) = &options.plot {
-        let subtitle = format!(
-            "{} · commit {} · {} agents × {} builds · pool {} · database round trip {:.2} ms · 2 cores",
-            &report.date[..10.min(report.date.len())],
-            report.commit.as_deref().unwrap_or("?"),
-            report.agents,
-            report.builds_per_workspace,
-            report.pool_size,
-            report.db_round_trip_ms
-        );
-        std::fs::write(path, plot::svg(&report.outcomes, &subtitle))
-            .map_err(|e| format!("{}: {e}", path.display()))?;
-        eprintln!("bench: wrote {}", path.display());
+        write_plot(&report, path)?;
     }
     Ok(report)
+}
+
+/// The seeded database: a connection for EXPLAIN, the agent rows and how long seeding took.
+struct Seeded {
+    client: tokio_postgres::Client,
+    agent_rows: i64,
+    seconds: f64,
+}
+
+/// Migrates the (empty) database at `url` and seeds the agents with their history.
+async fn seed_database(options: &BenchOptions, url: &str) -> Result<Seeded, String> {
+    let text = |e: &dyn std::fmt::Display| e.to_string();
+    let pg_config: tokio_postgres::Config = url.parse().map_err(|e| format!("{e}"))?;
+    agent_auth::store::migrate::run_migrations(&pg_config)
+        .await
+        .map_err(|e| text(&e))?;
+    let client = agent_auth::store::migrate::dedicated(&pg_config)
+        .await
+        .map_err(|e| text(&e))?;
+    let count = async |client: &tokio_postgres::Client| -> Result<i64, String> {
+        client
+            .query_one("SELECT count(*) FROM workspace_agents", &[])
+            .await
+            .and_then(|r| r.try_get(0))
+            .map_err(|e| text(&e))
+    };
+    if count(&client).await? > 0 {
+        return Err("the benchmark needs an empty database (it seeds its own agents)".into());
+    }
+    eprintln!(
+        "bench: seeding {} agents x {} builds (+ template imports, sub-agents, deleted workspaces, v2.33.1 groups) ...",
+        options.agents, options.builds_per_workspace
+    );
+    let seeding = Instant::now();
+    seed::seed(
+        &client,
+        options.agents,
+        options.builds_per_workspace,
+        options.soft_delete_stale,
+    )
+    .await
+    .map_err(|e| text(&e))?;
+    let seconds = seeding.elapsed().as_secs_f64();
+    let agent_rows = count(&client).await?;
+    eprintln!("bench: {agent_rows} agent rows in {seconds:.1} s");
+    Ok(Seeded {
+        client,
+        agent_rows,
+        seconds,
+    })
+}
+
+/// The key the callers sign with, the server's trust files, and the signed documents.
+struct Signing {
+    pem_path: PathBuf,
+    jwks_path: PathBuf,
+    documents: Vec<(String, String)>,
+}
+
+impl Signing {
+    fn prepare(options: &BenchOptions, scratch: &Path, history: &[String]) -> Result<Self, String> {
+        let text = |e: &dyn std::fmt::Display| e.to_string();
+        let key = match &options.signing_key {
+            Some(path) => {
+                let pem = std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()))?;
+                PKey::private_key_from_pem(&pem).map_err(|e| format!("{}: {e}", path.display()))?
+            }
+            None => PKey::from_rsa(openssl::rsa::Rsa::generate(1024).map_err(|e| text(&e))?)
+                .map_err(|e| text(&e))?,
+        };
+        let pem_path = scratch.join("bench-aws.pem");
+        std::fs::write(&pem_path, self_signed_pem(&key).map_err(|e| text(&e))?)
+            .map_err(|e| text(&e))?;
+        let jwks_path = scratch.join("jwks.json");
+        std::fs::write(&jwks_path, r#"{"keys":[]}"#).map_err(|e| text(&e))?;
+        let documents = history
+            .iter()
+            .map(|i| signed_document(&key, i))
+            .collect::<Result<_, _>>()
+            .map_err(|e| text(&e))?;
+        Ok(Self {
+            pem_path,
+            jwks_path,
+            documents,
+        })
+    }
+}
+
+/// PgBouncer and a streaming replica beside the private cluster, when asked for.
+struct Beside {
+    bouncer: Option<crate::testbed::PgBouncer>,
+    replica: Option<(agent_auth::embedded::EmbeddedPostgres, String)>,
+}
+
+impl Beside {
+    async fn start(
+        options: &BenchOptions,
+        cluster: Option<&agent_auth::embedded::EmbeddedPostgres>,
+        scratch: &Path,
+        agent_rows: i64,
+    ) -> Result<Self, String> {
+        let text = |e: &dyn std::fmt::Display| e.to_string();
+        let bouncer = match (options.pgbouncer, cluster) {
+            (None | Some(agent_auth::store::Pooler::None), _) => None,
+            (Some(mode), Some(cluster)) => {
+                let mode = mode.to_string();
+                eprintln!("bench: PgBouncer in {mode} mode in front of the database");
+                Some(
+                    crate::testbed::PgBouncer::start(cluster, &scratch.join("pgbouncer"), &mode)
+                        .await
+                        .map_err(|e| text(&e))?,
+                )
+            }
+            (Some(_), None) => return Err("--pgbouncer needs the private database".into()),
+        };
+        let replica = match (options.replica, cluster) {
+            (false, _) => None,
+            (true, Some(cluster)) => {
+                let mut replica_options =
+                    agent_auth::embedded::EmbeddedOptions::new(scratch.join("replica"));
+                replica_options.ephemeral = true;
+                replica_options.settings = vec![("max_connections".into(), "300".into())];
+                let replica = crate::testbed::replica(cluster, replica_options)
+                    .await
+                    .map_err(|e| text(&e))?;
+                let replica_url = replica.connection_string("bench");
+                wait_for_replay(&replica_url, agent_rows).await?;
+                eprintln!("bench: a streaming replica serves the logins");
+                Some((replica, replica_url))
+            }
+            (true, None) => return Err("--replica needs the private database".into()),
+        };
+        Ok(Self { bouncer, replica })
+    }
+
+    /// Where the server and the baselines connect: through PgBouncer when it stands there.
+    fn url(&self, direct: &str) -> String {
+        self.bouncer
+            .as_ref()
+            .map_or_else(|| direct.to_owned(), |b| b.connection_string("bench"))
+    }
+}
+
+/// Every scenario at every caller count, each summed up on one line as it ends.
+async fn run_all(
+    options: &BenchOptions,
+    sets: &InstanceSets,
+    pool: &deadpool_postgres::Pool,
+    server: &server::Server,
+) -> Vec<Outcome> {
+    let mut outcomes = Vec::new();
+    for &callers in &options.concurrency {
+        for &scenario in &options.scenarios {
+            let outcome = run_scenario(scenario, callers, options, sets, pool, server).await;
+            // Everything a reader of this line alone needs to trust the rate: the statements
+            // each login cost and whether any failed.
+            eprintln!(
+                "bench: {:<45} {callers:>4} callers: {:>7.0} logins/s, p50 {:.2} ms, p99 {:.2} ms, \
+                 missed {}, errors {}, statements/login {}",
+                outcome.description,
+                outcome.per_second,
+                outcome.p50_ms,
+                outcome.p99_ms,
+                outcome.missed_deadline,
+                outcome.errors.values().sum::<u64>(),
+                drive::or_dash(outcome.statements_per_login, 2),
+            );
+            outcomes.push(outcome);
+        }
+    }
+    outcomes
+}
+
+/// The SVG of logins/s and p99 against callers, with the run's facts as its subtitle.
+fn write_plot(report: &Report, path: &Path) -> Result<(), String> {
+    let subtitle = format!(
+        "{} · commit {} · {} agents × {} builds · pool {} · database round trip {:.2} ms · 2 cores",
+        &report.date[..10.min(report.date.len())],
+        report.commit.as_deref().unwrap_or("?"),
+        report.agents,
+        report.builds_per_workspace,
+        report.pool_size,
+        report.db_round_trip_ms
+    );
+    std::fs::write(path, plot::svg(&report.outcomes, &subtitle))
+        .map_err(|e| format!("{}: {e}", path.display()))?;
+    eprintln!("bench: wrote {}", path.display());
+    Ok(())
 }
 
 /// The instances and clients the scenarios share.

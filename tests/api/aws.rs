@@ -23,7 +23,7 @@ fn rsa2048_request(document: &str, pkcs7: &str) -> pb::AuthenticateRequest {
 async fn the_recorded_us_east_1_document_authenticates_with_the_builtin_key() {
     let db = TestDb::migrated().await;
     let agent = seed_agent(&db, RECORDED_INSTANCE).await;
-    let app = TestApp::spawn(&db, |_| {}).await;
+    let app = TestServer::in_process(&db, |_| {}).await;
 
     let response = success(
         app.authenticate(aws_request(RECORDED_DOCUMENT, RECORDED_SIGNATURE, ""))
@@ -37,7 +37,7 @@ async fn the_recorded_us_east_1_document_authenticates_with_the_builtin_key() {
 async fn one_authentication_runs_exactly_one_statement_and_a_forgery_runs_none() {
     let db = TestDb::migrated().await;
     seed_agent(&db, RECORDED_INSTANCE).await;
-    let app = TestApp::spawn(&db, |_| {}).await;
+    let app = TestServer::in_process(&db, |_| {}).await;
     let channel_warmup = app.channel().await;
     drop(channel_warmup);
 
@@ -81,7 +81,7 @@ async fn one_authentication_runs_exactly_one_statement_and_a_forgery_runs_none()
     }
     let key = AwsKey::generate(1024);
     let flag = key.flag("us-east-1");
-    let app2 = TestApp::spawn(&db, |c| c.aws_certificate = vec![value(flag)]).await;
+    let app2 = TestServer::in_process(&db, |c| c.aws_certificate = vec![value(flag)]).await;
     let document = aws_document(&instance, "us-east-1", "123456789012");
     db.reset_statements().await;
     fails_with(
@@ -107,7 +107,7 @@ async fn the_key_is_chosen_by_the_document_region() {
     let default_key = AwsKey::generate(1024);
     let hong_kong_key = AwsKey::generate(1024);
     let flags = vec![default_key.flag("default"), hong_kong_key.flag("ap-east-1")];
-    let app = TestApp::spawn(&db, |c| c.aws_certificate = values(&flags)).await;
+    let app = TestServer::in_process(&db, |c| c.aws_certificate = values(&flags)).await;
 
     for (region, key, other) in [
         ("us-east-1", &default_key, &hong_kong_key),
@@ -148,7 +148,7 @@ async fn invalid_aws_evidence_is_unauthenticated_with_only_the_fixed_message() {
     let key = AwsKey::generate(1024);
     let stranger = AwsKey::generate(1024);
     let flag = key.flag("default");
-    let app = TestApp::spawn(&db, |c| {
+    let app = TestServer::in_process(&db, |c| {
         c.aws_certificate = vec![value(flag)];
         c.aws_allowed_account = vec![value("123456789012")];
     })
@@ -237,7 +237,7 @@ async fn the_rsa2048_pkcs7_form_verifies_detached_and_attached_and_rejects_forge
     let key = AwsKey::generate(2048);
     let stranger = AwsKey::generate(2048);
     let flag = key.flag("default");
-    let app = TestApp::spawn(&db, |c| c.aws_rsa2048_certificate = vec![value(flag)]).await;
+    let app = TestServer::in_process(&db, |c| c.aws_rsa2048_certificate = vec![value(flag)]).await;
     let instance = instance_id();
     let agent = seed_agent(&db, &instance).await;
     let document = aws_document(&instance, "eu-west-1", "123456789012");
@@ -272,7 +272,7 @@ async fn the_rsa2048_pkcs7_form_verifies_detached_and_attached_and_rejects_forge
 #[tokio::test]
 async fn an_rsa2048_proof_under_a_key_other_than_the_regions_built_in_one_is_refused() {
     let db = TestDb::migrated().await;
-    let app = TestApp::spawn(&db, |_| {}).await;
+    let app = TestServer::in_process(&db, |_| {}).await;
     let key = AwsKey::generate(2048);
     let document = aws_document(&instance_id(), "us-east-1", "123456789012");
     fails_with(

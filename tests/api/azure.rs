@@ -88,7 +88,7 @@ async fn the_four_recorded_documents_authenticate_at_their_verify_times_with_bui
         let db = TestDb::migrated().await;
         let agent = seed_agent(&db, vm_id).await;
         let roots = file.contains("2022").then(|| baltimore.clone());
-        let app = TestApp::spawn(&db, |c| {
+        let app = TestServer::in_process(&db, |c| {
             c.azure_roots = roots.map(value);
             c.insecure_verify_time = Some(value(verify_at));
         })
@@ -116,7 +116,7 @@ async fn recorded_documents_fail_past_expires_on_and_after_the_leaf_expired() {
     for (file, at) in cases {
         let db = TestDb::migrated().await;
         let roots = roots.clone();
-        let app = TestApp::spawn(&db, |c| {
+        let app = TestServer::in_process(&db, |c| {
             c.azure_roots = Some(value(roots));
             c.insecure_verify_time = Some(value(at));
         })
@@ -287,7 +287,7 @@ async fn generated_chains_authenticate_and_every_defect_is_invalid_identity_with
     let agent = seed_agent(&db, &vm_id).await;
     let subscription = "8d10da13-8125-4ba9-a717-bf7490507b3d";
     let (roots, intermediates) = (pki.roots(), pki.intermediates());
-    let app = TestApp::spawn(&db, |c| {
+    let app = TestServer::in_process(&db, |c| {
         c.azure_roots = Some(value(roots));
         c.azure_intermediates = Some(value(intermediates));
         c.azure_allowed_subscription = vec![subscription.into()];
@@ -417,7 +417,8 @@ async fn the_authenticate_command_sends_an_azure_document() {
     let (file, vm_id, verify_at) = RECORDED[3];
     let db = TestDb::migrated().await;
     let agent = seed_agent(&db, vm_id).await;
-    let app = TestApp::spawn(&db, |c| c.insecure_verify_time = Some(value(verify_at))).await;
+    let app =
+        TestServer::in_process(&db, |c| c.insecure_verify_time = Some(value(verify_at))).await;
     let path = format!("{}/tests/fixtures/azure/{file}", env!("CARGO_MANIFEST_DIR"));
     assert_authenticate_command_prints(&app.grpc_url, &["--azure-signature", &path], agent.token)
         .await;
@@ -452,7 +453,7 @@ async fn issuer_fetching_never_requests_a_url_off_the_allow_list() {
     let vm_id = uuid::Uuid::new_v4().to_string();
     seed_agent(&db, &vm_id).await;
     let roots = pki.roots();
-    let app = TestApp::spawn(&db, |c| {
+    let app = TestServer::in_process(&db, |c| {
         c.azure_roots = Some(value(roots));
         c.azure_fetch_issuers = value("true");
     })

@@ -221,7 +221,7 @@ async fn the_postgres_url_can_come_from_a_file() {
 async fn the_authenticate_command_prints_the_token_from_a_running_server() {
     let db = TestDb::migrated().await;
     let agent = seed_agent(&db, RECORDED_INSTANCE).await;
-    let app = TestApp::spawn(&db, |_| {}).await;
+    let app = TestServer::in_process(&db, |_| {}).await;
     let fixtures = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/aws");
     let (document, signature) = (
         format!("{fixtures}/us-east-1-document.json"),
@@ -290,7 +290,7 @@ async fn migrate_applies_the_owned_schema_and_healthcheck_probes_a_server() {
     );
     assert!(log.contains("no migration to apply"), "{log}");
 
-    let app = TestApp::spawn(&db, |_| {}).await;
+    let app = TestServer::in_process(&db, |_| {}).await;
     let server = app.grpc_url.clone();
     let serving = tokio::task::spawn_blocking(move || {
         agent_auth()
@@ -495,7 +495,7 @@ async fn a_second_serve_on_a_busy_data_dir_exits_1_naming_the_pid() {
 async fn an_unreachable_jwks_warns_once() {
     let db = TestDb::migrated().await;
     let jwks = format!("http://127.0.0.1:{}/certs", free_port());
-    let server = ServeProcess::start(&db, &["--gcp-jwks", &jwks, "--log-format", "text"]).await;
+    let server = TestServer::binary(&db, &["--gcp-jwks", &jwks, "--log-format", "text"]).await;
     // The refresher retries after 1 s, then 2 s: three attempts in 3.5 s.
     tokio::time::sleep(std::time::Duration::from_millis(3500)).await;
     let (_, log) = server.terminate().await;

@@ -135,7 +135,7 @@ fn ec2_request(
     aws_request(&document, &key.sign(&document), "")
 }
 
-async fn serve_with_ec2_check(db: &TestDb, key: &AwsKey, extra: &[&str]) -> ServeProcess {
+async fn serve_with_ec2_check(db: &TestDb, key: &AwsKey, extra: &[&str]) -> TestServer {
     let certificate = key.flag("us-east-1");
     let mut args = vec![
         "--aws-certificate",
@@ -149,10 +149,10 @@ async fn serve_with_ec2_check(db: &TestDb, key: &AwsKey, extra: &[&str]) -> Serv
         args.extend(["--aws-ec2-endpoint", moto().url.as_str()]);
     }
     args.extend(extra);
-    ServeProcess::start(db, &args).await
+    TestServer::binary(db, &args).await
 }
 
-async fn aws_calls(server: &ServeProcess) -> f64 {
+async fn aws_calls(server: &TestServer) -> f64 {
     metric(
         server,
         "agent_auth_cloud_api_calls_total",
@@ -530,7 +530,7 @@ async fn compute_engine_checks_status_id_and_creation_time_through_a_real_token_
 
     let jwks_arg = jwks.display().to_string();
     let credentials_arg = credentials.display().to_string();
-    let server = ServeProcess::start(
+    let server = TestServer::binary(
         &db,
         &[
             "--gcp-jwks",
@@ -629,7 +629,7 @@ async fn the_aws_sdk_never_asks_the_metadata_endpoint_unless_told_to() {
             "--log-level",
             "error",
         ];
-        let server = ServeProcess::start_with(&db, &args, |command| {
+        let server = TestServer::binary_with(&db, &args, |command| {
             command
                 .env_remove("AWS_EC2_METADATA_DISABLED")
                 .env_remove("AWS_ACCESS_KEY_ID")

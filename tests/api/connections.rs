@@ -40,7 +40,7 @@ async fn read_until_closed(stream: &mut TcpStream, limit: Duration) -> (Vec<u8>,
 async fn two_hundred_connections_trickling_header_bytes_are_cut_off_and_logins_go_on() {
     let db = TestDb::migrated().await;
     seed_agent(&db, RECORDED_INSTANCE).await;
-    let app = TestApp::spawn(&db, short).await;
+    let app = TestServer::in_process(&db, short).await;
     let http = addr(app.http_url.as_deref().unwrap());
     let started = Instant::now();
     let mut tasks = Vec::new();
@@ -103,7 +103,7 @@ async fn two_hundred_connections_trickling_header_bytes_are_cut_off_and_logins_g
 #[tokio::test]
 async fn a_body_shorter_than_its_content_length_gets_408_and_the_connection_closes() {
     let db = TestDb::migrated().await;
-    let app = TestApp::spawn(&db, short).await;
+    let app = TestServer::in_process(&db, short).await;
     let mut stream = TcpStream::connect(addr(app.http_url.as_deref().unwrap()))
         .await
         .unwrap();
@@ -126,7 +126,7 @@ async fn a_body_shorter_than_its_content_length_gets_408_and_the_connection_clos
 #[tokio::test]
 async fn a_content_length_over_64_kib_gets_413_at_once_without_100_continue() {
     let db = TestDb::migrated().await;
-    let app = TestApp::spawn(&db, short).await;
+    let app = TestServer::in_process(&db, short).await;
     let mut stream = TcpStream::connect(addr(app.http_url.as_deref().unwrap()))
         .await
         .unwrap();
@@ -162,7 +162,7 @@ async fn a_content_length_over_64_kib_gets_413_at_once_without_100_continue() {
 #[tokio::test]
 async fn a_partial_http2_preface_and_a_silent_connection_are_closed_at_the_handshake_timeout() {
     let db = TestDb::migrated().await;
-    let app = TestApp::spawn(&db, short).await;
+    let app = TestServer::in_process(&db, short).await;
     let grpc = addr(&app.grpc_url);
     let http = addr(app.http_url.as_deref().unwrap());
     let admin = addr(&app.admin_url);
@@ -199,7 +199,7 @@ async fn a_partial_http2_preface_and_a_silent_connection_are_closed_at_the_hands
 #[tokio::test]
 async fn idle_keep_alive_and_unresponsive_http2_connections_are_closed() {
     let db = TestDb::migrated().await;
-    let app = TestApp::spawn(&db, |c| {
+    let app = TestServer::in_process(&db, |c| {
         short(c);
         c.conn_idle_timeout = value("1s");
     })
@@ -215,7 +215,7 @@ async fn idle_keep_alive_and_unresponsive_http2_connections_are_closed() {
     assert!(String::from_utf8_lossy(&response).starts_with("HTTP/1.1 200"));
     assert!(closed, "an idle keep-alive connection stayed open");
     assert!(started.elapsed() < Duration::from_secs(4));
-    let pinging = TestApp::spawn(&db, |c| {
+    let pinging = TestServer::in_process(&db, |c| {
         short(c);
         c.conn_idle_timeout = value("60s");
         c.grpc_keepalive_interval = value("300ms");
@@ -235,7 +235,7 @@ async fn idle_keep_alive_and_unresponsive_http2_connections_are_closed() {
 #[tokio::test]
 async fn a_connection_with_no_traffic_at_all_is_closed_at_the_idle_timeout() {
     let db = TestDb::migrated().await;
-    let app = TestApp::spawn(&db, |c| {
+    let app = TestServer::in_process(&db, |c| {
         short(c);
         // The handshake is long; only the idle timeout can close it.
         c.conn_handshake_timeout = value("60s");
@@ -271,7 +271,7 @@ async fn a_connection_with_no_traffic_at_all_is_closed_at_the_idle_timeout() {
 async fn connections_over_the_cap_are_closed_at_once_and_the_service_recovers() {
     let db = TestDb::migrated().await;
     seed_agent(&db, RECORDED_INSTANCE).await;
-    let app = TestApp::spawn(&db, |c| {
+    let app = TestServer::in_process(&db, |c| {
         short(c);
         // Far past the reads below, so only evictions and refusals close a connection there
         // (a loaded machine may take a while to open the 300).
@@ -342,7 +342,7 @@ async fn connections_over_the_cap_are_closed_at_once_and_the_service_recovers() 
 #[tokio::test]
 async fn grpc_messages_over_the_limit_are_refused_and_streams_per_connection_are_capped() {
     let db = TestDb::migrated().await;
-    let app = TestApp::spawn(&db, |c| c.grpc_max_concurrent_streams = value(7)).await;
+    let app = TestServer::in_process(&db, |c| c.grpc_max_concurrent_streams = value(7)).await;
     let document = "x".repeat(300 * 1024);
     let (code, _, _) = failure(app.authenticate(aws_request(&document, "c2ln", "")).await);
     assert!(

@@ -26,7 +26,7 @@ fn aws(document: &str, signature: &str, rsa2048: &str) -> pb::AuthenticateReques
 #[tokio::test]
 async fn requests_of_the_wrong_shape_are_invalid_argument_and_run_no_sql() {
     let db = TestDb::migrated().await;
-    let app = TestApp::spawn(&db, |_| {}).await;
+    let app = TestServer::in_process(&db, |_| {}).await;
     let big = "x".repeat(64 * 1024 + 1);
     let mut long_name = aws(RECORDED_DOCUMENT, RECORDED_SIGNATURE, "");
     long_name.agent_name = big.clone();
@@ -80,7 +80,7 @@ async fn requests_of_the_wrong_shape_are_invalid_argument_and_run_no_sql() {
 }
 
 /// Sends raw bytes as the request message and returns the status.
-async fn send_raw(app: &TestApp, message: Vec<u8>) -> tonic::Status {
+async fn send_raw(app: &TestServer, message: Vec<u8>) -> tonic::Status {
     #[derive(Clone, Default)]
     struct Raw;
     struct RawEncoder;
@@ -127,7 +127,7 @@ async fn send_raw(app: &TestApp, message: Vec<u8>) -> tonic::Status {
 async fn a_message_that_does_not_decode_is_invalid_argument_not_internal() {
     use tonic_types::StatusExt;
     let db = TestDb::migrated().await;
-    let app = TestApp::spawn(&db, |_| {}).await;
+    let app = TestServer::in_process(&db, |_| {}).await;
     let cases: Vec<(&str, Vec<u8>)> = vec![
         ("truncated length-delimited field", vec![0x0a, 0x10, 0x0a]),
         ("invalid wire type", vec![0x0f, 0x01]),
@@ -147,7 +147,7 @@ async fn a_message_that_does_not_decode_is_invalid_argument_not_internal() {
 #[tokio::test]
 async fn health_reports_serving_overall_and_for_the_service() {
     let db = TestDb::migrated().await;
-    let app = TestApp::spawn(&db, |_| {}).await;
+    let app = TestServer::in_process(&db, |_| {}).await;
     for service in ["", "agentauth.v1.AgentAuth"] {
         let serving =
             agent_auth::client::is_serving(&app.grpc_url, service, Duration::from_secs(2)).await;
@@ -173,7 +173,7 @@ async fn health_reports_serving_overall_and_for_the_service() {
 #[tokio::test]
 async fn reflection_v1_and_v1alpha_list_the_services() {
     let db = TestDb::migrated().await;
-    let app = TestApp::spawn(&db, |_| {}).await;
+    let app = TestServer::in_process(&db, |_| {}).await;
 
     use tonic_reflection::pb::v1;
     let mut client = v1::server_reflection_client::ServerReflectionClient::new(app.channel().await);
@@ -230,7 +230,7 @@ async fn reflection_v1_and_v1alpha_list_the_services() {
 async fn over_the_concurrency_limit_requests_are_shed_at_once_as_overloaded() {
     let db = TestDb::migrated().await;
     let agent = seed_agent(&db, RECORDED_INSTANCE).await;
-    let app = TestApp::spawn(&db, |c| c.max_concurrent_requests = value(1)).await;
+    let app = TestServer::in_process(&db, |c| c.max_concurrent_requests = value(1)).await;
     // Warm the pool: the statement is prepared when a connection opens, and preparing would
     // wait on the lock too; the tests want the statement itself to wait.
     success(
@@ -270,7 +270,7 @@ async fn abandoned_logins_keep_their_connections_and_unrelated_logins_never_fail
     use prost::Message;
     let db = TestDb::migrated().await;
     seed_agent(&db, RECORDED_INSTANCE).await;
-    let app = TestApp::spawn(&db, |c| {
+    let app = TestServer::in_process(&db, |c| {
         c.db_pool_size = value(4);
         c.db_statement_timeout = value("10s");
         c.db_checkout_timeout = value("5s");
@@ -384,7 +384,7 @@ async fn the_callers_deadline_is_honoured_with_deadline_exceeded_while_the_datab
     use prost::Message;
     let db = TestDb::migrated().await;
     seed_agent(&db, RECORDED_INSTANCE).await;
-    let app = TestApp::spawn(&db, |c| c.db_statement_timeout = value("30s")).await;
+    let app = TestServer::in_process(&db, |c| c.db_statement_timeout = value("30s")).await;
     // Warm the pool: the statement is prepared when a connection opens, and preparing would
     // wait on the lock too; the tests want the statement itself to wait.
     success(
@@ -439,7 +439,7 @@ async fn the_callers_deadline_is_honoured_with_deadline_exceeded_while_the_datab
 async fn a_database_that_refuses_connections_is_unavailable_and_recovery_needs_no_restart() {
     let db = TestDb::migrated().await;
     seed_agent(&db, RECORDED_INSTANCE).await;
-    let app = TestApp::spawn(&db, |_| {}).await;
+    let app = TestServer::in_process(&db, |_| {}).await;
     success(
         app.authenticate(aws_request(RECORDED_DOCUMENT, RECORDED_SIGNATURE, ""))
             .await,
@@ -533,7 +533,7 @@ async fn a_unix_socket_listener_is_private_to_its_user_and_serves_grpc() {
     let dir = tempfile::tempdir().unwrap();
     let socket = dir.path().join("agent-auth.sock");
     let listen = format!("unix:{}", socket.display());
-    let app = TestApp::spawn(&db, |c| c.grpc_listen = value(listen.clone())).await;
+    let app = TestServer::in_process(&db, |c| c.grpc_listen = value(listen.clone())).await;
 
     let mode = std::fs::metadata(&socket).unwrap().permissions().mode() & 0o777;
     assert_eq!(mode, 0o600, "socket mode {mode:o}");
@@ -561,7 +561,7 @@ async fn a_unix_socket_listener_is_private_to_its_user_and_serves_grpc() {
 #[tokio::test]
 async fn every_counter_is_exported_at_zero_before_the_first_request() {
     let db = TestDb::migrated().await;
-    let server = ServeProcess::start(&db, &[]).await;
+    let server = TestServer::binary(&db, &[]).await;
     let (status, text) = http_get(&format!("{}/metrics", server.admin_url)).await;
     assert_eq!(status, 200);
     for (name, labels) in [
@@ -599,7 +599,7 @@ async fn every_counter_is_exported_at_zero_before_the_first_request() {
 async fn metrics_expose_outcomes_histograms_statements_and_pinned_certificate_expiry() {
     let db = TestDb::migrated().await;
     seed_agent(&db, RECORDED_INSTANCE).await;
-    let app = TestApp::spawn(&db, |_| {}).await;
+    let app = TestServer::in_process(&db, |_| {}).await;
     success(
         app.authenticate(aws_request(RECORDED_DOCUMENT, RECORDED_SIGNATURE, ""))
             .await,

@@ -12,8 +12,8 @@ const GOOGLE: &str = "/api/v2/workspaceagents/google-instance-identity";
 async fn http_app(
     db: &TestDb,
     edit: impl FnOnce(&mut agent_auth::config::Settings),
-) -> (TestApp, String) {
-    let app = TestApp::spawn(db, |c| {
+) -> (TestServer, String) {
+    let app = TestServer::in_process(db, |c| {
         c.http_listen = Some(value("127.0.0.1:0"));
         edit(c);
     })

@@ -9,7 +9,7 @@ use tonic::Code;
 use crate::helpers::*;
 use agent_auth::embedded::{EmbeddedOptions, EmbeddedPostgres};
 
-async fn serving(app: &TestApp) -> bool {
+async fn serving(app: &TestServer) -> bool {
     matches!(
         agent_auth::client::is_serving(
             &app.grpc_url,
@@ -28,7 +28,7 @@ async fn a_database_restart_flips_readiness_and_the_service_recovers_by_itself()
     let data = dir.path().join("pg");
     let (cluster, db) = private_database(&data, "restart").await;
     seed_agent(&db, RECORDED_INSTANCE).await;
-    let app = TestApp::spawn(&db, |c| {
+    let app = TestServer::in_process(&db, |c| {
         c.db_checkout_timeout = value("500ms");
         c.db_connect_timeout = value("1s");
     })
@@ -97,7 +97,7 @@ async fn an_exhausted_pool_answers_unavailable_after_the_checkout_timeout() {
     let db = TestDb::migrated().await;
     seed_agent(&db, RECORDED_INSTANCE).await;
     // One connection carrying one statement at a time: the second login finds no room.
-    let app = TestApp::spawn(&db, |c| {
+    let app = TestServer::in_process(&db, |c| {
         c.db_pool_size = value(1);
         c.db_pipeline_depth = value(1);
         c.db_checkout_timeout = value("200ms");
@@ -130,7 +130,7 @@ async fn an_exhausted_pool_answers_unavailable_after_the_checkout_timeout() {
 async fn a_request_in_flight_at_shutdown_completes() {
     let db = TestDb::migrated().await;
     let agent = seed_agent(&db, RECORDED_INSTANCE).await;
-    let app = TestApp::spawn(&db, |_| {}).await;
+    let app = TestServer::in_process(&db, |_| {}).await;
     // Warm the pool: the statement is prepared when a connection opens, and preparing would
     // wait on the lock too; the tests want the statement itself to wait.
     success(
@@ -164,7 +164,7 @@ async fn a_request_in_flight_at_shutdown_completes() {
 async fn json_logs_have_one_line_per_authentication_and_no_secrets() {
     let db = TestDb::migrated().await;
     let agent = seed_agent(&db, RECORDED_INSTANCE).await;
-    let server = ServeProcess::start(&db, &[]).await;
+    let server = TestServer::binary(&db, &[]).await;
     let channel = server.channel().await;
     success(
         agent_auth::client::authenticate(
@@ -273,7 +273,7 @@ async fn spans_reach_the_collector_under_the_callers_trace() {
     let (collector, spans) = otlp_collector().await;
     let db = TestDb::migrated().await;
     seed_agent(&db, RECORDED_INSTANCE).await;
-    let server = ServeProcess::start(&db, &["--otlp-endpoint", &collector]).await;
+    let server = TestServer::binary(&db, &["--otlp-endpoint", &collector]).await;
     let trace_id = "4bf92f3577b34da6a3ce929d0e0e4736";
     let mut client =
         agent_auth::grpc::pb::agent_auth_client::AgentAuthClient::new(server.channel().await);
@@ -305,7 +305,7 @@ async fn a_dead_collector_changes_nothing_for_callers() {
         .unwrap();
     let db = TestDb::migrated().await;
     seed_agent(&db, RECORDED_INSTANCE).await;
-    let server = ServeProcess::start(&db, &["--otlp-endpoint", &format!("http://{closed}")]).await;
+    let server = TestServer::binary(&db, &["--otlp-endpoint", &format!("http://{closed}")]).await;
     let channel = server.channel().await;
     for _ in 0..20 {
         success(
@@ -351,7 +351,7 @@ fn promtool() -> std::path::PathBuf {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn metrics_pass_promtool() {
     let db = TestDb::migrated().await;
-    let app = TestApp::spawn(&db, |_| {}).await;
+    let app = TestServer::in_process(&db, |_| {}).await;
     failure(
         app.authenticate(aws_request(RECORDED_DOCUMENT, "AAAA", ""))
             .await,
@@ -423,7 +423,7 @@ async fn mtls_refuses_callers_without_a_certificate_from_the_client_ca() {
     let client_ca_path = write("client-ca.pem", &client_ca.0.cert.to_pem().unwrap());
     let db = TestDb::migrated().await;
     let agent = seed_agent(&db, RECORDED_INSTANCE).await;
-    let app = TestApp::spawn(&db, |c| {
+    let app = TestServer::in_process(&db, |c| {
         c.tls_cert = Some(value(cert_path));
         c.tls_key = Some(value(key_path));
         c.tls_client_ca = Some(value(client_ca_path));
@@ -470,7 +470,7 @@ async fn mtls_refuses_callers_without_a_certificate_from_the_client_ca() {
 async fn a_burst_over_the_limit_ends_ok_shed_or_unavailable_never_internal_and_within_deadline() {
     let db = TestDb::migrated().await;
     seed_agent(&db, RECORDED_INSTANCE).await;
-    let app = TestApp::spawn(&db, |c| {
+    let app = TestServer::in_process(&db, |c| {
         c.max_concurrent_requests = value(4);
         c.db_pool_size = value(2);
         c.db_checkout_timeout = value("300ms");
@@ -573,7 +573,7 @@ async fn postgres_tls_encrypts_by_default_and_verifies_with_a_ca() {
     let tcp = format!("host=localhost port={port} user=agent_auth dbname=tls sslmode=require");
 
     // Without a CA: encrypted, not verified (libpq `require`); migrations run over TLS too.
-    let app = TestApp::spawn(&local, |c| c.postgres_url = Some(tcp.clone())).await;
+    let app = TestServer::in_process(&local, |c| c.postgres_url = Some(tcp.clone())).await;
     seed_agent(&local, RECORDED_INSTANCE).await;
     success(
         app.authenticate(aws_request(RECORDED_DOCUMENT, RECORDED_SIGNATURE, ""))
@@ -600,7 +600,7 @@ async fn postgres_tls_encrypts_by_default_and_verifies_with_a_ca() {
 
     // With the right CA: verified.
     let ca_arg = ca_path.display().to_string();
-    let app = TestApp::spawn(&local, |c| {
+    let app = TestServer::in_process(&local, |c| {
         c.postgres_url = Some(tcp.clone());
         c.postgres_ca = Some(value(ca_arg.clone()));
     })

@@ -17,7 +17,7 @@ async fn one_connection_carries_up_to_the_pipeline_depth_and_every_caller_gets_i
     let agents = agents(&db, 40).await;
     let key = AwsKey::generate(1024);
     let flag = key.flag("default");
-    let server = ServeProcess::start(
+    let server = TestServer::binary(
         &db,
         &[
             "--aws-certificate",
@@ -97,7 +97,7 @@ async fn under_pipelined_load_no_caller_gets_another_callers_row() {
     let agents = Arc::new(agents(&db, 200).await);
     let key = Arc::new(AwsKey::generate(1024));
     let flag = key.flag("default");
-    let app = TestApp::spawn(&db, |c| {
+    let app = TestServer::in_process(&db, |c| {
         c.aws_certificate = vec![value(flag)];
         c.db_pool_size = value(2);
         c.max_concurrent_requests = value(1000);
@@ -132,7 +132,7 @@ async fn under_pipelined_load_no_caller_gets_another_callers_row() {
     app.stop().await;
 }
 
-async fn futures_channels(app: &TestApp, count: usize) -> Vec<tonic::transport::Channel> {
+async fn futures_channels(app: &TestServer, count: usize) -> Vec<tonic::transport::Channel> {
     let mut channels = Vec::new();
     for _ in 0..count {
         channels.push(app.channel().await);
@@ -148,7 +148,7 @@ async fn a_caller_that_leaves_never_cancels_its_neighbours_statement() {
     let agents = agents(&db, 2).await;
     let key = AwsKey::generate(1024);
     let flag = key.flag("default");
-    let app = TestApp::spawn(&db, |c| {
+    let app = TestServer::in_process(&db, |c| {
         c.aws_certificate = vec![value(flag)];
         c.db_pool_size = value(1);
         c.db_statement_timeout = value("30s");
@@ -195,7 +195,7 @@ async fn a_restart_under_pipelined_load_fails_only_calls_in_flight_and_recovers(
     let agents = Arc::new(agents(&db, 50).await);
     let key = Arc::new(AwsKey::generate(1024));
     let flag = key.flag("default");
-    let app = TestApp::spawn(&db, |c| {
+    let app = TestServer::in_process(&db, |c| {
         c.aws_certificate = vec![value(flag)];
         c.db_pool_size = value(2);
         c.db_checkout_timeout = value("500ms");

@@ -9,17 +9,17 @@ use tonic::Code;
 use crate::helpers::*;
 
 /// A server that trusts one generated key as the `default` AWS key.
-async fn setup() -> (TestDb, World, TestApp, AwsKey) {
+async fn setup() -> (TestDb, World, TestServer, AwsKey) {
     let db = TestDb::migrated().await;
     let world = World::new(&db).await;
     let key = AwsKey::generate(1024);
     let flag = key.flag("default");
-    let app = TestApp::spawn(&db, |c| c.aws_certificate = vec![value(flag)]).await;
+    let app = TestServer::in_process(&db, |c| c.aws_certificate = vec![value(flag)]).await;
     (db, world, app, key)
 }
 
 async fn login(
-    app: &TestApp,
+    app: &TestServer,
     key: &AwsKey,
     instance: &str,
     name: &str,
@@ -377,7 +377,7 @@ async fn an_instance_claimed_by_two_workspaces_never_yields_a_token_whatever_the
     let world = World::new(&db).await;
     let key = AwsKey::generate(1024);
     let flag = key.flag("default");
-    let app = TestApp::spawn(&db, |c| {
+    let app = TestServer::in_process(&db, |c| {
         c.aws_certificate = vec![value(flag)];
         c.http_listen = Some(value("127.0.0.1:0"));
     })

@@ -19,7 +19,7 @@ const UPKEEP_PERIOD: Duration = Duration::from_secs(6);
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn metrics_memory_stays_flat_without_a_scrape() {
     let db = TestDb::migrated().await;
-    let server = ServeProcess::start(&db, &["--log-level", "error"]).await;
+    let server = TestServer::binary(&db, &["--log-level", "error"]).await;
     let channel = server.channel().await;
     // Refused at once (no identity): the cheapest request that still records an
     // authentication and its duration.
@@ -122,7 +122,7 @@ async fn a_replica_behind_the_lag_bound_is_skipped() {
 
     let key = Arc::new(AwsKey::generate(1024));
     let flag = key.flag("default");
-    let server = ServeProcess::start(
+    let server = TestServer::binary(
         &db,
         &[
             "--aws-certificate",
@@ -295,7 +295,7 @@ async fn behind_a_proxy(
     Vec<(String, uuid::Uuid)>,
     BlackHoleProxy,
     Arc<AwsKey>,
-    ServeProcess,
+    TestServer,
 ) {
     let db = TestDb::migrated().await;
     let agents = agents(&db, count).await;
@@ -308,7 +308,7 @@ async fn behind_a_proxy(
     let flag = key.flag("default");
     let mut args = vec!["--aws-certificate", &flag, "--log-level", "error"];
     args.extend_from_slice(extra);
-    let server = ServeProcess::start(&through, &args).await;
+    let server = TestServer::binary(&through, &args).await;
     (db, agents, proxy, key, server)
 }
 
@@ -375,7 +375,7 @@ async fn cancel_churn_never_fails_a_neighbour_on_the_same_channel() {
     let key = Arc::new(AwsKey::generate(1024));
     let flag = key.flag("default");
     let server =
-        ServeProcess::start(&db, &["--aws-certificate", &flag, "--log-level", "error"]).await;
+        TestServer::binary(&db, &["--aws-certificate", &flag, "--log-level", "error"]).await;
     let channel = server.channel().await;
     let workers: Vec<_> = (0..64)
         .map(|worker| {
@@ -488,7 +488,7 @@ impl PingAnswerer {
 async fn ping_answering_connections_without_a_request_are_closed_at_the_idle_timeout() {
     let db = TestDb::migrated().await;
     seed_agent(&db, RECORDED_INSTANCE).await;
-    let server = ServeProcess::start(
+    let server = TestServer::binary(
         &db,
         &[
             "--conn-idle-timeout",
@@ -555,7 +555,7 @@ async fn ping_answering_connections_without_a_request_are_closed_at_the_idle_tim
 async fn one_source_cannot_hold_the_cap_and_a_full_cap_makes_room_for_a_caller() {
     let db = TestDb::migrated().await;
     seed_agent(&db, RECORDED_INSTANCE).await;
-    let server = ServeProcess::start(
+    let server = TestServer::binary(
         &db,
         &[
             "--max-connections",
@@ -623,7 +623,7 @@ async fn one_source_cannot_hold_the_cap_and_a_full_cap_makes_room_for_a_caller()
 async fn a_fresh_probe_gets_through_while_the_admin_connections_are_held() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let db = TestDb::migrated().await;
-    let server = ServeProcess::start(&db, &["--log-level", "warn"]).await;
+    let server = TestServer::binary(&db, &["--log-level", "warn"]).await;
     let admin = server.admin_url.trim_start_matches("http://").to_owned();
     let mut held = Vec::new();
     for _ in 0..70 {
@@ -659,7 +659,7 @@ async fn an_idle_connection_costs_less_than_its_memory_budget() {
         let _ = setrlimit(Resource::RLIMIT_NOFILE, hard.min(65536), hard);
     }
     let db = TestDb::migrated().await;
-    let server = ServeProcess::start(&db, &["--log-level", "warn"]).await;
+    let server = TestServer::binary(&db, &["--log-level", "warn"]).await;
     let address = server.grpc_url.trim_start_matches("http://").to_owned();
     // Warm up the allocator with a few, then measure a thousand more.
     let mut held = Vec::new();
@@ -707,7 +707,7 @@ fn two_roots() -> Vec<u8> {
     pem
 }
 
-async fn reloads(server: &ServeProcess, result: &str) -> f64 {
+async fn reloads(server: &TestServer, result: &str) -> f64 {
     metric(
         server,
         "agent_auth_trust_reloads_total",
@@ -728,7 +728,7 @@ async fn a_roots_bundle_cut_short_is_refused_on_reload() {
     std::fs::write(&roots, &bundle).unwrap();
     let roots_flag = roots.display().to_string();
     let server =
-        ServeProcess::start(&db, &["--azure-roots", &roots_flag, "--log-level", "warn"]).await;
+        TestServer::binary(&db, &["--azure-roots", &roots_flag, "--log-level", "warn"]).await;
     // Cut inside the second certificate's BEGIN line.
     let second = bundle
         .windows(b"-----BEGIN".len())
@@ -756,7 +756,7 @@ async fn a_fifo_in_place_of_a_trust_file_fails_the_reload_and_sigterm_still_stop
     std::fs::write(&roots, two_roots()).unwrap();
     let roots_flag = roots.display().to_string();
     let server =
-        ServeProcess::start(&db, &["--azure-roots", &roots_flag, "--log-level", "warn"]).await;
+        TestServer::binary(&db, &["--azure-roots", &roots_flag, "--log-level", "warn"]).await;
     std::fs::remove_file(&roots).unwrap();
     nix::unistd::mkfifo(&roots, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
     server.signal(nix::sys::signal::Signal::SIGHUP);
@@ -781,7 +781,7 @@ async fn a_fifo_in_place_of_a_trust_file_fails_the_reload_and_sigterm_still_stop
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_truncated_grpc_frame_is_invalid_argument_not_internal() {
     let db = TestDb::migrated().await;
-    let server = ServeProcess::start(&db, &["--log-level", "warn"]).await;
+    let server = TestServer::binary(&db, &["--log-level", "warn"]).await;
     let address = server.grpc_url.trim_start_matches("http://").to_owned();
     let tcp = tokio::net::TcpStream::connect(&address).await.unwrap();
     let (mut client, connection) = h2::client::handshake(tcp).await.unwrap();
@@ -903,7 +903,7 @@ async fn passwords_in_any_case_and_sslpassword_are_never_printed() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_start_up_warning_names_the_replay_risk() {
     let db = TestDb::migrated().await;
-    let server = ServeProcess::start(&db, &["--log-level", "warn"]).await;
+    let server = TestServer::binary(&db, &["--log-level", "warn"]).await;
     let (_, stderr) = server.terminate().await;
     assert!(
         stderr.contains("real documents published in test suites")
@@ -912,7 +912,7 @@ async fn the_start_up_warning_names_the_replay_risk() {
         "{stderr}"
     );
     // Accepted knowingly (`any`): one INFO line, no warning.
-    let server = ServeProcess::start(&db, &["--aws-allowed-account", "any"]).await;
+    let server = TestServer::binary(&db, &["--aws-allowed-account", "any"]).await;
     let (_, stderr) = server.terminate().await;
     let lines: Vec<&str> = stderr
         .lines()

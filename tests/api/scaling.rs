@@ -12,7 +12,7 @@ use crate::helpers::*;
 
 /// Every agent logs in `rounds` times, all at once; each gets its own token. Returns failures.
 async fn storm(
-    server: &ServeProcess,
+    server: &TestServer,
     key: &Arc<AwsKey>,
     agents: &[(String, uuid::Uuid)],
     rounds: usize,
@@ -47,7 +47,7 @@ async fn storm(
     failed
 }
 
-async fn queries(server: &ServeProcess, target: &str) -> f64 {
+async fn queries(server: &TestServer, target: &str) -> f64 {
     metric(server, "agent_auth_db_queries_total", &[("target", target)]).await
 }
 
@@ -75,7 +75,7 @@ async fn logins_go_through_pgbouncer_in_session_and_transaction_mode() {
             .await
             .unwrap();
         let pooled = through(&db, bouncer.connection_string(&db.name));
-        let server = ServeProcess::start(
+        let server = TestServer::binary(
             &pooled,
             &[
                 "--aws-certificate",
@@ -105,7 +105,8 @@ async fn logins_go_through_pgbouncer_in_session_and_transaction_mode() {
         .unwrap();
     let mut config = test_config(&through(&db, bouncer.connection_string(&db.name)));
     config.aws_certificate = values(std::slice::from_ref(&flag));
-    let app = TestApp::spawn_config(agent_auth::config::Config::try_from(config).unwrap()).await;
+    let app =
+        TestServer::in_process_config(agent_auth::config::Config::try_from(config).unwrap()).await;
     let (status, reason) = app.admin_get("/readyz").await;
     assert_eq!(status, 503);
     assert!(reason.contains("--db-pooler"), "{reason}");
@@ -135,7 +136,7 @@ async fn logins_resolve_on_a_streaming_replica_and_fall_back_to_the_primary() {
     );
     let key = Arc::new(AwsKey::generate(1024));
     let flag = key.flag("default");
-    let server = ServeProcess::start(
+    let server = TestServer::binary(
         &db,
         &[
             "--aws-certificate",

@@ -98,7 +98,7 @@ async fn coder_mode_resolves_against_coders_schema_through_a_read_only_role() {
     let token = world.agent(latest, "main", instance).await;
     world.agent(latest, "sidecar", instance).await;
     let read_only_url = db.url_as(&role);
-    let app = TestApp::spawn(&db, |c| {
+    let app = TestServer::in_process(&db, |c| {
         c.schema = value("coder");
         c.postgres_url = Some(read_only_url);
     })

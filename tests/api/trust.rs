@@ -87,7 +87,7 @@ async fn every_real_aws_vector_authenticates_with_built_in_trust_in_every_form_i
         tokens.push(seed_agent(&db, vector.instance).await.token);
     }
     // No trust flag at all.
-    let app = TestApp::spawn(&db, |_| {}).await;
+    let app = TestServer::in_process(&db, |_| {}).await;
     let mut forms = 0;
     for (vector, token) in vectors.iter().zip(&tokens) {
         for (form, request) in requests(vector) {
@@ -122,7 +122,7 @@ async fn each_real_vector_fails_when_its_regions_key_is_replaced_by_a_generated_
     let (small, large) = (AwsKey::generate(1024), AwsKey::generate(2048));
     let signature_flags: Vec<String> = vectors.iter().map(|v| small.flag(v.region)).collect();
     let rsa2048_flags: Vec<String> = vectors.iter().map(|v| large.flag(v.region)).collect();
-    let app = TestApp::spawn(&db, |c| {
+    let app = TestServer::in_process(&db, |c| {
         c.aws_certificate = values(&signature_flags);
         c.aws_rsa2048_certificate = values(&rsa2048_flags);
     })
@@ -178,7 +178,7 @@ async fn the_seven_newest_regions_take_an_operator_certificate_and_a_foreign_key
         .zip(&keys)
         .map(|(region, key)| key.flag(region))
         .collect();
-    let app = TestApp::spawn(&db, |c| c.aws_certificate = values(&flags)).await;
+    let app = TestServer::in_process(&db, |c| c.aws_certificate = values(&flags)).await;
     for ((region, document, agent), key) in cases.iter().zip(&keys) {
         let response = success(
             app.authenticate(aws_request(document, &key.sign(document), ""))
@@ -190,7 +190,7 @@ async fn the_seven_newest_regions_take_an_operator_certificate_and_a_foreign_key
 
     // Without the operator's certificate the region's built-in key is used, and a document
     // signed by another key fails; the log line names the region and where the key came from.
-    let server = ServeProcess::start(&db, &[]).await;
+    let server = TestServer::binary(&db, &[]).await;
     for ((region, document, _), key) in cases.iter().zip(&keys) {
         let result = agent_auth::client::authenticate(
             server.channel().await,
@@ -241,7 +241,7 @@ async fn sighup_swaps_in_a_replaced_certificate_and_a_broken_file_keeps_the_old_
     let trust_file = dir.path().join("aws.pem");
     std::fs::copy(&old.pem_path, &trust_file).unwrap();
     let flag = format!("default={}", trust_file.display());
-    let server = ServeProcess::start(&db, &["--aws-certificate", &flag]).await;
+    let server = TestServer::binary(&db, &["--aws-certificate", &flag]).await;
     let login = async |key: &AwsKey| {
         agent_auth::client::authenticate(
             server.channel().await,

@@ -1,93 +1,7 @@
-//! The server under test: in this process (`TestApp`) or as the real binary (`ServeProcess`),
-//! its settings, and waiting for it.
+//! The server under test, one type with two ways to run ([`TestServer`]: in this process or
+//! the real binary), its settings, and waiting for it.
 
 use super::*;
-
-/// A running server.
-pub struct TestApp {
-    pub grpc_url: String,
-    pub admin_url: String,
-    /// The Coder-compatible HTTP listener, when `http_listen` was set.
-    pub http_url: Option<String>,
-    stop: Option<tokio::sync::oneshot::Sender<()>>,
-    task: Option<tokio::task::JoinHandle<Result<(), agent_auth::app::AppError>>>,
-}
-
-impl TestApp {
-    /// Starts the server on loopback with `db`, after `edit` adjusts the settings.
-    pub async fn spawn(db: &TestDb, edit: impl FnOnce(&mut Settings)) -> Self {
-        let mut settings = test_config(db);
-        edit(&mut settings);
-        Self::spawn_config(Config::try_from(settings).unwrap_or_else(|e| panic!("{e}"))).await
-    }
-
-    pub async fn spawn_config(config: Config) -> Self {
-        let unix = match &config.grpc_listen {
-            agent_auth::config::ListenAddr::Unix(path) => Some(format!("unix:{}", path.display())),
-            agent_auth::config::ListenAddr::Tcp(_) => None,
-        };
-        let app = App::build(config)
-            .await
-            .unwrap_or_else(|e| panic!("App::build: {e}"));
-        let grpc_url = unix.unwrap_or_else(|| {
-            format!(
-                "http://{}",
-                app.grpc_addr().unwrap_or_else(|| panic!("no gRPC address"))
-            )
-        });
-        let admin = app
-            .admin_addr()
-            .unwrap_or_else(|| panic!("no admin address"));
-        let http_url = app.http_addr().map(|a| format!("http://{a}"));
-        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        let task = tokio::spawn(app.run(async {
-            let _ = stopped.await;
-        }));
-        Self {
-            grpc_url,
-            http_url,
-            admin_url: format!("http://{admin}"),
-            stop: Some(stop),
-            task: Some(task),
-        }
-    }
-
-    pub async fn channel(&self) -> Channel {
-        agent_auth::client::connect(&self.grpc_url, Duration::from_secs(5))
-            .await
-            .unwrap_or_else(|e| panic!("{e}"))
-    }
-
-    pub async fn authenticate(
-        &self,
-        request: pb::AuthenticateRequest,
-    ) -> Result<pb::AuthenticateResponse, tonic::Status> {
-        agent_auth::client::authenticate(self.channel().await, request).await
-    }
-
-    /// GET on the admin listener: (status, body).
-    pub async fn admin_get(&self, path: &str) -> (u16, String) {
-        http_get(&format!("{}{path}", self.admin_url)).await
-    }
-
-    pub async fn stop(mut self) {
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
-        }
-        if let Some(task) = self.task.take() {
-            let result = task.await.unwrap_or_else(|e| panic!("server task: {e}"));
-            result.unwrap_or_else(|e| panic!("server: {e}"));
-        }
-    }
-}
-
-impl Drop for TestApp {
-    fn drop(&mut self) {
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
-        }
-    }
-}
 
 /// Settings for a test server: loopback, port 0, the test's database.
 pub fn test_config(db: &TestDb) -> Settings {
@@ -161,7 +75,7 @@ pub async fn eventually(limit: Duration, mut check: impl AsyncFnMut() -> bool) -
 }
 
 /// The server's metric `name` summed over the series with `labels` (-1 if it has none).
-pub async fn metric(server: &ServeProcess, name: &str, labels: &[(&str, &str)]) -> f64 {
+pub async fn metric(server: &TestServer, name: &str, labels: &[(&str, &str)]) -> f64 {
     let (_, text) = http_get(&format!("{}/metrics", server.admin_url)).await;
     metric_sum(&text, name, labels).unwrap_or(-1.0)
 }
@@ -174,22 +88,81 @@ pub fn free_port() -> u16 {
         .unwrap_or_else(|e| panic!("{e}"))
 }
 
-/// The real binary running `serve` against a test database, on free loopback ports.
-pub struct ServeProcess {
-    child: tokio::process::Child,
+/// A running server, one of two ways: the `App` in this process ([`TestServer::in_process`]:
+/// settings edited in Rust, stopped gracefully and its result checked) or the real binary
+/// ([`TestServer::binary`]: `agent-auth serve` with flags, its environment, signals, memory and
+/// stderr). Either is called the same way (`grpc_url`, `channel`, `authenticate`,
+/// `admin_get`).
+pub struct TestServer {
     pub grpc_url: String,
     pub admin_url: String,
+    /// The Coder-compatible HTTP listener, when `http_listen` was set (in process).
+    pub http_url: Option<String>,
+    running: Running,
 }
 
-impl ServeProcess {
-    /// Starts `agent-auth serve` with `extra` flags and waits until `/readyz` answers 200.
-    pub async fn start(db: &TestDb, extra: &[&str]) -> Self {
-        Self::start_with(db, extra, |_| {}).await
+enum Running {
+    InProcess {
+        stop: Option<tokio::sync::oneshot::Sender<()>>,
+        task: Option<tokio::task::JoinHandle<Result<(), agent_auth::app::AppError>>>,
+    },
+    Binary {
+        child: tokio::process::Child,
+    },
+}
+
+impl TestServer {
+    /// The server in this process on loopback with `db`, after `edit` adjusts the settings.
+    pub async fn in_process(db: &TestDb, edit: impl FnOnce(&mut Settings)) -> Self {
+        let mut settings = test_config(db);
+        edit(&mut settings);
+        Self::in_process_config(Config::try_from(settings).unwrap_or_else(|e| panic!("{e}"))).await
     }
 
-    /// As [`ServeProcess::start`], with `edit` changing the process's environment last (a test
+    /// The server in this process with a finished `config`.
+    pub async fn in_process_config(config: Config) -> Self {
+        let unix = match &config.grpc_listen {
+            agent_auth::config::ListenAddr::Unix(path) => Some(format!("unix:{}", path.display())),
+            agent_auth::config::ListenAddr::Tcp(_) => None,
+        };
+        let app = App::build(config)
+            .await
+            .unwrap_or_else(|e| panic!("App::build: {e}"));
+        let grpc_url = unix.unwrap_or_else(|| {
+            format!(
+                "http://{}",
+                app.grpc_addr().unwrap_or_else(|| panic!("no gRPC address"))
+            )
+        });
+        let admin = app
+            .admin_addr()
+            .unwrap_or_else(|| panic!("no admin address"));
+        let http_url = app.http_addr().map(|a| format!("http://{a}"));
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let task = tokio::spawn(app.run(async {
+            let _ = stopped.await;
+        }));
+        Self {
+            grpc_url,
+            http_url,
+            admin_url: format!("http://{admin}"),
+            running: Running::InProcess {
+                stop: Some(stop),
+                task: Some(task),
+            },
+        }
+    }
+
+    /// `agent-auth serve` (the real binary) against `db` with `extra` flags, on free loopback
+    /// ports; returns once `/readyz` answers 200. Its stderr is a pipe read only by
+    /// [`TestServer::terminate`]: a test that logs every login passes `--log-level warn`.
+    pub async fn binary(db: &TestDb, extra: &[&str]) -> Self {
+        Self::binary_with(db, extra, |_| {}).await
+    }
+
+    /// As [`TestServer::binary`], with `edit` changing the process's environment last (a test
     /// that must see what the defaults here hide, such as the metadata endpoint).
-    pub async fn start_with(
+    pub async fn binary_with(
         db: &TestDb,
         extra: &[&str],
         edit: impl FnOnce(&mut tokio::process::Command),
@@ -228,16 +201,17 @@ impl ServeProcess {
             .kill_on_drop(true);
         edit(&mut command);
         let child = command.spawn().unwrap_or_else(|e| panic!("spawn: {e}"));
-        let process = Self {
-            child,
+        let server = Self {
             grpc_url: format!("http://127.0.0.1:{grpc}"),
             admin_url: format!("http://127.0.0.1:{admin}"),
+            http_url: None,
+            running: Running::Binary { child },
         };
         let ready = eventually(Duration::from_secs(30), async || {
-            http_get(&format!("{}/readyz", process.admin_url)).await.0 == 200
+            http_get(&format!("{}/readyz", server.admin_url)).await.0 == 200
         });
         assert!(ready.await, "serve never became ready");
-        process
+        server
     }
 
     pub async fn channel(&self) -> Channel {
@@ -246,9 +220,31 @@ impl ServeProcess {
             .unwrap_or_else(|e| panic!("{e}"))
     }
 
-    /// The process's resident memory in KiB (`VmRSS` of /proc).
+    pub async fn authenticate(
+        &self,
+        request: pb::AuthenticateRequest,
+    ) -> Result<pb::AuthenticateResponse, tonic::Status> {
+        agent_auth::client::authenticate(self.channel().await, request).await
+    }
+
+    /// GET on the admin listener: (status, body).
+    pub async fn admin_get(&self, path: &str) -> (u16, String) {
+        http_get(&format!("{}{path}", self.admin_url)).await
+    }
+
+    /// The binary's process id.
+    fn pid(&self) -> nix::unistd::Pid {
+        match &self.running {
+            Running::Binary { child } => nix::unistd::Pid::from_raw(
+                child.id().unwrap_or_else(|| panic!("exited early")) as i32,
+            ),
+            Running::InProcess { .. } => panic!("a process of its own: use TestServer::binary"),
+        }
+    }
+
+    /// The binary's resident memory in KiB (`VmRSS` of /proc).
     pub fn rss_kib(&self) -> u64 {
-        let pid = self.child.id().unwrap_or_else(|| panic!("exited early"));
+        let pid = self.pid();
         let status = std::fs::read_to_string(format!("/proc/{pid}/status"))
             .unwrap_or_else(|e| panic!("{e}"));
         status
@@ -258,31 +254,55 @@ impl ServeProcess {
             .unwrap_or_else(|| panic!("no VmRSS in {status}"))
     }
 
-    /// Sends `signal` to the process.
+    /// Sends `signal` to the binary.
     pub fn signal(&self, signal: nix::sys::signal::Signal) {
-        let pid = self.child.id().unwrap_or_else(|| panic!("exited early"));
-        nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), signal)
-            .unwrap_or_else(|e| panic!("{e}"));
+        nix::sys::signal::kill(self.pid(), signal).unwrap_or_else(|e| panic!("{e}"));
     }
 
-    /// SIGTERM, then the exit status and everything the process wrote to stderr.
+    /// The binary: SIGTERM, then its exit status and everything it wrote to stderr.
     pub async fn terminate(mut self) -> (std::process::ExitStatus, String) {
         use tokio::io::AsyncReadExt;
-        let pid = self.child.id().unwrap_or_else(|| panic!("exited early"));
-        nix::sys::signal::kill(
-            nix::unistd::Pid::from_raw(pid as i32),
-            nix::sys::signal::Signal::SIGTERM,
-        )
-        .unwrap_or_else(|e| panic!("{e}"));
+        self.signal(nix::sys::signal::Signal::SIGTERM);
+        let Running::Binary { child } = &mut self.running else {
+            panic!("a process of its own: use TestServer::binary");
+        };
         let mut stderr = String::new();
-        if let Some(mut pipe) = self.child.stderr.take() {
+        if let Some(mut pipe) = child.stderr.take() {
             let _ = pipe.read_to_string(&mut stderr).await;
         }
-        let status = tokio::time::timeout(Duration::from_secs(30), self.child.wait())
+        let status = tokio::time::timeout(Duration::from_secs(30), child.wait())
             .await
             .unwrap_or_else(|_| panic!("no exit within 30 s of SIGTERM"))
             .unwrap_or_else(|e| panic!("{e}"));
         (status, stderr)
+    }
+
+    /// Stops the server and checks it stopped cleanly: in process, its `run` returned `Ok`;
+    /// the binary, it exited 0 after SIGTERM.
+    pub async fn stop(mut self) {
+        if let Running::InProcess { stop, task } = &mut self.running {
+            if let Some(stop) = stop.take() {
+                let _ = stop.send(());
+            }
+            if let Some(task) = task.take() {
+                let result = task.await.unwrap_or_else(|e| panic!("server task: {e}"));
+                result.unwrap_or_else(|e| panic!("server: {e}"));
+            }
+            return;
+        }
+        let (status, stderr) = self.terminate().await;
+        assert!(status.success(), "{status}: {stderr}");
+    }
+}
+
+impl Drop for TestServer {
+    fn drop(&mut self) {
+        // The binary is killed on drop (`kill_on_drop`); the App is told to stop.
+        if let Running::InProcess { stop, .. } = &mut self.running
+            && let Some(stop) = stop.take()
+        {
+            let _ = stop.send(());
+        }
     }
 }
 

@@ -6,6 +6,7 @@
 //! checks what involves several settings and builds the tree the rest of the service reads.
 //! Every error names its key, and `main` prints it on one line and exits 64 (EX_USAGE).
 
+mod convert;
 mod reference;
 pub mod settings;
 pub mod values;
@@ -337,216 +338,37 @@ impl TryFrom<Settings> for Config {
 
     /// The checks that involve several settings, and the tree the service reads.
     fn try_from(s: Settings) -> Result<Self, ConfigError> {
-        let postgres_url = s.postgres_url.filter(|u| !u.trim().is_empty());
-        let postgres_url = match s.postgres_url_file.filter(|p| !p.as_os_str().is_empty()) {
-            None => postgres_url,
-            Some(_) if postgres_url.is_some() => {
-                return Err(ConfigError::new(
-                    "postgres_url_file",
-                    "set postgres_url or postgres_url_file, not both",
-                ));
-            }
-            Some(path) => {
-                let text = std::fs::read_to_string(&path).map_err(|e| {
-                    ConfigError::new(
-                        "postgres_url_file",
-                        format!("cannot read {}: {e}", path.display()),
-                    )
-                })?;
-                match text.trim() {
-                    "" => {
-                        return Err(ConfigError::new(
-                            "postgres_url_file",
-                            format!("{} is empty", path.display()),
-                        ));
-                    }
-                    url => Some(url.to_owned()),
-                }
-            }
-        };
-        if s.schema == SchemaMode::Coder && postgres_url.is_none() {
-            return Err(ConfigError::new(
-                "schema",
-                "coder reads an existing control-plane database: set postgres_url",
-            ));
-        }
-        let postgres_url = postgres_url
-            .map(|url| postgres_url_setting("postgres_url", &url))
-            .transpose()?;
-        let replica_urls = s
-            .postgres_replica_url
-            .iter()
-            .map(|u| u.trim())
-            .filter(|u| !u.is_empty())
-            .map(|u| postgres_url_setting("postgres_replica_url", u))
-            .collect::<Result<Vec<_>, _>>()?;
-        if !replica_urls.is_empty() && postgres_url.is_none() {
-            return Err(ConfigError::new(
-                "postgres_replica_url",
-                "replicas need their primary: set postgres_url",
-            ));
-        }
-        let tls = match (s.tls_cert, s.tls_key, s.tls_client_ca) {
-            (None, None, None) => None,
-            (Some(cert), Some(key), client_ca) => {
-                if matches!(s.grpc_listen, ListenAddr::Unix(_)) {
-                    return Err(ConfigError::new(
-                        "tls_cert",
-                        "TLS is for TCP listeners; a unix socket is protected by its file mode",
-                    ));
-                }
-                Some(TlsConfig {
-                    cert: cert.0,
-                    key: key.0,
-                    client_ca: client_ca.map(|ca| ca.0),
-                })
-            }
-            (None, _, Some(_)) => {
-                return Err(ConfigError::new(
-                    "tls_client_ca",
-                    "needs tls_cert and tls_key",
-                ));
-            }
-            (Some(_), None, _) => {
-                return Err(ConfigError::new("tls_key", "tls_cert needs tls_key"));
-            }
-            (None, Some(_), _) => {
-                return Err(ConfigError::new("tls_cert", "tls_key needs tls_cert"));
-            }
-        };
-        if s.aws_ec2_batch_window.0 > Duration::from_secs(1) {
-            return Err(ConfigError::new(
-                "aws_ec2_batch_window",
-                "at most 1s: every first look-up of a batch waits this long",
-            ));
-        }
-        let gcp_check = match s.gcp_compute_check.0 {
-            false => None,
-            true => Some(crate::cloud::gcp::GcpCheckConfig {
-                endpoint: s.gcp_compute_endpoint.map(|u| u.0),
-                credentials: match s.gcp_compute_credentials {
-                    Some(path) if !path.is_file() => {
-                        return Err(ConfigError::new(
-                            "gcp_compute_credentials",
-                            format!("{} is not a readable file", path.display()),
-                        ));
-                    }
-                    other => other,
-                },
-            }),
-        };
-        let trimmed = |values: Vec<String>| -> Vec<String> {
-            values
-                .iter()
-                .map(|v| v.trim().to_owned())
-                .filter(|v| !v.is_empty())
-                .collect()
-        };
-        let region_files = |files: Vec<values::RegionFile>| -> Vec<(String, PathBuf)> {
-            files.into_iter().map(|f| (f.region, f.path)).collect()
-        };
-        let aws_any_account = s
-            .aws_allowed_account
-            .iter()
-            .any(|a| a.0 == values::ANY_ACCOUNT);
-        if aws_any_account && s.aws_allowed_account.len() > 1 {
-            return Err(ConfigError::new(
-                "aws_allowed_account",
-                "`any` accepts every account: give it alone, or list the accounts",
-            ));
-        }
+        // In this order, so that of several bad settings the same one is named as always.
+        let (postgres_url, store) = convert::database(&s)?;
+        let tls = convert::listener_tls(&s)?;
+        let live = convert::live_checks(&s)?;
+        let (aws, aws_any_account) = convert::aws_trust(&s)?;
         Ok(Self {
+            tls,
+            live,
+            connections: convert::connection_limits(&s),
+            azure: convert::azure_trust(&s),
+            gcp: convert::gcp_trust(&s),
+            aws,
             aws_any_account,
+            postgres_url,
+            store,
             grpc_listen: s.grpc_listen,
             admin_listen: s.admin_listen,
             http_listen: s.http_listen,
-            postgres_url,
             data_dir: s
                 .data_dir
                 .filter(|d| !d.as_os_str().is_empty())
                 .unwrap_or_else(default_data_dir),
             schema: s.schema,
-            store: StoreConfig {
-                pool_size: s.db_pool_size.get(),
-                checkout_timeout: s.db_checkout_timeout.0,
-                connect_timeout: s.db_connect_timeout.0,
-                statement_timeout: s.db_statement_timeout.0,
-                pipeline_depth: s.db_pipeline_depth.get(),
-                ca: s.postgres_ca.map(|ca| ca.0),
-                pooler: s.db_pooler,
-                replica_urls,
-                replica_max_lag: s.replica_max_lag.0,
-            },
             max_concurrent_requests: s.max_concurrent_requests.get(),
-            connections: crate::listen::ConnectionLimits {
-                handshake_timeout: s.conn_handshake_timeout.0,
-                idle_timeout: s.conn_idle_timeout.0,
-                max_connections: s.max_connections.filter(|n| *n > 0),
-                max_connections_per_source: s.max_connections_per_source.filter(|n| *n > 0),
-                admin_max_connections: s.admin_max_connections.get(),
-                header_read_timeout: s.http_header_read_timeout.0,
-                body_read_timeout: s.http_body_read_timeout.0,
-                max_body_bytes: s.http_max_body_size.get(),
-                max_message_bytes: s.grpc_max_message_size.get(),
-                max_concurrent_streams: s.grpc_max_concurrent_streams.get(),
-                keepalive_interval: s.grpc_keepalive_interval.0,
-                keepalive_timeout: s.grpc_keepalive_timeout.0,
-            },
-            aws: AwsTrustConfig {
-                signature_certificates: region_files(s.aws_certificate),
-                rsa2048_certificates: region_files(s.aws_rsa2048_certificate),
-                allowed_accounts: s
-                    .aws_allowed_account
-                    .into_iter()
-                    .map(|a| a.0)
-                    .filter(|a| a != values::ANY_ACCOUNT)
-                    .collect(),
-            },
-            azure: AzureTrustConfig {
-                roots: s.azure_roots.map(|f| f.0),
-                intermediates: s.azure_intermediates.map(|f| f.0),
-                allowed_subscriptions: trimmed(s.azure_allowed_subscription),
-                fetch_issuers: s.azure_fetch_issuers.0,
-            },
-            gcp: GcpConfig {
-                jwks: s.gcp_jwks,
-                audience: s.gcp_audience.0,
-                allowed_projects: trimmed(s.gcp_allowed_project),
-            },
-            tls,
             insecure_verify_time: s.insecure_verify_time.map(|t| t.0),
             log_format: s.log_format,
             log_level: s.log_level.0,
             otlp_endpoint: s.otlp_endpoint.map(|u| u.0),
             shutdown_grace: s.shutdown_grace.0,
-            live: LiveCheckConfig {
-                aws: s
-                    .aws_ec2_check
-                    .0
-                    .then_some(crate::cloud::aws::AwsCheckConfig {
-                        endpoint: s.aws_ec2_endpoint.map(|u| u.0),
-                        assume_roles: s
-                            .aws_ec2_assume_role
-                            .into_iter()
-                            .map(|r| (r.account, r.arn))
-                            .collect(),
-                        imds_credentials: s.aws_ec2_imds_credentials.0,
-                        batch_window: s.aws_ec2_batch_window.0,
-                    }),
-                gcp: gcp_check,
-                settings: crate::cloud::CheckSettings {
-                    cache_ttl: s.cloud_check_cache_ttl.0,
-                    timeout: s.cloud_check_timeout.0,
-                    on_error: s.cloud_check_on_error,
-                },
-            },
         })
     }
-}
-
-/// A connection string the store can use, or an error naming `key` (the password redacted).
-fn postgres_url_setting(key: &str, url: &str) -> Result<PostgresUrl, ConfigError> {
-    PostgresUrl::parse(url).map_err(|e| ConfigError::new(key, e))
 }
 
 fn figment_error(e: figment::Error) -> ConfigError {

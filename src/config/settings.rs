@@ -7,8 +7,8 @@
 //! to that), `default_value` is the default, and its type parses and prints the value
 //! ([`super::values`]). Layering and cross-setting validation live in [`super`].
 //!
-//! To add a setting: add a field with its doc comment and `#[arg]`, read it in
-//! `Config::try_from`, and run `AGENT_AUTH_BLESS=1 cargo test readme` to regenerate the
+//! To add a setting: add a field with its doc comment and `#[arg]`, read it in its
+//! subsystem's conversion (`convert.rs`), and run `AGENT_AUTH_BLESS=1 cargo test readme` to regenerate the
 //! docs/configuration.md table (CI fails while it differs).
 
 use std::net::SocketAddr;

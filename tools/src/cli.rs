@@ -105,6 +105,17 @@ pub struct BenchArgs {
     /// Print JSON instead of a table.
     #[arg(long)]
     pub json: bool,
+    /// A boot storm instead of the scenarios: N distinct agents arrive within --arrival, each
+    /// logs in once and retries as Coder's agent does (backoff from 100 ms to 10 s, jittered)
+    /// until it holds its token; reports how long until the last one does.
+    #[arg(long, value_name = "N", conflicts_with_all = ["sweep", "scenarios"])]
+    pub boot_storm: Option<usize>,
+    /// With --boot-storm: the window the agents arrive in, evenly spread.
+    #[arg(long, default_value = "1s", value_parser = humantime::parse_duration, requires = "boot_storm")]
+    pub arrival: std::time::Duration,
+    /// With --boot-storm: an agent without a token this long after it arrived fails for good.
+    #[arg(long, default_value = "60s", value_parser = humantime::parse_duration, requires = "boot_storm")]
+    pub give_up: std::time::Duration,
 }
 
 #[derive(Debug, Clone, Args)]

@@ -224,6 +224,36 @@ fn bench_rejects_an_unknown_scenario_with_a_usage_error() {
     assert!(stderr.contains("unknown scenario \"v9\""), "{stderr}");
 }
 
+/// A boot storm through the binaries: every agent of a small storm is a distinct one, logs in
+/// with one statement (the server's own counter), and none fails for good.
+#[test]
+fn a_boot_storm_logs_every_agent_in_once_and_counts_its_statements() {
+    let report = bench_report(tools().args([
+        "bench",
+        "--boot-storm",
+        "400",
+        "--arrival",
+        "500ms",
+        "--builds",
+        "2",
+        "--json",
+    ]));
+    let storm = &report["boot_storm"];
+    assert_eq!(storm["agents"], 400, "{storm}");
+    assert_eq!(storm["logged_in"], 400, "{storm}");
+    assert_eq!(storm["failed_for_good"], 0, "{storm}");
+    let attempts = storm["attempts"].as_u64().unwrap();
+    let retried = storm["shed"].as_u64().unwrap()
+        + storm["unavailable"].as_u64().unwrap()
+        + storm["missed_deadline"].as_u64().unwrap();
+    assert_eq!(attempts, 400 + retried, "{storm}");
+    // One statement per login, and a retried (shed) attempt runs none.
+    let statements = storm["statements_per_agent"].as_f64().unwrap();
+    assert!((1.0..=1.05).contains(&statements), "{storm}");
+    assert!(storm["all_in_ms"].as_f64().unwrap() >= storm["p50_ms"].as_f64().unwrap());
+    assert_eq!(report["outcomes"], serde_json::json!([]));
+}
+
 /// The README's quick start (its server part, on the test's binaries), as a newcomer runs it.
 fn quick_start(env: &[(&str, &str)]) -> std::process::Output {
     let readme = std::fs::read_to_string(format!("{ROOT}/README.md")).unwrap();

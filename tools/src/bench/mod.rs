@@ -12,6 +12,7 @@ pub mod plot;
 pub mod proxy;
 pub mod seed;
 pub mod server;
+pub mod storm;
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -122,6 +123,8 @@ pub struct BenchOptions {
     pub replica: bool,
     pub explain: bool,
     pub plot: Option<PathBuf>,
+    /// A boot storm instead of the scenarios.
+    pub boot_storm: Option<storm::StormOptions>,
     /// Extra settings of the private embedded PostgreSQL.
     pub db_settings: Vec<(String, String)>,
 }
@@ -152,6 +155,8 @@ pub struct Report {
     pub bench_peak_rss_mib: Option<f64>,
     /// EXPLAIN (ANALYZE, BUFFERS) of the resolver's statement for one live instance.
     pub explain: Option<String>,
+    /// The boot storm's results, when one ran (instead of the scenarios).
+    pub boot_storm: Option<storm::StormReport>,
 }
 
 /// Runs the whole benchmark; prints progress to stderr.
@@ -200,7 +205,9 @@ async fn run_on(
     cluster: Option<&agent_auth::embedded::EmbeddedPostgres>,
 ) -> Result<Report, String> {
     let seeded = seed_database(options, url).await?;
-    let history = seed::history_instances(options.agents, 1000);
+    // A boot storm's agents are all distinct; the scenarios cycle through a sample.
+    let sample = options.boot_storm.map_or(1000, |storm| storm.agents);
+    let history = seed::history_instances(options.agents, sample);
     let signing = Signing::prepare(options, scratch, &history)?;
     let beside = Beside::start(options, cluster, scratch, seeded.agent_rows).await?;
     let url = beside.url(url);
@@ -220,7 +227,14 @@ async fn run_on(
         postgres_url: load_url,
         pool_size: options.pool_size,
         pipeline_depth: options.pipeline_depth,
-        max_concurrent_requests: max_callers * 2,
+        // A storm meets the server's own limit; the scenarios' callers never should.
+        max_concurrent_requests: match options.boot_storm {
+            Some(_) => agent_auth::config::Settings::defaults()
+                .map_err(|e| e.to_string())?
+                .max_concurrent_requests
+                .get(),
+            None => max_callers * 2,
+        },
         aws_certificate: &signing.pem_path,
         gcp_jwks: &signing.jwks_path,
         scratch,
@@ -248,7 +262,10 @@ async fn run_on(
         documents: Arc::new(signing.documents),
         channels: Arc::new(channels),
     };
-    let outcomes = run_all(options, &sets, &pool, &server).await;
+    let (outcomes, boot_storm) = match options.boot_storm {
+        Some(storm) => (Vec::new(), Some(run_storm(storm, &sets, &server).await)),
+        None => (run_all(options, &sets, &pool, &server).await, None),
+    };
     pool.close();
     let server_peak_rss_mib = server.peak_rss_mib();
     let server_kind = match &options.server {
@@ -290,6 +307,7 @@ async fn run_on(
         server_peak_rss_mib,
         bench_peak_rss_mib: server::peak_rss_mib("/proc/self/status"),
         explain,
+        boot_storm,
     };
     if let Some(path) = &options.plot {
         write_plot(&report, path)?;
@@ -436,6 +454,49 @@ impl Beside {
             .as_ref()
             .map_or_else(|| direct.to_owned(), |b| b.connection_string("bench"))
     }
+}
+
+/// The boot storm, with the statements the server counted per agent.
+async fn run_storm(
+    options: storm::StormOptions,
+    sets: &InstanceSets,
+    server: &server::Server,
+) -> storm::StormReport {
+    eprintln!(
+        "bench: boot storm: {} agents arriving within {:?}",
+        options.agents, options.arrival
+    );
+    let before = server.scrape().await;
+    let (mut report, elapsed) =
+        storm::run(options, sets.documents.clone(), sets.channels.clone()).await;
+    let after = server.scrape().await;
+    let queries = |text: &Option<String>| {
+        text.as_deref()
+            .and_then(|t| server::sample(t, agent_auth::metrics::DB_QUERIES))
+    };
+    report.statements_per_agent = queries(&before)
+        .zip(queries(&after))
+        .map(|(before, after)| (after - before) / report.agents.max(1) as f64);
+    eprintln!(
+        "bench: boot storm: {} of {} agents logged in, the last {:.0} ms after the first arrived \
+         ({:.0} ms after the last arrived); per agent p50 {:.0} ms, p99 {:.0} ms; {} attempts, \
+         {} shed, {} unavailable, {} missed deadlines, {} failed for good; statements/agent {} \
+         ({:.1} s in all)",
+        report.logged_in,
+        report.agents,
+        report.all_in_ms,
+        report.after_last_arrival_ms,
+        report.p50_ms,
+        report.p99_ms,
+        report.attempts,
+        report.shed,
+        report.unavailable,
+        report.missed_deadline,
+        report.failed_for_good,
+        drive::or_dash(report.statements_per_agent, 3),
+        elapsed.as_secs_f64(),
+    );
+    report
 }
 
 /// Every scenario at every caller count, each summed up on one line as it ends.
@@ -788,8 +849,20 @@ pub async fn command(args: BenchArgs) -> ExitCode {
             }
         }
     }
+    let boot_storm = args.boot_storm.map(|agents| storm::StormOptions {
+        agents,
+        arrival: args.arrival,
+        deadline: args.deadline,
+        give_up: args.give_up,
+    });
+    // The history group holds 19 in 20 of the agents (the 20th's workspace is deleted): seed
+    // enough for every storm agent to be a distinct one that can log in.
+    let agents = match args.boot_storm {
+        Some(storm) => args.agents.max(storm as u64 * 20 / 19 + 1),
+        None => args.agents,
+    };
     let options = BenchOptions {
-        agents: args.agents,
+        agents,
         builds_per_workspace: args.builds,
         soft_delete_stale: args.soft_delete_stale,
         concurrency: if args.sweep.is_empty() {
@@ -810,6 +883,7 @@ pub async fn command(args: BenchArgs) -> ExitCode {
         replica: args.replica,
         explain: args.explain,
         plot: args.plot,
+        boot_storm,
         db_settings,
     };
     match run(options, args.postgres_url).await {
@@ -858,6 +932,28 @@ pub async fn command(args: BenchArgs) -> ExitCode {
                 }
                 if let Some(plan) = &report.explain {
                     println!("\n{plan}");
+                }
+                if let Some(storm) = &report.boot_storm {
+                    println!(
+                        "boot storm: {} agents within {:.0} ms: the last held its token {:.0} ms \
+                         after the first arrived ({:.0} ms after the last arrived); per agent \
+                         p50 {:.0} ms, p99 {:.0} ms, max {:.0} ms; {} attempts, {} shed, {} \
+                         unavailable, {} missed deadlines; {} failed for good; statements per \
+                         agent {}",
+                        storm.agents,
+                        storm.arrival_ms,
+                        storm.all_in_ms,
+                        storm.after_last_arrival_ms,
+                        storm.p50_ms,
+                        storm.p99_ms,
+                        storm.max_ms,
+                        storm.attempts,
+                        storm.shed,
+                        storm.unavailable,
+                        storm.missed_deadline,
+                        storm.failed_for_good,
+                        drive::or_dash(storm.statements_per_agent, 3),
+                    );
                 }
             }
             ExitCode::SUCCESS

@@ -40,10 +40,26 @@ pub enum Command {
     Healthcheck(HealthcheckArgs),
     /// Send one authentication to a server and print the result.
     Authenticate(AuthenticateArgs),
+    /// Run the whole loop on a private embedded database with the recorded AWS document
+    /// (`agent-auth-tools demo`, the tools binary beside this one; `demo --help` is its help).
+    #[command(disable_help_flag = true)]
+    Demo(DemoArgs),
     /// List every pinned certificate (built-in and from files, with the serve flags applied):
     /// cloud, region or role, subject, notAfter, SHA-256, source. Exit 1 when one expires
     /// within 30 days.
     Trust(TrustArgs),
+}
+
+/// `agent-auth demo ARGS…`: handed whole to `agent-auth-tools demo`, so the demo's code stays
+/// out of this binary (its flags and `--help` are the tools').
+#[derive(Debug, Clone, Args)]
+pub struct DemoArgs {
+    #[arg(
+        trailing_var_arg = true,
+        allow_hyphen_values = true,
+        value_name = "ARGS"
+    )]
+    pub args: Vec<std::ffi::OsString>,
 }
 
 /// `agent-auth trust`: the serve flags that choose trust, and the output format.

@@ -3,6 +3,7 @@
 //! [`run`] turns that into the one line on stderr and the exit code, in one place.
 
 mod authenticate;
+mod demo;
 mod healthcheck;
 mod migrate;
 mod serve;
@@ -60,6 +61,7 @@ pub async fn run(command: Command) -> ExitCode {
         Command::Healthcheck(args) => healthcheck::run(args).await,
         Command::Authenticate(args) => authenticate::run(args).await,
         Command::Trust(args) => trust::run(args).await,
+        Command::Demo(args) => demo::run(args),
     };
     match outcome {
         Ok(()) => ExitCode::SUCCESS,

@@ -673,3 +673,19 @@ fn serve_help_is_a_short_reference() {
     }
     assert!(!text.contains("below"), "{text}");
 }
+
+/// Where the tools binary is not beside the server (the container image), `agent-auth demo`
+/// says where the demo is, exit 64, and runs nothing.
+#[test]
+fn the_demo_command_without_the_tools_binary_says_where_the_demo_is() {
+    let dir = tempfile::tempdir().unwrap();
+    let alone = dir.path().join("agent-auth");
+    std::fs::copy(env!("CARGO_BIN_EXE_agent-auth"), &alone).unwrap();
+    let output = Command::new(&alone).arg("demo").output().unwrap();
+    assert_eq!(output.status.code(), Some(64));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("agent-auth-tools") && stderr.contains("is missing"),
+        "{stderr}"
+    );
+}

@@ -224,6 +224,35 @@ fn bench_rejects_an_unknown_scenario_with_a_usage_error() {
     assert!(stderr.contains("unknown scenario \"v9\""), "{stderr}");
 }
 
+/// `agent-auth demo` (a command of the contract) runs the tools' demo in its place: same
+/// output, same help.
+#[test]
+fn the_servers_demo_command_runs_the_tools_demo() {
+    let mut command = Command::new(server_binary());
+    command.env(
+        "AGENT_AUTH_GCP_JWKS",
+        format!("{ROOT}/tests/fixtures/gcp/empty-jwks.json"),
+    );
+    let output = command.arg("demo").output().unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(
+        stdout.contains("matches workspace_agents.auth_token"),
+        "{stdout}"
+    );
+    let help = Command::new(server_binary())
+        .args(["demo", "--help"])
+        .output()
+        .unwrap();
+    assert!(help.status.success());
+    let text = String::from_utf8_lossy(&help.stdout);
+    assert!(text.contains("--ready-file"), "{text}");
+}
+
 /// A boot storm through the binaries: every agent of a small storm is a distinct one, logs in
 /// with one statement (the server's own counter), and none fails for good.
 #[test]

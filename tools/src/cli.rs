@@ -113,6 +113,10 @@ pub struct BenchArgs {
     /// With --boot-storm: the window the agents arrive in, evenly spread.
     #[arg(long, default_value = "1s", value_parser = humantime::parse_duration, requires = "boot_storm")]
     pub arrival: std::time::Duration,
+    /// The spawned server's --max-concurrent-requests (default: twice the callers for the
+    /// scenarios, the server's own default for a boot storm).
+    #[arg(long, value_name = "N", conflicts_with = "server")]
+    pub max_concurrent_requests: Option<usize>,
     /// With --boot-storm: an agent without a token this long after it arrived fails for good.
     #[arg(long, default_value = "60s", value_parser = humantime::parse_duration, requires = "boot_storm")]
     pub give_up: std::time::Duration,

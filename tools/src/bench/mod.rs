@@ -125,6 +125,8 @@ pub struct BenchOptions {
     pub plot: Option<PathBuf>,
     /// A boot storm instead of the scenarios.
     pub boot_storm: Option<storm::StormOptions>,
+    /// The spawned server's --max-concurrent-requests, when not the default.
+    pub max_concurrent_requests: Option<usize>,
     /// Extra settings of the private embedded PostgreSQL.
     pub db_settings: Vec<(String, String)>,
 }
@@ -155,6 +157,8 @@ pub struct Report {
     pub bench_peak_rss_mib: Option<f64>,
     /// EXPLAIN (ANALYZE, BUFFERS) of the resolver's statement for one live instance.
     pub explain: Option<String>,
+    /// The server's --max-concurrent-requests in this run (logins beyond it are shed).
+    pub max_concurrent_requests: usize,
     /// The boot storm's results, when one ran (instead of the scenarios).
     pub boot_storm: Option<storm::StormReport>,
 }
@@ -228,12 +232,13 @@ async fn run_on(
         pool_size: options.pool_size,
         pipeline_depth: options.pipeline_depth,
         // A storm meets the server's own limit; the scenarios' callers never should.
-        max_concurrent_requests: match options.boot_storm {
-            Some(_) => agent_auth::config::Settings::defaults()
+        max_concurrent_requests: match (options.max_concurrent_requests, options.boot_storm) {
+            (Some(limit), _) => limit,
+            (None, Some(_)) => agent_auth::config::Settings::defaults()
                 .map_err(|e| e.to_string())?
                 .max_concurrent_requests
                 .get(),
-            None => max_callers * 2,
+            (None, None) => max_callers * 2,
         },
         aws_certificate: &signing.pem_path,
         gcp_jwks: &signing.jwks_path,
@@ -241,6 +246,7 @@ async fn run_on(
         pooler: options.pgbouncer.unwrap_or_default(),
         replica_url: beside.replica.as_ref().map(|(_, url)| url.as_str()),
     };
+    let max_concurrent_requests = setup.max_concurrent_requests;
     // The baselines' pool has the server's settings (size, checkout and statement timeouts).
     let store_config = agent_auth::config::Config::try_from(server::settings(&setup)?)
         .map_err(|e| e.to_string())?
@@ -307,6 +313,7 @@ async fn run_on(
         server_peak_rss_mib,
         bench_peak_rss_mib: server::peak_rss_mib("/proc/self/status"),
         explain,
+        max_concurrent_requests,
         boot_storm,
     };
     if let Some(path) = &options.plot {
@@ -884,6 +891,7 @@ pub async fn command(args: BenchArgs) -> ExitCode {
         explain: args.explain,
         plot: args.plot,
         boot_storm,
+        max_concurrent_requests: args.max_concurrent_requests,
         db_settings,
     };
     match run(options, args.postgres_url).await {

@@ -81,8 +81,8 @@ impl EmbeddedOptions {
 pub struct EmbeddedPostgres {
     socket_dir: PathBuf,
     port: u16,
-    pid: Pid,
-    exited: watch::Receiver<Option<ExitStatus>>,
+    /// The postmaster; interrupted (fast shutdown) when dropped.
+    process: Supervised,
     log_path: PathBuf,
 }
 
@@ -153,12 +153,10 @@ impl EmbeddedPostgres {
                 "listen_addresses="
             },
         ]);
-        let (pid, exited) = supervise(postgres, account.as_ref(), &log_path)?;
         let cluster = Self {
             socket_dir,
             port: options.port,
-            pid,
-            exited,
+            process: Supervised::as_account(postgres, account.as_ref(), &log_path)?,
             log_path,
         };
         cluster.wait_ready().await?;
@@ -198,32 +196,19 @@ impl EmbeddedPostgres {
 
     /// True while the server process runs.
     pub fn is_running(&self) -> bool {
-        self.exited.borrow().is_none()
+        !self.process.has_exited()
     }
 
     /// Fast shutdown (SIGINT), waiting up to 30 s, then SIGKILL.
     pub async fn stop(mut self) -> Result<(), EmbeddedError> {
-        if !self.is_running() {
-            return Ok(());
-        }
-        let _ = kill(self.pid, Signal::SIGINT);
-        let timed_out = tokio::time::timeout(
-            Duration::from_secs(30),
-            self.exited.wait_for(Option::is_some),
-        )
-        .await
-        .is_err();
-        if timed_out {
-            let _ = kill(self.pid, Signal::SIGKILL);
-            let _ = self.exited.wait_for(Option::is_some).await;
-        }
+        self.process.stop().await;
         Ok(())
     }
 
     async fn wait_ready(&self) -> Result<(), EmbeddedError> {
         let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
         loop {
-            if let Some(status) = *self.exited.borrow() {
+            if let Some(status) = self.process.exit_status() {
                 return Err(EmbeddedError::Start(format!(
                     "postgres exited ({status}); see {}",
                     self.log_path.display()
@@ -239,14 +224,6 @@ impl EmbeddedPostgres {
                 }
                 _ => tokio::time::sleep(Duration::from_millis(50)).await,
             }
-        }
-    }
-}
-
-impl Drop for EmbeddedPostgres {
-    fn drop(&mut self) {
-        if self.is_running() {
-            let _ = kill(self.pid, Signal::SIGINT);
         }
     }
 }
@@ -289,8 +266,8 @@ pub fn run_as_cluster_account(
     run_to_end(command, name, account.as_ref(), log_path)
 }
 
-/// Starts a server program as the cluster's account, supervised as the cluster is (its output
-/// appended to `log_path`; SIGINT when this process dies). Dropping it sends SIGINT.
+/// A server process run as the cluster's account (the postmaster itself, PgBouncer beside it): its output
+/// appended to `log_path`, SIGINT when this process dies, and SIGINT when dropped.
 pub struct Supervised {
     pid: Pid,
     exited: watch::Receiver<Option<ExitStatus>>,
@@ -299,12 +276,45 @@ pub struct Supervised {
 impl Supervised {
     pub fn spawn(command: Command, log_path: &Path) -> Result<Self, EmbeddedError> {
         let account = unprivileged_account()?;
-        let (pid, exited) = supervise(command, account.as_ref(), log_path)?;
+        Self::as_account(command, account.as_ref(), log_path)
+    }
+
+    /// As [`Supervised::spawn`], as `account` (already looked up).
+    fn as_account(
+        command: Command,
+        account: Option<&Account>,
+        log_path: &Path,
+    ) -> Result<Self, EmbeddedError> {
+        let (pid, exited) = supervise(command, account, log_path)?;
         Ok(Self { pid, exited })
     }
 
     pub fn has_exited(&self) -> bool {
         self.exited.borrow().is_some()
+    }
+
+    /// How it exited, once it has.
+    fn exit_status(&self) -> Option<ExitStatus> {
+        *self.exited.borrow()
+    }
+
+    /// SIGINT (a fast shutdown for PostgreSQL and PgBouncer alike), waiting up to 30 s, then
+    /// SIGKILL; returns once it has exited.
+    async fn stop(&mut self) {
+        if self.has_exited() {
+            return;
+        }
+        let _ = kill(self.pid, Signal::SIGINT);
+        let timed_out = tokio::time::timeout(
+            Duration::from_secs(30),
+            self.exited.wait_for(Option::is_some),
+        )
+        .await
+        .is_err();
+        if timed_out {
+            let _ = kill(self.pid, Signal::SIGKILL);
+            let _ = self.exited.wait_for(Option::is_some).await;
+        }
     }
 }
 

@@ -266,8 +266,8 @@ pub fn run_as_cluster_account(
     run_to_end(command, name, account.as_ref(), log_path)
 }
 
-/// A server process run as the cluster's account (the postmaster itself, PgBouncer beside it): its output
-/// appended to `log_path`, SIGINT when this process dies, and SIGINT when dropped.
+/// A server process run as the cluster's account (the postmaster itself, PgBouncer beside it):
+/// its output appended to `log_path`, SIGINT when this process dies, and SIGINT when dropped.
 pub struct Supervised {
     pid: Pid,
     exited: watch::Receiver<Option<ExitStatus>>,

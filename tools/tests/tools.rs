@@ -21,7 +21,12 @@ fn server_binary() -> PathBuf {
 
 fn tools() -> Command {
     server_binary();
-    let mut command = Command::new(env!("CARGO_BIN_EXE_agent-auth-tools"));
+    command(env!("CARGO_BIN_EXE_agent-auth-tools"))
+}
+
+/// `program` with no `AGENT_AUTH_*` variable of the caller's and the empty GCP JWKS.
+fn command(program: impl AsRef<std::ffi::OsStr>) -> Command {
+    let mut command = Command::new(program);
     for (key, _) in std::env::vars() {
         if key.starts_with("AGENT_AUTH_") {
             command.env_remove(key);
@@ -228,12 +233,7 @@ fn bench_rejects_an_unknown_scenario_with_a_usage_error() {
 /// output, same help.
 #[test]
 fn the_servers_demo_command_runs_the_tools_demo() {
-    let mut command = Command::new(server_binary());
-    command.env(
-        "AGENT_AUTH_GCP_JWKS",
-        format!("{ROOT}/tests/fixtures/gcp/empty-jwks.json"),
-    );
-    let output = command.arg("demo").output().unwrap();
+    let output = command(server_binary()).arg("demo").output().unwrap();
     let stdout = String::from_utf8_lossy(&output.stdout);
     assert!(
         output.status.success(),
@@ -244,7 +244,7 @@ fn the_servers_demo_command_runs_the_tools_demo() {
         stdout.contains("matches workspace_agents.auth_token"),
         "{stdout}"
     );
-    let help = Command::new(server_binary())
+    let help = command(server_binary())
         .args(["demo", "--help"])
         .output()
         .unwrap();

@@ -14,20 +14,20 @@ use crate::trust::{
 
 pub async fn run(args: TrustArgs) -> Result<(), Failure> {
     let config = Config::load(&args.serve)?;
-    let trust_failed = |e: String| Failure::Failed(format!("trust: {e}"));
-    let gcp = GcpKeys::from_config(&config.gcp.jwks).map_err(|e| trust_failed(e.to_string()))?;
+    let trust_failed = |e: &dyn std::fmt::Display| Failure::Failed(format!("trust: {e}"));
+    let gcp = GcpKeys::from_config(&config.gcp.jwks).map_err(|e| trust_failed(&e))?;
     let store = TrustStore::load(TrustSources {
         aws: config.aws.clone(),
         azure: config.azure.clone(),
         gcp,
     })
-    .map_err(|e| trust_failed(e.to_string()))?;
+    .map_err(|e| trust_failed(&e))?;
     let set = store.current();
     let gcp = gcp_summary(&set.gcp_keys).await;
     let pinned = pinned(&set);
     print!(
         "{}",
-        listing(&pinned, args.json).map_err(|e| trust_failed(e.to_string()))?
+        listing(&pinned, args.json).map_err(|e| trust_failed(&e))?
     );
     let mut warnings = expiry_warnings(&pinned, SystemTime::now());
     match gcp {

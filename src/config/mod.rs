@@ -6,7 +6,6 @@
 //! checks what involves several settings and builds the tree the rest of the service reads.
 //! Every error names its key, and `main` prints it on one line and exits 64 (EX_USAGE).
 
-mod convert;
 mod reference;
 pub mod settings;
 pub mod values;
@@ -323,10 +322,7 @@ impl Config {
             .into_iter()
             .filter(|(key, _)| args.explicit.contains(key))
             .collect();
-        let mut settings: Settings = figment
-            .merge(Serialized::defaults(explicit))
-            .extract()
-            .map_err(figment_error)?;
+        let mut settings = extract(&figment.merge(Serialized::defaults(explicit)))?;
         // Never layered: from the command line or nowhere.
         settings.insecure_verify_time = args.settings.insecure_verify_time;
         Ok(settings)
@@ -339,55 +335,86 @@ impl TryFrom<Settings> for Config {
     /// The checks that involve several settings, and the tree the service reads.
     fn try_from(s: Settings) -> Result<Self, ConfigError> {
         // In this order, so that of several bad settings the same one is named as always.
-        let (postgres_url, store) = convert::database(&s)?;
-        let tls = convert::listener_tls(&s)?;
-        let live = convert::live_checks(&s)?;
-        let (aws, aws_any_account) = convert::aws_trust(&s)?;
+        let (postgres_url, store) = s.database.store()?;
+        let tls = s.tls.config(&s.listeners.grpc_listen)?;
+        let live = s.live.config()?;
+        let (aws, aws_any_account) = s.aws.trust()?;
         Ok(Self {
             tls,
             live,
-            connections: convert::connection_limits(&s),
-            azure: convert::azure_trust(&s),
-            gcp: convert::gcp_trust(&s),
+            connections: s.limits.connection_limits(),
+            azure: s.azure.trust(),
+            gcp: s.gcp.trust(),
             aws,
             aws_any_account,
             postgres_url,
             store,
-            grpc_listen: s.grpc_listen,
-            admin_listen: s.admin_listen,
-            http_listen: s.http_listen,
+            grpc_listen: s.listeners.grpc_listen,
+            admin_listen: s.listeners.admin_listen,
+            http_listen: s.listeners.http_listen,
             data_dir: s
+                .database
                 .data_dir
                 .filter(|d| !d.as_os_str().is_empty())
                 .unwrap_or_else(default_data_dir),
-            schema: s.schema,
-            max_concurrent_requests: s.max_concurrent_requests.get(),
+            schema: s.database.schema,
+            max_concurrent_requests: s.limits.max_concurrent_requests.get(),
             insecure_verify_time: s.insecure_verify_time.map(|t| t.0),
-            log_format: s.log_format,
-            log_level: s.log_level.0,
-            otlp_endpoint: s.otlp_endpoint.map(|u| u.0),
-            shutdown_grace: s.shutdown_grace.0,
+            log_format: s.telemetry.log_format,
+            log_level: s.telemetry.log_level.0,
+            otlp_endpoint: s.telemetry.otlp_endpoint.map(|u| u.0),
+            shutdown_grace: s.limits.shutdown_grace.0,
         })
     }
 }
 
-fn figment_error(e: figment::Error) -> ConfigError {
-    if let figment::error::Kind::UnknownField(found, _) = &e.kind {
-        let hint = match did_you_mean(found) {
-            Some(key) => format!("; did you mean `{key}`?"),
-            None => "; the keys are the flags' names with `_` for `-` (`serve --help`)".to_owned(),
-        };
-        return ConfigError::new(
-            found,
-            format!("unknown key `{found}` in the --config file{hint}"),
-        );
+/// The settings, group by group, from the layered values; a key that is no setting is refused
+/// first, naming the setting it was probably meant to be. (The groups are flattened into one
+/// table, which serde's `flatten` cannot deserialise with `deny_unknown_fields`, and whose
+/// buffered values would lose the key a bad value was under: each group is extracted on its
+/// own, so a bad value's error still names its key.)
+fn extract(figment: &Figment) -> Result<Settings, ConfigError> {
+    let all: figment::value::Dict = figment.extract().map_err(figment_error)?;
+    let keys: BTreeSet<String> = Settings::keys().collect();
+    if let Some(found) = all.keys().find(|key| !keys.contains(*key)) {
+        return Err(unknown_key(found));
     }
-    let key = if e.path.is_empty() {
-        "config".to_owned()
-    } else {
-        e.path.join(".")
+    Ok(Settings {
+        listeners: figment.extract().map_err(figment_error)?,
+        database: figment.extract().map_err(figment_error)?,
+        limits: figment.extract().map_err(figment_error)?,
+        aws: figment.extract().map_err(figment_error)?,
+        gcp: figment.extract().map_err(figment_error)?,
+        azure: figment.extract().map_err(figment_error)?,
+        tls: figment.extract().map_err(figment_error)?,
+        insecure_verify_time: None,
+        telemetry: figment.extract().map_err(figment_error)?,
+        live: figment.extract().map_err(figment_error)?,
+    })
+}
+
+/// A key of the --config file that is no setting.
+fn unknown_key(found: &str) -> ConfigError {
+    let hint = match did_you_mean(found) {
+        Some(key) => format!("; did you mean `{key}`?"),
+        None => "; the keys are the flags' names with `_` for `-` (`serve --help`)".to_owned(),
     };
-    ConfigError::new(&key, e.kind.to_string())
+    ConfigError::new(
+        found,
+        format!("unknown key `{found}` in the --config file{hint}"),
+    )
+}
+
+/// A value figment could not read, named by its setting (the first part of its path: a list
+/// item's index is said in the message, so the error still names the setting).
+fn figment_error(e: figment::Error) -> ConfigError {
+    match e.path.split_first() {
+        None => ConfigError::new("config", e.kind.to_string()),
+        Some((key, [])) => ConfigError::new(key, e.kind.to_string()),
+        Some((key, within)) => {
+            ConfigError::new(key, format!("{} (at {})", e.kind, within.join(".")))
+        }
+    }
 }
 
 /// What `--check-config` prints (passwords redacted), so a `?settings` in a log line shows no
@@ -406,8 +433,12 @@ impl Settings {
     /// command-line-only `insecure_verify_time` left out.
     pub fn to_redacted_toml(&self) -> Result<String, String> {
         let mut shown = self.clone();
-        shown.postgres_url = shown.postgres_url.as_deref().map(redact_postgres_url);
-        for url in &mut shown.postgres_replica_url {
+        shown.database.postgres_url = shown
+            .database
+            .postgres_url
+            .as_deref()
+            .map(redact_postgres_url);
+        for url in &mut shown.database.postgres_replica_url {
             *url = redact_postgres_url(url);
         }
         shown.insecure_verify_time = None;
@@ -445,8 +476,8 @@ mod tests {
     #[test]
     fn debug_of_the_settings_and_the_config_never_shows_a_password() {
         let mut settings = Settings::defaults().unwrap();
-        settings.postgres_url = Some("postgres://u:hunter2@db.example/coder".into());
-        settings.postgres_replica_url = vec!["host=r password=sesame dbname=coder".into()];
+        settings.database.postgres_url = Some("postgres://u:hunter2@db.example/coder".into());
+        settings.database.postgres_replica_url = vec!["host=r password=sesame dbname=coder".into()];
         let shown = format!("{settings:?}");
         assert!(
             shown.contains("db.example") && shown.contains("REDACTED"),
@@ -620,6 +651,17 @@ mod tests {
             ("db_pool_size = 0\n", "db_pool_size"),
             ("aws_ec2_check = \"yes\"\n", "aws_ec2_check"),
             ("grpc_listen = \"unix:run/a.sock\"\n", "grpc_listen"),
+            // One bad value in each group: the groups are read one by one, and each names
+            // the key, not the group.
+            ("max_connections = \"lots\"\n", "max_connections"),
+            ("aws_allowed_account = [\"12\"]\n", "aws_allowed_account"),
+            ("gcp_audience = \"\"\n", "gcp_audience"),
+            ("azure_fetch_issuers = \"maybe\"\n", "azure_fetch_issuers"),
+            ("tls_key = \"/nonexistent/key.pem\"\n", "tls_key"),
+            ("log_format = \"xml\"\n", "log_format"),
+            ("admin_listen = 9090\n", "admin_listen"),
+            // A group's name is no key: the file is flat, as the flags are.
+            ("[database]\ndb_pool_size = 2\n", "database"),
         ] {
             let path = dir.path().join("c.toml");
             assert!(std::fs::write(&path, text).is_ok());

@@ -70,7 +70,7 @@ fn escape(text: &str) -> String {
 mod tests {
     use super::*;
 
-    const BEGIN: &str = "<!-- settings:begin (generated from src/config/settings.rs) -->\n";
+    const BEGIN: &str = "<!-- settings:begin (generated from src/config/settings/) -->\n";
     const END: &str = "<!-- settings:end -->";
 
     /// CI fails when a setting changed without docs/configuration.md; `AGENT_AUTH_BLESS=1 cargo test
@@ -90,7 +90,7 @@ mod tests {
         }
         assert!(
             readme == generated,
-            "docs/configuration.md's settings table differs from src/config/settings.rs; run \
+            "docs/configuration.md's settings table differs from src/config/settings/; run \
              AGENT_AUTH_BLESS=1 cargo test readme"
         );
     }

@@ -81,7 +81,7 @@ async fn one_authentication_runs_exactly_one_statement_and_a_forgery_runs_none()
     }
     let key = AwsKey::generate(1024);
     let flag = key.flag("us-east-1");
-    let app2 = TestServer::in_process(&db, |c| c.aws_certificate = vec![value(flag)]).await;
+    let app2 = TestServer::in_process(&db, |c| c.aws.aws_certificate = vec![value(flag)]).await;
     let document = aws_document(&instance, "us-east-1", "123456789012");
     db.reset_statements().await;
     fails_with(
@@ -107,7 +107,7 @@ async fn the_key_is_chosen_by_the_document_region() {
     let default_key = AwsKey::generate(1024);
     let hong_kong_key = AwsKey::generate(1024);
     let flags = vec![default_key.flag("default"), hong_kong_key.flag("ap-east-1")];
-    let app = TestServer::in_process(&db, |c| c.aws_certificate = values(&flags)).await;
+    let app = TestServer::in_process(&db, |c| c.aws.aws_certificate = values(&flags)).await;
 
     for (region, key, other) in [
         ("us-east-1", &default_key, &hong_kong_key),
@@ -149,8 +149,8 @@ async fn invalid_aws_evidence_is_unauthenticated_with_only_the_fixed_message() {
     let stranger = AwsKey::generate(1024);
     let flag = key.flag("default");
     let app = TestServer::in_process(&db, |c| {
-        c.aws_certificate = vec![value(flag)];
-        c.aws_allowed_account = vec![value("123456789012")];
+        c.aws.aws_certificate = vec![value(flag)];
+        c.aws.aws_allowed_account = vec![value("123456789012")];
     })
     .await;
     let instance = instance_id();
@@ -237,7 +237,8 @@ async fn the_rsa2048_pkcs7_form_verifies_detached_and_attached_and_rejects_forge
     let key = AwsKey::generate(2048);
     let stranger = AwsKey::generate(2048);
     let flag = key.flag("default");
-    let app = TestServer::in_process(&db, |c| c.aws_rsa2048_certificate = vec![value(flag)]).await;
+    let app =
+        TestServer::in_process(&db, |c| c.aws.aws_rsa2048_certificate = vec![value(flag)]).await;
     let instance = instance_id();
     let agent = seed_agent(&db, &instance).await;
     let document = aws_document(&instance, "eu-west-1", "123456789012");

@@ -89,7 +89,7 @@ async fn the_four_recorded_documents_authenticate_at_their_verify_times_with_bui
         let agent = seed_agent(&db, vm_id).await;
         let roots = file.contains("2022").then(|| baltimore.clone());
         let app = TestServer::in_process(&db, |c| {
-            c.azure_roots = roots.map(value);
+            c.azure.azure_roots = roots.map(value);
             c.insecure_verify_time = Some(value(verify_at));
         })
         .await;
@@ -117,7 +117,7 @@ async fn recorded_documents_fail_past_expires_on_and_after_the_leaf_expired() {
         let db = TestDb::migrated().await;
         let roots = roots.clone();
         let app = TestServer::in_process(&db, |c| {
-            c.azure_roots = Some(value(roots));
+            c.azure.azure_roots = Some(value(roots));
             c.insecure_verify_time = Some(value(at));
         })
         .await;
@@ -288,9 +288,9 @@ async fn generated_chains_authenticate_and_every_defect_is_invalid_identity_with
     let subscription = "8d10da13-8125-4ba9-a717-bf7490507b3d";
     let (roots, intermediates) = (pki.roots(), pki.intermediates());
     let app = TestServer::in_process(&db, |c| {
-        c.azure_roots = Some(value(roots));
-        c.azure_intermediates = Some(value(intermediates));
-        c.azure_allowed_subscription = vec![subscription.into()];
+        c.azure.azure_roots = Some(value(roots));
+        c.azure.azure_intermediates = Some(value(intermediates));
+        c.azure.azure_allowed_subscription = vec![subscription.into()];
     })
     .await;
 
@@ -454,8 +454,8 @@ async fn issuer_fetching_never_requests_a_url_off_the_allow_list() {
     seed_agent(&db, &vm_id).await;
     let roots = pki.roots();
     let app = TestServer::in_process(&db, |c| {
-        c.azure_roots = Some(value(roots));
-        c.azure_fetch_issuers = value("true");
+        c.azure.azure_roots = Some(value(roots));
+        c.azure.azure_fetch_issuers = value("true");
     })
     .await;
     let signature = pki.sign(&content(&vm_id, "s", -60, 3600), &(leaf, leaf_key));

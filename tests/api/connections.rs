@@ -10,11 +10,11 @@ use crate::helpers::*;
 
 /// Short timeouts so the tests take seconds.
 fn short(c: &mut agent_auth::config::Settings) {
-    c.http_listen = Some(value("127.0.0.1:0"));
-    c.conn_handshake_timeout = value("1s");
-    c.conn_idle_timeout = value("2s");
-    c.http_header_read_timeout = value("1s");
-    c.http_body_read_timeout = value("1s");
+    c.listeners.http_listen = Some(value("127.0.0.1:0"));
+    c.limits.conn_handshake_timeout = value("1s");
+    c.limits.conn_idle_timeout = value("2s");
+    c.limits.http_header_read_timeout = value("1s");
+    c.limits.http_body_read_timeout = value("1s");
 }
 
 fn addr(url: &str) -> String {
@@ -201,7 +201,7 @@ async fn idle_keep_alive_and_unresponsive_http2_connections_are_closed() {
     let db = TestDb::migrated().await;
     let app = TestServer::in_process(&db, |c| {
         short(c);
-        c.conn_idle_timeout = value("1s");
+        c.limits.conn_idle_timeout = value("1s");
     })
     .await;
     let started = Instant::now();
@@ -217,9 +217,9 @@ async fn idle_keep_alive_and_unresponsive_http2_connections_are_closed() {
     assert!(started.elapsed() < Duration::from_secs(4));
     let pinging = TestServer::in_process(&db, |c| {
         short(c);
-        c.conn_idle_timeout = value("60s");
-        c.grpc_keepalive_interval = value("300ms");
-        c.grpc_keepalive_timeout = value("300ms");
+        c.limits.conn_idle_timeout = value("60s");
+        c.limits.grpc_keepalive_interval = value("300ms");
+        c.limits.grpc_keepalive_timeout = value("300ms");
     })
     .await;
     let started = Instant::now();
@@ -238,8 +238,8 @@ async fn a_connection_with_no_traffic_at_all_is_closed_at_the_idle_timeout() {
     let app = TestServer::in_process(&db, |c| {
         short(c);
         // The handshake is long; only the idle timeout can close it.
-        c.conn_handshake_timeout = value("60s");
-        c.conn_idle_timeout = value("1s");
+        c.limits.conn_handshake_timeout = value("60s");
+        c.limits.conn_idle_timeout = value("1s");
     })
     .await;
     let mut stream = TcpStream::connect(addr(&app.grpc_url)).await.unwrap();
@@ -275,11 +275,11 @@ async fn connections_over_the_cap_are_closed_at_once_and_the_service_recovers() 
         short(c);
         // Far past the reads below, so only evictions and refusals close a connection there
         // (a loaded machine may take a while to open the 300).
-        c.conn_handshake_timeout = value("10s");
-        c.conn_idle_timeout = value("10s");
-        c.max_connections = Some(50);
+        c.limits.conn_handshake_timeout = value("10s");
+        c.limits.conn_idle_timeout = value("10s");
+        c.limits.max_connections = Some(50);
         // One test address: the per-source share has its own test.
-        c.max_connections_per_source = Some(50);
+        c.limits.max_connections_per_source = Some(50);
     })
     .await;
     let established = app.channel().await;
@@ -342,7 +342,8 @@ async fn connections_over_the_cap_are_closed_at_once_and_the_service_recovers() 
 #[tokio::test]
 async fn grpc_messages_over_the_limit_are_refused_and_streams_per_connection_are_capped() {
     let db = TestDb::migrated().await;
-    let app = TestServer::in_process(&db, |c| c.grpc_max_concurrent_streams = value(7)).await;
+    let app =
+        TestServer::in_process(&db, |c| c.limits.grpc_max_concurrent_streams = value(7)).await;
     let document = "x".repeat(300 * 1024);
     let (code, _, _) = failure(app.authenticate(aws_request(&document, "c2ln", "")).await);
     assert!(

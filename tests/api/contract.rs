@@ -230,7 +230,7 @@ async fn reflection_v1_and_v1alpha_list_the_services() {
 async fn over_the_concurrency_limit_requests_are_shed_at_once_as_overloaded() {
     let db = TestDb::migrated().await;
     let agent = seed_agent(&db, RECORDED_INSTANCE).await;
-    let app = TestServer::in_process(&db, |c| c.max_concurrent_requests = value(1)).await;
+    let app = TestServer::in_process(&db, |c| c.limits.max_concurrent_requests = value(1)).await;
     // Warm the pool: the statement is prepared when a connection opens, and preparing would
     // wait on the lock too; the tests want the statement itself to wait.
     success(
@@ -271,9 +271,9 @@ async fn abandoned_logins_keep_their_connections_and_unrelated_logins_never_fail
     let db = TestDb::migrated().await;
     seed_agent(&db, RECORDED_INSTANCE).await;
     let app = TestServer::in_process(&db, |c| {
-        c.db_pool_size = value(4);
-        c.db_statement_timeout = value("10s");
-        c.db_checkout_timeout = value("5s");
+        c.database.db_pool_size = value(4);
+        c.database.db_statement_timeout = value("10s");
+        c.database.db_checkout_timeout = value("5s");
     })
     .await;
     success(
@@ -384,7 +384,7 @@ async fn the_callers_deadline_is_honoured_with_deadline_exceeded_while_the_datab
     use prost::Message;
     let db = TestDb::migrated().await;
     seed_agent(&db, RECORDED_INSTANCE).await;
-    let app = TestServer::in_process(&db, |c| c.db_statement_timeout = value("30s")).await;
+    let app = TestServer::in_process(&db, |c| c.database.db_statement_timeout = value("30s")).await;
     // Warm the pool: the statement is prepared when a connection opens, and preparing would
     // wait on the lock too; the tests want the statement itself to wait.
     success(
@@ -477,7 +477,7 @@ async fn a_unix_socket_path_replaces_only_a_stale_socket() {
     let dir = tempfile::tempdir().unwrap();
     let build = |path: &std::path::Path| {
         let mut raw = test_config(&db);
-        raw.grpc_listen = value(format!("unix:{}", path.display()));
+        raw.listeners.grpc_listen = value(format!("unix:{}", path.display()));
         agent_auth::app::App::build(agent_auth::config::Config::try_from(raw).unwrap())
     };
     let file = dir.path().join("file.sock");
@@ -533,7 +533,8 @@ async fn a_unix_socket_listener_is_private_to_its_user_and_serves_grpc() {
     let dir = tempfile::tempdir().unwrap();
     let socket = dir.path().join("agent-auth.sock");
     let listen = format!("unix:{}", socket.display());
-    let app = TestServer::in_process(&db, |c| c.grpc_listen = value(listen.clone())).await;
+    let app =
+        TestServer::in_process(&db, |c| c.listeners.grpc_listen = value(listen.clone())).await;
 
     let mode = std::fs::metadata(&socket).unwrap().permissions().mode() & 0o777;
     assert_eq!(mode, 0o600, "socket mode {mode:o}");

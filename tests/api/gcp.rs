@@ -118,8 +118,8 @@ async fn gcp_tokens_authenticate_and_every_defect_is_invalid_identity_without_sq
     let agent = seed_agent(&db, "4242424242424242").await;
     let url = server.url.clone();
     let app = TestServer::in_process(&db, |c| {
-        c.gcp_jwks = value(url);
-        c.gcp_allowed_project = vec!["dev-project".into()];
+        c.gcp.gcp_jwks = value(url);
+        c.gcp.gcp_allowed_project = vec!["dev-project".into()];
     })
     .await;
 
@@ -224,7 +224,7 @@ async fn an_unknown_kid_refetches_the_jwks_at_most_once_a_minute() {
     let db = TestDb::migrated().await;
     seed_agent(&db, "77").await;
     let url = server.url.clone();
-    let app = TestServer::in_process(&db, |c| c.gcp_jwks = value(url)).await;
+    let app = TestServer::in_process(&db, |c| c.gcp.gcp_jwks = value(url)).await;
     wait_for_keys(&app, &old.sign(&claims("77", "p"))).await;
     success(
         app.authenticate(gcp_request(&old.sign(&claims("77", "p"))))
@@ -268,7 +268,7 @@ async fn a_failed_refresh_keeps_serving_with_the_cached_keys() {
     let db = TestDb::migrated().await;
     seed_agent(&db, "88").await;
     let url = server.url.clone();
-    let app = TestServer::in_process(&db, |c| c.gcp_jwks = value(url)).await;
+    let app = TestServer::in_process(&db, |c| c.gcp.gcp_jwks = value(url)).await;
     let token = key.sign(&claims("88", "p"));
     wait_for_keys(&app, &token).await;
 
@@ -292,7 +292,7 @@ async fn without_fetched_keys_gcp_is_unavailable_and_aws_still_serves() {
         .local_addr()
         .unwrap();
     let app = TestServer::in_process(&db, |c| {
-        c.gcp_jwks = value(format!("http://{closed}/certs"))
+        c.gcp.gcp_jwks = value(format!("http://{closed}/certs"))
     })
     .await;
 
@@ -323,7 +323,7 @@ async fn a_jwks_file_is_static_trust() {
     let db = TestDb::migrated().await;
     let agent = seed_agent(&db, "99").await;
     let file = path.display().to_string();
-    let app = TestServer::in_process(&db, |c| c.gcp_jwks = value(file)).await;
+    let app = TestServer::in_process(&db, |c| c.gcp.gcp_jwks = value(file)).await;
     let response = success(
         app.authenticate(gcp_request(&key.sign(&claims("99", "p"))))
             .await,
@@ -352,7 +352,7 @@ async fn the_authenticate_command_sends_a_gcp_token() {
     let db = TestDb::migrated().await;
     let agent = seed_agent(&db, "555").await;
     let file = jwks.display().to_string();
-    let app = TestServer::in_process(&db, |c| c.gcp_jwks = value(file)).await;
+    let app = TestServer::in_process(&db, |c| c.gcp.gcp_jwks = value(file)).await;
     let token = token.display().to_string();
     assert_authenticate_command_prints(&app.grpc_url, &["--gcp-token", &token], agent.token).await;
 }
@@ -366,7 +366,7 @@ async fn extreme_exp_and_iat_claims_are_judged_without_overflow() {
     let db = TestDb::migrated().await;
     let agent = seed_agent(&db, "4343434343434343").await;
     let url = server.url.clone();
-    let app = TestServer::in_process(&db, |c| c.gcp_jwks = value(url)).await;
+    let app = TestServer::in_process(&db, |c| c.gcp.gcp_jwks = value(url)).await;
     let good = key.sign(&claims("4343434343434343", "p"));
     wait_for_keys(&app, &good).await;
     let mut extreme = claims("4343434343434343", "p");

@@ -14,7 +14,7 @@ async fn http_app(
     edit: impl FnOnce(&mut agent_auth::config::Settings),
 ) -> (TestServer, String) {
     let app = TestServer::in_process(db, |c| {
-        c.http_listen = Some(value("127.0.0.1:0"));
+        c.listeners.http_listen = Some(value("127.0.0.1:0"));
         edit(c);
     })
     .await;
@@ -88,7 +88,7 @@ async fn the_aws_endpoint_returns_the_session_token_and_coder_shaped_errors() {
     world.build(ws, 2).await;
     let key = AwsKey::generate(1024);
     let flag = key.flag("default");
-    let (_app2, base2) = http_app(&db, |c| c.aws_certificate = vec![value(flag)]).await;
+    let (_app2, base2) = http_app(&db, |c| c.aws.aws_certificate = vec![value(flag)]).await;
     let document = aws_document(stale, "us-east-1", "123456789012");
     let body = json!({"signature": key.sign(&document), "document": document});
     let (status, _, text) = http_post(
@@ -217,7 +217,7 @@ async fn the_azure_and_google_endpoints_authenticate_real_evidence() {
 async fn overload_is_429_and_an_unavailable_database_is_503_with_retry_after() {
     let db = TestDb::migrated().await;
     seed_agent(&db, RECORDED_INSTANCE).await;
-    let (app, base) = http_app(&db, |c| c.max_concurrent_requests = value(1)).await;
+    let (app, base) = http_app(&db, |c| c.limits.max_concurrent_requests = value(1)).await;
     let url = format!("{base}{AWS}");
     assert_eq!(
         http_post(&url, "application/json", &aws_body(None)).await.0,

@@ -29,8 +29,8 @@ async fn a_database_restart_flips_readiness_and_the_service_recovers_by_itself()
     let (cluster, db) = private_database(&data, "restart").await;
     seed_agent(&db, RECORDED_INSTANCE).await;
     let app = TestServer::in_process(&db, |c| {
-        c.db_checkout_timeout = value("500ms");
-        c.db_connect_timeout = value("1s");
+        c.database.db_checkout_timeout = value("500ms");
+        c.database.db_connect_timeout = value("1s");
     })
     .await;
     success(
@@ -98,9 +98,9 @@ async fn an_exhausted_pool_answers_unavailable_after_the_checkout_timeout() {
     seed_agent(&db, RECORDED_INSTANCE).await;
     // One connection carrying one statement at a time: the second login finds no room.
     let app = TestServer::in_process(&db, |c| {
-        c.db_pool_size = value(1);
-        c.db_pipeline_depth = value(1);
-        c.db_checkout_timeout = value("200ms");
+        c.database.db_pool_size = value(1);
+        c.database.db_pipeline_depth = value(1);
+        c.database.db_checkout_timeout = value("200ms");
     })
     .await;
     // Warm the pool: the statement is prepared when a connection opens, and preparing would
@@ -424,9 +424,9 @@ async fn mtls_refuses_callers_without_a_certificate_from_the_client_ca() {
     let db = TestDb::migrated().await;
     let agent = seed_agent(&db, RECORDED_INSTANCE).await;
     let app = TestServer::in_process(&db, |c| {
-        c.tls_cert = Some(value(cert_path));
-        c.tls_key = Some(value(key_path));
-        c.tls_client_ca = Some(value(client_ca_path));
+        c.tls.tls_cert = Some(value(cert_path));
+        c.tls.tls_key = Some(value(key_path));
+        c.tls.tls_client_ca = Some(value(client_ca_path));
     })
     .await;
     let url = app.grpc_url.replace("http://", "https://");
@@ -471,9 +471,9 @@ async fn a_burst_over_the_limit_ends_ok_shed_or_unavailable_never_internal_and_w
     let db = TestDb::migrated().await;
     seed_agent(&db, RECORDED_INSTANCE).await;
     let app = TestServer::in_process(&db, |c| {
-        c.max_concurrent_requests = value(4);
-        c.db_pool_size = value(2);
-        c.db_checkout_timeout = value("300ms");
+        c.limits.max_concurrent_requests = value(4);
+        c.database.db_pool_size = value(2);
+        c.database.db_checkout_timeout = value("300ms");
     })
     .await;
     let channel = app.channel().await;
@@ -573,7 +573,7 @@ async fn postgres_tls_encrypts_by_default_and_verifies_with_a_ca() {
     let tcp = format!("host=localhost port={port} user=agent_auth dbname=tls sslmode=require");
 
     // Without a CA: encrypted, not verified (libpq `require`); migrations run over TLS too.
-    let app = TestServer::in_process(&local, |c| c.postgres_url = Some(tcp.clone())).await;
+    let app = TestServer::in_process(&local, |c| c.database.postgres_url = Some(tcp.clone())).await;
     seed_agent(&local, RECORDED_INSTANCE).await;
     success(
         app.authenticate(aws_request(RECORDED_DOCUMENT, RECORDED_SIGNATURE, ""))
@@ -601,8 +601,8 @@ async fn postgres_tls_encrypts_by_default_and_verifies_with_a_ca() {
     // With the right CA: verified.
     let ca_arg = ca_path.display().to_string();
     let app = TestServer::in_process(&local, |c| {
-        c.postgres_url = Some(tcp.clone());
-        c.postgres_ca = Some(value(ca_arg.clone()));
+        c.database.postgres_url = Some(tcp.clone());
+        c.database.postgres_ca = Some(value(ca_arg.clone()));
     })
     .await;
     success(
@@ -616,8 +616,8 @@ async fn postgres_tls_encrypts_by_default_and_verifies_with_a_ca() {
     let other_path = tls_dir.join("other.pem");
     std::fs::write(&other_path, other.0.cert.to_pem().unwrap()).unwrap();
     let mut raw = test_config(&local);
-    raw.postgres_url = Some(tcp.clone());
-    raw.postgres_ca = Some(value(other_path.display().to_string()));
+    raw.database.postgres_url = Some(tcp.clone());
+    raw.database.postgres_ca = Some(value(other_path.display().to_string()));
     let error = agent_auth::app::App::build(agent_auth::config::Config::try_from(raw).unwrap())
         .await
         .err()

@@ -98,11 +98,11 @@ async fn under_pipelined_load_no_caller_gets_another_callers_row() {
     let key = Arc::new(AwsKey::generate(1024));
     let flag = key.flag("default");
     let app = TestServer::in_process(&db, |c| {
-        c.aws_certificate = vec![value(flag)];
-        c.db_pool_size = value(2);
-        c.max_concurrent_requests = value(1000);
+        c.aws.aws_certificate = vec![value(flag)];
+        c.database.db_pool_size = value(2);
+        c.limits.max_concurrent_requests = value(1000);
         // Cross-talk is the question here, not how long a slow machine makes callers wait.
-        c.db_checkout_timeout = value("30s");
+        c.database.db_checkout_timeout = value("30s");
     })
     .await;
     let channels: Vec<_> = futures_channels(&app, 4).await;
@@ -149,9 +149,9 @@ async fn a_caller_that_leaves_never_cancels_its_neighbours_statement() {
     let key = AwsKey::generate(1024);
     let flag = key.flag("default");
     let app = TestServer::in_process(&db, |c| {
-        c.aws_certificate = vec![value(flag)];
-        c.db_pool_size = value(1);
-        c.db_statement_timeout = value("30s");
+        c.aws.aws_certificate = vec![value(flag)];
+        c.database.db_pool_size = value(1);
+        c.database.db_statement_timeout = value("30s");
     })
     .await;
     success(app.authenticate(request(&key, &agents[0].0)).await);
@@ -196,10 +196,10 @@ async fn a_restart_under_pipelined_load_fails_only_calls_in_flight_and_recovers(
     let key = Arc::new(AwsKey::generate(1024));
     let flag = key.flag("default");
     let app = TestServer::in_process(&db, |c| {
-        c.aws_certificate = vec![value(flag)];
-        c.db_pool_size = value(2);
-        c.db_checkout_timeout = value("500ms");
-        c.db_connect_timeout = value("1s");
+        c.aws.aws_certificate = vec![value(flag)];
+        c.database.db_pool_size = value(2);
+        c.database.db_checkout_timeout = value("500ms");
+        c.database.db_connect_timeout = value("1s");
     })
     .await;
     let channel = app.channel().await;

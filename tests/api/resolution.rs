@@ -14,7 +14,7 @@ async fn setup() -> (TestDb, World, TestServer, AwsKey) {
     let world = World::new(&db).await;
     let key = AwsKey::generate(1024);
     let flag = key.flag("default");
-    let app = TestServer::in_process(&db, |c| c.aws_certificate = vec![value(flag)]).await;
+    let app = TestServer::in_process(&db, |c| c.aws.aws_certificate = vec![value(flag)]).await;
     (db, world, app, key)
 }
 
@@ -378,8 +378,8 @@ async fn an_instance_claimed_by_two_workspaces_never_yields_a_token_whatever_the
     let key = AwsKey::generate(1024);
     let flag = key.flag("default");
     let app = TestServer::in_process(&db, |c| {
-        c.aws_certificate = vec![value(flag)];
-        c.http_listen = Some(value("127.0.0.1:0"));
+        c.aws.aws_certificate = vec![value(flag)];
+        c.listeners.http_listen = Some(value("127.0.0.1:0"));
     })
     .await;
     let instance = instance_id();

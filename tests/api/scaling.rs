@@ -104,7 +104,7 @@ async fn logins_go_through_pgbouncer_in_session_and_transaction_mode() {
         .await
         .unwrap();
     let mut config = test_config(&through(&db, bouncer.connection_string(&db.name)));
-    config.aws_certificate = values(std::slice::from_ref(&flag));
+    config.aws.aws_certificate = values(std::slice::from_ref(&flag));
     let app =
         TestServer::in_process_config(agent_auth::config::Config::try_from(config).unwrap()).await;
     let (status, reason) = app.admin_get("/readyz").await;

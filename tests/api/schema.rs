@@ -99,8 +99,8 @@ async fn coder_mode_resolves_against_coders_schema_through_a_read_only_role() {
     world.agent(latest, "sidecar", instance).await;
     let read_only_url = db.url_as(&role);
     let app = TestServer::in_process(&db, |c| {
-        c.schema = value("coder");
-        c.postgres_url = Some(read_only_url);
+        c.database.schema = value("coder");
+        c.database.postgres_url = Some(read_only_url);
     })
     .await;
 
@@ -134,7 +134,7 @@ async fn coder_mode_refuses_to_start_naming_a_missing_column() {
         .await
         .unwrap();
     let mut raw = test_config(&db);
-    raw.schema = value("coder");
+    raw.database.schema = value("coder");
     let error = App::build(Config::try_from(raw).unwrap())
         .await
         .err()

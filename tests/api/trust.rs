@@ -123,8 +123,8 @@ async fn each_real_vector_fails_when_its_regions_key_is_replaced_by_a_generated_
     let signature_flags: Vec<String> = vectors.iter().map(|v| small.flag(v.region)).collect();
     let rsa2048_flags: Vec<String> = vectors.iter().map(|v| large.flag(v.region)).collect();
     let app = TestServer::in_process(&db, |c| {
-        c.aws_certificate = values(&signature_flags);
-        c.aws_rsa2048_certificate = values(&rsa2048_flags);
+        c.aws.aws_certificate = values(&signature_flags);
+        c.aws.aws_rsa2048_certificate = values(&rsa2048_flags);
     })
     .await;
     for vector in &vectors {
@@ -178,7 +178,7 @@ async fn the_seven_newest_regions_take_an_operator_certificate_and_a_foreign_key
         .zip(&keys)
         .map(|(region, key)| key.flag(region))
         .collect();
-    let app = TestServer::in_process(&db, |c| c.aws_certificate = values(&flags)).await;
+    let app = TestServer::in_process(&db, |c| c.aws.aws_certificate = values(&flags)).await;
     for ((region, document, agent), key) in cases.iter().zip(&keys) {
         let response = success(
             app.authenticate(aws_request(document, &key.sign(document), ""))

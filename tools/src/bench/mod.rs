@@ -236,6 +236,7 @@ async fn run_on(
             (Some(limit), _) => limit,
             (None, Some(_)) => agent_auth::config::Settings::defaults()
                 .map_err(|e| e.to_string())?
+                .limits
                 .max_concurrent_requests
                 .get(),
             (None, None) => max_callers * 2,

@@ -178,11 +178,9 @@ async fn start_in_process(setup: &ServerSetup<'_>) -> Result<Server, String> {
 /// its readiness endpoint answers 200.
 async fn spawn(setup: &ServerSetup<'_>, wrapper: &[String]) -> Result<Server, String> {
     let (grpc, admin) = (free_port()?, free_port()?);
-    let raw = agent_auth::config::Settings {
-        grpc_listen: agent_auth::config::ListenAddr::Tcp(grpc),
-        admin_listen: admin,
-        ..settings(setup)?
-    };
+    let mut raw = settings(setup)?;
+    raw.listeners.grpc_listen = agent_auth::config::ListenAddr::Tcp(grpc);
+    raw.listeners.admin_listen = admin;
     let config = setup.scratch.join("server.toml");
     let text = toml::to_string(&raw).map_err(|e| format!("server configuration: {e}"))?;
     std::fs::write(&config, text).map_err(|e| format!("{}: {e}", config.display()))?;

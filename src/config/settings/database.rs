@@ -1,4 +1,5 @@
-//! The "Database" group of [`super::Settings`] and its conversion (`DatabaseSettings::store`: the primary's URL and the `StoreConfig`).
+//! The "Database" group of [`super::Settings`] and its conversion (`DatabaseSettings::store`: the
+//! primary's URL and the `StoreConfig`).
 
 use std::num::NonZeroUsize;
 use std::path::PathBuf;

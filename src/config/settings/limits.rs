@@ -1,4 +1,5 @@
-//! The "Limits and timeouts" group of [`super::Settings`] and its conversion (`LimitSettings::connection_limits`).
+//! The "Limits and timeouts" group of [`super::Settings`] and its conversion
+//! (`LimitSettings::connection_limits`).
 
 use std::num::{NonZeroU32, NonZeroUsize};
 

@@ -1,4 +1,5 @@
-//! The "Listeners" group of [`super::Settings`] and its conversion (read as they are by `Config::try_from`).
+//! The "Listeners" group of [`super::Settings`] and its conversion (read as they are by
+//! `Config::try_from`).
 
 use std::net::SocketAddr;
 

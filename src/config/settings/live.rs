@@ -1,4 +1,5 @@
-//! The "Live cloud API checks" group of [`super::Settings`] and its conversion (`LiveCheckSettings::config`).
+//! The "Live cloud API checks" group of [`super::Settings`] and its conversion
+//! (`LiveCheckSettings::config`).
 
 use std::path::PathBuf;
 use std::time::Duration;

@@ -1,4 +1,5 @@
-//! The "Telemetry" group of [`super::Settings`] and its conversion (read as they are by `Config::try_from`).
+//! The "Telemetry" group of [`super::Settings`] and its conversion (read as they are by
+//! `Config::try_from`).
 
 use clap::Args;
 use serde::{Deserialize, Serialize};

@@ -1,4 +1,5 @@
-//! The "gRPC TLS" group of [`super::Settings`] and its conversion (`TlsSettings::config`, the gRPC listener's `TlsConfig`).
+//! The "gRPC TLS" group of [`super::Settings`] and its conversion (`TlsSettings::config`, the gRPC
+//! listener's `TlsConfig`).
 
 use clap::Args;
 use serde::{Deserialize, Serialize};

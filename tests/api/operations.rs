@@ -199,8 +199,44 @@ async fn json_logs_have_one_line_per_authentication_and_no_secrets() {
         (&"invalid_identity".into(), &"INVALID_IDENTITY".into())
     );
     for line in &auths {
-        // One span per line: the current one, not repeated in a list.
-        assert!(line.get("spans").is_none(), "{line}");
+        // Every field of the line, and one span: the RPC's, not repeated in a list.
+        let mut keys: Vec<&str> = line
+            .as_object()
+            .map(|o| o.keys().map(String::as_str).collect())
+            .unwrap_or_default();
+        keys.sort_unstable();
+        assert_eq!(
+            keys,
+            [
+                "cloud",
+                "detail",
+                "duration_ms",
+                "instance",
+                "level",
+                "message",
+                "outcome",
+                "reason",
+                "request_id",
+                "span",
+                "target",
+                "timestamp"
+            ],
+            "{line}"
+        );
+        assert_eq!(
+            line["span"],
+            serde_json::json!({
+                "name": "agentauth.v1.AgentAuth/Authenticate",
+                "otel.kind": "server",
+                "rpc.system": "grpc",
+                "rpc.service": "agentauth.v1.AgentAuth",
+                "rpc.method": "Authenticate",
+            })
+        );
+        assert_eq!(
+            (&line["level"], &line["target"]),
+            (&"INFO".into(), &"agent_auth::auth".into())
+        );
         assert_eq!(line["cloud"], "aws");
         assert_eq!(line["request_id"].as_str().map(str::len), Some(32));
         assert!(line["duration_ms"].as_f64().is_some());

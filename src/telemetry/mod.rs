@@ -1,6 +1,9 @@
 //! Logs and traces.
 //!
-//! - Logs: `tracing` with JSON lines by default, text on request, to stderr.
+//! - Logs: `tracing` with JSON lines by default ([`json`], formatted directly), text on
+//!   request, to stderr. Without traces, the only spans are the requests' (an RPC's: it has
+//!   `rpc.system`): the others (`verify`, `query`, `cloud_check`) exist for traces, and a
+//!   callsite no layer wants costs nothing, so a login logged at `info` pays for one span.
 //! - Traces: with `--otlp-endpoint`, spans (the RPC, `verify`, `query`) go to an OTLP/gRPC
 //!   collector through a batch exporter, so a slow or dead collector never delays a request:
 //!   spans are queued and dropped when the queue is full. W3C `traceparent` in the request
@@ -16,6 +19,8 @@ use tracing_subscriber::layer::SubscriberExt as _;
 use tracing_subscriber::util::SubscriberInitExt as _;
 
 use crate::config::LogFormat;
+
+mod json;
 
 /// Keeps the tracer provider alive; [`Telemetry::shutdown`] flushes queued spans.
 #[derive(Default)]
@@ -45,13 +50,7 @@ pub fn init(format: LogFormat, filter: &str, otlp_endpoint: Option<&str>) -> Tel
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(format!("{quiet},info")));
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
     let logs = match format {
-        LogFormat::Json => tracing_subscriber::fmt::layer()
-            .json()
-            .flatten_event(true)
-            // The current span once (`span`), not again in the list of its parents.
-            .with_span_list(false)
-            .with_writer(std::io::stderr)
-            .boxed(),
+        LogFormat::Json => json::JsonLines::new(std::io::stderr).boxed(),
         LogFormat::Text => tracing_subscriber::fmt::layer()
             .with_ansi(ansi)
             .with_writer(std::io::stderr)
@@ -64,8 +63,16 @@ pub fn init(format: LogFormat, filter: &str, otlp_endpoint: Option<&str>) -> Tel
     opentelemetry::global::set_text_map_propagator(
         opentelemetry_sdk::propagation::TraceContextPropagator::new(),
     );
+    // Without traces, spans other than a request's are off at their callsites (interest
+    // `never`, cached): logs show a request's span and nothing needs the others.
+    let request_spans_only = provider.is_none().then(|| {
+        tracing_subscriber::filter::filter_fn(|metadata| {
+            !metadata.is_span() || metadata.fields().field("rpc.system").is_some()
+        })
+    });
     let _ = tracing_subscriber::registry()
         .with(filter)
+        .with(request_spans_only)
         .with(logs)
         .with(traces)
         .try_init();

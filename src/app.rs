@@ -127,7 +127,7 @@ pub async fn prepare_database(config: &Config) -> Result<Database, AppError> {
         ..
     } = crate::store::tls::target(&url, config.store.ca.as_deref())?;
     match config.schema {
-        SchemaMode::Owned if config.store.pooler == crate::store::Pooler::Transaction => {
+        SchemaMode::Owned if config.store.pooler.is_transaction_mode() => {
             migrate::check_migrated(&pg_config, tls).await?;
             tracing::info!("owned schema is up to date");
         }

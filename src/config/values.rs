@@ -159,6 +159,7 @@ words!(Pooler {
     "none" => Pooler::None,
     "session" => Pooler::Session,
     "transaction" => Pooler::Transaction,
+    "transaction-prepared" => Pooler::TransactionPrepared,
 });
 words!(Flag { "true" => Flag(true), "false" => Flag(false) });
 

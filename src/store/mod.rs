@@ -49,6 +49,20 @@ pub enum Pooler {
     /// PgBouncer in transaction mode: consecutive statements may reach different server
     /// sessions, so nothing is kept on one: no startup options, no `SET`, no named statement.
     Transaction,
+    /// PgBouncer 1.21 or later in transaction mode with `max_prepared_statements` above 0: as
+    /// [`Pooler::Transaction`], but the statement is prepared once per connection, named, and
+    /// PgBouncer prepares it on whichever server session runs it (so PostgreSQL plans it once
+    /// per session, not on every login). Configured, not detected: PgBouncer does not say its
+    /// version or settings to a client, and an older one fails the login (INTERNAL, saying to
+    /// set `transaction`) rather than slowing down.
+    TransactionPrepared,
+}
+
+impl Pooler {
+    /// A transaction-mode pooler: no session state (the migration lock cannot be held).
+    pub fn is_transaction_mode(self) -> bool {
+        matches!(self, Pooler::Transaction | Pooler::TransactionPrepared)
+    }
 }
 
 /// Where a statement ran, the label of `agent_auth_db_queries_total{target}`.
@@ -364,10 +378,12 @@ fn query_error(e: tokio_postgres::Error) -> StoreError {
     match e.code().map(|c| c.code()) {
         // invalid_sql_statement_name, duplicate_prepared_statement: the connection's prepared
         // statement is not where it was prepared, so statements of one connection reach
-        // different server sessions: a transaction-mode pooler the service was not told of.
+        // different server sessions: a transaction-mode pooler the service was not told of, or
+        // told `transaction-prepared` of one that does not keep prepared statements.
         Some("26000" | "42P05") => StoreError::internal_by(
-            "the database is reached through a transaction-mode pooler (PgBouncer \
-             pool_mode=transaction?): set --db-pooler transaction",
+            "the database is reached through a transaction-mode pooler that does not keep \
+             prepared statements (PgBouncer pool_mode=transaction, before 1.21 or with \
+             max_prepared_statements = 0?): set --db-pooler transaction",
             e,
         ),
         // query_canceled (statement_timeout), admin/crash shutdown, cannot_connect_now,

@@ -38,7 +38,7 @@ use tokio_postgres_rustls::MakeRustlsConnect;
 use super::StoreError;
 
 /// An open connection and the resolver's statement prepared on it (none behind a
-/// transaction-mode pooler: each login then sends it unnamed).
+/// `--db-pooler transaction`: each login then sends it unnamed).
 pub(super) struct Live {
     pub client: tokio_postgres::Client,
     pub statement: Option<tokio_postgres::Statement>,
@@ -129,8 +129,8 @@ pub(super) struct Shape {
     pub connect_timeout: Duration,
     pub pooler: super::Pooler,
     pub statement_timeout_ms: u128,
-    /// The statement every connection prepares as it opens (none behind a transaction-mode
-    /// pooler): its SQL and parameter types.
+    /// The statement every connection prepares as it opens (none with `--db-pooler
+    /// transaction`): its SQL and parameter types.
     pub statement: Prepared,
 }
 

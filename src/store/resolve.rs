@@ -186,9 +186,11 @@ pub(super) const STATEMENT: super::pipeline::Prepared = super::pipeline::Prepare
     types: &[Type::TEXT],
 };
 
-/// Runs the statement prepared when the connection opened (Bind/Execute/Sync), or behind a
-/// transaction-mode pooler the unnamed statement (Parse/Bind/Execute/Sync): one round trip
-/// either way, pipelined with the other statements in flight on the connection.
+/// Runs the statement prepared when the connection opened (Bind/Execute/Sync; behind PgBouncer
+/// with `transaction-prepared`, PgBouncer prepares it on the server session that runs it when
+/// that one has not yet), or behind `--db-pooler transaction` the unnamed statement
+/// (Parse/Bind/Execute/Sync): one round trip either way, pipelined with the other statements in
+/// flight on the connection.
 async fn query(
     live: &super::pipeline::Live,
     target: Target,

@@ -59,19 +59,30 @@ fn through(db: &TestDb, url: String) -> TestDb {
     }
 }
 
-/// Through PgBouncer in both modes, with the pipeline at its default depth: every login gets
-/// its own agent's token with exactly one statement; transaction mode keeps nothing on a
-/// connection (no startup options, no named statement), and a transaction-mode pooler the
+/// Through PgBouncer in every mode, with the pipeline at its default depth: every login gets
+/// its own agent's token with exactly one statement, on Debian's 1.18 (session, and transaction
+/// mode keeping nothing on a connection: no startup options, no named statement) and on 1.24
+/// (session, and `transaction-prepared`: one Parse per connection, not per login, with PgBouncer
+/// preparing the statement on each server session that runs it). A transaction-mode pooler the
 /// service was not told about is named in the readiness reason.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn logins_go_through_pgbouncer_in_session_and_transaction_mode() {
+    use agent_auth::store::Pooler;
+    use agent_auth_tools::testbed::Release;
     let dir = reachable_tempdir();
     let (cluster, db) = private_database(&dir.path().join("pg"), "pooled").await;
     let agents = agents(&db, 20).await;
     let key = Arc::new(AwsKey::generate(1024));
     let flag = key.flag("default");
-    for mode in ["session", "transaction"] {
-        let bouncer = PgBouncer::start(&cluster, &dir.path().join(mode), mode)
+    for (mode, release) in [
+        (Pooler::Session, Release::Debian1_18),
+        (Pooler::Transaction, Release::Debian1_18),
+        (Pooler::Session, Release::Built1_24),
+        (Pooler::TransactionPrepared, Release::Built1_24),
+    ] {
+        let case = format!("{mode} on PgBouncer {}", release.label());
+        let here = dir.path().join(format!("{mode}-{}", release.label()));
+        let bouncer = PgBouncer::start(&cluster, &here, mode, release)
             .await
             .unwrap();
         let pooled = through(&db, bouncer.connection_string(&db.name));
@@ -81,7 +92,7 @@ async fn logins_go_through_pgbouncer_in_session_and_transaction_mode() {
                 "--aws-certificate",
                 &flag,
                 "--db-pooler",
-                mode,
+                &mode.to_string(),
                 // Its stderr is a pipe read only at the end: one log line per login would fill
                 // it and stall the server.
                 "--log-level",
@@ -89,20 +100,40 @@ async fn logins_go_through_pgbouncer_in_session_and_transaction_mode() {
             ],
         )
         .await;
-        assert_eq!(storm(&server, &key, &agents, 10).await, 0, "{mode}");
+        assert_eq!(storm(&server, &key, &agents, 10).await, 0, "{case}");
         assert_eq!(
             queries(&server, "primary").await,
             200.0,
-            "{mode}: one statement per login"
+            "{case}: one statement per login"
         );
         server.terminate().await;
+        if release == Release::Built1_24 {
+            let stats = bouncer.stats(&db.name).await.unwrap();
+            let count = |name: &str| stats.get(name).copied().unwrap_or(-1);
+            let (parses, binds) = (count("total_client_parse_count"), count("total_bind_count"));
+            if mode == Pooler::TransactionPrepared {
+                // The four connections of --db-pool-size each parse once (a reconnect would
+                // add one); the 200 logins only bind.
+                assert!((1..=8).contains(&parses), "{case}: {stats:?}");
+                assert!(binds >= 200, "{case}: {stats:?}");
+                assert!(
+                    count("total_server_parse_count") >= 1,
+                    "{case}: PgBouncer prepares it on the server: {stats:?}"
+                );
+            }
+        }
     }
 
     // Not told: PgBouncer refuses the startup parameter that carries statement_timeout, and
     // the reason says which setting to change.
-    let bouncer = PgBouncer::start(&cluster, &dir.path().join("untold"), "transaction")
-        .await
-        .unwrap();
+    let bouncer = PgBouncer::start(
+        &cluster,
+        &dir.path().join("untold"),
+        agent_auth::store::Pooler::Transaction,
+        agent_auth_tools::testbed::Release::Debian1_18,
+    )
+    .await
+    .unwrap();
     let mut config = test_config(&through(&db, bouncer.connection_string(&db.name)));
     config.aws.aws_certificate = values(std::slice::from_ref(&flag));
     let app =

@@ -69,10 +69,14 @@ pub struct BenchArgs {
     /// Round trip added between the load and the database by a loopback proxy (e.g. 2ms).
     #[arg(long, default_value = "0s", value_parser = humantime::parse_duration)]
     pub db_rtt: std::time::Duration,
-    /// Put PgBouncer (Debian's package) in this pooling mode between the load and the private
-    /// database, and run the server with the same --db-pooler: session or transaction.
+    /// Put PgBouncer in this pooling mode between the load and the private database, and run
+    /// the server with the same --db-pooler: session, transaction or transaction-prepared.
     #[arg(long, value_name = "MODE", conflicts_with = "postgres_url")]
     pub pgbouncer: Option<agent_auth::store::Pooler>,
+    /// Which PgBouncer: 1.18 (Debian's package) or 1.24 (built by scripts/pgbouncer-1.24)
+    /// [default: 1.24 for transaction-prepared, 1.18 otherwise].
+    #[arg(long, value_name = "1.18|1.24", requires = "pgbouncer")]
+    pub pgbouncer_release: Option<PgBouncerRelease>,
     /// Make a streaming replica of the private database (pg_basebackup) and let the server
     /// resolve logins there (--postgres-replica-url).
     #[arg(long, conflicts_with = "postgres_url")]
@@ -142,4 +146,19 @@ pub struct DemoArgs {
     /// so a script calls this server and no other.
     #[arg(long, value_name = "FILE", requires = "serve")]
     pub ready_file: Option<PathBuf>,
+}
+
+/// `--pgbouncer-release`.
+#[derive(Debug, Clone, Copy)]
+pub struct PgBouncerRelease(pub crate::testbed::Release);
+
+impl std::str::FromStr for PgBouncerRelease {
+    type Err = String;
+    fn from_str(text: &str) -> Result<Self, String> {
+        match text {
+            "1.18" => Ok(Self(crate::testbed::Release::Debian1_18)),
+            "1.24" => Ok(Self(crate::testbed::Release::Built1_24)),
+            other => Err(format!("{other}: expected 1.18 or 1.24")),
+        }
+    }
 }

@@ -70,18 +70,23 @@ pub struct DatabaseSettings {
     pub replica_max_lag: Span,
 
     /// What sits between the service and PostgreSQL: none, or PgBouncer in session or
-    /// transaction pooling mode.
+    /// transaction pooling mode (`transaction-prepared`: PgBouncer 1.21 or later with
+    /// max_prepared_statements above 0).
     ///
     /// `transaction` keeps no state on a connection: no startup `options` (so no per-connection
     /// statement_timeout: set PgBouncer's query_timeout or the role's statement_timeout), and
-    /// each login sends its statement unnamed (Parse/Bind/Execute/Sync, one round trip).
-    /// `session` sets statement_timeout with one SET per new connection instead of the startup
-    /// parameter PgBouncer refuses.
+    /// each login sends its statement unnamed (Parse/Bind/Execute/Sync, one round trip), which
+    /// PostgreSQL plans every time. `transaction-prepared` is the same with the statement
+    /// prepared once per connection and PgBouncer preparing it on each server session, as
+    /// fast as `session`; an older PgBouncer, or max_prepared_statements = 0, fails logins
+    /// (INTERNAL) with a log line saying to set `transaction`. `session` sets
+    /// statement_timeout with one SET per new connection instead of the startup parameter
+    /// PgBouncer refuses.
     #[arg(
         long,
         env = "AGENT_AUTH_DB_POOLER",
         help_heading = "Database",
-        value_name = "none|session|transaction",
+        value_name = "none|session|transaction|transaction-prepared",
         default_value = "none"
     )]
     pub db_pooler: Pooler,

@@ -119,6 +119,8 @@ pub struct BenchOptions {
     pub db_rtt: Duration,
     /// PgBouncer in front of the private database, in this mode.
     pub pgbouncer: Option<agent_auth::store::Pooler>,
+    /// Which PgBouncer (default: 1.24 for `transaction-prepared`, Debian's 1.18 otherwise).
+    pub pgbouncer_release: Option<crate::testbed::Release>,
     /// A streaming replica of the private database serves the logins.
     pub replica: bool,
     pub explain: bool,
@@ -426,12 +428,22 @@ impl Beside {
         let bouncer = match (options.pgbouncer, cluster) {
             (None | Some(agent_auth::store::Pooler::None), _) => None,
             (Some(mode), Some(cluster)) => {
-                let mode = mode.to_string();
-                eprintln!("bench: PgBouncer in {mode} mode in front of the database");
+                let release = options
+                    .pgbouncer_release
+                    .unwrap_or_else(|| crate::testbed::Release::for_pooler(mode));
+                eprintln!(
+                    "bench: PgBouncer {} in {mode} mode in front of the database",
+                    release.label()
+                );
                 Some(
-                    crate::testbed::PgBouncer::start(cluster, &scratch.join("pgbouncer"), &mode)
-                        .await
-                        .map_err(|e| text(&e))?,
+                    crate::testbed::PgBouncer::start(
+                        cluster,
+                        &scratch.join("pgbouncer"),
+                        mode,
+                        release,
+                    )
+                    .await
+                    .map_err(|e| text(&e))?,
                 )
             }
             (Some(_), None) => return Err("--pgbouncer needs the private database".into()),
@@ -888,6 +900,7 @@ pub async fn command(args: BenchArgs) -> ExitCode {
         signing_key: args.signing_key,
         db_rtt: args.db_rtt,
         pgbouncer: args.pgbouncer,
+        pgbouncer_release: args.pgbouncer_release.map(|r| r.0),
         replica: args.replica,
         explain: args.explain,
         plot: args.plot,

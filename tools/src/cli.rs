@@ -58,6 +58,10 @@ pub struct BenchArgs {
     /// "valgrind --tool=callgrind --callgrind-out-file=server.out" (scripts/cpu-per-login).
     #[arg(long, value_name = "COMMAND", conflicts_with_all = ["server", "in_process"])]
     pub server_wrapper: Option<String>,
+    /// The server's --log-level: `warn` logs nothing per login; `info` is the server's default
+    /// (one JSON line a login).
+    #[arg(long, value_name = "FILTER", default_value = "warn")]
+    pub server_log_level: String,
     /// Per-login deadline; slower logins are abandoned and count as missed.
     #[arg(long, default_value = "2s", value_parser = humantime::parse_duration)]
     pub deadline: std::time::Duration,

@@ -119,7 +119,8 @@ pub struct BenchOptions {
     pub db_rtt: Duration,
     /// PgBouncer in front of the private database, in this mode.
     pub pgbouncer: Option<agent_auth::store::Pooler>,
-    /// Which PgBouncer (default: 1.24 for `transaction-prepared`, Debian's 1.18 otherwise).
+    /// Which PgBouncer, with `pgbouncer` (`--pgbouncer-release`, else 1.24 for
+    /// `transaction-prepared` and Debian's 1.18 otherwise).
     pub pgbouncer_release: Option<crate::testbed::Release>,
     /// A streaming replica of the private database serves the logins.
     pub replica: bool,
@@ -129,6 +130,8 @@ pub struct BenchOptions {
     pub boot_storm: Option<storm::StormOptions>,
     /// The spawned server's --max-concurrent-requests, when not the default.
     pub max_concurrent_requests: Option<usize>,
+    /// The server's --log-level (`info` is the default configuration's: a JSON line a login).
+    pub server_log_level: String,
     /// Extra settings of the private embedded PostgreSQL.
     pub db_settings: Vec<(String, String)>,
 }
@@ -161,6 +164,11 @@ pub struct Report {
     pub explain: Option<String>,
     /// The server's --max-concurrent-requests in this run (logins beyond it are shed).
     pub max_concurrent_requests: usize,
+    /// The server's --log-level in this run.
+    pub server_log_level: String,
+    /// PgBouncer between the load and the database: its mode and release (`transaction on
+    /// 1.18`), when one ran.
+    pub pgbouncer: Option<String>,
     /// The boot storm's results, when one ran (instead of the scenarios).
     pub boot_storm: Option<storm::StormReport>,
 }
@@ -247,6 +255,7 @@ async fn run_on(
         gcp_jwks: &signing.jwks_path,
         scratch,
         pooler: options.pgbouncer.unwrap_or_default(),
+        log_level: &options.server_log_level,
         replica_url: beside.replica.as_ref().map(|(_, url)| url.as_str()),
     };
     let max_concurrent_requests = setup.max_concurrent_requests;
@@ -317,6 +326,11 @@ async fn run_on(
         bench_peak_rss_mib: server::peak_rss_mib("/proc/self/status"),
         explain,
         max_concurrent_requests,
+        server_log_level: options.server_log_level.clone(),
+        pgbouncer: options
+            .pgbouncer
+            .zip(options.pgbouncer_release)
+            .map(|(mode, release)| format!("{mode} on {}", release.label())),
         boot_storm,
     };
     if let Some(path) = &options.plot {
@@ -430,7 +444,7 @@ impl Beside {
             (Some(mode), Some(cluster)) => {
                 let release = options
                     .pgbouncer_release
-                    .unwrap_or_else(|| crate::testbed::Release::for_pooler(mode));
+                    .unwrap_or(crate::testbed::Release::for_pooler(mode));
                 eprintln!(
                     "bench: PgBouncer {} in {mode} mode in front of the database",
                     release.label()
@@ -900,12 +914,16 @@ pub async fn command(args: BenchArgs) -> ExitCode {
         signing_key: args.signing_key,
         db_rtt: args.db_rtt,
         pgbouncer: args.pgbouncer,
-        pgbouncer_release: args.pgbouncer_release.map(|r| r.0),
+        pgbouncer_release: args.pgbouncer.map(|mode| {
+            args.pgbouncer_release
+                .map_or(crate::testbed::Release::for_pooler(mode), |r| r.0)
+        }),
         replica: args.replica,
         explain: args.explain,
         plot: args.plot,
         boot_storm,
         max_concurrent_requests: args.max_concurrent_requests,
+        server_log_level: args.server_log_level,
         db_settings,
     };
     match run(options, args.postgres_url).await {

@@ -30,6 +30,7 @@ pub struct ServerSetup<'a> {
     pub gcp_jwks: &'a Path,
     pub scratch: &'a Path,
     pub pooler: agent_auth::store::Pooler,
+    pub log_level: &'a str,
     pub replica_url: Option<&'a str>,
 }
 
@@ -135,7 +136,7 @@ pub fn settings(setup: &ServerSetup<'_>) -> Result<agent_auth::config::Settings,
             "--gcp-jwks".into(),
             setup.gcp_jwks.display().to_string(),
             "--log-level".into(),
-            "warn".into(),
+            setup.log_level.to_owned(),
             "--db-pooler".into(),
             setup.pooler.to_string(),
         ]

@@ -283,6 +283,31 @@ fn a_boot_storm_logs_every_agent_in_once_and_counts_its_statements() {
     assert_eq!(report["outcomes"], serde_json::json!([]));
 }
 
+/// The default limit of concurrent logins is sized for a boot storm: a thousand agents arriving
+/// together are all admitted (none shed: at most 1,000 are ever in flight, under the default of
+/// 1,024), where the old default of 256 shed those beyond it and their backoff set the storm's
+/// tail (BENCHMARKS.md, the boot storm rows).
+#[test]
+fn the_default_limit_admits_a_storm_of_a_thousand_agents_unshed() {
+    let report = bench_report(tools().args([
+        "bench",
+        "--boot-storm",
+        "1000",
+        "--arrival",
+        "1ms",
+        "--builds",
+        "1",
+        "--json",
+    ]));
+    assert_eq!(report["max_concurrent_requests"], 1024, "the server's default");
+    let storm = &report["boot_storm"];
+    assert_eq!(
+        (&storm["logged_in"], &storm["shed"], &storm["failed_for_good"]),
+        (&1000.into(), &0.into(), &0.into()),
+        "{storm}"
+    );
+}
+
 /// The README's quick start (its server part, on the test's binaries), as a newcomer runs it.
 fn quick_start(env: &[(&str, &str)]) -> std::process::Output {
     let readme = std::fs::read_to_string(format!("{ROOT}/README.md")).unwrap();

@@ -299,10 +299,17 @@ fn the_default_limit_admits_a_storm_of_a_thousand_agents_unshed() {
         "1",
         "--json",
     ]));
-    assert_eq!(report["max_concurrent_requests"], 1024, "the server's default");
+    assert_eq!(
+        report["max_concurrent_requests"], 1024,
+        "the server's default"
+    );
     let storm = &report["boot_storm"];
     assert_eq!(
-        (&storm["logged_in"], &storm["shed"], &storm["failed_for_good"]),
+        (
+            &storm["logged_in"],
+            &storm["shed"],
+            &storm["failed_for_good"]
+        ),
         (&1000.into(), &0.into(), &0.into()),
         "{storm}"
     );

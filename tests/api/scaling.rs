@@ -146,6 +146,49 @@ async fn logins_go_through_pgbouncer_in_session_and_transaction_mode() {
     app.stop().await;
 }
 
+/// `--db-pooler transaction-prepared` in front of a pooler that does not keep prepared
+/// statements (made certain here: PgBouncer 1.18 deallocates them after every transaction, as
+/// it loses them to another server session under load): the login fails INTERNAL, changes
+/// nothing, and the log line says which setting to use.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn transaction_prepared_on_a_pooler_that_drops_statements_says_to_set_transaction() {
+    use agent_auth::store::Pooler;
+    let dir = reachable_tempdir();
+    let (cluster, db) = private_database(&dir.path().join("pg"), "forgetful").await;
+    let agents = agents(&db, 1).await;
+    let key = Arc::new(AwsKey::generate(1024));
+    let bouncer = PgBouncer::start_with(
+        &cluster,
+        &dir.path().join("bouncer"),
+        Pooler::TransactionPrepared,
+        agent_auth_tools::testbed::Release::Debian1_18,
+        &[
+            ("server_reset_query", "DEALLOCATE ALL"),
+            ("server_reset_query_always", "1"),
+        ],
+    )
+    .await
+    .unwrap();
+    let server = TestServer::binary(
+        &through(&db, bouncer.connection_string(&db.name)),
+        &[
+            "--aws-certificate",
+            &key.flag("default"),
+            "--db-pooler",
+            "transaction-prepared",
+        ],
+    )
+    .await;
+    let failure = server.authenticate(request(&key, &agents[0].0)).await;
+    fails_with(failure, tonic::Code::Internal, "INTERNAL");
+    let (_, logs) = server.terminate().await;
+    assert!(
+        logs.contains("does not keep prepared statements")
+            && logs.contains("set --db-pooler transaction"),
+        "{logs}"
+    );
+}
+
 /// Logins resolve on a streaming replica; what the replica has not replayed yet is found on
 /// the primary (two statements, counted apart); a replica stopped under load costs no more
 /// logins than those in flight and the primary takes over; the replica back is used again.

@@ -124,6 +124,17 @@ impl PgBouncer {
         pooler: Pooler,
         release: Release,
     ) -> Result<PgBouncer, EmbeddedError> {
+        Self::start_with(cluster, dir, pooler, release, &[]).await
+    }
+
+    /// [`PgBouncer::start`] with more `[pgbouncer]` settings (`name = value` lines).
+    pub async fn start_with(
+        cluster: &EmbeddedPostgres,
+        dir: &Path,
+        pooler: Pooler,
+        release: Release,
+        settings: &[(&str, &str)],
+    ) -> Result<PgBouncer, EmbeddedError> {
         let pool_mode = match pooler {
             Pooler::Session => "session",
             Pooler::Transaction | Pooler::TransactionPrepared => "transaction",
@@ -133,10 +144,13 @@ impl PgBouncer {
                 ));
             }
         };
-        let prepared = match release {
-            Release::Debian1_18 => "",
-            Release::Built1_24 => "max_prepared_statements = 200\n",
+        let mut more = match release {
+            Release::Debian1_18 => String::new(),
+            Release::Built1_24 => "max_prepared_statements = 200\n".to_owned(),
         };
+        for (name, value) in settings {
+            more.push_str(&format!("{name} = {value}\n"));
+        }
         let io = |e: std::io::Error| EmbeddedError::Io(format!("{}: {e}", dir.display()));
         fs::create_dir_all(dir).map_err(io)?;
         embedded::prepare_dir_for_cluster(dir, 0o711)?;
@@ -155,7 +169,7 @@ impl PgBouncer {
                  auth_type = trust\nauth_file = {users}\npool_mode = {pool_mode}\n\
                  admin_users = {SUPERUSER}\n\
                  max_client_conn = 1000\ndefault_pool_size = 20\n\
-                 ignore_startup_parameters = extra_float_digits\n{prepared}",
+                 ignore_startup_parameters = extra_float_digits\n{more}",
                 socket = cluster.socket_dir().display(),
                 cluster_port = cluster.port(),
                 users = users.display(),

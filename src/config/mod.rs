@@ -6,6 +6,7 @@
 //! checks what involves several settings and builds the tree the rest of the service reads.
 //! Every error names its key, and `main` prints it on one line and exits 64 (EX_USAGE).
 
+mod error;
 mod reference;
 pub mod settings;
 pub mod values;
@@ -23,42 +24,16 @@ use crate::identity::aws::AwsTrustConfig;
 use crate::identity::azure::AzureTrustConfig;
 use crate::store::{PostgresUrl, StoreConfig};
 
+pub use error::ConfigError;
 pub use reference::settings_table;
 pub use settings::Settings;
+pub use settings::{GcpConfig, LiveCheckConfig, TlsConfig};
 pub use values::{JwksSource, ListenAddr, LogFormat, SchemaMode};
 
 /// Exit code for bad configuration (sysexits EX_USAGE).
 pub const EXIT_CONFIG: i32 = 64;
 
 pub use crate::store::url::{REDACTED, redact_postgres_url};
-
-/// A configuration error: the key and what is wrong with it. Shown with all three names an
-/// operator may have used for a real setting: `--flag`, `AGENT_AUTH_FLAG` and the TOML key; a
-/// key that is no setting (a file's unknown key) is shown as written, with no invented names.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub struct ConfigError {
-    pub key: String,
-    pub message: String,
-}
-
-impl std::fmt::Display for ConfigError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let key = &self.key;
-        let message = &self.message;
-        if Settings::keys().any(|k| k == *key)
-            || ["config", "insecure_verify_time"].contains(&key.as_str())
-        {
-            write!(
-                f,
-                "invalid configuration: --{} (env AGENT_AUTH_{}, key {key}): {message}",
-                key.replace('_', "-"),
-                key.to_ascii_uppercase()
-            )
-        } else {
-            write!(f, "invalid configuration: {message}")
-        }
-    }
-}
 
 /// The real setting nearest to `key` (a `-` written for `_`, a typo), if one is near enough.
 fn did_you_mean(key: &str) -> Option<String> {
@@ -71,13 +46,6 @@ fn did_you_mean(key: &str) -> Option<String> {
 }
 
 impl ConfigError {
-    pub fn new(key: &str, message: impl Into<String>) -> Self {
-        Self {
-            key: key.to_owned(),
-            message: message.into(),
-        }
-    }
-
     /// A flag or env var that clap could not parse into its setting's type, as a
     /// configuration error naming the setting (other clap errors are clap's to print).
     pub fn from_clap(error: &clap::Error) -> Option<Self> {
@@ -251,31 +219,6 @@ pub struct Config {
     pub live: LiveCheckConfig,
 }
 
-/// GCP settings.
-#[derive(Debug, Clone)]
-pub struct GcpConfig {
-    pub jwks: JwksSource,
-    pub audience: String,
-    pub allowed_projects: Vec<String>,
-}
-
-/// `--tls-cert`, `--tls-key`, `--tls-client-ca`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct TlsConfig {
-    pub cert: PathBuf,
-    pub key: PathBuf,
-    /// When set, callers must present a certificate signed by it.
-    pub client_ca: Option<PathBuf>,
-}
-
-/// `--aws-ec2-check`, `--gcp-compute-check` and their shared settings.
-#[derive(Debug, Clone)]
-pub struct LiveCheckConfig {
-    pub aws: Option<crate::cloud::aws::AwsCheckConfig>,
-    pub gcp: Option<crate::cloud::gcp::GcpCheckConfig>,
-    pub settings: crate::cloud::CheckSettings,
-}
-
 /// The environment variable that `--insecure-verify-time` must never be read from.
 const INSECURE_VERIFY_TIME_ENV: &str = "AGENT_AUTH_INSECURE_VERIFY_TIME";
 
@@ -399,7 +342,7 @@ fn unknown_key(found: &str) -> ConfigError {
         Some(key) => format!("; did you mean `{key}`?"),
         None => "; the keys are the flags' names with `_` for `-` (`serve --help`)".to_owned(),
     };
-    ConfigError::new(
+    ConfigError::unknown(
         found,
         format!("unknown key `{found}` in the --config file{hint}"),
     )

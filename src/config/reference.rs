@@ -1,7 +1,7 @@
 //! The settings table of docs/configuration.md, generated from [`Settings`] so the two cannot
 //! drift: a test compares it with the file (and rewrites it with `AGENT_AUTH_BLESS=1`).
 
-use super::Settings;
+use super::settings::Settings;
 
 /// A Markdown table of every setting: flag and value, env var, default, meaning.
 pub fn settings_table() -> String {

@@ -5,8 +5,9 @@ use std::path::PathBuf;
 use clap::Args;
 use serde::{Deserialize, Serialize};
 
+use super::super::error::ConfigError;
+use super::super::values;
 use super::super::values::{AccountId, RegionFile};
-use super::super::{ConfigError, values};
 use crate::identity::aws::AwsTrustConfig;
 
 /// AWS trust: the signing certificates and the accounts.

@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use clap::Args;
 use serde::{Deserialize, Serialize};
 
-use super::super::ConfigError;
+use super::super::error::ConfigError;
 use super::super::values::{ExistingFile, Pooler, SchemaMode, Span};
 use crate::store::{PostgresUrl, StoreConfig};
 

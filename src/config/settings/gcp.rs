@@ -3,7 +3,6 @@
 use clap::Args;
 use serde::{Deserialize, Serialize};
 
-use super::super::GcpConfig;
 use super::super::values::{JwksSource, NonEmpty};
 
 /// GCP trust: the JWKS, the audience, the projects.
@@ -41,6 +40,14 @@ pub struct GcpSettings {
         value_delimiter = ','
     )]
     pub gcp_allowed_project: Vec<String>,
+}
+
+/// GCP settings.
+#[derive(Debug, Clone)]
+pub struct GcpConfig {
+    pub jwks: JwksSource,
+    pub audience: String,
+    pub allowed_projects: Vec<String>,
 }
 
 impl GcpSettings {

@@ -7,8 +7,8 @@ use std::time::Duration;
 use clap::Args;
 use serde::{Deserialize, Serialize};
 
+use super::super::error::ConfigError;
 use super::super::values::{AssumeRole, Flag, HttpUrl, OnError, Span};
-use super::super::{ConfigError, LiveCheckConfig};
 
 /// The optional live EC2 and Compute Engine checks and their shared settings.
 #[derive(Clone, Args, Serialize, Deserialize)]
@@ -112,6 +112,14 @@ pub struct LiveCheckSettings {
         default_value = "closed"
     )]
     pub cloud_check_on_error: OnError,
+}
+
+/// `--aws-ec2-check`, `--gcp-compute-check` and their shared settings.
+#[derive(Debug, Clone)]
+pub struct LiveCheckConfig {
+    pub aws: Option<crate::cloud::aws::AwsCheckConfig>,
+    pub gcp: Option<crate::cloud::gcp::GcpCheckConfig>,
+    pub settings: crate::cloud::CheckSettings,
 }
 
 impl LiveCheckSettings {

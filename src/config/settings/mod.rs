@@ -32,12 +32,12 @@ use serde::Serialize;
 pub use aws::AwsSettings;
 pub use azure::AzureSettings;
 pub use database::DatabaseSettings;
-pub use gcp::GcpSettings;
+pub use gcp::{GcpConfig, GcpSettings};
 pub use limits::LimitSettings;
 pub use listeners::ListenerSettings;
-pub use live::LiveCheckSettings;
+pub use live::{LiveCheckConfig, LiveCheckSettings};
 pub use telemetry::TelemetrySettings;
-pub use tls::TlsSettings;
+pub use tls::{TlsConfig, TlsSettings};
 
 use super::values::Instant;
 

@@ -1,11 +1,14 @@
 //! The "gRPC TLS" group of [`super::Settings`] and its conversion (`TlsSettings::config`, the gRPC
 //! listener's `TlsConfig`).
 
+use std::path::PathBuf;
+
 use clap::Args;
 use serde::{Deserialize, Serialize};
 
+use super::super::error::ConfigError;
 use super::super::values::ExistingFile;
-use super::super::{ConfigError, ListenAddr, TlsConfig};
+use super::super::values::ListenAddr;
 
 /// TLS on the gRPC listener.
 #[derive(Clone, Args, Serialize, Deserialize)]
@@ -37,6 +40,15 @@ pub struct TlsSettings {
         value_name = "PEM_PATH"
     )]
     pub tls_client_ca: Option<ExistingFile>,
+}
+
+/// `--tls-cert`, `--tls-key`, `--tls-client-ca`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsConfig {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    /// When set, callers must present a certificate signed by it.
+    pub client_ca: Option<PathBuf>,
 }
 
 impl TlsSettings {

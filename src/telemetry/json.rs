@@ -108,17 +108,20 @@ where
 struct Members(String);
 
 impl Members {
+    #[inline]
     fn key(&mut self, field: &Field) {
-        string(&mut self.0, field.name());
-        self.0.push(':');
+        self.0.push('"');
+        escape(&mut self.0, field.name());
+        self.0.push_str("\":");
     }
 }
 
 impl Visit for Members {
     fn record_str(&mut self, field: &Field, value: &str) {
         self.key(field);
-        string(&mut self.0, value);
-        self.0.push(',');
+        self.0.push('"');
+        escape(&mut self.0, value);
+        self.0.push_str("\",");
     }
 
     fn record_bool(&mut self, field: &Field, value: bool) {
@@ -128,18 +131,22 @@ impl Visit for Members {
 
     fn record_i64(&mut self, field: &Field, value: i64) {
         self.key(field);
-        let _ = write!(self.0, "{value},");
+        self.0.push_str(itoa::Buffer::new().format(value));
+        self.0.push(',');
     }
 
     fn record_u64(&mut self, field: &Field, value: u64) {
         self.key(field);
-        let _ = write!(self.0, "{value},");
+        self.0.push_str(itoa::Buffer::new().format(value));
+        self.0.push(',');
     }
 
     fn record_f64(&mut self, field: &Field, value: f64) {
         self.key(field);
         if value.is_finite() {
-            let _ = write!(self.0, "{value},");
+            // As serde_json printed it (the shortest text that reads back the same number).
+            self.0.push_str(ryu::Buffer::new().format_finite(value));
+            self.0.push(',');
         } else {
             // JSON has no NaN or infinity; serde_json printed null.
             self.0.push_str("null,");
@@ -169,13 +176,19 @@ fn string(out: &mut String, value: &str) {
 }
 
 /// Appends `value` with JSON's escapes: `"`, `\` and the control characters; the rest as it
-/// is (UTF-8 needs no escaping), in runs between the characters that do.
+/// is (UTF-8 needs no escaping).
+#[inline]
 fn escape(out: &mut String, value: &str) {
     // Almost every string logged needs no escape: a check eight bytes at a time, then one copy.
-    if !needs_escape(value.as_bytes()) {
+    if needs_escape(value.as_bytes()) {
+        escape_runs(out, value);
+    } else {
         out.push_str(value);
-        return;
     }
+}
+
+/// [`escape`] of a string that needs it: the runs between the characters to escape as they are.
+fn escape_runs(out: &mut String, value: &str) {
     let mut run = 0;
     for (at, byte) in value.bytes().enumerate() {
         let escaped = match byte {
@@ -201,6 +214,7 @@ fn escape(out: &mut String, value: &str) {
 /// Whether any byte is `"`, `\` or below 0x20, eight at a time: for a word `w`, `(w - n·ONES) &
 /// !w & HIGHS` is non-zero exactly when some byte of `w` is below `n` (n ≤ 0x80), and a byte
 /// equal to `c` is a zero byte of `w ^ c·ONES`.
+#[inline]
 fn needs_escape(bytes: &[u8]) -> bool {
     const ONES: u64 = 0x0101_0101_0101_0101;
     const HIGHS: u64 = 0x8080_8080_8080_8080;

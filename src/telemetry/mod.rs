@@ -46,8 +46,21 @@ pub fn init(format: LogFormat, filter: &str, otlp_endpoint: Option<&str>) -> Tel
     // PostgreSQL NOTICEs (e.g. refinery's "relation … already exists, skipping") arrive through
     // tokio-postgres at INFO, and refinery logs its source paths.
     let quiet = "tokio_postgres=warn,refinery=warn,refinery_core=warn";
-    let filter = tracing_subscriber::EnvFilter::try_new(format!("{quiet},{filter}"))
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(format!("{quiet},info")));
+    let directives = format!("{quiet},{filter}");
+    // Targets and levels only (the default `info`, or `agent_auth=debug`): a `Targets` filter,
+    // decided once per callsite. `EnvFilter` only for what needs it (span and field
+    // directives), since it also looks each span up on every enter and exit.
+    let (targets, filter) = match directives.parse::<tracing_subscriber::filter::Targets>() {
+        Ok(targets) => (Some(targets), None),
+        Err(_) => (
+            None,
+            Some(
+                tracing_subscriber::EnvFilter::try_new(&directives).unwrap_or_else(|_| {
+                    tracing_subscriber::EnvFilter::new(format!("{quiet},info"))
+                }),
+            ),
+        ),
+    };
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
     let logs = match format {
         LogFormat::Json => json::JsonLines::new(std::io::stderr).boxed(),
@@ -71,6 +84,7 @@ pub fn init(format: LogFormat, filter: &str, otlp_endpoint: Option<&str>) -> Tel
         })
     });
     let _ = tracing_subscriber::registry()
+        .with(targets)
         .with(filter)
         .with(request_spans_only)
         .with(logs)

@@ -62,45 +62,60 @@ where
         thread_local! {
             static BUFFER: RefCell<String> = const { RefCell::new(String::new()) };
         }
-        BUFFER.with(|buffer| {
-            // A line logged while formatting one (a `Debug` that logs) gets a buffer of its own.
-            let mut reused = buffer.try_borrow_mut().ok();
-            let mut own = String::new();
-            let line = match reused.as_deref_mut() {
-                Some(line) => line,
-                None => &mut own,
-            };
-            line.clear();
-            let metadata = event.metadata();
-            line.push_str("{\"timestamp\":\"");
-            timestamp(line, time::OffsetDateTime::now_utc());
-            line.push_str("\",\"level\":\"");
-            line.push_str(metadata.level().as_str());
-            line.push_str("\",");
-            let mut members = Members(std::mem::take(line));
-            event.record(&mut members);
-            *line = members.0;
-            line.push_str("\"target\":");
-            string(line, metadata.target());
-            if let Some(span) = ctx.event_span(event) {
-                let extensions = span.extensions();
-                if let Some(SpanFields(fields)) = extensions.get::<SpanFields>() {
-                    line.push_str(",\"span\":{");
-                    line.push_str(fields);
-                    line.push_str("\"name\":");
-                    string(line, span.name());
-                    line.push('}');
+        // The thread's buffer; a buffer of its own while the thread's locals are being
+        // destroyed (an event from a destructor at thread exit), or should the buffer be in use.
+        let reused = BUFFER.try_with(|buffer| match buffer.try_borrow_mut() {
+            Ok(mut line) => {
+                self.write_line(&mut line, event, &ctx);
+                // A rare huge line does not keep its buffer for the thread's life.
+                if line.capacity() > 16 * 1024 {
+                    *line = String::new();
                 }
+                true
             }
-            line.push_str("}\n");
-            // A log line that cannot be written is lost, as with any logger: there is nowhere
-            // else to say so.
-            let _ = self.writer.make_writer().write_all(line.as_bytes());
-            // A rare huge line does not keep its buffer for the thread's life.
-            if line.capacity() > 16 * 1024 {
-                *line = String::new();
-            }
+            Err(_) => false,
         });
+        if reused != Ok(true) {
+            self.write_line(&mut String::new(), event, &ctx);
+        }
+    }
+}
+
+impl<W> JsonLines<W>
+where
+    W: for<'w> MakeWriter<'w> + 'static,
+{
+    /// Formats `event` into `line` (cleared first) and writes it with one `write`.
+    fn write_line<S>(&self, line: &mut String, event: &Event<'_>, ctx: &Context<'_, S>)
+    where
+        S: Subscriber + for<'a> LookupSpan<'a>,
+    {
+        line.clear();
+        let metadata = event.metadata();
+        line.push_str("{\"timestamp\":\"");
+        timestamp(line, time::OffsetDateTime::now_utc());
+        line.push_str("\",\"level\":\"");
+        line.push_str(metadata.level().as_str());
+        line.push_str("\",");
+        let mut members = Members(std::mem::take(line));
+        event.record(&mut members);
+        *line = members.0;
+        line.push_str("\"target\":");
+        string(line, metadata.target());
+        if let Some(span) = ctx.event_span(event) {
+            let extensions = span.extensions();
+            if let Some(SpanFields(fields)) = extensions.get::<SpanFields>() {
+                line.push_str(",\"span\":{");
+                line.push_str(fields);
+                line.push_str("\"name\":");
+                string(line, span.name());
+                line.push('}');
+            }
+        }
+        line.push_str("}\n");
+        // A log line that cannot be written is lost, as with any logger: there is nowhere else
+        // to say so.
+        let _ = self.writer.make_writer().write_all(line.as_bytes());
     }
 }
 
@@ -397,6 +412,23 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn a_value_that_logs_while_it_is_formatted_leaves_the_line_whole() {
+        struct Logs;
+        impl std::fmt::Debug for Logs {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                tracing::info!(inner = true, "from inside");
+                f.write_str("outer value")
+            }
+        }
+        let lines = logged(|| tracing::info!(value = ?Logs, "outside"));
+        // tracing does not dispatch an event from inside a subscriber: the inner one is
+        // dropped, and the outer line is whole.
+        let messages: Vec<&str> = lines.iter().filter_map(|l| l["message"].as_str()).collect();
+        assert_eq!(messages, ["outside"]);
+        assert_eq!(lines[0]["value"], "outer value");
     }
 
     #[test]

@@ -115,9 +115,10 @@ async fn holds_coders_tables(
     row.try_get(0)
 }
 
-/// `--db-pooler transaction` or `transaction-prepared`: a transaction-mode pooler cannot hold the session lock that
-/// migrating takes, so `serve` only checks that every migration is applied (one statement, no
-/// state on the connection) and otherwise names the command to run against the database.
+/// `--db-pooler transaction` or `transaction-prepared`: a transaction-mode pooler cannot hold
+/// the session lock that migrating takes, so `serve` only checks that every migration is
+/// applied (one statement, no state on the connection) and otherwise names the command to run
+/// against the database.
 pub async fn check_migrated(
     config: &tokio_postgres::Config,
     tls: MakeRustlsConnect,
@@ -139,8 +140,8 @@ pub async fn check_migrated(
     }
     Err(StoreError::internal(format!(
         "the owned schema is not at migration {newest} (found {}), and a transaction-mode \
-         pooler (--db-pooler transaction[-prepared]) cannot hold the migration lock: run `agent-auth \
-         migrate` with --postgres-url of the database itself, not of the pooler",
+         pooler (--db-pooler transaction[-prepared]) cannot hold the migration lock: run \
+         `agent-auth migrate` with --postgres-url of the database itself, not of the pooler",
         applied.map_or_else(|| "none".to_owned(), |v| v.to_string())
     )))
 }

@@ -213,11 +213,8 @@ impl DatabaseSettings {
         let postgres_url = postgres_url
             .map(|url| postgres_url_setting("postgres_url", &url))
             .transpose()?;
-        let replica_urls = self
-            .postgres_replica_url
+        let replica_urls = super::trimmed(&self.postgres_replica_url)
             .iter()
-            .map(|u| u.trim())
-            .filter(|u| !u.is_empty())
             .map(|u| postgres_url_setting("postgres_replica_url", u))
             .collect::<Result<Vec<_>, _>>()?;
         if !replica_urls.is_empty() && postgres_url.is_none() {

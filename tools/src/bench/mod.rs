@@ -119,8 +119,8 @@ pub struct BenchOptions {
     pub db_rtt: Duration,
     /// PgBouncer in front of the private database, in this mode.
     pub pgbouncer: Option<agent_auth::store::Pooler>,
-    /// Which PgBouncer, with `pgbouncer` (`--pgbouncer-release`, else 1.24 for
-    /// `transaction-prepared` and Debian's 1.18 otherwise).
+    /// Which PgBouncer (`--pgbouncer-release`); unset, the one the mode needs
+    /// ([`BenchOptions::bouncer`]).
     pub pgbouncer_release: Option<crate::testbed::Release>,
     /// A streaming replica of the private database serves the logins.
     pub replica: bool,
@@ -134,6 +134,20 @@ pub struct BenchOptions {
     pub server_log_level: String,
     /// Extra settings of the private embedded PostgreSQL.
     pub db_settings: Vec<(String, String)>,
+}
+
+impl BenchOptions {
+    /// PgBouncer's mode and release, when one runs: the release asked for, else the one the
+    /// mode needs (1.24 for `transaction-prepared`, Debian's 1.18 otherwise).
+    fn bouncer(&self) -> Option<(agent_auth::store::Pooler, crate::testbed::Release)> {
+        let mode = self
+            .pgbouncer
+            .filter(|mode| *mode != agent_auth::store::Pooler::None)?;
+        let release = self
+            .pgbouncer_release
+            .unwrap_or(crate::testbed::Release::for_pooler(mode));
+        Some((mode, release))
+    }
 }
 
 /// Everything a run measured.
@@ -328,8 +342,7 @@ async fn run_on(
         max_concurrent_requests,
         server_log_level: options.server_log_level.clone(),
         pgbouncer: options
-            .pgbouncer
-            .zip(options.pgbouncer_release)
+            .bouncer()
             .map(|(mode, release)| format!("{mode} on {}", release.label())),
         boot_storm,
     };
@@ -439,12 +452,9 @@ impl Beside {
         agent_rows: i64,
     ) -> Result<Self, String> {
         let text = |e: &dyn std::fmt::Display| e.to_string();
-        let bouncer = match (options.pgbouncer, cluster) {
-            (None | Some(agent_auth::store::Pooler::None), _) => None,
-            (Some(mode), Some(cluster)) => {
-                let release = options
-                    .pgbouncer_release
-                    .unwrap_or(crate::testbed::Release::for_pooler(mode));
+        let bouncer = match (options.bouncer(), cluster) {
+            (None, _) => None,
+            (Some((mode, release)), Some(cluster)) => {
                 eprintln!(
                     "bench: PgBouncer {} in {mode} mode in front of the database",
                     release.label()
@@ -914,10 +924,7 @@ pub async fn command(args: BenchArgs) -> ExitCode {
         signing_key: args.signing_key,
         db_rtt: args.db_rtt,
         pgbouncer: args.pgbouncer,
-        pgbouncer_release: args.pgbouncer.map(|mode| {
-            args.pgbouncer_release
-                .map_or(crate::testbed::Release::for_pooler(mode), |r| r.0)
-        }),
+        pgbouncer_release: args.pgbouncer_release.map(|r| r.0),
         replica: args.replica,
         explain: args.explain,
         plot: args.plot,

@@ -435,14 +435,12 @@ fn spawn_grpc(
     >,
     stop: watch::Receiver<bool>,
 ) -> Result<(tokio::task::JoinHandle<()>, Option<SocketFile>), AppError> {
-    let router = tonic::service::Routes::new(health)
-        .add_service(reflection().build_v1()?)
-        .add_service(reflection().build_v1alpha()?)
-        .add_service(service.into_server(caps.limits.max_message_bytes))
-        .into_axum_router()
-        .layer(axum::middleware::map_response(
-            grpc::damaged_frames_are_malformed,
-        ));
+    let router = grpc::routes::Routes::new(
+        service.into_server(caps.limits.max_message_bytes),
+        health,
+        reflection().build_v1()?,
+        reflection().build_v1alpha()?,
+    );
     let protocol = listen::Protocol::http2(&caps.limits, tls);
     let policy = caps.agent("grpc", listen::HTTP2_PREFACE_BYTES);
     Ok(match listener {

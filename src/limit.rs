@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
-use crate::metrics::{REQUESTS_IN_FLIGHT, REQUESTS_SHED};
+use crate::metrics::REQUESTS_SHED;
 
 #[derive(Clone)]
 pub struct Limiter {
@@ -40,7 +40,7 @@ impl Limiter {
     pub fn try_acquire(&self) -> Option<Permit> {
         match self.permits.clone().try_acquire_owned() {
             Ok(permit) => {
-                let in_flight = metrics::gauge!(REQUESTS_IN_FLIGHT);
+                let in_flight = crate::metrics::requests_in_flight();
                 in_flight.increment(1.0);
                 Some(Permit {
                     _permit: permit,

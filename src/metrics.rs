@@ -380,6 +380,7 @@ struct Hot {
     verify_duration: Vec<(&'static str, metrics::Histogram)>,
     queries: Vec<(&'static str, metrics::Counter)>,
     pool_wait: metrics::Histogram,
+    requests_in_flight: metrics::Gauge,
 }
 
 /// The cached handles, only when our recorder is the process's: a handle taken before a
@@ -421,8 +422,17 @@ fn hot() -> Option<&'static Hot> {
                 .map(|target| (target, metrics::counter!(DB_QUERIES, "target" => target)))
                 .collect(),
             pool_wait: metrics::histogram!(DB_POOL_WAIT),
+            requests_in_flight: metrics::gauge!(REQUESTS_IN_FLIGHT),
         }
     }))
+}
+
+/// `agent_auth_requests_in_flight`, for a request to raise while it runs.
+pub fn requests_in_flight() -> metrics::Gauge {
+    match hot() {
+        Some(hot) => hot.requests_in_flight.clone(),
+        None => metrics::gauge!(REQUESTS_IN_FLIGHT),
+    }
 }
 
 /// Records one authentication.

@@ -125,7 +125,10 @@ impl Authenticator {
     /// Authenticates one request and logs one line about it (never the evidence or token).
     pub async fn authenticate(&self, request: AuthRequest) -> Result<Authenticated, AuthError> {
         let started = Instant::now();
-        let request_id = uuid::Uuid::new_v4().simple().to_string();
+        let request_id = uuid::Uuid::new_v4()
+            .simple()
+            .encode_lower(&mut uuid::Uuid::encode_buffer())
+            .to_owned();
         let cloud = request.evidence.as_ref().map(evidence_cloud);
         let cloud_label = cloud.map(Cloud::label).unwrap_or("none");
         // Counts and logs the request as `cancelled` if this future is dropped before the

@@ -5,8 +5,10 @@
 //!   honours the caller's deadline.
 //! - [`status`]: the one mapping of errors to status codes and `ErrorInfo` reasons.
 //! - [`codec`]: answers INVALID_ARGUMENT for a message that does not decode.
+//! - [`routes`]: the listener's services by name, and [`damaged_frames_are_malformed`].
 
 pub mod codec;
+pub mod routes;
 pub mod status;
 
 use std::time::Duration;
@@ -61,12 +63,13 @@ const TONIC_FRAME_ERRORS: &[&str] = &[
     "Error decompressing",
 ];
 
-/// A response layer for every gRPC service: tonic's own INTERNAL for a damaged request frame
-/// becomes INVALID_ARGUMENT with reason MALFORMED_REQUEST, as any malformed request does
-/// (DESIGN.md 3.1). Other responses pass untouched (a success carries no `grpc-status` header).
-pub async fn damaged_frames_are_malformed(
-    response: axum::response::Response,
-) -> axum::response::Response {
+/// Applied to every gRPC service's answer ([`routes`]): tonic's own INTERNAL for a damaged
+/// request frame becomes INVALID_ARGUMENT with reason MALFORMED_REQUEST, as any malformed
+/// request does (DESIGN.md 3.1). Other responses pass untouched (a success carries no
+/// `grpc-status` header).
+pub fn damaged_frames_are_malformed(
+    response: tonic::codegen::http::Response<tonic::body::Body>,
+) -> tonic::codegen::http::Response<tonic::body::Body> {
     match Status::from_header_map(response.headers()) {
         Some(status)
             if status.code() == tonic::Code::Internal
@@ -99,7 +102,7 @@ impl pb::agent_auth_server::AgentAuth for AgentAuthService {
             rpc.service = SERVICE_NAME,
             rpc.method = "Authenticate",
         );
-        {
+        if crate::telemetry::traces_exported() {
             use tracing_opentelemetry::OpenTelemetrySpanExt as _;
             let _ = span.set_parent(remote_context(request.metadata()));
         }
@@ -154,17 +157,24 @@ fn into_response(authenticated: Authenticated) -> pb::AuthenticateResponse {
     } = authenticated;
     pb::AuthenticateResponse {
         session_token: agent.token.expose(),
-        agent_id: agent.agent_id.to_string(),
+        agent_id: uuid_text(agent.agent_id),
         agent_name: agent.name,
-        workspace_id: agent.workspace_id.to_string(),
-        workspace_build_id: agent.build_id.to_string(),
-        instance_id: instance_id.to_string(),
+        workspace_id: uuid_text(agent.workspace_id),
+        workspace_build_id: uuid_text(agent.build_id),
+        instance_id: instance_id.as_str().to_owned(),
         cloud: match cloud {
             Cloud::Aws => pb::Cloud::Aws,
             Cloud::Google => pb::Cloud::Google,
             Cloud::Azure => pb::Cloud::Azure,
         } as i32,
     }
+}
+
+/// A UUID's canonical text, written directly (not through `fmt`: four a login).
+fn uuid_text(id: uuid::Uuid) -> String {
+    id.hyphenated()
+        .encode_lower(&mut uuid::Uuid::encode_buffer())
+        .to_owned()
 }
 
 /// Reads the `grpc-timeout` header.

@@ -138,11 +138,18 @@ pub fn unix_seconds(time: std::time::SystemTime) -> i64 {
 pub fn decode_base64(input: &str) -> Result<Vec<u8>, IdentityError> {
     use base64::Engine as _;
     let engine = base64::engine::general_purpose::STANDARD;
-    let decoded = if input.bytes().any(|b| b.is_ascii_whitespace()) {
-        let compact: Vec<u8> = input.bytes().filter(|b| !b.is_ascii_whitespace()).collect();
-        engine.decode(compact)
-    } else {
-        engine.decode(input)
+    let decoded = match input.bytes().position(|b| b.is_ascii_whitespace()) {
+        Some(first) => {
+            let mut compact = Vec::with_capacity(input.len());
+            compact.extend_from_slice(&input.as_bytes()[..first]);
+            compact.extend(
+                input.as_bytes()[first..]
+                    .iter()
+                    .filter(|b| !b.is_ascii_whitespace()),
+            );
+            engine.decode(compact)
+        }
+        None => engine.decode(input),
     };
     decoded.map_err(|e| IdentityError::Malformed(format!("base64: {e}")))
 }

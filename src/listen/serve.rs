@@ -69,7 +69,10 @@ impl Protocol {
             .keep_alive_interval(Some(limits.keepalive_interval))
             .keep_alive_timeout(limits.keepalive_timeout)
             .max_concurrent_streams(Some(limits.max_concurrent_streams))
-            .max_pending_accept_reset_streams(Some(MAX_PENDING_ACCEPT_RESET_STREAMS));
+            .max_pending_accept_reset_streams(Some(MAX_PENDING_ACCEPT_RESET_STREAMS))
+            // gRPC has no use for a `date` header (gRPC's own servers send none): it costs
+            // every response its formatting and HPACK encoding.
+            .auto_date_header(false);
         Self {
             builder,
             tls: tls.map(tokio_rustls::TlsAcceptor::from),
@@ -79,16 +82,49 @@ impl Protocol {
     }
 }
 
+/// What a listener serves: a router answering any request hyper reads (an axum router, or
+/// the gRPC listener's [`crate::grpc`] routes), cloned for each request as hyper does.
+pub trait Router:
+    tower::Service<
+        http::Request<hyper::body::Incoming>,
+        Response = http::Response<Self::Body>,
+        Error = std::convert::Infallible,
+        Future: Send + 'static,
+    > + Clone
+    + Send
+    + Sync
+    + 'static
+{
+    type Body: http_body::Body<Data = bytes::Bytes, Error: Into<axum::BoxError>> + Send + 'static;
+}
+
+impl<S, B> Router for S
+where
+    S: tower::Service<
+            http::Request<hyper::body::Incoming>,
+            Response = http::Response<B>,
+            Error = std::convert::Infallible,
+            Future: Send + 'static,
+        > + Clone
+        + Send
+        + Sync
+        + 'static,
+    B: http_body::Body<Data = bytes::Bytes, Error: Into<axum::BoxError>> + Send + 'static,
+{
+    type Body = B;
+}
+
 /// Serves `router` on the connections of `incoming` until `shutdown` resolves; then stops
 /// accepting, closes every connection gracefully and returns once all have closed.
-pub async fn serve<S, Io>(
+pub async fn serve<S, Io, R>(
     incoming: S,
     protocol: Protocol,
-    router: axum::Router,
+    router: R,
     shutdown: impl Future<Output = ()>,
 ) where
     S: Stream<Item = Guarded<Io>> + Unpin,
     Io: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    R: Router,
 {
     let (stop, stopping) = watch::channel(false);
     // Every connection task holds a sender; all dropped means all connections closed.
@@ -121,10 +157,10 @@ pub async fn serve<S, Io>(
 }
 
 /// One connection, TLS first if configured (within the handshake timeout).
-async fn connection<Io>(
+async fn connection<Io, R: Router>(
     io: Guarded<Io>,
     protocol: Protocol,
-    router: axum::Router,
+    router: R,
     stopping: watch::Receiver<bool>,
 ) where
     Io: AsyncRead + AsyncWrite + Unpin + Send + 'static,
@@ -232,36 +268,51 @@ fn goodbye<C: GracefulConnection>(
 /// The router, counting each request on its connection's [`Activity`] from the call until the
 /// response is ready (or the request is abandoned).
 #[derive(Clone)]
-struct Tracked {
-    inner: axum::Router,
+struct Tracked<R> {
+    inner: R,
     activity: Arc<Activity>,
 }
 
-impl<B> tower::Service<axum::http::Request<B>> for Tracked
-where
-    B: axum::body::HttpBody<Data = bytes::Bytes> + Send + 'static,
-    B::Error: Into<axum::BoxError>,
-{
-    type Response = axum::response::Response;
+impl<R: Router> tower::Service<http::Request<hyper::body::Incoming>> for Tracked<R> {
+    type Response = R::Response;
     type Error = std::convert::Infallible;
-    type Future = std::pin::Pin<
-        Box<dyn Future<Output = Result<Self::Response, Self::Error>> + Send + 'static>,
-    >;
+    type Future = TrackedFuture<R::Future>;
 
     fn poll_ready(
         &mut self,
         cx: &mut std::task::Context<'_>,
     ) -> std::task::Poll<Result<(), Self::Error>> {
-        tower::Service::<axum::http::Request<B>>::poll_ready(&mut self.inner, cx)
+        self.inner.poll_ready(cx)
     }
 
-    fn call(&mut self, request: axum::http::Request<B>) -> Self::Future {
-        let guard = self.activity.request();
-        let response = tower::Service::call(&mut self.inner, request);
-        Box::pin(async move {
-            let response = response.await;
-            drop(guard);
-            response
-        })
+    fn call(&mut self, request: http::Request<hyper::body::Incoming>) -> Self::Future {
+        TrackedFuture {
+            guard: Some(self.activity.request()),
+            response: self.inner.call(request),
+        }
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// A request's response, holding its place in the connection's [`Activity`] until ready
+    /// (or dropped, if the request is abandoned).
+    struct TrackedFuture<F> {
+        #[pin]
+        response: F,
+        guard: Option<super::RequestGuard>,
+    }
+}
+
+impl<F: Future> Future for TrackedFuture<F> {
+    type Output = F::Output;
+
+    fn poll(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<F::Output> {
+        let this = self.project();
+        let response = std::task::ready!(this.response.poll(cx));
+        this.guard.take();
+        std::task::Poll::Ready(response)
     }
 }

@@ -83,14 +83,26 @@ pub fn init(format: LogFormat, filter: &str, otlp_endpoint: Option<&str>) -> Tel
             !metadata.is_span() || metadata.fields().field("rpc.system").is_some()
         })
     });
-    let _ = tracing_subscriber::registry()
+    let exporting = traces.is_some();
+    let installed = tracing_subscriber::registry()
         .with(targets)
         .with(filter)
         .with(request_spans_only)
         .with(logs)
         .with(traces)
         .try_init();
+    if installed.is_ok() && exporting {
+        TRACES_EXPORTED.store(true, std::sync::atomic::Ordering::Relaxed);
+    }
     Telemetry { provider }
+}
+
+static TRACES_EXPORTED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Whether the process's subscriber exports traces (`--otlp-endpoint`): only then is a
+/// caller's trace context worth reading (without it, a span's parent goes nowhere).
+pub fn traces_exported() -> bool {
+    TRACES_EXPORTED.load(std::sync::atomic::Ordering::Relaxed)
 }
 
 fn tracer_provider(endpoint: &str) -> Option<SdkTracerProvider> {

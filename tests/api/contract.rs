@@ -81,6 +81,11 @@ async fn requests_of_the_wrong_shape_are_invalid_argument_and_run_no_sql() {
 
 /// Sends raw bytes as the request message and returns the status.
 async fn send_raw(app: &TestServer, message: Vec<u8>) -> tonic::Status {
+    send_raw_to(app, "/agentauth.v1.AgentAuth/Authenticate", message).await
+}
+
+/// [`send_raw`] to any path.
+async fn send_raw_to(app: &TestServer, path: &'static str, message: Vec<u8>) -> tonic::Status {
     #[derive(Clone, Default)]
     struct Raw;
     struct RawEncoder;
@@ -114,9 +119,7 @@ async fn send_raw(app: &TestServer, message: Vec<u8>) -> tonic::Status {
     }
     let mut grpc = tonic::client::Grpc::new(app.channel().await);
     grpc.ready().await.unwrap();
-    let path = tonic::codegen::http::uri::PathAndQuery::from_static(
-        "/agentauth.v1.AgentAuth/Authenticate",
-    );
+    let path = tonic::codegen::http::uri::PathAndQuery::from_static(path);
     match grpc.unary(tonic::Request::new(message), path, Raw).await {
         Ok(_) => panic!("raw message was accepted"),
         Err(status) => status,
@@ -142,6 +145,29 @@ async fn a_message_that_does_not_decode_is_invalid_argument_not_internal() {
             "{case}"
         );
     }
+}
+
+#[tokio::test]
+async fn unknown_services_and_methods_are_unimplemented_and_run_no_sql() {
+    let db = TestDb::migrated().await;
+    let app = TestServer::in_process(&db, |_| {}).await;
+    for path in [
+        "/agentauth.v1.AgentAuth/Authorize",
+        "/agentauth.v1.AgentAuth/",
+        "/agentauth.v1.AgentAuth",
+        "/no.such.Service/Authenticate",
+        "/grpc.health.v1.Health/Nope",
+        "/",
+    ] {
+        let status = send_raw_to(&app, path, Vec::new()).await;
+        assert_eq!(status.code(), Code::Unimplemented, "{path}: {status:?}");
+    }
+    // The services are still served beside them.
+    assert!(matches!(
+        agent_auth::client::is_serving(&app.grpc_url, "", Duration::from_secs(2)).await,
+        Ok(true)
+    ));
+    assert_eq!(db.resolver_statements().await, 0);
 }
 
 #[tokio::test]

@@ -18,6 +18,7 @@ use tonic::{Request, Response, Status};
 use crate::auth::{AuthRequest, Authenticated, Authenticator, Evidence};
 use crate::identity::Cloud;
 use crate::limit::Limiter;
+use crate::store::resolve::uuid_text;
 
 #[allow(clippy::all, clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 pub mod pb {
@@ -168,13 +169,6 @@ fn into_response(authenticated: Authenticated) -> pb::AuthenticateResponse {
             Cloud::Azure => pb::Cloud::Azure,
         } as i32,
     }
-}
-
-/// A UUID's canonical text, written directly (not through `fmt`: four a login).
-fn uuid_text(id: uuid::Uuid) -> String {
-    id.hyphenated()
-        .encode_lower(&mut uuid::Uuid::encode_buffer())
-        .to_owned()
 }
 
 /// Reads the `grpc-timeout` header.

@@ -69,11 +69,16 @@ pub struct SessionToken(Uuid);
 impl SessionToken {
     /// The canonical UUID text, for the one place that hands it to the caller.
     pub(crate) fn expose(&self) -> String {
-        self.0
-            .hyphenated()
-            .encode_lower(&mut Uuid::encode_buffer())
-            .to_owned()
+        uuid_text(self.0)
     }
+}
+
+/// A UUID's canonical text, written directly (not through `fmt`): the token and the ids a
+/// login answers with.
+pub fn uuid_text(id: Uuid) -> String {
+    id.hyphenated()
+        .encode_lower(&mut Uuid::encode_buffer())
+        .to_owned()
 }
 
 /// An agent that may be authenticated for the instance.

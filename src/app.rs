@@ -279,6 +279,10 @@ impl App {
             http: http_listener.as_ref().and_then(|l| l.local_addr().ok()),
         };
         let caps = Caps::new(config.connections);
+        let sampler = listen::budget::spawn_sampler(vec![
+            ("agent", caps.agent_registry.clone()),
+            ("admin", caps.admin_registry.clone()),
+        ]);
         let limiter = Limiter::new(config.max_concurrent_requests);
         let store = auth.store().clone();
         let draining = Arc::new(AtomicBool::new(false));
@@ -325,6 +329,7 @@ impl App {
         let _ = prober.await;
         let result = drain(grpc_task, admin_task, http_task, config.shutdown_grace).await;
         reloader.abort();
+        sampler.abort();
         store.close();
         if let Some(file) = socket_file {
             file.remove();
@@ -356,32 +361,40 @@ struct Caps {
 }
 
 impl Caps {
-    /// Sizes the caps from the settings and what the process may open, and says so once.
+    /// Sizes the caps and the memory budgets from the settings and what the process may open,
+    /// and says so once.
     fn new(limits: listen::ConnectionLimits) -> Self {
         let open_files = crate::listen::raise_open_file_limit();
         let memory_limit = crate::listen::memory_limit();
-        let agent_cap = limits.agent_cap(open_files, memory_limit);
+        let agent_cap = limits.agent_cap(open_files);
         let per_source = limits.per_source(agent_cap);
+        let budget = listen::budget::memory_budget(limits.memory_budget, memory_limit);
+        let admin_budget = listen::budget::admin_reserve(budget, limits.admin_max_connections);
+        let agent_budget = budget - admin_budget;
+        crate::metrics::record_memory_budget("agent", agent_budget);
+        crate::metrics::record_memory_budget("admin", admin_budget);
         tracing::info!(
             open_files,
             memory_limit,
+            memory_budget = budget,
+            admin_memory_reserve = admin_budget,
             grpc_and_http = agent_cap,
             per_source,
             admin = limits.admin_max_connections,
-            "connection caps"
+            "connection caps and memory budget"
         );
         Self {
             limits,
             agent_permits: Arc::new(Semaphore::new(agent_cap)),
-            agent_registry: listen::Registry::new(per_source),
+            agent_registry: listen::Registry::new(per_source, agent_budget),
             admin_permits: Arc::new(Semaphore::new(limits.admin_max_connections)),
-            admin_registry: listen::Registry::new(limits.admin_max_connections / 2),
+            admin_registry: listen::Registry::new(limits.admin_max_connections / 2, admin_budget),
             admin_idle: limits.idle_timeout.min(listen::ADMIN_IDLE_TIMEOUT),
         }
     }
 
     /// The policy of an agent-facing listener (`grpc` or `http`).
-    fn agent(&self, listener: &'static str, first_bytes: usize) -> Policy {
+    fn agent(&self, listener: &'static str, first_bytes: usize, tls: bool) -> Policy {
         Policy {
             listener,
             permits: self.agent_permits.clone(),
@@ -389,6 +402,7 @@ impl Caps {
             first_bytes,
             handshake_timeout: self.limits.handshake_timeout,
             idle_timeout: self.limits.idle_timeout,
+            connection_cost: listen::budget::connection_cost(tls),
         }
     }
 
@@ -400,6 +414,7 @@ impl Caps {
             first_bytes: 1,
             handshake_timeout: self.limits.handshake_timeout,
             idle_timeout: self.admin_idle,
+            connection_cost: listen::budget::connection_cost(false),
         }
     }
 }
@@ -435,14 +450,19 @@ fn spawn_grpc(
     >,
     stop: watch::Receiver<bool>,
 ) -> Result<(tokio::task::JoinHandle<()>, Option<SocketFile>), AppError> {
+    let max_message = caps.limits.max_message_bytes;
     let router = grpc::routes::Routes::new(
-        service.into_server(caps.limits.max_message_bytes),
-        health,
-        reflection().build_v1()?,
-        reflection().build_v1alpha()?,
+        service.into_server(max_message),
+        health.max_decoding_message_size(max_message),
+        reflection()
+            .build_v1()?
+            .max_decoding_message_size(max_message),
+        reflection()
+            .build_v1alpha()?
+            .max_decoding_message_size(max_message),
     );
+    let policy = caps.agent("grpc", listen::HTTP2_PREFACE_BYTES, tls.is_some());
     let protocol = listen::Protocol::http2(&caps.limits, tls);
-    let policy = caps.agent("grpc", listen::HTTP2_PREFACE_BYTES);
     Ok(match listener {
         GrpcListener::Tcp(listener) => (
             tokio::spawn(listen::serve(
@@ -488,7 +508,7 @@ fn spawn_http(
     stop: watch::Receiver<bool>,
 ) -> tokio::task::JoinHandle<()> {
     tokio::spawn(listen::serve(
-        listen::incoming(listener, caps.agent("http", 1)),
+        listen::incoming(listener, caps.agent("http", 1, false)),
         listen::Protocol::http1(&caps.limits, caps.limits.idle_timeout),
         router,
         stopped(stop),

@@ -23,6 +23,9 @@ pub const CONNECTIONS_OPEN: &str = "agent_auth_connections_open";
 pub const CONNECTIONS_REFUSED: &str = "agent_auth_connections_refused_total";
 pub const CONNECTION_TIMEOUTS: &str = "agent_auth_connection_timeouts_total";
 pub const CONNECTIONS_EVICTED: &str = "agent_auth_connections_evicted_total";
+pub const MEMORY_BUDGET: &str = "agent_auth_memory_budget_bytes";
+pub const MEMORY_REFUSED: &str = "agent_auth_memory_refused_total";
+pub const MEMORY_IN_USE: &str = "agent_auth_memory_in_use_bytes";
 pub const INSTANCE_CONFLICTS: &str = "agent_auth_instance_conflicts_total";
 pub const TRUST_RELOADS: &str = "agent_auth_trust_reloads_total";
 pub const TRUST_REFRESH_FAILURES: &str = "agent_auth_trust_refresh_failures_total";
@@ -184,6 +187,20 @@ fn describe() {
         CONNECTIONS_EVICTED,
         "Connections closed gracefully to make room for a new one (the cap was reached; it was the idlest), by listener."
     );
+    describe_gauge!(
+        MEMORY_BUDGET,
+        Unit::Bytes,
+        "The memory budget of what peers hold (--memory-budget), by pool (agent: gRPC and agent HTTP; admin: its reserve)."
+    );
+    describe_gauge!(
+        MEMORY_IN_USE,
+        Unit::Bytes,
+        "What peers hold of the memory budget now (sampled every second), by pool."
+    );
+    describe_counter!(
+        MEMORY_REFUSED,
+        "Work refused at once because the memory budget was spent (a connection was closed to make room), by what: connection, request, body."
+    );
     describe_counter!(
         CONNECTION_TIMEOUTS,
         "Connections closed by a timeout, by listener and timeout (handshake, idle)."
@@ -228,6 +245,21 @@ pub fn record_connection_refused(listener: &'static str) {
 /// One connection asked to close to make room on `listener`.
 pub fn record_connection_evicted(listener: &'static str) {
     metrics::counter!(CONNECTIONS_EVICTED, "listener" => listener).increment(1);
+}
+
+/// The memory budget of `pool` (agent, admin), in bytes.
+pub fn record_memory_budget(pool: &'static str, bytes: u64) {
+    metrics::gauge!(MEMORY_BUDGET, "pool" => pool).set(bytes as f64);
+}
+
+/// What `pool` holds of its memory budget now, in bytes.
+pub fn record_memory_in_use(pool: &'static str, bytes: u64) {
+    metrics::gauge!(MEMORY_IN_USE, "pool" => pool).set(bytes as f64);
+}
+
+/// One `what` (connection, request, body) refused because the memory budget was spent.
+pub fn record_memory_refused(what: &'static str) {
+    metrics::counter!(MEMORY_REFUSED, "what" => what).increment(1);
 }
 
 /// One connection closed by its `timeout` (handshake, idle).
@@ -295,6 +327,9 @@ fn export_zeros() {
     metrics::counter!(DB_CONNECTIONS_SILENT).absolute(0);
     for result in ["ok", "error"] {
         metrics::counter!(TRUST_RELOADS, "result" => result).absolute(0);
+    }
+    for what in ["connection", "request", "body"] {
+        metrics::counter!(MEMORY_REFUSED, "what" => what).absolute(0);
     }
     for listener in ["grpc", "http", "admin"] {
         metrics::gauge!(CONNECTIONS_OPEN, "listener" => listener).set(0.0);

@@ -42,6 +42,7 @@ via_text!(
     NonEmpty,
     OnError,
     Pooler,
+    Size,
 );
 
 /// A duration longer than zero, written like `500ms`, `2s` or `1m`.
@@ -69,6 +70,36 @@ impl fmt::Display for Span {
 impl From<Span> for Duration {
     fn from(span: Span) -> Duration {
         span.0
+    }
+}
+
+/// An amount of memory, written like `96MiB`, `1GiB` or a number of bytes; at least 16 MiB
+/// (the one such setting is `--memory-budget`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Size(pub u64);
+
+impl FromStr for Size {
+    type Err = String;
+    fn from_str(text: &str) -> Result<Self, String> {
+        let size: bytesize::ByteSize = text
+            .trim()
+            .parse()
+            .map_err(|e| format!("{e} (use a size such as 96MiB or 1GiB)"))?;
+        if size.as_u64() < crate::listen::budget::MIN_BUDGET {
+            return Err(format!("{text:?} is less than 16MiB"));
+        }
+        Ok(Self(size.as_u64()))
+    }
+}
+
+impl fmt::Display for Size {
+    /// In the largest binary unit that divides it (`96MiB`), else in bytes: read back exactly.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        const UNITS: [(u64, &str); 3] = [(1 << 30, "GiB"), (1 << 20, "MiB"), (1 << 10, "KiB")];
+        match UNITS.iter().find(|(unit, _)| self.0.is_multiple_of(*unit)) {
+            Some((unit, name)) => write!(f, "{}{name}", self.0 / unit),
+            None => write!(f, "{}", self.0),
+        }
     }
 }
 

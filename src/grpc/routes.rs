@@ -12,11 +12,30 @@ use std::future::Future;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
+use http_body_util::BodyExt as _;
 use tonic::body::Body;
 use tonic::codegen::{BoxFuture, http};
 use tonic::server::NamedService;
 
 use super::damaged_frames_are_malformed;
+use crate::listen::BodyError;
+
+/// A request body as the generated services read it: the listener's, with its refusals as
+/// statuses.
+pub type RequestBody = http_body_util::combinators::MapErr<
+    crate::listen::Body,
+    fn(BodyError) -> tonic::codegen::StdError,
+>;
+
+/// The listener's body errors as tonic takes them: a status it answers as it is, or the
+/// transport's own error (tonic maps it as it always did).
+fn body_error(error: BodyError) -> tonic::codegen::StdError {
+    match error {
+        BodyError::Spent => Box::new(tonic::Status::resource_exhausted(error.to_string())),
+        BodyError::TooLarge { .. } => Box::new(tonic::Status::out_of_range(error.to_string())),
+        BodyError::Transport(error) => Box::new(error),
+    }
+}
 
 /// What every generated service returns.
 type Answer = Result<http::Response<Body>, Infallible>;
@@ -69,12 +88,12 @@ impl<S, B> Generated<B> for S where
 {
 }
 
-impl<A, H, R1, R2, B> tower::Service<http::Request<B>> for Routes<A, H, R1, R2>
+impl<A, H, R1, R2> tower::Service<http::Request<crate::listen::Body>> for Routes<A, H, R1, R2>
 where
-    A: Generated<B>,
-    H: Generated<B>,
-    R1: Generated<B>,
-    R2: Generated<B>,
+    A: Generated<RequestBody>,
+    H: Generated<RequestBody>,
+    R1: Generated<RequestBody>,
+    R2: Generated<RequestBody>,
 {
     type Response = http::Response<Body>;
     type Error = Infallible;
@@ -86,7 +105,8 @@ where
         Poll::Ready(Ok(()))
     }
 
-    fn call(&mut self, request: http::Request<B>) -> RoutesFuture {
+    fn call(&mut self, request: http::Request<crate::listen::Body>) -> RoutesFuture {
+        let request = request.map(|body| body.map_err(body_error as fn(_) -> _));
         let service = service_of(request.uri().path());
         RoutesFuture(match service {
             Some(name) if name == A::NAME => self.auth.call(request),

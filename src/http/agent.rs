@@ -153,6 +153,13 @@ async fn handle<B: for<'de> Deserialize<'de>>(
     let body = match tokio::time::timeout(state.body_read_timeout, read).await {
         Ok(Ok(body)) => body,
         Ok(Err(e)) if is_length_limit(&e) => return close_after(too_large()),
+        Ok(Err(e)) if is_budget_spent(&e) => {
+            return close_after(with_retry_after(error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "The server is out of memory for new requests; retry.".into(),
+                String::new(),
+            )));
+        }
         Ok(Err(e)) => {
             return error(
                 StatusCode::BAD_REQUEST,
@@ -195,9 +202,24 @@ async fn handle<B: for<'de> Deserialize<'de>>(
 
 /// Whether reading the body stopped at the size limit (a chunked body over it).
 fn is_length_limit(e: &axum::Error) -> bool {
+    caused_by(e, |cause| cause.is::<http_body_util::LengthLimitError>())
+}
+
+/// Whether reading the body stopped because the memory budget was spent.
+fn is_budget_spent(e: &axum::Error) -> bool {
+    caused_by(e, |cause| {
+        matches!(
+            cause.downcast_ref::<crate::listen::BodyError>(),
+            Some(crate::listen::BodyError::Spent)
+        )
+    })
+}
+
+/// Whether `e` or any of its causes is `what`.
+fn caused_by(e: &axum::Error, what: impl Fn(&(dyn std::error::Error + 'static)) -> bool) -> bool {
     let mut source: Option<&(dyn std::error::Error + 'static)> = Some(e);
     while let Some(cause) = source {
-        if cause.is::<http_body_util::LengthLimitError>() {
+        if what(cause) {
             return true;
         }
         source = cause.source();

@@ -6,11 +6,16 @@
 //!   the container's memory limit holds ([`ConnectionLimits::agent_cap`]);
 //! - a **per-source share** of the cap: one client address never holds more than
 //!   `--max-connections-per-source` of it;
-//! - **the idlest connection makes room**: with the cap reached, the connection that has gone
-//!   longest without a request (and has none open) is closed gracefully (HTTP/2 GOAWAY) and
-//!   the newcomer takes its place, so a fresh caller, a probe or a scrape always gets in while
-//!   others merely hold connections; only when every connection is busy is a newcomer closed
-//!   at once;
+//! - a **memory budget** ([`budget`]): a connection, a request and the bytes of a message or
+//!   body received so far are each charged before they are held; the admin listener has a
+//!   budget of its own;
+//! - **the idlest connection makes room**: with the cap reached (or the budget spent), the
+//!   connection that has gone longest without a request (or holds the most memory) and has no
+//!   request being worked on is closed (gracefully, HTTP/2 GOAWAY, unless requests are still
+//!   arriving on it) and the newcomer takes its place, so a fresh caller, a probe or a scrape
+//!   always gets in while others merely hold connections or send requests slowly; the newcomer
+//!   itself is never the one chosen; only when every connection is being worked on is a
+//!   newcomer closed at once;
 //! - **accept errors back off** (5 ms doubling to 1 s) instead of spinning, with at most one
 //!   warning every 10 s;
 //! - every connection is wrapped in [`Guarded`]: it must read its first bytes (the whole
@@ -57,13 +62,6 @@ pub const MAX_PENDING_ACCEPT_RESET_STREAMS: usize = 1000;
 /// The default cap never exceeds this, however high the open-file limit.
 const MAX_DEFAULT_CONNECTIONS: u64 = 16_384;
 
-/// What one open connection may cost in memory at most, for the default cap: an idle HTTP/2
-/// connection measured about 33 KiB (h2 and hyper state, buffers); the rest is headroom for
-/// a request in flight (test `review::an_idle_connection_costs_less_than_its_memory_budget`).
-pub const CONNECTION_MEMORY_BUDGET: u64 = 64 * 1024;
-/// Memory kept for everything but connections when the default cap is derived from a memory
-/// limit: the process at rest, trust material, the database connections, requests in flight.
-const RESERVED_MEMORY: u64 = 96 * 1024 * 1024;
 /// The admin listener's idle timeout at most: probes and scrapes need no long-lived
 /// connection.
 pub const ADMIN_IDLE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -79,7 +77,7 @@ const EVICTION_WAITERS: usize = 32;
 pub struct ConnectionLimits {
     pub handshake_timeout: Duration,
     pub idle_timeout: Duration,
-    /// gRPC and agent HTTP together; `None`: derived from the open-file and memory limits.
+    /// gRPC and agent HTTP together; `None`: derived from the open-file limit.
     pub max_connections: Option<usize>,
     /// One client address's share of the gRPC + HTTP cap; `None`: a quarter of the cap.
     pub max_connections_per_source: Option<usize>,
@@ -91,22 +89,19 @@ pub struct ConnectionLimits {
     pub max_concurrent_streams: u32,
     pub keepalive_interval: Duration,
     pub keepalive_timeout: Duration,
+    /// `--memory-budget`; `None`: half the container's memory limit, else 128 MiB.
+    pub memory_budget: Option<u64>,
 }
 
 impl ConnectionLimits {
     /// The gRPC + HTTP cap: the configured one, else the open-file limit less the admin cap and
-    /// a reserve, and no more than the memory limit (if any) holds at
-    /// [`CONNECTION_MEMORY_BUDGET`] each after [`RESERVED_MEMORY`]; between 16 and 16,384.
-    pub fn agent_cap(&self, open_files: u64, memory_limit: Option<u64>) -> usize {
+    /// a reserve, between 16 and 16,384. Memory is the budget's business ([`budget`]).
+    pub fn agent_cap(&self, open_files: u64) -> usize {
         self.max_connections.unwrap_or_else(|| {
             let by_files = open_files
                 .saturating_sub(RESERVED_DESCRIPTORS)
                 .saturating_sub(self.admin_max_connections as u64);
-            let by_memory = memory_limit.map_or(u64::MAX, |limit| {
-                limit.saturating_sub(RESERVED_MEMORY) / CONNECTION_MEMORY_BUDGET
-            });
-            usize::try_from(by_files.min(by_memory).clamp(16, MAX_DEFAULT_CONNECTIONS))
-                .unwrap_or(16)
+            usize::try_from(by_files.clamp(16, MAX_DEFAULT_CONNECTIONS)).unwrap_or(16)
         })
     }
 
@@ -153,8 +148,11 @@ pub fn raise_open_file_limit() -> u64 {
     }
 }
 
+mod body;
+pub mod budget;
 mod serve;
 
+pub use body::{Body, BodyError, Framing};
 pub use serve::{Protocol, serve};
 
 /// Connections of one listener: how many at most, per source, and each one's timeouts.
@@ -169,6 +167,8 @@ pub struct Policy {
     pub first_bytes: usize,
     pub handshake_timeout: Duration,
     pub idle_timeout: Duration,
+    /// What each connection is charged of the budget ([`budget::connection_cost`]).
+    pub connection_cost: u64,
 }
 
 /// A listener we accept from.
@@ -200,6 +200,11 @@ impl Listener for UnixListener {
 pub struct Activity {
     /// Requests started and not yet answered.
     open_requests: AtomicUsize,
+    /// Of those, requests whose first message or body is still arriving ([`Body`]): not yet
+    /// worked on, so they do not keep the connection from being closed to make room.
+    receiving: AtomicUsize,
+    /// Bytes of the memory budget this connection holds (its own, its requests', their bodies').
+    held: AtomicU64,
     /// A request has started on it: a connection that never made one goes first when room is
     /// needed (a flood of bare connections evicts itself, not the callers).
     served: AtomicBool,
@@ -212,6 +217,9 @@ pub struct Activity {
     /// Asked to close to make room (the cap was reached and it was the idlest).
     evicted: tokio::sync::Notify,
     evicting: AtomicBool,
+    /// Evicted while requests were still arriving on it: dropped at once, not told goodbye
+    /// (its memory is what a newcomer waits for).
+    abrupt: AtomicBool,
 }
 
 /// The instant [`Activity`] times count from.
@@ -250,6 +258,18 @@ impl Activity {
         self.greeted.load(Ordering::Acquire)
     }
 
+    /// Requests being worked on: started, received whole, not yet answered.
+    fn working(&self) -> usize {
+        self.open_requests
+            .load(Ordering::Acquire)
+            .saturating_sub(self.receiving.load(Ordering::Acquire))
+    }
+
+    /// Whether it was evicted to be dropped at once rather than told goodbye.
+    fn abrupt(&self) -> bool {
+        self.abrupt.load(Ordering::Acquire)
+    }
+
     /// Resolves once the connection was asked to make room.
     async fn evicted(&self) {
         self.evicted.notified().await;
@@ -266,13 +286,15 @@ impl Drop for RequestGuard {
     }
 }
 
-/// The open connections of the listeners that share one cap: who holds how many per source,
-/// and which is the idlest.
+/// The open connections of the listeners that share one cap and one memory budget: who holds
+/// how many per source, which is the idlest, which holds the most.
 pub struct Registry {
     inner: std::sync::Mutex<Members>,
     per_source: usize,
     /// Newcomers waiting for an evicted connection's place.
     waiters: Arc<Semaphore>,
+    /// What these connections, their requests and bodies may hold.
+    pub budget: budget::Budget,
 }
 
 #[derive(Default)]
@@ -280,6 +302,16 @@ struct Members {
     next: u64,
     open: HashMap<u64, (Option<IpAddr>, Arc<Activity>)>,
     by_source: HashMap<IpAddr, usize>,
+}
+
+/// What room is needed for: a place under the cap, or memory.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Pressure {
+    /// The idlest goes: one that never made a request (nor sent its preface) first, else the
+    /// one that has gone longest without a request starting or ending.
+    Places,
+    /// The one holding the most memory goes (then the idlest among equals).
+    Memory,
 }
 
 /// A connection's place in its [`Registry`], left when dropped.
@@ -310,25 +342,27 @@ impl Drop for Membership {
 }
 
 impl Registry {
-    /// Connections at most `per_source` from one address.
-    pub fn new(per_source: usize) -> Arc<Self> {
+    /// Connections at most `per_source` from one address, all of them holding at most
+    /// `budget` bytes.
+    pub fn new(per_source: usize, budget: u64) -> Arc<Self> {
         Arc::new(Self {
             inner: std::sync::Mutex::new(Members::default()),
             per_source: per_source.max(1),
             waiters: Arc::new(Semaphore::new(EVICTION_WAITERS)),
+            budget: budget::Budget::new(budget),
         })
     }
 
     /// Admits a connection from `source`. A source holding its share already makes room
     /// among its own connections (its idlest is asked to close), or is refused when all of
-    /// them are busy.
+    /// them are being worked on.
     fn admit(self: &Arc<Self>, source: Option<IpAddr>) -> Option<Membership> {
         let mut members = self.inner.lock().ok()?;
         let mut made_room = false;
         if let Some(source) = source {
             let count = members.by_source.get(&source).copied().unwrap_or(0);
             if count >= self.per_source {
-                if !members.evict_idlest(Some(source)) {
+                if !members.evict(Pressure::Places, Some(source), None) {
                     return None;
                 }
                 made_room = true;
@@ -348,37 +382,48 @@ impl Registry {
         })
     }
 
-    /// Asks a connection with no request open to close: one that never made a request first
-    /// (and among those, one that never even sent its preface), else the one idle longest;
-    /// false if every one is busy or already closing.
-    fn evict_idlest(&self) -> bool {
+    /// Asks a connection other than `newcomer` to close to make room under `pressure`; false
+    /// if every other one is being worked on or already closing.
+    fn make_room(&self, pressure: Pressure, newcomer: Option<u64>) -> bool {
         self.inner
             .lock()
-            .map(|members| members.evict_idlest(None))
+            .map(|members| members.evict(pressure, None, newcomer))
             .unwrap_or(false)
+    }
+
+    /// The budget is spent: the connection holding the most memory, with no request being
+    /// worked on, is closed (at once if requests are still arriving on it).
+    pub fn make_room_for_memory(&self) -> bool {
+        self.make_room(Pressure::Memory, None)
     }
 }
 
 impl Members {
-    /// [`Registry::evict_idlest`] among all connections, or those of `source` only.
-    fn evict_idlest(&self, source: Option<IpAddr>) -> bool {
-        let idlest = self
+    /// Asks one connection to close under `pressure`, among all or those of `source` only,
+    /// never `except`: only one with no request being worked on and not already closing.
+    fn evict(&self, pressure: Pressure, source: Option<IpAddr>, except: Option<u64>) -> bool {
+        let idlest = |a: &Activity| {
+            (
+                a.served.load(Ordering::Acquire),
+                a.greeted.load(Ordering::Acquire),
+                a.last_request_ms.load(Ordering::Acquire),
+            )
+        };
+        let chosen = self
             .open
-            .values()
-            .filter(|(from, _)| source.is_none() || *from == source)
-            .map(|(_, activity)| activity)
-            .filter(|a| {
-                a.open_requests.load(Ordering::Acquire) == 0 && !a.evicting.load(Ordering::Acquire)
-            })
-            .min_by_key(|a| {
-                (
-                    a.served.load(Ordering::Acquire),
-                    a.greeted.load(Ordering::Acquire),
-                    a.last_request_ms.load(Ordering::Acquire),
-                )
+            .iter()
+            .filter(|(id, (from, _))| Some(**id) != except && (source.is_none() || *from == source))
+            .map(|(_, (_, activity))| activity)
+            .filter(|a| a.working() == 0 && !a.evicting.load(Ordering::Acquire))
+            .min_by_key(|a| match pressure {
+                Pressure::Places => (0, idlest(a)),
+                Pressure::Memory => (u64::MAX - a.held.load(Ordering::Acquire), idlest(a)),
             });
-        match idlest {
+        match chosen {
             Some(activity) => {
+                if activity.receiving.load(Ordering::Acquire) > 0 {
+                    activity.abrupt.store(true, Ordering::Release);
+                }
                 activity.evicting.store(true, Ordering::Release);
                 activity.evicted.notify_one();
                 true
@@ -408,14 +453,19 @@ pub fn incoming<L: Listener>(listener: L, policy: Policy) -> ReceiverStream<Guar
                         crate::metrics::record_connection_refused(policy.listener);
                         continue;
                     };
-                    match policy.permits.clone().try_acquire_owned() {
-                        Ok(permit) => {
-                            let guarded = Guarded::new(io, permit, membership, &policy);
+                    let permit = policy.permits.clone().try_acquire_owned().ok();
+                    let charge = policy
+                        .registry
+                        .budget
+                        .try_charge(&membership.activity, policy.connection_cost);
+                    match (permit, charge) {
+                        (Some(permit), Some(charge)) => {
+                            let guarded = Guarded::new(io, permit, charge, membership, &policy);
                             if tx.send(guarded).await.is_err() {
                                 return;
                             }
                         }
-                        Err(_) => make_room(io, membership, &policy, &tx),
+                        (permit, charge) => make_room(io, membership, permit, charge, &policy, &tx),
                     }
                 }
                 Err(error) => {
@@ -437,31 +487,64 @@ pub fn incoming<L: Listener>(listener: L, policy: Policy) -> ReceiverStream<Guar
     ReceiverStream::new(rx)
 }
 
-/// Over the cap: the idlest connection is asked to close and the newcomer waits (a moment, in
-/// a task of its own) for its place; with none idle, or too many waiting, it is closed at once.
+/// Over the cap or the budget: another connection is asked to close (the idlest, or the one
+/// holding the most memory) and the newcomer waits (a moment, in a task of its own) for its
+/// place and its memory; with none to close, or too many waiting, it is closed at once.
 fn make_room<Io: AsyncRead + AsyncWrite + Unpin + Send + 'static>(
     io: Io,
     membership: Membership,
+    permit: Option<OwnedSemaphorePermit>,
+    charge: Option<budget::Charge>,
     policy: &Policy,
     tx: &mpsc::Sender<Guarded<Io>>,
 ) {
-    let Ok(waiter) = policy.registry.waiters.clone().try_acquire_owned() else {
+    let refuse = |what| {
         crate::metrics::record_connection_refused(policy.listener);
-        return;
+        if what == "memory" {
+            crate::metrics::record_memory_refused("connection");
+        }
     };
-    // Room is made once per newcomer: by its own source's idlest, else by the idlest of all.
-    if !membership.made_room && !policy.registry.evict_idlest() {
-        crate::metrics::record_connection_refused(policy.listener);
-        return;
+    let Ok(waiter) = policy.registry.waiters.clone().try_acquire_owned() else {
+        return refuse(if charge.is_none() { "memory" } else { "place" });
+    };
+    let registry = &policy.registry;
+    // Room is made once per newcomer and need: a place by its own source's idlest, else by
+    // the idlest of all; memory by the one holding the most. Never by the newcomer itself.
+    if permit.is_none()
+        && !membership.made_room
+        && !registry.make_room(Pressure::Places, Some(membership.id))
+    {
+        return refuse("place");
+    }
+    if charge.is_none() && !registry.make_room(Pressure::Memory, Some(membership.id)) {
+        return refuse("memory");
     }
     let (policy, tx) = (policy.clone(), tx.clone());
     tokio::spawn(async move {
         let _waiter = waiter;
-        let permit =
-            tokio::time::timeout(EVICTION_WAIT, policy.permits.clone().acquire_owned()).await;
-        match permit {
-            Ok(Ok(permit)) => {
-                let _ = tx.send(Guarded::new(io, permit, membership, &policy)).await;
+        let room = tokio::time::timeout(EVICTION_WAIT, async {
+            let permit = match permit {
+                Some(permit) => permit,
+                None => policy.permits.clone().acquire_owned().await.ok()?,
+            };
+            let charge = match charge {
+                Some(charge) => charge,
+                None => {
+                    policy
+                        .registry
+                        .budget
+                        .charge(&membership.activity, policy.connection_cost)
+                        .await?
+                }
+            };
+            Some((permit, charge))
+        })
+        .await;
+        match room {
+            Ok(Some((permit, charge))) => {
+                let _ = tx
+                    .send(Guarded::new(io, permit, charge, membership, &policy))
+                    .await;
             }
             _ => crate::metrics::record_connection_refused(policy.listener),
         }
@@ -473,6 +556,7 @@ fn make_room<Io: AsyncRead + AsyncWrite + Unpin + Send + 'static>(
 pub struct Guarded<T> {
     inner: T,
     _permit: OwnedSemaphorePermit,
+    _charge: budget::Charge,
     membership: Membership,
     listener: &'static str,
     /// Bytes still to read before the handshake deadline is lifted.
@@ -487,6 +571,7 @@ impl<T> Guarded<T> {
     fn new(
         inner: T,
         permit: OwnedSemaphorePermit,
+        charge: budget::Charge,
         membership: Membership,
         policy: &Policy,
     ) -> Self {
@@ -495,6 +580,7 @@ impl<T> Guarded<T> {
         Self {
             inner,
             _permit: permit,
+            _charge: charge,
             membership,
             listener: policy.listener,
             first_bytes: policy.first_bytes,
@@ -510,6 +596,11 @@ impl<T> Guarded<T> {
     /// What the connection's requests do, for [`serve`].
     pub fn activity(&self) -> Arc<Activity> {
         Arc::clone(&self.membership.activity)
+    }
+
+    /// The registry it belongs to, whose budget its requests are charged to.
+    fn registry(&self) -> Arc<Registry> {
+        Arc::clone(&self.membership.registry)
     }
     /// The inner stream is waiting: `Pending`, or the error of a deadline that passed.
     fn waiting<R>(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<R>> {
@@ -654,31 +745,27 @@ mod tests {
             max_concurrent_streams: 100,
             keepalive_interval: Duration::from_secs(30),
             keepalive_timeout: Duration::from_secs(10),
+            memory_budget: None,
         }
     }
 
     #[test]
-    fn the_default_cap_stays_below_the_open_file_and_memory_limits() {
-        assert_eq!(limits().agent_cap(1024, None), 1024 - 256 - 64);
-        assert_eq!(limits().agent_cap(1_048_576, None), 16_384);
-        assert_eq!(limits().agent_cap(100, None), 16);
-        // The manifests' 256 MiB and 128 MiB: (limit - 96 MiB) / 64 KiB.
-        let mib = 1024 * 1024;
-        assert_eq!(limits().agent_cap(1_048_576, Some(256 * mib)), 2_560);
-        assert_eq!(limits().agent_cap(1_048_576, Some(128 * mib)), 512);
-        assert_eq!(limits().agent_cap(1_048_576, Some(64 * mib)), 16);
+    fn the_default_cap_stays_below_the_open_file_limit() {
+        assert_eq!(limits().agent_cap(1024), 1024 - 256 - 64);
+        assert_eq!(limits().agent_cap(1_048_576), 16_384);
+        assert_eq!(limits().agent_cap(100), 16);
         let fixed = ConnectionLimits {
             max_connections: Some(7),
             ..limits()
         };
-        assert_eq!(fixed.agent_cap(1024, Some(mib)), 7);
+        assert_eq!(fixed.agent_cap(1024), 7);
         assert_eq!(limits().per_source(2_560), 640);
         assert_eq!(limits().per_source(16), 16);
     }
 
     #[test]
     fn the_idlest_connection_without_a_request_is_evicted_and_a_source_keeps_its_share() {
-        let registry = Registry::new(2);
+        let registry = Registry::new(2, 1 << 20);
         let source: IpAddr = [10, 0, 0, 1].into();
         let first = registry.admit(Some(source)).unwrap();
         let second = registry.admit(Some(source)).unwrap();
@@ -699,9 +786,65 @@ mod tests {
         assert!(!first.activity.evicting.load(Ordering::Acquire));
         drop(second);
         // Among all: the busy one stays, the one that never made a request goes first.
-        assert!(registry.evict_idlest());
+        assert!(registry.make_room(Pressure::Places, None));
         assert!(!first.activity.evicting.load(Ordering::Acquire));
         assert!(third.activity.evicting.load(Ordering::Acquire));
         drop(busy.0);
+    }
+
+    /// The third review's finding 1: with the cap full of connections that had sent their
+    /// preface (or made a request once), the newcomer, which has sent nothing yet, was always
+    /// the idlest and evicted itself.
+    #[test]
+    fn the_newcomer_is_never_the_one_that_makes_room() {
+        let registry = Registry::new(100, 1 << 20);
+        let held: Vec<_> = (1..=4u8)
+            .map(|last| {
+                let membership = registry.admit(Some([10, 0, 0, last].into())).unwrap();
+                membership.activity.greeted.store(true, Ordering::Release);
+                membership
+            })
+            .collect();
+        let newcomer = registry.admit(Some([10, 0, 0, 9].into())).unwrap();
+        assert!(registry.make_room(Pressure::Places, Some(newcomer.id)));
+        assert!(!newcomer.activity.evicting.load(Ordering::Acquire));
+        assert_eq!(
+            held.iter()
+                .filter(|m| m.activity.evicting.load(Ordering::Acquire))
+                .count(),
+            1
+        );
+    }
+
+    #[test]
+    fn memory_is_made_by_the_connection_holding_the_most_and_never_a_worked_on_one() {
+        let registry = Registry::new(100, 1 << 20);
+        let small = registry.admit(Some([10, 0, 0, 1].into())).unwrap();
+        let large = registry.admit(Some([10, 0, 0, 2].into())).unwrap();
+        let worked = registry.admit(Some([10, 0, 0, 3].into())).unwrap();
+        let _small = registry.budget.try_charge(&small.activity, 1_000).unwrap();
+        let _large = registry
+            .budget
+            .try_charge(&large.activity, 500_000)
+            .unwrap();
+        let _worked = registry
+            .budget
+            .try_charge(&worked.activity, 900_000 - 501_000);
+        // A request that has arrived whole is worked on: its connection is never chosen.
+        let _request = worked.activity.request();
+        // `large` has a request still arriving: closed at once, no goodbye.
+        let _arriving = large.activity.request();
+        large.activity.receiving.fetch_add(1, Ordering::AcqRel);
+        assert!(registry.make_room_for_memory());
+        assert!(large.activity.evicting.load(Ordering::Acquire));
+        assert!(large.activity.abrupt());
+        assert!(registry.make_room_for_memory());
+        assert!(small.activity.evicting.load(Ordering::Acquire));
+        assert!(!small.activity.abrupt());
+        assert!(
+            !registry.make_room_for_memory(),
+            "only the worked-on one is left"
+        );
+        assert!(!worked.activity.evicting.load(Ordering::Acquire));
     }
 }

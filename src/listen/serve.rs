@@ -10,7 +10,12 @@
 //!
 //! A connection asked to close that has not closed within [`CLOSE_GRACE`] (a request still
 //! open: GOAWAY lets streams in flight finish), or [`EVICTION_GRACE`] when evicted, is
-//! dropped.
+//! dropped; one evicted for memory while requests were still arriving on it is dropped at once.
+//!
+//! Each request is charged [`REQUEST_COST`] of the memory budget when it starts, and its body
+//! as it arrives ([`super::Body`]); with the budget spent it is refused at once
+//! (RESOURCE_EXHAUSTED on gRPC, 503 on HTTP, both retryable) and the connection holding the
+//! most memory makes room.
 
 use std::future::Future;
 use std::sync::Arc;
@@ -24,7 +29,10 @@ use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 use tokio_stream::{Stream, StreamExt as _};
 
-use super::{Activity, ConnectionLimits, Guarded, MAX_PENDING_ACCEPT_RESET_STREAMS};
+use super::budget::{self, Charge, REQUEST_COST};
+use super::{
+    Activity, Body, ConnectionLimits, Framing, Guarded, MAX_PENDING_ACCEPT_RESET_STREAMS, Registry,
+};
 
 /// How long a connection asked to close when idle may take to finish what it has in flight
 /// before it is dropped.
@@ -33,10 +41,19 @@ pub const CLOSE_GRACE: Duration = Duration::from_secs(10);
 /// newcomer waits for its place (a peer that does not answer HTTP/2's goodbye is dropped).
 pub const EVICTION_GRACE: Duration = Duration::from_secs(1);
 
+/// HTTP/2 flow control: what a peer may send on one stream, and on one connection, before the
+/// server has read it (hyper's defaults are 1 MiB each). A login is a few KiB; the windows
+/// open again as the server reads.
+const STREAM_WINDOW: u32 = 64 * 1024;
+const CONNECTION_WINDOW: u32 = 256 * 1024;
+/// What one stream may queue to send (h2's default is 400 KiB): answers are small.
+const SEND_BUFFER: usize = 64 * 1024;
+
 /// The protocol a listener speaks, with its limits, and TLS if any.
 #[derive(Clone)]
 pub struct Protocol {
     builder: auto::Builder<TokioExecutor>,
+    framing: Framing,
     tls: Option<tokio_rustls::TlsAcceptor>,
     handshake_timeout: Duration,
     idle_timeout: Duration,
@@ -44,15 +61,18 @@ pub struct Protocol {
 
 impl Protocol {
     /// HTTP/1.1 only: a request head must arrive within the header-read timeout (hyper's
-    /// timer), and a keep-alive connection is closed when idle.
+    /// timer), and a keep-alive connection is closed when idle. The read buffer stays small
+    /// ([`budget::HTTP1_READ_BUFFER`]): a body passes through it in pieces.
     pub fn http1(limits: &ConnectionLimits, idle_timeout: Duration) -> Self {
         let mut builder = auto::Builder::new(TokioExecutor::new()).http1_only();
         builder
             .http1()
             .timer(TokioTimer::new())
-            .header_read_timeout(limits.header_read_timeout);
+            .header_read_timeout(limits.header_read_timeout)
+            .max_buf_size(budget::HTTP1_READ_BUFFER);
         Self {
             builder,
+            framing: Framing::Http,
             tls: None,
             handshake_timeout: limits.handshake_timeout,
             idle_timeout,
@@ -60,7 +80,10 @@ impl Protocol {
     }
 
     /// HTTP/2 only (gRPC): keepalive pings, concurrent streams per connection, and room for
-    /// honest cancel churn under the rapid-reset guard.
+    /// honest cancel churn under the rapid-reset guard. What one connection can make the
+    /// server hold is bounded by h2 itself: the header list size, and flow control (data the
+    /// server has not read yet stays within the windows; what it has read is charged to the
+    /// budget).
     pub fn http2(limits: &ConnectionLimits, tls: Option<Arc<rustls::ServerConfig>>) -> Self {
         let mut builder = auto::Builder::new(TokioExecutor::new()).http2_only();
         builder
@@ -70,11 +93,18 @@ impl Protocol {
             .keep_alive_timeout(limits.keepalive_timeout)
             .max_concurrent_streams(Some(limits.max_concurrent_streams))
             .max_pending_accept_reset_streams(Some(MAX_PENDING_ACCEPT_RESET_STREAMS))
+            .max_header_list_size(budget::MAX_HEADER_LIST_SIZE)
+            .initial_stream_window_size(STREAM_WINDOW)
+            .initial_connection_window_size(CONNECTION_WINDOW)
+            .max_send_buf_size(SEND_BUFFER)
             // gRPC has no use for a `date` header (gRPC's own servers send none): it costs
             // every response its formatting and HPACK encoding.
             .auto_date_header(false);
         Self {
             builder,
+            framing: Framing::Grpc {
+                max_message: limits.max_message_bytes,
+            },
             tls: tls.map(tokio_rustls::TlsAcceptor::from),
             handshake_timeout: limits.handshake_timeout,
             idle_timeout: limits.idle_timeout,
@@ -86,7 +116,7 @@ impl Protocol {
 /// the gRPC listener's [`crate::grpc`] routes), cloned for each request as hyper does.
 pub trait Router:
     tower::Service<
-        http::Request<hyper::body::Incoming>,
+        http::Request<Body>,
         Response = http::Response<Self::Body>,
         Error = std::convert::Infallible,
         Future: Send + 'static,
@@ -101,7 +131,7 @@ pub trait Router:
 impl<S, B> Router for S
 where
     S: tower::Service<
-            http::Request<hyper::body::Incoming>,
+            http::Request<Body>,
             Response = http::Response<B>,
             Error = std::convert::Infallible,
             Future: Send + 'static,
@@ -170,6 +200,8 @@ async fn connection<Io, R: Router>(
     let service = hyper_util::service::TowerToHyperService::new(Tracked {
         inner: router,
         activity: Arc::clone(&activity),
+        registry: io.registry(),
+        framing: protocol.framing,
     });
     let watch = Watch {
         activity,
@@ -234,6 +266,11 @@ impl Watch {
                 }
                 _ = self.activity.evicted(), if closing.is_none() => {
                     crate::metrics::record_connection_evicted(self.listener);
+                    if self.activity.abrupt() {
+                        // Requests were still arriving on it: their memory is what the
+                        // newcomer waits for.
+                        return;
+                    }
                     closing = goodbye(&self.activity, conn.as_mut(), EVICTION_GRACE);
                     if closing.is_none() {
                         return;
@@ -266,15 +303,21 @@ fn goodbye<C: GracefulConnection>(
 }
 
 /// The router, counting each request on its connection's [`Activity`] from the call until the
-/// response is ready (or the request is abandoned).
+/// response is ready (or the request is abandoned), charging it to the memory budget, and
+/// handing it its body charged as it arrives.
 #[derive(Clone)]
 struct Tracked<R> {
     inner: R,
     activity: Arc<Activity>,
+    registry: Arc<Registry>,
+    framing: Framing,
 }
 
+/// What a listener answers: its router's response, or a refusal of ours.
+type Answer<B> = http_body_util::Either<B, http_body_util::Full<bytes::Bytes>>;
+
 impl<R: Router> tower::Service<http::Request<hyper::body::Incoming>> for Tracked<R> {
-    type Response = R::Response;
+    type Response = http::Response<Answer<R::Body>>;
     type Error = std::convert::Infallible;
     type Future = TrackedFuture<R::Future>;
 
@@ -286,33 +329,95 @@ impl<R: Router> tower::Service<http::Request<hyper::body::Incoming>> for Tracked
     }
 
     fn call(&mut self, request: http::Request<hyper::body::Incoming>) -> Self::Future {
+        let guard = self.activity.request();
+        let Some(charge) = self
+            .registry
+            .budget
+            .try_charge(&self.activity, REQUEST_COST)
+        else {
+            self.registry.make_room_for_memory();
+            crate::metrics::record_memory_refused("request");
+            return TrackedFuture {
+                response: None,
+                refused: Some(refusal(self.framing)),
+                held: None,
+            };
+        };
+        let request = request.map(|body| {
+            Body::new(
+                body,
+                self.framing,
+                Arc::clone(&self.registry),
+                Arc::clone(&self.activity),
+            )
+        });
         TrackedFuture {
-            guard: Some(self.activity.request()),
-            response: self.inner.call(request),
+            response: Some(self.inner.call(request)),
+            refused: None,
+            held: Some((guard, charge)),
+        }
+    }
+}
+
+/// The answer to a request the memory budget had no room for: retryable, and said the way each
+/// protocol says it (gRPC RESOURCE_EXHAUSTED as trailers only; HTTP 503 with `Retry-After`).
+fn refusal(framing: Framing) -> http::Response<http_body_util::Full<bytes::Bytes>> {
+    use http::header::{CONTENT_TYPE, HeaderValue, RETRY_AFTER};
+    const MESSAGE: &str = "The server is out of memory for new requests; retry.";
+    match framing {
+        Framing::Grpc { .. } => {
+            let mut response = http::Response::new(http_body_util::Full::default());
+            let headers = response.headers_mut();
+            headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/grpc"));
+            headers.insert("grpc-status", HeaderValue::from_static("8"));
+            if let Ok(message) = HeaderValue::from_str(
+                &percent_encoding::utf8_percent_encode(MESSAGE, percent_encoding::NON_ALPHANUMERIC)
+                    .to_string(),
+            ) {
+                headers.insert("grpc-message", message);
+            }
+            response
+        }
+        Framing::Http => {
+            let body = format!("{{\"message\":\"{MESSAGE}\",\"detail\":\"\"}}");
+            let mut response = http::Response::new(http_body_util::Full::new(body.into()));
+            *response.status_mut() = http::StatusCode::SERVICE_UNAVAILABLE;
+            let headers = response.headers_mut();
+            headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+            headers.insert(RETRY_AFTER, HeaderValue::from_static("1"));
+            response
         }
     }
 }
 
 pin_project_lite::pin_project! {
-    /// A request's response, holding its place in the connection's [`Activity`] until ready
-    /// (or dropped, if the request is abandoned).
+    /// A request's response, holding its place in the connection's [`Activity`] and its charge
+    /// until ready (or dropped, if the request is abandoned); or a refusal.
     struct TrackedFuture<F> {
         #[pin]
-        response: F,
-        guard: Option<super::RequestGuard>,
+        response: Option<F>,
+        refused: Option<http::Response<http_body_util::Full<bytes::Bytes>>>,
+        held: Option<(super::RequestGuard, Charge)>,
     }
 }
 
-impl<F: Future> Future for TrackedFuture<F> {
-    type Output = F::Output;
+impl<F, B> Future for TrackedFuture<F>
+where
+    F: Future<Output = Result<http::Response<B>, std::convert::Infallible>>,
+{
+    type Output = Result<http::Response<Answer<B>>, std::convert::Infallible>;
 
     fn poll(
         self: std::pin::Pin<&mut Self>,
         cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<F::Output> {
+    ) -> std::task::Poll<Self::Output> {
         let this = self.project();
-        let response = std::task::ready!(this.response.poll(cx));
-        this.guard.take();
-        std::task::Poll::Ready(response)
+        let Some(response) = this.response.as_pin_mut() else {
+            let refused = this.refused.take().unwrap_or_default();
+            return std::task::Poll::Ready(Ok(refused.map(http_body_util::Either::Right)));
+        };
+        let response = std::task::ready!(response.poll(cx));
+        this.held.take();
+        std::task::Poll::Ready(response.map(|r| r.map(http_body_util::Either::Left)))
     }
 }

@@ -6,7 +6,7 @@ use std::num::{NonZeroU32, NonZeroUsize};
 use clap::Args;
 use serde::{Deserialize, Serialize};
 
-use super::super::values::Span;
+use super::super::values::{Size, Span};
 
 /// Every listener's caps, deadlines and sizes, the request limit and the drain.
 #[derive(Clone, Args, Serialize, Deserialize)]
@@ -52,10 +52,25 @@ pub struct LimitSettings {
     )]
     pub conn_idle_timeout: Span,
 
+    /// The most memory that what peers hold may take: open connections, their requests, and
+    /// the messages and bodies received so far [default: half the container's memory limit
+    /// when one is set, else 128MiB].
+    ///
+    /// Each connection, request and received byte is charged before it is held; with the
+    /// budget spent, new work is refused at once (RESOURCE_EXHAUSTED, 503) and the connection
+    /// holding the most memory with nothing being worked on is closed to make room. The admin
+    /// listener keeps a reserve of its own out of it. At least 16MiB.
+    #[arg(
+        long,
+        env = "AGENT_AUTH_MEMORY_BUDGET",
+        help_heading = "Limits and timeouts",
+        value_name = "SIZE"
+    )]
+    pub memory_budget: Option<Size>,
+
     /// Open gRPC and agent HTTP connections together at most; over it, the idlest connection
     /// is closed gracefully to make room, or the newcomer at once when none is idle [default:
-    /// the open-file limit less 256 and the admin cap, no more than the memory limit holds at
-    /// 64 KiB a connection after 96 MiB, at most 16384].
+    /// the open-file limit less 256 and the admin cap, at most 16384].
     ///
     /// 0 also means the default.
     #[arg(
@@ -191,6 +206,7 @@ impl LimitSettings {
             max_concurrent_streams: self.grpc_max_concurrent_streams.get(),
             keepalive_interval: self.grpc_keepalive_interval.0,
             keepalive_timeout: self.grpc_keepalive_timeout.0,
+            memory_budget: self.memory_budget.map(|size| size.0),
         }
     }
 }

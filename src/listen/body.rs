@@ -3,10 +3,11 @@
 //!
 //! - **gRPC** ([`Framing::Grpc`]): a message's 5-byte prefix announces its length. One over
 //!   `--grpc-max-message-size` is refused from the prefix, for every service alike (health and
-//!   reflection included). A message whole within one frame (a login, typically) passes as it
-//!   came. One spread over several frames is assembled here, charged as it grows, and handed
-//!   on only when whole: tonic reserves a message's announced length as soon as it reads the
-//!   prefix, so it never sees a prefix before the bytes it announces are here and paid for.
+//!   reflection included). Otherwise the announced length is charged as the prefix passes, before
+//!   tonic reads it: tonic reserves exactly that much at once and fills it as the bytes come,
+//!   so the charge is what the message will hold (one allocation, nothing grown and freed).
+//!   Chunks pass as they came, with no copy. A stream's charge is its largest message (tonic
+//!   keeps a buffer that large while the stream lives).
 //! - **HTTP** ([`Framing::Http`]): each chunk is charged as it arrives and held until the body
 //!   is dropped (the handler collects it whole).
 //!
@@ -20,7 +21,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::task::{Context, Poll};
 
-use bytes::{Buf, Bytes, BytesMut};
+use bytes::Bytes;
 use http_body::{Frame, SizeHint};
 
 use super::budget::Charge;
@@ -60,11 +61,11 @@ pub struct Body {
     /// The budget's registry (to make room when it is spent) and the connection charged.
     registry: Arc<Registry>,
     activity: Arc<Activity>,
-    /// What this body holds now: the largest message assembled so far (tonic keeps a buffer
-    /// that large for the stream), or every HTTP chunk received.
+    /// What this body holds now: the largest message announced so far, or every HTTP chunk
+    /// received.
     charge: Option<Charge>,
-    /// gRPC: bytes of a message not yet whole, held back from tonic.
-    partial: BytesMut,
+    /// gRPC: where the stream stands between messages.
+    grpc: Messages,
     /// The request is still receiving its first message or its body.
     receiving: bool,
     failed: bool,
@@ -84,7 +85,7 @@ impl Body {
             registry,
             activity,
             charge: None,
-            partial: BytesMut::new(),
+            grpc: Messages::default(),
             receiving: true,
             failed: false,
         }
@@ -94,6 +95,7 @@ impl Body {
     fn received(&mut self) {
         if std::mem::take(&mut self.receiving) {
             self.activity.receiving.fetch_sub(1, Ordering::AcqRel);
+            self.activity.alive();
         }
     }
 
@@ -108,56 +110,81 @@ impl Body {
             Some(charge) => charge.try_grow(more),
             None => self
                 .registry
-                .budget
+                .requests
                 .try_charge(&self.activity, more)
                 .map(|charge| self.charge = Some(charge)),
         };
         grown.ok_or_else(|| {
-            self.registry.make_room_for_memory();
+            self.registry.make_room_for_requests();
             crate::metrics::record_memory_refused("body");
             BodyError::Spent
         })
     }
 
-    /// A gRPC chunk: what can go on to tonic now (whole messages only), if anything.
-    fn grpc(&mut self, data: Bytes, max_message: usize) -> Result<Option<Bytes>, BodyError> {
-        if self.partial.is_empty() {
-            let whole = whole_messages(&data, max_message)?;
-            if whole == data.len() {
-                self.received();
-                return Ok(Some(data));
-            }
+    /// A gRPC chunk, on its way to tonic: every prefix in it is judged and its message charged
+    /// before tonic sees it.
+    fn grpc(&mut self, data: &[u8], max_message: usize) -> Result<(), BodyError> {
+        let mut messages = std::mem::take(&mut self.grpc);
+        let read = messages.read(data, max_message, |announced| {
+            self.hold(super::budget::message_cost(announced))
+        });
+        self.grpc = messages;
+        if read? > 0 {
+            self.received();
         }
-        self.hold((self.partial.len() + data.len()) as u64)?;
-        self.partial.extend_from_slice(&data);
-        let whole = whole_messages(&self.partial, max_message)?;
-        if whole == 0 {
-            return Ok(None);
-        }
-        self.received();
-        Ok(Some(self.partial.split_to(whole).freeze()))
+        Ok(())
     }
 }
 
-/// The length of the longest run of whole messages at the start of `data`; an error as soon as
-/// a prefix announces more than `max_message`.
-fn whole_messages(data: &[u8], max_message: usize) -> Result<usize, BodyError> {
-    let mut at = 0;
-    while let Some(prefix) = data.get(at..at + GRPC_PREFIX) {
-        let announced = u32::from_be_bytes([prefix[1], prefix[2], prefix[3], prefix[4]]) as usize;
-        if announced > max_message {
-            return Err(BodyError::TooLarge {
-                announced,
-                limit: max_message,
-            });
+/// Where a gRPC request stream stands: the prefix read so far, or the bytes of the current
+/// message still to come.
+#[derive(Default)]
+struct Messages {
+    prefix: [u8; GRPC_PREFIX],
+    have: usize,
+    remaining: usize,
+}
+
+impl Messages {
+    /// Reads `data`, calling `announce` with each message's length as its prefix completes
+    /// (after refusing one over `max_message`); returns how many messages it completed.
+    fn read(
+        &mut self,
+        data: &[u8],
+        max_message: usize,
+        mut announce: impl FnMut(u64) -> Result<(), BodyError>,
+    ) -> Result<usize, BodyError> {
+        let (mut rest, mut whole) = (data, 0);
+        while !rest.is_empty() {
+            if self.remaining > 0 {
+                let taken = self.remaining.min(rest.len());
+                self.remaining -= taken;
+                rest = &rest[taken..];
+                whole += usize::from(self.remaining == 0);
+                continue;
+            }
+            let taken = (GRPC_PREFIX - self.have).min(rest.len());
+            self.prefix[self.have..self.have + taken].copy_from_slice(&rest[..taken]);
+            self.have += taken;
+            rest = &rest[taken..];
+            if self.have < GRPC_PREFIX {
+                break;
+            }
+            self.have = 0;
+            let [_, a, b, c, d] = self.prefix;
+            let announced = u32::from_be_bytes([a, b, c, d]) as usize;
+            if announced > max_message {
+                return Err(BodyError::TooLarge {
+                    announced,
+                    limit: max_message,
+                });
+            }
+            announce(announced as u64)?;
+            self.remaining = announced;
+            whole += usize::from(announced == 0);
         }
-        let end = at + GRPC_PREFIX + announced;
-        if end > data.len() {
-            break;
-        }
-        at = end;
+        Ok(whole)
     }
-    Ok(at)
 }
 
 impl Drop for Body {
@@ -178,66 +205,42 @@ impl http_body::Body for Body {
         if this.failed {
             return Poll::Ready(None);
         }
-        loop {
-            let frame = match std::task::ready!(Pin::new(&mut this.inner).poll_frame(cx)) {
-                Some(Ok(frame)) => frame,
-                Some(Err(e)) => return Poll::Ready(Some(Err(e.into()))),
-                None => {
-                    this.received();
-                    // A message cut short by the end of the stream goes on as it is: tonic
-                    // answers it as a damaged frame.
-                    if !this.partial.is_empty() {
-                        let rest = std::mem::take(&mut this.partial).freeze();
-                        return Poll::Ready(Some(Ok(Frame::data(rest))));
-                    }
-                    return Poll::Ready(None);
-                }
-            };
-            let data = match frame.into_data() {
-                Ok(data) => data,
-                // Trailers: the body ends with them.
-                Err(frame) => {
-                    this.received();
-                    return Poll::Ready(Some(Ok(frame)));
-                }
-            };
-            let passed = match this.framing {
-                Framing::Grpc { max_message } => this.grpc(data, max_message),
-                Framing::Http => {
-                    let held = this.charge.as_ref().map_or(0, Charge::bytes);
-                    this.hold(held + data.remaining() as u64)
-                        .map(|()| Some(data))
-                }
-            };
-            match passed {
-                Ok(Some(data)) => {
-                    if this.framing == Framing::Http && this.inner.is_end_stream() {
-                        this.received();
-                    }
-                    return Poll::Ready(Some(Ok(Frame::data(data))));
-                }
-                Ok(None) => continue,
-                Err(e) => {
-                    this.failed = true;
-                    this.partial = BytesMut::new();
-                    return Poll::Ready(Some(Err(e)));
-                }
+        let frame = match std::task::ready!(Pin::new(&mut this.inner).poll_frame(cx)) {
+            Some(Ok(frame)) => frame,
+            Some(Err(e)) => return Poll::Ready(Some(Err(e.into()))),
+            None => {
+                this.received();
+                return Poll::Ready(None);
             }
+        };
+        let Some(data) = frame.data_ref() else {
+            // Trailers: the body ends with them.
+            this.received();
+            return Poll::Ready(Some(Ok(frame)));
+        };
+        let judged = match this.framing {
+            Framing::Grpc { max_message } => this.grpc(data, max_message),
+            Framing::Http => {
+                let held = this.charge.as_ref().map_or(0, Charge::bytes);
+                this.hold(held + data.len() as u64)
+            }
+        };
+        if let Err(e) = judged {
+            this.failed = true;
+            return Poll::Ready(Some(Err(e)));
         }
+        if this.framing == Framing::Http && this.inner.is_end_stream() {
+            this.received();
+        }
+        Poll::Ready(Some(Ok(frame)))
     }
 
     fn is_end_stream(&self) -> bool {
-        self.failed || (self.partial.is_empty() && self.inner.is_end_stream())
+        self.failed || self.inner.is_end_stream()
     }
 
     fn size_hint(&self) -> SizeHint {
-        let mut hint = self.inner.size_hint();
-        let partial = self.partial.len() as u64;
-        hint.set_lower(hint.lower() + partial);
-        if let Some(upper) = hint.upper() {
-            hint.set_upper(upper + partial);
-        }
-        hint
+        self.inner.size_hint()
     }
 }
 
@@ -252,22 +255,40 @@ mod tests {
         message
     }
 
+    /// Feeds `chunks` to one [`Messages`]: (bytes announced in all, messages whole).
+    fn walk(chunks: &[&[u8]], max_message: usize) -> Result<(u64, usize), BodyError> {
+        let mut messages = Messages::default();
+        let (mut announced, mut whole) = (0, 0);
+        for chunk in chunks {
+            whole += messages.read(chunk, max_message, |length| {
+                announced += length;
+                Ok(())
+            })?;
+        }
+        Ok((announced, whole))
+    }
+
     #[test]
-    fn only_whole_messages_pass_and_a_prefix_over_the_limit_fails_at_once() {
+    fn prefixes_are_found_across_chunks_and_one_over_the_limit_fails_at_once() {
         let two = [message(3), message(10)].concat();
-        assert_eq!(whole_messages(&two, 100).unwrap(), two.len());
-        assert_eq!(whole_messages(&two[..12], 100).unwrap(), 8);
-        assert_eq!(whole_messages(&two[..7], 100).unwrap(), 0);
-        assert_eq!(whole_messages(&two[..3], 100).unwrap(), 0);
-        assert_eq!(whole_messages(&[], 100).unwrap(), 0);
+        assert_eq!(walk(&[&two], 100).unwrap(), (13, 2));
+        for cut in 0..two.len() {
+            assert_eq!(
+                walk(&[&two[..cut], &two[cut..]], 100).unwrap(),
+                (13, 2),
+                "{cut}"
+            );
+        }
+        assert_eq!(walk(&[&two[..7]], 100).unwrap(), (3, 0));
+        assert_eq!(walk(&[&message(0)], 100).unwrap(), (0, 1));
         let huge = message(101);
         assert!(matches!(
-            whole_messages(&huge[..GRPC_PREFIX], 100),
+            walk(&[&huge[..GRPC_PREFIX]], 100),
             Err(BodyError::TooLarge {
                 announced: 101,
                 limit: 100
             })
         ));
-        assert_eq!(whole_messages(&message(100), 100).unwrap(), 105);
+        assert_eq!(walk(&[&message(100)], 100).unwrap(), (100, 1));
     }
 }

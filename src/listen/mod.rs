@@ -68,9 +68,9 @@ pub const ADMIN_IDLE_TIMEOUT: Duration = Duration::from_secs(10);
 /// A newcomer over the cap waits this long at most for the idlest connection to close (an
 /// evicted connection is dropped after `serve::EVICTION_GRACE` at the latest).
 const EVICTION_WAIT: Duration = Duration::from_secs(2);
-/// Newcomers waiting for an evicted connection's place at once, per listener; more are closed
-/// at once.
-const EVICTION_WAITERS: usize = 32;
+/// Newcomers waiting for an evicted connection's place (or memory) at once, per cap; more are
+/// closed at once. Each holds an accepted socket and a small task (about 2 KiB) while it waits.
+const EVICTION_WAITERS: usize = 256;
 
 /// Timeouts and caps of the listeners' connections (`--conn-*`, `--http-*`, `--grpc-*`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -205,9 +205,6 @@ pub struct Activity {
     receiving: AtomicUsize,
     /// Bytes of the memory budget this connection holds (its own, its requests', their bodies').
     held: AtomicU64,
-    /// A request has started on it: a connection that never made one goes first when room is
-    /// needed (a flood of bare connections evicts itself, not the callers).
-    served: AtomicBool,
     /// The connection sent its first bytes in full (the HTTP/2 preface): it can be told
     /// goodbye (GOAWAY); before, it is simply dropped.
     greeted: AtomicBool,
@@ -234,15 +231,21 @@ fn now_ms() -> u64 {
 
 impl Activity {
     fn new() -> Self {
-        let activity = Self::default();
-        activity.last_request_ms.store(now_ms(), Ordering::Release);
-        activity
+        Self {
+            last_request_ms: AtomicU64::new(now_ms()),
+            ..Self::default()
+        }
+    }
+
+    /// A sign of life other than a request starting or ending: the preface, a message received
+    /// whole. It counts for the idle timeout and for who makes room, like a request.
+    fn alive(&self) {
+        self.last_request_ms.store(now_ms(), Ordering::Release);
     }
 
     /// A request started: counted until the returned guard is dropped (answered or abandoned).
     pub fn request(self: &Arc<Self>) -> RequestGuard {
         self.open_requests.fetch_add(1, Ordering::AcqRel);
-        self.served.store(true, Ordering::Release);
         self.last_request_ms.store(now_ms(), Ordering::Release);
         RequestGuard(Arc::clone(self))
     }
@@ -293,8 +296,11 @@ pub struct Registry {
     per_source: usize,
     /// Newcomers waiting for an evicted connection's place.
     waiters: Arc<Semaphore>,
-    /// What these connections, their requests and bodies may hold.
-    pub budget: budget::Budget,
+    /// What these connections may hold ([`budget::connection_share`] of the whole).
+    pub connections: budget::Budget,
+    /// What their requests and the messages and bodies of those may hold (the rest): a flood of
+    /// connections cannot starve requests of memory, nor a flood of requests new connections.
+    pub requests: budget::Budget,
 }
 
 #[derive(Default)]
@@ -302,16 +308,6 @@ struct Members {
     next: u64,
     open: HashMap<u64, (Option<IpAddr>, Arc<Activity>)>,
     by_source: HashMap<IpAddr, usize>,
-}
-
-/// What room is needed for: a place under the cap, or memory.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Pressure {
-    /// The idlest goes: one that never made a request (nor sent its preface) first, else the
-    /// one that has gone longest without a request starting or ending.
-    Places,
-    /// The one holding the most memory goes (then the idlest among equals).
-    Memory,
 }
 
 /// A connection's place in its [`Registry`], left when dropped.
@@ -342,15 +338,22 @@ impl Drop for Membership {
 }
 
 impl Registry {
-    /// Connections at most `per_source` from one address, all of them holding at most
-    /// `budget` bytes.
+    /// Connections at most `per_source` from one address, all of them and their requests
+    /// holding at most `budget` bytes.
     pub fn new(per_source: usize, budget: u64) -> Arc<Self> {
+        let connections = budget::connection_share(budget);
         Arc::new(Self {
             inner: std::sync::Mutex::new(Members::default()),
             per_source: per_source.max(1),
             waiters: Arc::new(Semaphore::new(EVICTION_WAITERS)),
-            budget: budget::Budget::new(budget),
+            connections: budget::Budget::new(connections),
+            requests: budget::Budget::new(budget - connections),
         })
+    }
+
+    /// Bytes held now by the connections and their requests.
+    pub fn in_use(&self) -> u64 {
+        self.connections.in_use() + self.requests.in_use()
     }
 
     /// Admits a connection from `source`. A source holding its share already makes room
@@ -362,7 +365,7 @@ impl Registry {
         if let Some(source) = source {
             let count = members.by_source.get(&source).copied().unwrap_or(0);
             if count >= self.per_source {
-                if !members.evict(Pressure::Places, Some(source), None) {
+                if !members.evict(Some(source), None, false) {
                     return None;
                 }
                 made_room = true;
@@ -382,43 +385,44 @@ impl Registry {
         })
     }
 
-    /// Asks a connection other than `newcomer` to close to make room under `pressure`; false
-    /// if every other one is being worked on or already closing.
-    fn make_room(&self, pressure: Pressure, newcomer: Option<u64>) -> bool {
+    /// Asks a connection other than `newcomer` to close to make room; false if every other
+    /// one is being worked on or already closing.
+    fn make_room(&self, newcomer: Option<u64>) -> bool {
         self.inner
             .lock()
-            .map(|members| members.evict(pressure, None, newcomer))
+            .map(|members| members.evict(None, newcomer, false))
             .unwrap_or(false)
     }
 
-    /// The budget is spent: the connection holding the most memory, with no request being
-    /// worked on, is closed (at once if requests are still arriving on it).
-    pub fn make_room_for_memory(&self) -> bool {
-        self.make_room(Pressure::Memory, None)
+    /// The requests' budget is spent: the idlest connection whose requests are all still
+    /// arriving (they hold that budget, nothing is being worked on) is closed at once.
+    pub fn make_room_for_requests(&self) -> bool {
+        self.inner
+            .lock()
+            .map(|members| members.evict(None, None, true))
+            .unwrap_or(false)
     }
 }
 
 impl Members {
-    /// Asks one connection to close under `pressure`, among all or those of `source` only,
-    /// never `except`: only one with no request being worked on and not already closing.
-    fn evict(&self, pressure: Pressure, source: Option<IpAddr>, except: Option<u64>) -> bool {
-        let idlest = |a: &Activity| {
-            (
-                a.served.load(Ordering::Acquire),
-                a.greeted.load(Ordering::Acquire),
-                a.last_request_ms.load(Ordering::Acquire),
-            )
-        };
+    /// Asks the idlest connection to close, among all or those of `source` only, never
+    /// `except` (and with `receiving`, only one with requests still arriving), and only one with
+    /// no request being worked on and not already closing: the one
+    /// whose last sign of life (accepted, preface, a request started or ended, a message
+    /// received whole) is oldest. A caller is always the freshest: it greets, asks and is
+    /// answered within milliseconds, so floods of bare, greeted or slow connections push out
+    /// their own older members, never a caller arriving or logging in. Requests still arriving
+    /// do not count as work: a peer that starts messages and never finishes them is as idle as
+    /// one that sends nothing; such a connection is dropped at once, its memory given back.
+    fn evict(&self, source: Option<IpAddr>, except: Option<u64>, receiving: bool) -> bool {
         let chosen = self
             .open
             .iter()
             .filter(|(id, (from, _))| Some(**id) != except && (source.is_none() || *from == source))
             .map(|(_, (_, activity))| activity)
             .filter(|a| a.working() == 0 && !a.evicting.load(Ordering::Acquire))
-            .min_by_key(|a| match pressure {
-                Pressure::Places => (0, idlest(a)),
-                Pressure::Memory => (u64::MAX - a.held.load(Ordering::Acquire), idlest(a)),
-            });
+            .filter(|a| !receiving || a.receiving.load(Ordering::Acquire) > 0)
+            .min_by_key(|a| a.last_request_ms.load(Ordering::Acquire));
         match chosen {
             Some(activity) => {
                 if activity.receiving.load(Ordering::Acquire) > 0 {
@@ -456,7 +460,7 @@ pub fn incoming<L: Listener>(listener: L, policy: Policy) -> ReceiverStream<Guar
                     let permit = policy.permits.clone().try_acquire_owned().ok();
                     let charge = policy
                         .registry
-                        .budget
+                        .connections
                         .try_charge(&membership.activity, policy.connection_cost);
                     match (permit, charge) {
                         (Some(permit), Some(charge)) => {
@@ -509,14 +513,11 @@ fn make_room<Io: AsyncRead + AsyncWrite + Unpin + Send + 'static>(
     };
     let registry = &policy.registry;
     // Room is made once per newcomer and need: a place by its own source's idlest, else by
-    // the idlest of all; memory by the one holding the most. Never by the newcomer itself.
-    if permit.is_none()
-        && !membership.made_room
-        && !registry.make_room(Pressure::Places, Some(membership.id))
-    {
+    // the idlest of all; memory by the idlest of all. Never by the newcomer itself.
+    if permit.is_none() && !membership.made_room && !registry.make_room(Some(membership.id)) {
         return refuse("place");
     }
-    if charge.is_none() && !registry.make_room(Pressure::Memory, Some(membership.id)) {
+    if charge.is_none() && !registry.make_room(Some(membership.id)) {
         return refuse("memory");
     }
     let (policy, tx) = (policy.clone(), tx.clone());
@@ -532,7 +533,7 @@ fn make_room<Io: AsyncRead + AsyncWrite + Unpin + Send + 'static>(
                 None => {
                     policy
                         .registry
-                        .budget
+                        .connections
                         .charge(&membership.activity, policy.connection_cost)
                         .await?
                 }
@@ -659,10 +660,9 @@ impl<T: AsyncRead + Unpin> AsyncRead for Guarded<T> {
                     this.first_bytes = this.first_bytes.saturating_sub(read);
                     if this.first_bytes == 0 && this.handshake.is_some() {
                         this.handshake = None;
-                        this.membership
-                            .activity
-                            .greeted
-                            .store(true, Ordering::Release);
+                        let activity = &this.membership.activity;
+                        activity.greeted.store(true, Ordering::Release);
+                        activity.alive();
                     }
                 }
                 Poll::Ready(Ok(()))
@@ -786,7 +786,7 @@ mod tests {
         assert!(!first.activity.evicting.load(Ordering::Acquire));
         drop(second);
         // Among all: the busy one stays, the one that never made a request goes first.
-        assert!(registry.make_room(Pressure::Places, None));
+        assert!(registry.make_room(None));
         assert!(!first.activity.evicting.load(Ordering::Acquire));
         assert!(third.activity.evicting.load(Ordering::Acquire));
         drop(busy.0);
@@ -806,7 +806,7 @@ mod tests {
             })
             .collect();
         let newcomer = registry.admit(Some([10, 0, 0, 9].into())).unwrap();
-        assert!(registry.make_room(Pressure::Places, Some(newcomer.id)));
+        assert!(registry.make_room(Some(newcomer.id)));
         assert!(!newcomer.activity.evicting.load(Ordering::Acquire));
         assert_eq!(
             held.iter()
@@ -817,34 +817,28 @@ mod tests {
     }
 
     #[test]
-    fn memory_is_made_by_the_connection_holding_the_most_and_never_a_worked_on_one() {
+    fn request_memory_is_made_by_the_idlest_receiving_one_at_once_never_a_worked_on_one() {
         let registry = Registry::new(100, 1 << 20);
-        let small = registry.admit(Some([10, 0, 0, 1].into())).unwrap();
-        let large = registry.admit(Some([10, 0, 0, 2].into())).unwrap();
-        let worked = registry.admit(Some([10, 0, 0, 3].into())).unwrap();
-        let _small = registry.budget.try_charge(&small.activity, 1_000).unwrap();
-        let _large = registry
-            .budget
-            .try_charge(&large.activity, 500_000)
-            .unwrap();
-        let _worked = registry
-            .budget
-            .try_charge(&worked.activity, 900_000 - 501_000);
+        let stalled = registry.admit(Some([10, 0, 0, 1].into())).unwrap();
+        let worked = registry.admit(Some([10, 0, 0, 2].into())).unwrap();
+        let bare = registry.admit(Some([10, 0, 0, 3].into())).unwrap();
+        std::thread::sleep(Duration::from_millis(5));
+        // A request whose message is still arriving: not work.
+        let _arriving = stalled.activity.request();
+        stalled.activity.receiving.fetch_add(1, Ordering::AcqRel);
         // A request that has arrived whole is worked on: its connection is never chosen.
         let _request = worked.activity.request();
-        // `large` has a request still arriving: closed at once, no goodbye.
-        let _arriving = large.activity.request();
-        large.activity.receiving.fetch_add(1, Ordering::AcqRel);
-        assert!(registry.make_room_for_memory());
-        assert!(large.activity.evicting.load(Ordering::Acquire));
-        assert!(large.activity.abrupt());
-        assert!(registry.make_room_for_memory());
-        assert!(small.activity.evicting.load(Ordering::Acquire));
-        assert!(!small.activity.abrupt());
-        assert!(
-            !registry.make_room_for_memory(),
-            "only the worked-on one is left"
-        );
+        // The bare one is the idlest, but holds none of the requests' memory.
+        assert!(registry.make_room_for_requests());
+        assert!(stalled.activity.evicting.load(Ordering::Acquire));
+        assert!(stalled.activity.abrupt(), "dropped at once, no goodbye");
+        assert!(!registry.make_room_for_requests(), "none else receiving");
+        assert!(!bare.activity.evicting.load(Ordering::Acquire));
+        // For a place, the idlest of all goes: the bare one; never the worked-on one.
+        assert!(registry.make_room(None));
+        assert!(bare.activity.evicting.load(Ordering::Acquire));
+        assert!(!bare.activity.abrupt());
+        assert!(!registry.make_room(None));
         assert!(!worked.activity.evicting.load(Ordering::Acquire));
     }
 }

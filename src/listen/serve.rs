@@ -332,10 +332,10 @@ impl<R: Router> tower::Service<http::Request<hyper::body::Incoming>> for Tracked
         let guard = self.activity.request();
         let Some(charge) = self
             .registry
-            .budget
+            .requests
             .try_charge(&self.activity, REQUEST_COST)
         else {
-            self.registry.make_room_for_memory();
+            self.registry.make_room_for_requests();
             crate::metrics::record_memory_refused("request");
             return TrackedFuture {
                 response: None,

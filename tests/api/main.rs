@@ -15,6 +15,7 @@ mod helpers;
 mod http;
 #[cfg(feature = "container-tests")]
 mod image;
+mod memory;
 mod operations;
 mod pipeline;
 mod pki;

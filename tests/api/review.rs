@@ -429,58 +429,6 @@ async fn cancel_churn_never_fails_a_neighbour_on_the_same_channel() {
     server.terminate().await;
 }
 
-/// An HTTP/2 client that only does what a held connection needs: the preface, an empty
-/// SETTINGS, and an answer to every PING. It never opens a stream. `run` reads frames until
-/// the server closes the connection and tells whether a GOAWAY came first.
-struct PingAnswerer {
-    stream: tokio::net::TcpStream,
-}
-
-impl PingAnswerer {
-    async fn connect(address: &str) -> Self {
-        use tokio::io::AsyncWriteExt;
-        let mut stream = tokio::net::TcpStream::connect(address).await.unwrap();
-        stream
-            .write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00\x00\x04\x00\x00\x00\x00\x00")
-            .await
-            .unwrap();
-        Self { stream }
-    }
-
-    /// (pings answered, a GOAWAY received) once the server closed the connection.
-    async fn run(mut self) -> (usize, bool) {
-        use tokio::io::{AsyncReadExt, AsyncWriteExt};
-        let (mut pings, mut goaway) = (0, false);
-        loop {
-            let mut header = [0u8; 9];
-            if self.stream.read_exact(&mut header).await.is_err() {
-                return (pings, goaway);
-            }
-            let length =
-                usize::from(header[0]) << 16 | usize::from(header[1]) << 8 | usize::from(header[2]);
-            let mut payload = vec![0u8; length];
-            if self.stream.read_exact(&mut payload).await.is_err() {
-                return (pings, goaway);
-            }
-            match (header[3], header[4]) {
-                // SETTINGS (not an ACK): acknowledge.
-                (4, 0) => {
-                    let _ = self.stream.write_all(&[0, 0, 0, 4, 1, 0, 0, 0, 0]).await;
-                }
-                // PING (not an ACK): answer with the same payload.
-                (6, 0) => {
-                    pings += 1;
-                    let mut ack = vec![0, 0, 8, 6, 1, 0, 0, 0, 0];
-                    ack.extend_from_slice(&payload);
-                    let _ = self.stream.write_all(&ack).await;
-                }
-                (7, _) => goaway = true,
-                _ => {}
-            }
-        }
-    }
-}
-
 /// Finding 1: HTTP/2 connections that never open a stream but answer the server's keepalive
 /// pings were held past the idle timeout for ever (16,400 of them took the whole cap). Idle
 /// now means no request: each is sent GOAWAY and closed at the idle timeout, pings or not.

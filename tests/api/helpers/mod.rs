@@ -2,7 +2,8 @@
 //! a fresh database per test, the real server on 127.0.0.1:0, and real AWS-style signatures
 //! from keys generated here. One file per concern: `database`, `server`, `calls` (HTTP,
 //! metrics, gRPC failures), `evidence`, `world` (control-plane rows), `network` (a black-hole
-//! proxy); the tests `use crate::helpers::*`.
+//! proxy), `attack` (peers that try to make the server hold memory); the tests
+//! `use crate::helpers::*`.
 
 use std::path::PathBuf;
 use std::sync::OnceLock;
@@ -21,6 +22,7 @@ use tokio_postgres::{Client, NoTls};
 use tonic::transport::Channel;
 use uuid::Uuid;
 
+mod attack;
 mod calls;
 mod database;
 mod evidence;
@@ -28,6 +30,7 @@ mod network;
 mod server;
 mod world;
 
+pub use attack::*;
 pub use calls::*;
 pub use database::*;
 pub use evidence::*;

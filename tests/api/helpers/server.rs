@@ -80,6 +80,14 @@ pub async fn metric(server: &TestServer, name: &str, labels: &[(&str, &str)]) ->
     metric_sum(&text, name, labels).unwrap_or(-1.0)
 }
 
+/// The `agent-auth` binary the binary-mode tests run: `AGENT_AUTH_SERVER_BINARY` when set (CI
+/// runs the memory tests once more against the release build), else the one cargo built.
+pub fn server_binary() -> std::path::PathBuf {
+    std::env::var_os("AGENT_AUTH_SERVER_BINARY")
+        .map(Into::into)
+        .unwrap_or_else(|| env!("CARGO_BIN_EXE_agent-auth").into())
+}
+
 /// A loopback port free at this instant.
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
@@ -168,7 +176,7 @@ impl TestServer {
         edit: impl FnOnce(&mut tokio::process::Command),
     ) -> Self {
         let (grpc, admin) = (free_port(), free_port());
-        let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_agent-auth"));
+        let mut command = tokio::process::Command::new(server_binary());
         command
             .args(["serve", "--postgres-url", &db.url])
             .args(["--grpc-listen", &format!("127.0.0.1:{grpc}")])

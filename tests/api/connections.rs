@@ -444,3 +444,75 @@ async fn accept_errors_back_off_and_the_server_recovers() {
     assert!(warnings >= 1, "descriptors were never exhausted:\n{log}");
     assert!(warnings <= 2, "accept errors were not backed off:\n{log}");
 }
+
+/// The third review's finding 1: with the cap full of connections that had sent their preface
+/// (or made a request on the admin listener), a newcomer, which has sent nothing yet, was the
+/// idlest and evicted itself: nobody new got in. 4 addresses × 16 ping-answering connections
+/// fill a cap of 64; callers from a fifth address log in, and fresh probes answer while two
+/// addresses hold every admin connection after a request each.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_the_cap_full_of_greeted_connections_a_newcomer_still_gets_in() {
+    let db = TestDb::migrated().await;
+    seed_agent(&db, RECORDED_INSTANCE).await;
+    let server = TestServer::binary(
+        &db,
+        &[
+            "--max-connections",
+            "64",
+            "--admin-max-connections",
+            "16",
+            "--log-level",
+            "warn",
+        ],
+    )
+    .await;
+    let grpc: u16 = server.grpc_url.rsplit(':').next().unwrap().parse().unwrap();
+    let mut held = tokio::task::JoinSet::new();
+    for index in 0..64u8 {
+        let stream = connect_from(2 + index % 4, grpc).await.unwrap();
+        let answerer = PingAnswerer::greet(stream).await.unwrap();
+        held.spawn(answerer.run());
+    }
+    let full = eventually(Duration::from_secs(5), async || {
+        metric(
+            &server,
+            "agent_auth_connections_open",
+            &[("listener", "grpc")],
+        )
+        .await
+            >= 64.0
+    });
+    assert!(full.await, "the cap never filled");
+    for caller in 0..5 {
+        assert!(
+            logs_in_over_a_new_connection(&server.grpc_url, Duration::from_secs(3)).await,
+            "caller {caller} with the cap full of greeted connections"
+        );
+    }
+
+    // The admin listener: two addresses hold its whole cap with one request made on each.
+    let admin: u16 = server
+        .admin_url
+        .rsplit(':')
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
+    let mut probes_held = Vec::new();
+    for index in 0..16u8 {
+        let mut stream = connect_from(2 + index % 2, admin).await.unwrap();
+        stream
+            .write_all(b"GET /healthz HTTP/1.1\r\nhost: x\r\n\r\n")
+            .await
+            .unwrap();
+        let mut answer = [0u8; 64];
+        let _ = stream.read(&mut answer).await;
+        probes_held.push(stream);
+    }
+    for probe in 0..3 {
+        let (status, _) = http_get(&format!("{}/healthz", server.admin_url)).await;
+        assert_eq!(status, 200, "fresh probe {probe} with the admin cap held");
+    }
+    held.abort_all();
+    server.terminate().await;
+}

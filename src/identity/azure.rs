@@ -273,8 +273,9 @@ impl AzureTrust {
                 document.subscription_id
             )));
         }
-        let instance_id = InstanceId::new(document.vm_id)
-            .ok_or_else(|| IdentityError::Rejected("empty vmId".into()))?;
+        let instance_id = InstanceId::new(document.vm_id).ok_or_else(|| {
+            IdentityError::Rejected("empty vmId, or one with a control character".into())
+        })?;
         Ok(AzureIdentity {
             instance_id,
             subscription_id: document.subscription_id,

@@ -130,8 +130,11 @@ pub fn verify(
             engine.project_id
         ))));
     }
-    let instance_id = InstanceId::new(engine.instance_id)
-        .ok_or_else(|| invalid(IdentityError::Rejected("empty instance_id claim".into())))?;
+    let instance_id = InstanceId::new(engine.instance_id).ok_or_else(|| {
+        invalid(IdentityError::Rejected(
+            "empty instance_id claim, or one with a control character".into(),
+        ))
+    })?;
     Ok(GcpIdentity {
         instance_id,
         project_id: engine.project_id,

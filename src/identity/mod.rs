@@ -60,10 +60,16 @@ impl fmt::Display for Cloud {
 pub struct InstanceId(String);
 
 impl InstanceId {
-    /// Wraps a verified id; `None` for an empty one, which must never be looked up.
+    /// Wraps a verified id; `None` for an empty one, which must never be looked up, and for one
+    /// with a control character (NUL is no text to PostgreSQL, and no cloud or template writes
+    /// one): signed evidence with such an id is invalid, and costs no statement.
     pub fn new(id: impl Into<String>) -> Option<Self> {
         let id = id.into();
-        if id.is_empty() { None } else { Some(Self(id)) }
+        if id.is_empty() || id.chars().any(char::is_control) {
+            None
+        } else {
+            Some(Self(id))
+        }
     }
 
     pub fn as_str(&self) -> &str {
@@ -177,5 +183,25 @@ mod tests {
     #[test]
     fn empty_instance_id_is_refused() {
         assert!(InstanceId::new("").is_none());
+    }
+
+    /// The third review's finding 9: a verified id with NUL reached PostgreSQL (INTERNAL,
+    /// "invalid byte sequence").
+    #[test]
+    fn an_id_with_a_control_character_is_no_instance() {
+        assert_eq!(
+            InstanceId::new("i-0123456789abcdef0").map(|id| id.to_string()),
+            Some("i-0123456789abcdef0".to_owned())
+        );
+        for bad in [
+            "i-01\0",
+            "\0",
+            "i-\u{1b}[31m",
+            "i-\n1",
+            "i-\u{7f}",
+            "i-\u{85}",
+        ] {
+            assert!(InstanceId::new(bad).is_none(), "{bad:?}");
+        }
     }
 }

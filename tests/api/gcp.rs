@@ -172,6 +172,16 @@ async fn gcp_tokens_authenticate_and_every_defect_is_invalid_identity_without_sq
             "empty instance id",
             with(&|c| c["google"]["compute_engine"]["instance_id"] = json!("")),
         ),
+        // The third review's finding 9: NUL reached PostgreSQL (INTERNAL, "invalid byte
+        // sequence"); no control character is an instance id.
+        (
+            "NUL in the instance id",
+            with(&|c| c["google"]["compute_engine"]["instance_id"] = json!("4242\u{0}42")),
+        ),
+        (
+            "an escape in the instance id",
+            with(&|c| c["google"]["compute_engine"]["instance_id"] = json!("4242\u{1b}[2J")),
+        ),
         (
             "project not allowed",
             with(&|c| c["google"]["compute_engine"]["project_id"] = json!("other-project")),

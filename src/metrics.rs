@@ -35,6 +35,7 @@ pub const CLOUD_API_CACHE: &str = "agent_auth_cloud_api_cache_total";
 pub const CLOUD_API_BATCH_SIZE: &str = "agent_auth_cloud_api_batch_size";
 pub const CLOUD_API_FAIL_OPEN: &str = "agent_auth_cloud_api_fail_open_total";
 pub const DB_CONNECTIONS_SILENT: &str = "agent_auth_db_connections_silent_total";
+pub const DB_CONNECTIONS_TIMED_OUT: &str = "agent_auth_db_connections_timed_out_total";
 pub const DB_REPLICA_LAG: &str = "agent_auth_db_replica_lag_seconds";
 pub const DB_REPLICA_SKIPPED: &str = "agent_auth_db_replica_skipped_total";
 
@@ -213,6 +214,10 @@ fn describe() {
         DB_CONNECTIONS_SILENT,
         "Database connections declared dead because they delivered nothing for statement_timeout plus a grace with statements waiting."
     );
+    describe_counter!(
+        DB_CONNECTIONS_TIMED_OUT,
+        "Database connections closed because a statement on them ran out of statement_timeout (the statements queued behind it failed at once)."
+    );
     describe_gauge!(
         DB_REPLICA_LAG,
         Unit::Seconds,
@@ -290,6 +295,11 @@ pub fn record_replica_skipped(number: usize, reason: &'static str) {
         .increment(1);
 }
 
+/// One database connection closed because a statement on it ran out of statement_timeout.
+pub fn record_db_connection_timed_out() {
+    metrics::counter!(DB_CONNECTIONS_TIMED_OUT).increment(1);
+}
+
 /// One database connection declared dead for its silence.
 pub fn record_db_connection_silent() {
     metrics::counter!(DB_CONNECTIONS_SILENT).increment(1);
@@ -325,6 +335,7 @@ fn export_zeros() {
     }
     metrics::counter!(INSTANCE_CONFLICTS).absolute(0);
     metrics::counter!(DB_CONNECTIONS_SILENT).absolute(0);
+    metrics::counter!(DB_CONNECTIONS_TIMED_OUT).absolute(0);
     for result in ["ok", "error"] {
         metrics::counter!(TRUST_RELOADS, "result" => result).absolute(0);
     }

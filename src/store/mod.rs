@@ -33,7 +33,7 @@ pub use url::PostgresUrl;
 
 use std::time::Duration;
 
-pub use pipeline::{SILENCE_GRACE, STALL_LIMIT};
+pub use pipeline::{SILENCE_GRACE, STALL_LIMIT_FLOOR};
 pub use resolve::{Candidate, Resolution};
 
 /// `--db-pooler`: what sits between the service and PostgreSQL.
@@ -269,7 +269,14 @@ impl Store {
     /// the primary). The empty query makes the server answer without executing a statement, so
     /// probes never show up in statement counts (`pg_stat_statements`,
     /// `agent_auth_db_queries_total`).
+    ///
+    /// A primary that answered statements within the stall limit (the statement timeout) needs
+    /// no round trip of its own: a database slow under load, but answering, stays ready
+    /// (a probe's own round trip would wait behind the statements queued on a connection).
     pub async fn ping(&self) -> Result<(), StoreError> {
+        if self.primary.answered_lately() {
+            return Ok(());
+        }
         let primary = ping(&self.primary).await;
         if primary.is_err() {
             for replica in self.replicas.usable() {

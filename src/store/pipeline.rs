@@ -49,6 +49,9 @@ pub(super) struct Live {
     last_heard: std::sync::Mutex<Instant>,
     /// How long it may stay silent with a statement waiting before it is declared dead.
     silence_limit: Duration,
+    /// A statement on it ran out of `statement_timeout`: it was closed, and the statements
+    /// queued behind it (which would each wait out their own timeout in turn) failed with it.
+    timed_out: std::sync::atomic::AtomicBool,
 }
 
 /// Beyond `statement_timeout` (which makes the server answer, if only with an error), how long
@@ -57,11 +60,13 @@ pub(super) struct Live {
 /// the kernel while its peer still acknowledges.
 pub const SILENCE_GRACE: Duration = Duration::from_secs(2);
 
-/// A connection with statements waiting that has answered none of them for this long takes
-/// no new ones (it is stalled: the database is gone, or that backend waits on a lock): new
-/// logins go to another connection, or fail UNAVAILABLE at the checkout timeout, instead of
-/// queueing behind it for the silence limit. A login's statement answers in milliseconds.
-pub const STALL_LIMIT: Duration = Duration::from_secs(1);
+/// A connection with statements waiting that has answered none of them for longer than the
+/// statement timeout (`Connections::stall_limit`) takes no new ones (it is stalled: the
+/// database is gone, or that backend waits on a lock): new logins go to another connection, or
+/// fail UNAVAILABLE at the checkout timeout, instead of queueing behind it for the silence
+/// limit. A database that answers each statement within the statement timeout, however slowly,
+/// is never stalled by this rule.
+pub const STALL_LIMIT_FLOOR: Duration = Duration::from_secs(1);
 
 /// Reconnecting after a failed attempt waits this long at first, doubling (with jitter) to
 /// [`RECONNECT_MAX_DELAY`]; one attempt in flight per connection slot.
@@ -87,6 +92,18 @@ impl Live {
             {
                 Ok(result) => {
                     self.heard();
+                    if let Err(e) = &result
+                        && e.code() == Some(&tokio_postgres::error::SqlState::QUERY_CANCELED)
+                        && !self.timed_out.swap(true, Ordering::AcqRel)
+                    {
+                        tracing::warn!(
+                            "a statement ran out of statement_timeout (a lock, or an overloaded \
+                             database): closing its connection, so the statements queued \
+                             behind it fail now instead of each waiting out its own timeout"
+                        );
+                        crate::metrics::record_db_connection_timed_out();
+                        self.driver.abort();
+                    }
                     return result;
                 }
                 Err(_) => {
@@ -111,6 +128,11 @@ impl Live {
             .lock()
             .map(|at| *at)
             .unwrap_or_else(|poisoned| *poisoned.into_inner())
+    }
+
+    /// Whether a statement on it ran out of `statement_timeout` (and it was closed for that).
+    pub(super) fn timed_out(&self) -> bool {
+        self.timed_out.load(Ordering::Acquire)
     }
 
     /// The connection just delivered an answer.
@@ -200,6 +222,8 @@ pub(super) struct Connections {
     connect_timeout: Duration,
     pooler: super::Pooler,
     statement_timeout_ms: u128,
+    /// The statement timeout, at least [`STALL_LIMIT_FLOOR`]: see there.
+    stall_limit: Duration,
     statement: Prepared,
     config: tokio_postgres::Config,
     tls: MakeRustlsConnect,
@@ -330,10 +354,34 @@ impl Connections {
             connect_timeout,
             pooler,
             statement_timeout_ms,
+            stall_limit: Duration::from_millis(
+                u64::try_from(statement_timeout_ms).unwrap_or(u64::MAX),
+            )
+            .max(STALL_LIMIT_FLOOR),
             statement,
             config,
             tls,
         }
+    }
+
+    /// Whether an open connection delivered an answer within the stall limit: the database
+    /// answers, however slowly (readiness needs no round trip of its own then).
+    pub(super) fn answered_lately(&self) -> bool {
+        let now = Instant::now();
+        self.slots.iter().any(|slot| {
+            slot.live.load().as_ref().is_some_and(|live| {
+                now.saturating_duration_since(live.last_heard()) <= self.stall_limit
+                    && !self.stalled(slot, now)
+            })
+        })
+    }
+
+    /// The longest a login waits for this database: room on a connection (the checkout
+    /// timeout), then its statement (the statement timeout). Past it the caller is answered
+    /// UNAVAILABLE whatever is queued ahead on the connection; the statement goes on in its
+    /// task and gives its room back when it ends.
+    pub(super) fn login_limit(&self) -> Duration {
+        self.checkout_timeout + self.stall_limit
     }
 
     /// Room for one statement on the least-loaded connection, opening it if needed; waits at
@@ -384,7 +432,8 @@ impl Connections {
                 if this.slots.iter().any(|s| this.stalled(s, now)) {
                     return Err(StoreError::unavailable(format!(
                         "the database answers nothing: no connection with room answered its \
-                         waiting statements within {STALL_LIMIT:?}"
+                         waiting statements within {:?}",
+                        this.stall_limit
                     )));
                 }
                 return Err(StoreError::Busy("pool timeout (Wait)"));
@@ -393,7 +442,7 @@ impl Connections {
     }
 
     /// A place on the least-loaded connection with room, if any has; a stalled one takes none
-    /// ([`STALL_LIMIT`]). Among equals an open connection comes before a closed one, so light
+    /// (`stall_limit`). Among equals an open connection comes before a closed one, so light
     /// load does not open every connection.
     fn try_reserve(self: &Arc<Self>) -> Option<Place> {
         let depth = self.depth.load(Ordering::Acquire);
@@ -429,7 +478,7 @@ impl Connections {
     }
 
     /// Whether `slot` is stalled at `now`: statements waiting on its open connection and no
-    /// answer from it for [`STALL_LIMIT`] since the later of its last answer and its first
+    /// answer from it for the stall limit since the later of its last answer and its first
     /// waiting statement.
     fn stalled(&self, slot: &Slot, now: Instant) -> bool {
         if slot.in_flight.load(Ordering::Acquire) == 0 {
@@ -440,7 +489,7 @@ impl Connections {
             return false;
         };
         let busy_since = self.epoch + Duration::from_nanos(slot.busy_since.load(Ordering::Acquire));
-        now.saturating_duration_since(live.last_heard().max(busy_since)) > STALL_LIMIT
+        now.saturating_duration_since(live.last_heard().max(busy_since)) > self.stall_limit
     }
 
     fn since_epoch(&self, now: Instant) -> u64 {
@@ -591,6 +640,7 @@ impl Connections {
                 u64::try_from(self.statement_timeout_ms).unwrap_or(u64::MAX),
             )
             .saturating_add(SILENCE_GRACE),
+            timed_out: std::sync::atomic::AtomicBool::new(false),
         })
     }
 

@@ -116,6 +116,10 @@ impl Store {
     ///
     /// With read replicas, the next healthy replica runs it; a replica that cannot answer is
     /// skipped from then on (until it answers a probe) and the primary runs it instead.
+    ///
+    /// The caller waits at most the checkout timeout plus the statement timeout for each
+    /// statement, whatever is queued ahead of it on its connection (`Connections::login_limit`);
+    /// then it is answered UNAVAILABLE.
     pub async fn resolve(&self, instance_id: &str) -> Result<Resolution, StoreError> {
         if let Some((index, replica)) = self.replicas.pick() {
             match resolve_on(replica, Target::Replica, instance_id).await {
@@ -142,6 +146,7 @@ async fn resolve_on(
     instance_id: &str,
 ) -> Result<Resolution, StoreError> {
     let (answer, answered) = tokio::sync::oneshot::channel();
+    let connections_limit = connections.login_limit();
     let connections = Arc::clone(connections);
     let instance_id = instance_id.to_owned();
     // Boxed: the task is 2.7 kB (tokio-postgres's query future), and tokio moves a future
@@ -161,10 +166,17 @@ async fn resolve_on(
         db.operation = "resolve",
         db.target = target.label()
     );
+    let limit = connections_limit;
     tokio::spawn(tracing::Instrument::instrument(task, span));
-    answered
-        .await
-        .map_err(|_| StoreError::internal("the resolver task ended without an answer"))?
+    match tokio::time::timeout(limit, answered).await {
+        Ok(answer) => {
+            answer.map_err(|_| StoreError::internal("the resolver task ended without an answer"))?
+        }
+        Err(_) => Err(StoreError::unavailable(format!(
+            "the database did not answer within {limit:?} (the checkout timeout and the \
+             statement timeout)"
+        ))),
+    }
 }
 
 async fn resolve_detached(
@@ -184,6 +196,14 @@ async fn resolve_detached(
         claim.answered(sent.elapsed());
     }
     let rows = match first {
+        // Closed because a statement ahead on it timed out: this one reached the server and
+        // would have waited out its own timeout too. Not retried.
+        Err(e) if claim.live.timed_out() => {
+            return Err(StoreError::unavailable_by(
+                "a statement ahead on the connection ran out of statement_timeout",
+                e,
+            ));
+        }
         Err(e) if is_connection_lost(&e) => {
             // Boxed like every rare await here: the task is copied when it is spawned.
             let claim = Box::pin(claim.replace()).await?;

@@ -282,3 +282,133 @@ async fn a_restart_under_pipelined_load_fails_only_calls_in_flight_and_recovers(
     app.stop().await;
     cluster.stop().await.unwrap();
 }
+
+/// The third review's finding 7: statements of 1.2–1.5 s, under a 2 s statement timeout,
+/// tripped the 1 s stall rule: 22–35 % of logins failed UNAVAILABLE and `/readyz` said 503. A
+/// database that answers within the statement timeout is never stalled now: with the agents'
+/// table locked for 1.3 s at a time (a login waits for the lock's grant too, up to about 2 s:
+/// the timeout here is 3 s), every login succeeds and readiness holds.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_database_that_answers_within_the_statement_timeout_fails_no_login() {
+    let db = TestDb::migrated().await;
+    seed_agent(&db, RECORDED_INSTANCE).await;
+    let server = TestServer::binary(
+        &db,
+        &[
+            "--db-statement-timeout",
+            "3s",
+            "--db-pool-size",
+            "2",
+            "--log-level",
+            "error",
+        ],
+    )
+    .await;
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut callers = tokio::task::JoinSet::new();
+    for _ in 0..8 {
+        let (channel, stop) = (server.channel().await, stop.clone());
+        callers.spawn(async move {
+            let (mut ok, mut failed) = (0, Vec::new());
+            while !stop.load(std::sync::atomic::Ordering::Acquire) {
+                match agent_auth::client::authenticate(
+                    channel.clone(),
+                    aws_request(RECORDED_DOCUMENT, RECORDED_SIGNATURE, ""),
+                )
+                .await
+                {
+                    Ok(_) => ok += 1,
+                    Err(status) => failed.push(status.code()),
+                }
+            }
+            (ok, failed)
+        });
+    }
+    // Both connections open under the callers' load first: opening one while the table is
+    // locked waits for the lock (preparing the statement), which the checkout timeout bounds.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let mut unready = 0;
+    for _ in 0..4 {
+        let lock = lock_agents(&db).await;
+        let held = Instant::now();
+        while held.elapsed() < Duration::from_millis(1300) {
+            unready += usize::from(server.admin_get("/readyz").await.0 != 200);
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        lock.batch_execute("COMMIT").await.unwrap();
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    stop.store(true, std::sync::atomic::Ordering::Release);
+    let (mut ok, mut failed) = (0, Vec::new());
+    while let Some(caller) = callers.join_next().await {
+        let (done, codes) = caller.unwrap();
+        ok += done;
+        failed.extend(codes);
+    }
+    eprintln!("slow database: {ok} logins, failed {failed:?}, /readyz not 200 {unready} times");
+    assert!(ok > 20, "{ok}");
+    assert!(failed.is_empty(), "{failed:?}");
+    assert_eq!(unready, 0);
+    server.terminate().await;
+}
+
+/// The third review's finding 4: with the agents' table locked, the statements pipelined on a
+/// connection timed out one after another, so a login without a deadline waited up to 21–24 s.
+/// A login waits at most the checkout timeout plus the statement timeout now (the statements
+/// queued behind a timed-out one fail with it), and is answered UNAVAILABLE.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn under_a_held_lock_no_login_waits_past_the_checkout_and_statement_timeouts() {
+    let db = TestDb::migrated().await;
+    seed_agent(&db, RECORDED_INSTANCE).await;
+    let server = TestServer::binary(
+        &db,
+        &[
+            "--db-statement-timeout",
+            "1s",
+            "--db-checkout-timeout",
+            "1s",
+            "--db-pool-size",
+            "1",
+            "--log-level",
+            "error",
+        ],
+    )
+    .await;
+    let channel = server.channel().await;
+    success(
+        agent_auth::client::authenticate(
+            channel.clone(),
+            aws_request(RECORDED_DOCUMENT, RECORDED_SIGNATURE, ""),
+        )
+        .await,
+    );
+    let lock = lock_agents(&db).await;
+    let mut logins = tokio::task::JoinSet::new();
+    for _ in 0..40 {
+        let channel = channel.clone();
+        logins.spawn(async move {
+            let began = Instant::now();
+            let result = agent_auth::client::authenticate(
+                channel,
+                aws_request(RECORDED_DOCUMENT, RECORDED_SIGNATURE, ""),
+            )
+            .await;
+            (began.elapsed(), result.map(|_| ()).map_err(|s| s.code()))
+        });
+    }
+    let mut slowest = Duration::ZERO;
+    while let Some(login) = logins.join_next().await {
+        let (took, result) = login.unwrap();
+        assert_eq!(result, Err(Code::Unavailable), "after {took:?}");
+        slowest = slowest.max(took);
+    }
+    eprintln!("40 logins under a held lock: the slowest answered after {slowest:?}");
+    // 1 s for room and 1 s for the statement, and a margin for a loaded machine.
+    assert!(slowest < Duration::from_millis(2800), "{slowest:?}");
+    lock.batch_execute("ROLLBACK").await.unwrap();
+    let back = eventually(Duration::from_secs(5), async || {
+        logs_in_over_a_new_connection(&server.grpc_url, Duration::from_secs(2)).await
+    });
+    assert!(back.await, "logins did not come back after the lock");
+    server.terminate().await;
+}

@@ -540,8 +540,8 @@ struct DatabaseOutage {
     unavailable: usize,
     other_codes: Vec<tonic::Code>,
     /// The longest failed login that began before the connections stalled (the cut plus
-    /// agent-auth's stall limit): placed on a connection that then fell silent, it waits for
-    /// the silence limit.
+    /// agent-auth's stall limit, the statement timeout): placed on a connection that then fell
+    /// silent, it waits at most the checkout and statement timeouts.
     slowest_in_flight: Duration,
     /// The longest failed login that began later.
     slowest_later: Duration,
@@ -571,7 +571,8 @@ impl DatabaseOutage {
                     let after = ended - cut;
                     let first = outage.first_unavailable_after_cut.get_or_insert(after);
                     *first = (*first).min(after);
-                    let stalled = cut + agent_auth::store::STALL_LIMIT + Duration::from_millis(200);
+                    // The stall limit is the statement timeout: the manifests keep the default.
+                    let stalled = cut + Duration::from_secs(2) + Duration::from_millis(200);
                     let slowest = if call.began < stalled {
                         &mut outage.slowest_in_flight
                     } else {
@@ -805,9 +806,9 @@ async fn the_standalone_manifests_run_as_pods_behind_an_ingress() {
     assert_eq!(outage.before_cut_failed, 0, "{outage:?}");
     assert!(outage.other_codes.is_empty(), "{outage:?}");
     assert!(outage.unavailable > 0, "{outage:?}");
-    // Calls placed before the connections stalled wait for the silence limit (statement
-    // timeout 2 s + 2 s), plus a retry's checkout (1 s); later ones find every connection
-    // stalled and fail at the checkout timeout (1 s).
+    // Calls placed before the connections stalled wait at most the checkout timeout and the
+    // statement timeout (1 s + 2 s); later ones find every connection stalled and fail at the
+    // checkout timeout (1 s).
     assert!(
         outage.slowest_in_flight < Duration::from_secs(8),
         "{outage:?}"

@@ -121,11 +121,18 @@ pub async fn prepare_database(config: &Config) -> Result<Database, AppError> {
             (url, Some(cluster))
         }
     };
-    let crate::store::tls::Target {
-        config: pg_config,
-        tls,
-        ..
-    } = crate::store::tls::target(&url, config.store.ca.as_deref())?;
+    // The same settings as every connection of the service: TLS, the connect timeout (which
+    // bounds this whole connect), keepalives, the application name.
+    let (pg_config, tls) = crate::store::session_settings(&url, &config.store)?;
+    tracing::info!(
+        database = %url,
+        connect_timeout = ?config.store.connect_timeout,
+        "connecting to PostgreSQL to {} the schema",
+        match config.schema {
+            SchemaMode::Owned if !config.store.pooler.is_transaction_mode() => "migrate",
+            _ => "check",
+        }
+    );
     match config.schema {
         SchemaMode::Owned if config.store.pooler.is_transaction_mode() => {
             migrate::check_migrated(&pg_config, tls).await?;

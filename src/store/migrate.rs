@@ -38,6 +38,9 @@ pub const REQUIRED_COLUMNS: &[(&str, &[&str])] = &[
 
 /// Opens a dedicated connection (not from the pool) for schema work, with TLS as the pool
 /// would use it when `tls` is given (else unverified TLS when offered, see `super::tls`).
+/// The whole connect's bound when the settings name none (a tool's own settings).
+const DEFAULT_CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+
 pub async fn dedicated(config: &tokio_postgres::Config) -> Result<Client, StoreError> {
     dedicated_with(config, super::tls::connector(None)?).await
 }
@@ -46,9 +49,20 @@ pub async fn dedicated_with(
     config: &tokio_postgres::Config,
     tls: MakeRustlsConnect,
 ) -> Result<Client, StoreError> {
-    let (client, connection) = config
-        .connect(tls)
+    // tokio-postgres bounds only the socket's connect by `connect_timeout`; a server that
+    // accepts and never answers (a black hole) is bounded here, the whole connect at once.
+    let limit = config
+        .get_connect_timeout()
+        .copied()
+        .unwrap_or(DEFAULT_CONNECT_TIMEOUT);
+    let (client, connection) = tokio::time::timeout(limit, config.connect(tls))
         .await
+        .map_err(|_| {
+            StoreError::unavailable(format!(
+                "{}: no answer within {limit:?} (--db-connect-timeout)",
+                super::connect_error_place(config)
+            ))
+        })?
         .map_err(|e| StoreError::unavailable(super::connect_error(&e, config)))?;
     tokio::spawn(async move {
         if let Err(e) = connection.await {

@@ -168,9 +168,12 @@ pub struct Store {
     replicas: std::sync::Arc<replicas::Replicas>,
 }
 
-/// The libpq settings and TLS connector for `url`, with the service's own: connect timeout,
-/// `statement_timeout` in the startup packet, application name.
-pub fn connection_settings(
+/// The libpq settings and TLS connector of every connection the service opens to `url`: the
+/// start-up schema connection and the pool's alike (the pool's add `statement_timeout`,
+/// [`connection_settings`]): TLS as `sslmode` and `--postgres-ca` say, the connect timeout
+/// (which bounds the whole connect: TCP, TLS and the startup exchange), keepalives and
+/// `TCP_USER_TIMEOUT`, the application name.
+pub fn session_settings(
     url: &PostgresUrl,
     config: &StoreConfig,
 ) -> Result<
@@ -185,7 +188,11 @@ pub fn connection_settings(
         tls,
         verified,
     } = tls::target(url, config.ca.as_deref())?;
-    tls::warn_if_unverified(&pg_config, verified);
+    if !verified {
+        // Said once per database, by the pool's settings (the start-up connection goes to the
+        // same one a moment earlier).
+        tracing::debug!("an unverified TLS certificate, or none");
+    }
     pg_config.connect_timeout(config.connect_timeout);
     // A peer gone without a word (a partition, a dead host) is found by the kernel: keepalive
     // probes on an idle connection, and a bound on unacknowledged data on a busy one. A URL's
@@ -200,6 +207,25 @@ pub fn connection_settings(
     if pg_config.get_tcp_user_timeout().is_none() {
         pg_config.tcp_user_timeout(TCP_USER_TIMEOUT);
     }
+    if pg_config.get_application_name().is_none() {
+        pg_config.application_name("agent-auth");
+    }
+    Ok((pg_config, tls))
+}
+
+/// [`session_settings`] for the pool's connections: with `statement_timeout` in the startup
+/// packet (without a pooler; behind one it is a `SET` or the pooler's business).
+pub fn connection_settings(
+    url: &PostgresUrl,
+    config: &StoreConfig,
+) -> Result<
+    (
+        tokio_postgres::Config,
+        tokio_postgres_rustls::MakeRustlsConnect,
+    ),
+    StoreError,
+> {
+    let (mut pg_config, tls) = session_settings(url, config)?;
     if config.pooler == Pooler::None {
         let mut options = pg_config.get_options().unwrap_or_default().to_owned();
         if !options.is_empty() {
@@ -210,9 +236,6 @@ pub fn connection_settings(
             statement_timeout_ms(config)
         ));
         pg_config.options(&options);
-    }
-    if pg_config.get_application_name().is_none() {
-        pg_config.application_name("agent-auth");
     }
     Ok((pg_config, tls))
 }
@@ -330,18 +353,6 @@ async fn ping(connections: &std::sync::Arc<pipeline::Connections>) -> Result<(),
 /// failed for user "x"`, `database "x" does not exist`) or the system's (`Connection refused`,
 /// a host name that does not resolve).
 pub fn connect_error(e: &tokio_postgres::Error, config: &tokio_postgres::Config) -> String {
-    use tokio_postgres::config::Host;
-    let hosts: Vec<String> = config
-        .get_hosts()
-        .iter()
-        .map(|host| match host {
-            Host::Tcp(name) => name.clone(),
-            Host::Unix(path) => format!("socket {}", path.display()),
-        })
-        .collect();
-    let ports: Vec<String> = config.get_ports().iter().map(u16::to_string).collect();
-    let user = config.get_user().unwrap_or("(default)");
-    let database = config.get_dbname().unwrap_or(user);
     let reason = match e.as_db_error() {
         // PgBouncer refuses the startup parameter that carries statement_timeout.
         Some(db) if db.message().contains("unsupported startup parameter") => format!(
@@ -363,8 +374,26 @@ pub fn connect_error(e: &tokio_postgres::Error, config: &tokio_postgres::Config)
             }
         }
     };
+    format!("{}: {reason}", connect_error_place(config))
+}
+
+/// "cannot connect to PostgreSQL at HOST port PORT (database, user)": where a connection was
+/// going, never its password.
+pub fn connect_error_place(config: &tokio_postgres::Config) -> String {
+    use tokio_postgres::config::Host;
+    let hosts: Vec<String> = config
+        .get_hosts()
+        .iter()
+        .map(|host| match host {
+            Host::Tcp(name) => name.clone(),
+            Host::Unix(path) => format!("socket {}", path.display()),
+        })
+        .collect();
+    let ports: Vec<String> = config.get_ports().iter().map(u16::to_string).collect();
+    let user = config.get_user().unwrap_or("(default)");
+    let database = config.get_dbname().unwrap_or(user);
     format!(
-        "cannot connect to PostgreSQL at {} port {} (database {database:?}, user {user:?}): {reason}",
+        "cannot connect to PostgreSQL at {} port {} (database {database:?}, user {user:?})",
         if hosts.is_empty() {
             "localhost".into()
         } else {

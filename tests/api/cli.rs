@@ -5,7 +5,7 @@ use std::process::Command;
 use crate::helpers::*;
 
 fn agent_auth() -> Command {
-    let mut command = Command::new(env!("CARGO_BIN_EXE_agent-auth"));
+    let mut command = Command::new(server_binary());
     for (key, _) in std::env::vars() {
         if key.starts_with("AGENT_AUTH_") {
             command.env_remove(key);
@@ -463,6 +463,57 @@ async fn database_failures_name_where_and_why() {
             Some(errors[0]),
             "{stderr}"
         );
+    }
+}
+
+/// The third review's finding 5: the start-up schema connection was built without the connect
+/// timeout, so `serve` and `migrate` against a database that accepts TCP and never answers
+/// waited for the kernel (minutes), with no listener and nothing logged. Both fail within
+/// `--db-connect-timeout` now, saying what they waited for, and the log says what it waits for
+/// before it waits.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_black_holed_database_fails_the_start_within_the_connect_timeout() {
+    let db = TestDb::new().await;
+    let proxy = BlackHoleProxy::start(&db).await;
+    proxy.black_hole_all();
+    let url = proxy.url.clone();
+    for command in ["serve", "migrate"] {
+        let url = url.clone();
+        let started = std::time::Instant::now();
+        let output = tokio::task::spawn_blocking(move || {
+            let mut run = agent_auth();
+            run.args([command, "--log-format", "text"]);
+            if command == "serve" {
+                run.args([
+                    "--grpc-listen",
+                    "127.0.0.1:0",
+                    "--admin-listen",
+                    "127.0.0.1:0",
+                ]);
+            }
+            run.args(["--postgres-url", &url, "--db-connect-timeout", "2s"])
+                .output()
+                .unwrap()
+        })
+        .await
+        .unwrap();
+        let took = started.elapsed();
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(1), "{command}: {stderr}");
+        assert!(
+            took < std::time::Duration::from_secs(8),
+            "{command} took {took:?}: {stderr}"
+        );
+        for words in [
+            "connecting to PostgreSQL to migrate the schema",
+            "connect_timeout=2s",
+            "no answer within 2s (--db-connect-timeout)",
+        ] {
+            assert!(
+                stderr.contains(words),
+                "{command}: {words:?} not in {stderr}"
+            );
+        }
     }
 }
 

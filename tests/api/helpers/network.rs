@@ -80,6 +80,12 @@ impl BlackHoleProxy {
         }
     }
 
+    /// From now on, every connection, opened so far or later, forwards nothing.
+    pub fn black_hole_all(&self) {
+        self.cutoff
+            .store(u64::MAX, std::sync::atomic::Ordering::SeqCst);
+    }
+
     /// From now on, every connection opened so far forwards nothing.
     pub fn black_hole_existing(&self) {
         use std::sync::atomic::Ordering;

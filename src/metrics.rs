@@ -225,7 +225,7 @@ fn describe() {
     );
     describe_counter!(
         DB_REPLICA_SKIPPED,
-        "Logins that passed a read replica over, by replica and reason (down, lag: beyond --replica-max-lag)."
+        "Logins that passed a read replica over, by replica and reason (down; lag: beyond --replica-max-lag; not_replica: not in recovery, another cluster, or ahead of the primary's timeline)."
     );
     describe_counter!(
         TRUST_RELOADS,
@@ -277,7 +277,7 @@ pub fn record_connection_timeout(listener: &'static str, timeout: &'static str) 
 pub fn replica_series(number: usize) {
     let replica = number.to_string();
     metrics::gauge!(DB_REPLICA_LAG, "replica" => replica.clone()).set(f64::INFINITY);
-    for reason in ["down", "lag"] {
+    for reason in ["down", "lag", "not_replica"] {
         metrics::counter!(DB_REPLICA_SKIPPED, "replica" => replica.clone(), "reason" => reason)
             .absolute(0);
     }
@@ -289,7 +289,7 @@ pub fn record_replica_lag(number: usize, lag: Option<Duration>) {
         .set(lag.map_or(f64::INFINITY, |lag| lag.as_secs_f64()));
 }
 
-/// One login passed read replica `number` over for `reason` (down, lag).
+/// One login passed read replica `number` over for `reason` (down, lag, not_replica).
 pub fn record_replica_skipped(number: usize, reason: &'static str) {
     metrics::counter!(DB_REPLICA_SKIPPED, "replica" => number.to_string(), "reason" => reason)
         .increment(1);

@@ -5,6 +5,13 @@
 //! the instance or agent (a workspace created a moment ago may not have reached the replica
 //! yet: [`crate::auth`] asks the primary once more).
 //!
+//! **Only a replica of this primary.** Each check also reads whether the server is in recovery,
+//! its system identifier and its timeline. A replica is used only while it is in recovery (a
+//! promoted one answers for a history that has moved on), has the primary's system identifier
+//! (a URL that reaches another server is no replica of it), and is on the primary's timeline or
+//! an earlier one (a later one follows another primary: a failover the configured primary did
+//! not take part in). Otherwise it is skipped (`not_replica`) and the log says why.
+//!
 //! **The lag bound.** Every [`LAG_CHECK_INTERVAL`] a monitor reads the primary's WAL position,
 //! then each replica's replayed position. A replica that has replayed at least the position
 //! the primary had at instant `t` holds every commit made before `t`; its lag is bounded by
@@ -24,11 +31,46 @@ use super::pipeline::Connections;
 /// How often every replica's lag is measured against the primary.
 const LAG_CHECK_INTERVAL: Duration = Duration::from_secs(1);
 
-/// The WAL position a server has applied: its own write position on a primary, its replayed
-/// position on a standby; in bytes. Sent as a simple query (no prepared statement, so it works
-/// behind a transaction-mode pooler), and not counted as a login's statement.
-const APPLIED_LSN_SQL: &str = "SELECT pg_wal_lsn_diff(CASE WHEN pg_is_in_recovery() \
+/// What a server is: in recovery or not, its system identifier, its timeline (a primary's
+/// current one, from its WAL file name; a standby's last restart point's), and the WAL position
+/// it has applied (its own write position on a primary, its replayed position on a standby), in
+/// bytes. Sent as a simple query (no prepared statement, so it works behind a transaction-mode
+/// pooler; every function here is open to any role), and not counted as a login's statement.
+const STATE_SQL: &str = "SELECT pg_is_in_recovery(), \
+     (SELECT system_identifier FROM pg_control_system()), \
+     CASE WHEN pg_is_in_recovery() THEN (SELECT timeline_id FROM pg_control_checkpoint()) \
+     ELSE ('x' || substr(pg_walfile_name(pg_current_wal_lsn()), 1, 8))::bit(32)::int END, \
+     pg_wal_lsn_diff(CASE WHEN pg_is_in_recovery() \
      THEN pg_last_wal_replay_lsn() ELSE pg_current_wal_lsn() END, '0/0')::bigint";
+
+/// A server as [`STATE_SQL`] reads it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct State {
+    in_recovery: bool,
+    system: i64,
+    timeline: i64,
+    applied: i64,
+}
+
+/// Why a server is no replica of the primary, if it is not.
+fn not_a_replica(replica: State, primary_system: i64, primary_timeline: i64) -> Option<String> {
+    if !replica.in_recovery {
+        Some("it is not in recovery (promoted, or a primary of its own)".into())
+    } else if replica.system != primary_system {
+        Some(format!(
+            "its system identifier {} is not the primary's {primary_system} (another cluster)",
+            replica.system
+        ))
+    } else if replica.timeline > primary_timeline {
+        Some(format!(
+            "its timeline {} is later than the primary's {primary_timeline} (it follows another \
+             primary)",
+            replica.timeline
+        ))
+    } else {
+        None
+    }
+}
 
 struct Replica {
     connections: Arc<Connections>,
@@ -36,6 +78,9 @@ struct Replica {
     healthy: AtomicBool,
     /// Within `--replica-max-lag` at the last check. False until the first check passes.
     current: AtomicBool,
+    /// A replica of the primary at the last check (in recovery, same system, a timeline not
+    /// past the primary's). False until the first check finds it one.
+    replica_of_primary: AtomicBool,
 }
 
 pub(super) struct Replicas {
@@ -49,6 +94,7 @@ pub(super) struct Replicas {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Skip {
     Down,
+    NotReplica,
     Lag,
 }
 
@@ -64,6 +110,7 @@ impl Replicas {
                     connections: Arc::new(connections),
                     healthy: AtomicBool::new(true),
                     current: AtomicBool::new(false),
+                    replica_of_primary: AtomicBool::new(false),
                 })
                 .collect(),
             next: AtomicUsize::new(0),
@@ -105,6 +152,7 @@ impl Replicas {
                         i + 1,
                         match skip {
                             Skip::Down => "down",
+                            Skip::NotReplica => "not_replica",
                             Skip::Lag => "lag",
                         },
                     );
@@ -139,8 +187,9 @@ impl Replicas {
             return;
         };
         let replicas = Arc::clone(self);
+        let primary_connections = primary;
         runtime.spawn(async move {
-            let mut primary_positions = Positions::default();
+            let mut primary = Primary::default();
             let mut tick = tokio::time::interval(LAG_CHECK_INTERVAL);
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {
@@ -148,26 +197,53 @@ impl Replicas {
                 if replicas.closed.load(Ordering::Acquire) {
                     return;
                 }
-                replicas.check_lag(&primary, &mut primary_positions).await;
+                replicas.check(&primary_connections, &mut primary).await;
             }
         });
     }
 
-    /// One round of the lag monitor: the primary's position first, then each replica's.
-    async fn check_lag(&self, primary: &Arc<Connections>, positions: &mut Positions) {
+    /// One round of the monitor: the primary's state first, then each replica's.
+    async fn check(&self, primary_connections: &Arc<Connections>, primary: &mut Primary) {
         let asked = Instant::now();
-        if let Some(lsn) = applied_lsn(primary).await {
-            positions.push(asked, lsn);
+        if let Some(state) = server_state(primary_connections).await {
+            // Its system never changes; its timeline only grows (a promotion).
+            primary.system = Some(state.system);
+            primary.timeline = primary.timeline.max(state.timeline);
+            primary.positions.push(asked, state.applied);
         }
-        positions.forget_before(asked.checked_sub(self.max_lag + 2 * LAG_CHECK_INTERVAL));
+        primary
+            .positions
+            .forget_before(asked.checked_sub(self.max_lag + 2 * LAG_CHECK_INTERVAL));
         for (index, replica) in self.list.iter().enumerate() {
             let number = index + 1;
-            let applied = applied_lsn(&replica.connections).await;
+            let state = server_state(&replica.connections).await;
             // An answer is also the sign that a replica which failed a login is back.
-            if applied.is_some() && !replica.healthy.swap(true, Ordering::AcqRel) {
+            if state.is_some() && !replica.healthy.swap(true, Ordering::AcqRel) {
                 tracing::info!(replica = number, "read replica answers again");
             }
-            let lag = applied.and_then(|lsn| positions.lag(lsn, Instant::now()));
+            if let (Some(state), Some(system)) = (state, primary.system) {
+                let why = not_a_replica(state, system, primary.timeline);
+                let was = replica
+                    .replica_of_primary
+                    .swap(why.is_none(), Ordering::AcqRel);
+                match (&why, was) {
+                    (Some(why), _) if was || !primary.warned.contains(&number) => {
+                        primary.warned.push(number);
+                        tracing::warn!(
+                            replica = number,
+                            why = why.as_str(),
+                            "the server at --postgres-replica-url is no replica of the primary: \
+                             logins go to the primary until it is one"
+                        );
+                    }
+                    (None, false) if primary.warned.contains(&number) => {
+                        primary.warned.retain(|n| *n != number);
+                        tracing::info!(replica = number, "read replica of the primary again");
+                    }
+                    _ => {}
+                }
+            }
+            let lag = state.and_then(|state| primary.positions.lag(state.applied, Instant::now()));
             crate::metrics::record_replica_lag(number, lag);
             let current = lag.is_some_and(|lag| lag <= self.max_lag);
             let was = replica.current.swap(current, Ordering::AcqRel);
@@ -199,6 +275,8 @@ impl Replica {
     fn skip(&self) -> Option<Skip> {
         if !self.healthy.load(Ordering::Acquire) {
             Some(Skip::Down)
+        } else if !self.replica_of_primary.load(Ordering::Acquire) {
+            Some(Skip::NotReplica)
         } else if !self.current.load(Ordering::Acquire) {
             Some(Skip::Lag)
         } else {
@@ -234,14 +312,24 @@ impl Positions {
     }
 }
 
-/// The WAL position `connections`' server has applied, or `None` if it cannot say within one
+/// What the primary was found to be: its system (once read), its latest timeline, its WAL
+/// positions; and the replicas already said to be none of its.
+#[derive(Default)]
+struct Primary {
+    system: Option<i64>,
+    timeline: i64,
+    positions: Positions,
+    warned: Vec<usize>,
+}
+
+/// `connections`' server as [`STATE_SQL`] reads it, or `None` if it cannot say within one
 /// check interval (down, black-holed, not replaying).
-async fn applied_lsn(connections: &Arc<Connections>) -> Option<i64> {
+async fn server_state(connections: &Arc<Connections>) -> Option<State> {
     let read = async {
         let claim = connections.claim().await.ok()?;
         let messages = match claim
             .live
-            .answer(claim.live.client.simple_query(APPLIED_LSN_SQL))
+            .answer(claim.live.client.simple_query(STATE_SQL))
             .await
         {
             Ok(messages) => messages,
@@ -251,7 +339,12 @@ async fn applied_lsn(connections: &Arc<Connections>) -> Option<i64> {
             }
         };
         messages.iter().find_map(|message| match message {
-            tokio_postgres::SimpleQueryMessage::Row(row) => row.get(0)?.parse::<i64>().ok(),
+            tokio_postgres::SimpleQueryMessage::Row(row) => Some(State {
+                in_recovery: row.get(0)? == "t",
+                system: row.get(1)?.parse().ok()?,
+                timeline: row.get(2)?.parse().ok()?,
+                applied: row.get(3)?.parse().ok()?,
+            }),
             _ => None,
         })
     };
@@ -264,6 +357,33 @@ async fn applied_lsn(connections: &Arc<Connections>) -> Option<i64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_a_server_in_recovery_of_the_primarys_system_and_timeline_is_a_replica() {
+        let replica = State {
+            in_recovery: true,
+            system: 7,
+            timeline: 2,
+            applied: 100,
+        };
+        assert_eq!(not_a_replica(replica, 7, 2), None);
+        assert_eq!(not_a_replica(replica, 7, 3), None, "an earlier timeline");
+        let promoted = State {
+            in_recovery: false,
+            ..replica
+        };
+        assert!(
+            not_a_replica(promoted, 7, 2)
+                .unwrap()
+                .contains("not in recovery")
+        );
+        assert!(
+            not_a_replica(replica, 8, 2)
+                .unwrap()
+                .contains("another cluster")
+        );
+        assert!(not_a_replica(replica, 7, 1).unwrap().contains("later than"));
+    }
 
     #[test]
     fn the_lag_is_the_age_of_the_latest_primary_position_the_replica_holds() {

@@ -346,3 +346,122 @@ async fn logins_resolve_on_a_streaming_replica_and_fall_back_to_the_primary() {
 async fn agents_on_primary(db: &TestDb) -> (String, uuid::Uuid) {
     agents(db, 1).await.remove(0)
 }
+
+/// The third review's finding 3: after `pg_promote()` on a configured replica, the lag monitor
+/// read the promoted server's own write position, measured it as current, and for 12 s and more
+/// it handed out a superseded build's token and one for a deleted workspace. A replica is used
+/// only while it is in recovery, of the primary's system and timeline: the promoted one is
+/// skipped (`not_replica`) and the primary refuses both.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_promoted_replica_is_no_replica_and_answers_no_login() {
+    let dir = reachable_tempdir();
+    let (primary, db) = private_database(&dir.path().join("primary"), "promoted").await;
+    let mut options = EmbeddedOptions::new(dir.path().join("replica"));
+    options.ephemeral = true;
+    let replica = testbed::replica(&primary, options).await.unwrap();
+    let replica_url = replica.connection_string(&db.name);
+
+    let world = World::new(&db).await;
+    let deleted_workspace = world.workspace().await;
+    let gone = instance_id();
+    world
+        .agent(world.build(deleted_workspace, 1).await, "main", &gone)
+        .await;
+    let rebuilt_workspace = world.workspace().await;
+    let old_build = instance_id();
+    world
+        .agent(world.build(rebuilt_workspace, 1).await, "main", &old_build)
+        .await;
+    assert!(
+        eventually(Duration::from_secs(10), async || replayed(
+            &replica_url,
+            &old_build
+        )
+        .await)
+        .await
+    );
+
+    let key = Arc::new(AwsKey::generate(1024));
+    let flag = key.flag("default");
+    let server = TestServer::binary(
+        &db,
+        &[
+            "--aws-certificate",
+            &flag,
+            "--postgres-replica-url",
+            &replica_url,
+            "--log-level",
+            "warn",
+        ],
+    )
+    .await;
+    let channel = server.channel().await;
+    let login = |instance: &str| {
+        let document = aws_document(instance, "us-east-1", "123456789012");
+        aws_request(&document, &key.sign(&document), "")
+    };
+    let replica_queries = async || {
+        metric(
+            &server,
+            "agent_auth_db_queries_total",
+            &[("target", "replica")],
+        )
+        .await
+    };
+    let serving = eventually(Duration::from_secs(10), async || {
+        agent_auth::client::authenticate(channel.clone(), login(&old_build))
+            .await
+            .is_ok()
+            && replica_queries().await >= 1.0
+    });
+    assert!(serving.await, "the replica never served a login");
+
+    // (Logins before the monitor's first check passed it over too.)
+    let not_replica = [("replica", "1"), ("reason", "not_replica")];
+    let skipped_before = metric(&server, "agent_auth_db_replica_skipped_total", &not_replica).await;
+    // The replica is promoted; the primary moves on without it.
+    connect(&replica_url)
+        .await
+        .batch_execute("SELECT pg_promote()")
+        .await
+        .unwrap();
+    world.delete_workspace(deleted_workspace).await;
+    world
+        .agent(
+            world.build(rebuilt_workspace, 2).await,
+            "other",
+            &instance_id(),
+        )
+        .await;
+    // Logins go on meanwhile; the monitor finds it promoted within a check or two.
+    let mut skipped = false;
+    for _ in 0..200 {
+        let _ = agent_auth::client::authenticate(channel.clone(), login(&gone)).await;
+        if metric(&server, "agent_auth_db_replica_skipped_total", &not_replica).await
+            > skipped_before
+        {
+            skipped = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(skipped, "the promoted replica was never skipped");
+    let before = replica_queries().await;
+    for instance in [&gone, &old_build] {
+        let result = agent_auth::client::authenticate(channel.clone(), login(instance)).await;
+        let code = result.map(|_| ()).map_err(|s| s.code());
+        assert!(
+            matches!(
+                code,
+                Err(tonic::Code::NotFound | tonic::Code::FailedPrecondition)
+            ),
+            "{instance}: {code:?}"
+        );
+    }
+    assert_eq!(
+        replica_queries().await,
+        before,
+        "the promoted server answered a login"
+    );
+    server.terminate().await;
+}

@@ -85,11 +85,37 @@ pub struct Authenticator {
 /// workspace created meanwhile logs in at most this much later.
 pub const PRIMARY_MISS_TTL: std::time::Duration = std::time::Duration::from_secs(2);
 
-/// Instance ids and agent names (of verified evidence only) the primary did not find lately.
-type PrimaryMisses = crate::recent::Recent<(String, String)>;
+/// Instance ids and agent names (of verified evidence only) the primary did not find lately,
+/// and whether it was the instance (else the name) it did not find.
+type PrimaryMisses = crate::recent::Recent<(String, String, bool)>;
 
-fn primary_miss(instance_id: &str, name: Option<&str>) -> (String, String) {
-    (instance_id.to_owned(), name.unwrap_or_default().to_owned())
+fn primary_miss(instance_id: &str, name: Option<&str>, instance: bool) -> (String, String, bool) {
+    (
+        instance_id.to_owned(),
+        name.unwrap_or_default().to_owned(),
+        instance,
+    )
+}
+
+impl Authenticator {
+    /// The primary's remembered miss for this instance and name, as the error it was.
+    fn remembered_miss(&self, instance_id: &InstanceId, name: Option<&str>) -> Option<AuthError> {
+        if self
+            .primary_misses
+            .contains(&primary_miss(instance_id.as_str(), name, true))
+        {
+            return Some(AuthError::InstanceNotFound {
+                instance_id: instance_id.clone(),
+            });
+        }
+        let name = name?;
+        self.primary_misses
+            .contains(&primary_miss(instance_id.as_str(), Some(name), false))
+            .then(|| AuthError::AgentNameNotFound {
+                instance_id: instance_id.clone(),
+                name: name.to_owned(),
+            })
+    }
 }
 
 impl Authenticator {
@@ -189,30 +215,36 @@ impl Authenticator {
         crate::metrics::record_verify(cloud.label(), verify_started.elapsed());
         let (cloud, instance_id, live_evidence) = verified?;
         *instance = short_hash(instance_id.as_str());
+        // With read replicas, what the primary did not find a moment ago is answered at once: a
+        // replayed document costs neither a replica nor the primary a statement again within
+        // [`PRIMARY_MISS_TTL`].
+        if self.store.has_replicas()
+            && let Some(miss) = self.remembered_miss(&instance_id, name)
+        {
+            return Err(miss);
+        }
         let resolution = self.store.resolve(instance_id.as_str()).await?;
         let on_replica = resolution.on_replica;
         let agent = match select(&instance_id, name, resolution) {
             // A replica may lag: what it did not find, the primary may have (the one case
             // where a login costs two statements). What the primary did not find either is
-            // remembered briefly, so a replayed document costs the primary one statement per
-            // [`PRIMARY_MISS_TTL`], not one per request.
-            Err(
-                miss @ (AuthError::InstanceNotFound { .. } | AuthError::AgentNameNotFound { .. }),
-            ) if on_replica => {
-                if self
-                    .primary_misses
-                    .contains(&primary_miss(instance_id.as_str(), name))
-                {
-                    return Err(miss);
-                }
+            // remembered briefly (and answered above before any statement), so a replayed
+            // document costs one statement on each per [`PRIMARY_MISS_TTL`], not per request.
+            Err(AuthError::InstanceNotFound { .. } | AuthError::AgentNameNotFound { .. })
+                if on_replica =>
+            {
                 let resolution = self.store.resolve_on_primary(instance_id.as_str()).await?;
                 match select(&instance_id, name, resolution) {
                     Err(
                         miss @ (AuthError::InstanceNotFound { .. }
                         | AuthError::AgentNameNotFound { .. }),
                     ) => {
-                        self.primary_misses
-                            .insert(primary_miss(instance_id.as_str(), name));
+                        let instance = matches!(miss, AuthError::InstanceNotFound { .. });
+                        self.primary_misses.insert(primary_miss(
+                            instance_id.as_str(),
+                            name,
+                            instance,
+                        ));
                         return Err(miss);
                     }
                     other => other?,

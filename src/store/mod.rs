@@ -311,6 +311,11 @@ impl Store {
         primary
     }
 
+    /// Whether read replicas are configured.
+    pub fn has_replicas(&self) -> bool {
+        !self.replicas.is_empty()
+    }
+
     /// How many connections are open, how busy each is, and who waits for room: the
     /// primary's, then each replica's.
     pub fn occupancy(&self) -> crate::metrics::Pool {

@@ -157,12 +157,20 @@ async fn a_replica_behind_the_lag_bound_is_skipped() {
     );
 
     // Finding 15: a document for an unknown instance (a replay) cost two statements per
-    // request with a replica; the primary's miss is now remembered for a moment.
+    // request with a replica; the primary's miss is now remembered for a moment. The third
+    // review's finding 10: the replica still paid one per replay; the remembered miss is
+    // answered before any statement now.
     let unknown = instance_id();
     let primary_before = metric(
         &server,
         "agent_auth_db_queries_total",
         &[("target", "primary")],
+    )
+    .await;
+    let replica_before = metric(
+        &server,
+        "agent_auth_db_queries_total",
+        &[("target", "replica")],
     )
     .await;
     for _ in 0..5 {
@@ -180,6 +188,17 @@ async fn a_replica_behind_the_lag_bound_is_skipped() {
     assert_eq!(
         on_primary, 1.0,
         "five replays asked the primary {on_primary} times"
+    );
+    let replica_asked = metric(
+        &server,
+        "agent_auth_db_queries_total",
+        &[("target", "replica")],
+    )
+    .await
+        - replica_before;
+    assert_eq!(
+        replica_asked, 1.0,
+        "five replays asked the replica {replica_asked} times"
     );
 
     // Replay paused; the primary revokes all four.

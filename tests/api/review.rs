@@ -614,9 +614,8 @@ async fn a_fresh_probe_gets_through_while_the_admin_connections_are_held() {
     server.terminate().await;
 }
 
-/// Finding 1, memory: an open connection costs well under the budget the default cap is
-/// derived from (`CONNECTION_MEMORY_BUDGET`, 64 KiB), so the cap derived from a memory limit
-/// fits inside it.
+/// Finding 1, memory: an open connection costs less than the memory budget charges it
+/// (`listen::budget::CONNECTION_COST`), so the budget bounds what connections hold.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_idle_connection_costs_less_than_its_memory_budget() {
     use nix::sys::resource::{Resource, getrlimit, setrlimit};
@@ -651,9 +650,11 @@ async fn an_idle_connection_costs_less_than_its_memory_budget() {
     tokio::time::sleep(Duration::from_millis(500)).await;
     let per_connection = (server.rss_kib().saturating_sub(before)) as f64 / 1000.0;
     eprintln!("{per_connection:.1} KiB per open HTTP/2 connection");
+    // `listen::budget::CONNECTION_COST` (the module is private to the server).
+    let charged = 48.0;
     assert!(
-        per_connection < 64.0,
-        "{per_connection:.1} KiB per connection"
+        per_connection < charged,
+        "{per_connection:.1} KiB per connection, charged {charged} KiB"
     );
     drop(held);
     server.terminate().await;

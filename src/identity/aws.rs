@@ -368,7 +368,7 @@ fn pin(
         what: what.to_owned(),
         reason,
     };
-    let certificate = X509::from_pem(pem).map_err(|e| bad(e.to_string()))?;
+    let certificate = super::pem::certificate(pem).map_err(bad)?;
     let key = certificate.public_key().map_err(|e| bad(e.to_string()))?;
     let rsa = key
         .rsa()

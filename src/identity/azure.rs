@@ -37,7 +37,7 @@ const SIGNER_NAMES: &[&str] = &[
 
 /// Built-in roots, those Microsoft's "Azure Certificate Authority details" page lists;
 /// `--azure-roots` replaces them. Sources and fingerprints: `roots/azure/README.md`.
-const BUILTIN_ROOTS: &[&[u8]] = &[
+pub(crate) const BUILTIN_ROOTS: &[&[u8]] = &[
     include_bytes!("roots/azure/digicert-global-root-ca.pem"),
     include_bytes!("roots/azure/digicert-global-root-g2.pem"),
     include_bytes!("roots/azure/digicert-global-root-g3.pem"),
@@ -497,10 +497,11 @@ fn read_bundle(
     read: super::ReadFile,
 ) -> Result<Vec<PinnedCa>, TrustError> {
     let pem = read(path)?;
-    let certificates = bundle_certificates(&pem).map_err(|reason| TrustError::BadCertificate {
-        what: path.display().to_string(),
-        reason,
-    })?;
+    let certificates =
+        super::pem::certificates(&pem).map_err(|reason| TrustError::BadCertificate {
+            what: path.display().to_string(),
+            reason,
+        })?;
     if certificates.is_empty() {
         return Err(TrustError::BadCertificate {
             what: path.display().to_string(),
@@ -517,76 +518,9 @@ fn read_bundle(
         .collect())
 }
 
-/// Every certificate of a PEM bundle, or why the bundle is not whole: a section cut short (no
-/// END line: a file truncated mid-certificate), a block that is not a certificate, or a
-/// certificate that does not parse. A file cut at a certificate boundary would otherwise load
-/// silently with fewer roots.
-fn bundle_certificates(pem: &[u8]) -> Result<Vec<X509>, String> {
-    use rustls::pki_types::CertificateDer;
-    use rustls::pki_types::pem::PemObject as _;
-    let blocks = pem
-        .windows(b"-----BEGIN ".len())
-        .filter(|w| *w == b"-----BEGIN ")
-        .count();
-    // After the last END line only blank space may follow: a file cut inside the next
-    // certificate's BEGIN line is otherwise read (by OpenSSL too) as one certificate fewer.
-    let tail = pem
-        .windows(b"-----END ".len())
-        .rposition(|w| w == b"-----END ")
-        .map(|end| {
-            let line_end = pem[end..]
-                .iter()
-                .position(|b| *b == b'\n')
-                .map_or(pem.len(), |n| end + n);
-            &pem[line_end..]
-        })
-        .unwrap_or(pem);
-    if tail.iter().any(|b| !b.is_ascii_whitespace()) {
-        return Err("text after the last certificate: the file looks truncated".into());
-    }
-    let ders = CertificateDer::pem_slice_iter(pem)
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| format!("damaged or truncated PEM ({e})"))?;
-    if ders.len() != blocks {
-        return Err(format!(
-            "the file holds {blocks} PEM sections but only {} whole certificates (truncated, or \
-             a section that is not a certificate)",
-            ders.len()
-        ));
-    }
-    ders.iter()
-        .enumerate()
-        .map(|(i, der)| {
-            X509::from_der(der).map_err(|e| format!("certificate {} does not parse: {e}", i + 1))
-        })
-        .collect()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn a_bundle_cut_short_is_refused_not_loaded_with_fewer_roots() {
-        let whole: Vec<u8> = BUILTIN_ROOTS
-            .iter()
-            .take(3)
-            .flat_map(|pem| pem.to_vec())
-            .collect();
-        assert_eq!(bundle_certificates(&whole).map(|c| c.len()), Ok(3));
-        // Cut inside the third certificate, just after its BEGIN line, and inside that line
-        // (which OpenSSL reads as two certificates, silently).
-        let third = whole.len() - BUILTIN_ROOTS[2].len();
-        for cut in [whole.len() - 40, third + 30, third + 16, third + 3] {
-            let error = bundle_certificates(&whole[..cut]).map(|c| c.len());
-            assert!(error.is_err(), "cut at {cut}: {error:?}");
-        }
-        // A section that is not a certificate.
-        let mut with_key = whole.clone();
-        with_key
-            .extend_from_slice(b"-----BEGIN PRIVATE KEY-----\nAAAA\n-----END PRIVATE KEY-----\n");
-        assert!(bundle_certificates(&with_key).is_err());
-    }
 
     #[test]
     fn imds_timestamps_parse_to_unix_seconds() {

@@ -12,6 +12,7 @@
 pub mod aws;
 pub mod azure;
 pub mod gcp;
+pub mod pem;
 mod pkcs7;
 
 use std::fmt;

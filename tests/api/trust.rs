@@ -303,7 +303,7 @@ async fn sighup_swaps_in_a_replaced_certificate_and_a_broken_file_keeps_the_old_
 /// `agent-auth trust ARGS`, its GCP keys from `jwks` (a loopback JWKS server: the command
 /// fetches a remote JWKS, and tests never reach Google).
 async fn trust_command(jwks: &str, args: &[&str]) -> std::process::Output {
-    let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_agent-auth"));
+    let mut command = std::process::Command::new(server_binary());
     command.args(["trust", "--gcp-jwks", jwks]).args(args);
     tokio::task::spawn_blocking(move || command.output().unwrap())
         .await
@@ -488,4 +488,29 @@ async fn the_trust_command_applies_the_flags_and_exits_1_for_a_certificate_expir
             && stderr.contains("within 30 days"),
         "{stderr}"
     );
+}
+
+/// The third review's finding 8: an AWS certificate file holding one whole certificate and then
+/// half of another (a rewrite caught mid-way, or a file cut short) loaded as the first alone.
+/// Every PEM trust file goes through one strict reader now: the command refuses it, naming the
+/// file and why, and so does a file of random bytes (which was called "truncated").
+#[tokio::test]
+async fn an_aws_certificate_file_with_half_a_second_certificate_is_refused() {
+    let server = jwks_server("k").await;
+    let (first, second) = (AwsKey::generate(1024), AwsKey::generate(1024));
+    let second_pem = second.certificate.to_pem().unwrap();
+    let mut cut = first.certificate.to_pem().unwrap();
+    cut.extend_from_slice(&second_pem[..second_pem.len() / 2]);
+    let dir = tempfile::tempdir().unwrap();
+    let (cut_path, random_path) = (dir.path().join("cut.pem"), dir.path().join("random.pem"));
+    std::fs::write(&cut_path, &cut).unwrap();
+    std::fs::write(&random_path, [0x8f_u8, 0x01, 0xfe, 0x42, 0x00, 0x13]).unwrap();
+    for (path, why) in [(&cut_path, "cut short"), (&random_path, "not PEM")] {
+        let flag = format!("default={}", path.display());
+        let output = trust_command(&server.url, &["--aws-certificate", &flag]).await;
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(!output.status.success(), "{}: {stderr}", path.display());
+        assert!(stderr.contains(&path.display().to_string()), "{stderr}");
+        assert!(stderr.contains(why), "{why:?} not in {stderr}");
+    }
 }

@@ -100,6 +100,8 @@ pub async fn readiness(state: &AdminState) -> Result<(), String> {
     match tokio::time::timeout(READY_DB_TIMEOUT, state.store.ping()).await {
         Ok(Ok(())) => Ok(()),
         Ok(Err(e)) => Err(e.report()),
+        // Slow, not gone: the probe waited behind statements that are being answered.
+        Err(_) if state.store.answered_lately() => Ok(()),
         Err(_) => Err(format!(
             "database did not answer within {READY_DB_TIMEOUT:?}"
         )),

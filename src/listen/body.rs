@@ -78,7 +78,11 @@ impl Body {
         registry: Arc<Registry>,
         activity: Arc<Activity>,
     ) -> Self {
-        activity.receiving.fetch_add(1, Ordering::AcqRel);
+        // A request without a body (a probe's GET) has arrived whole with its head.
+        let receiving = !http_body::Body::is_end_stream(&inner);
+        if receiving {
+            activity.receiving.fetch_add(1, Ordering::AcqRel);
+        }
         Self {
             inner,
             framing,
@@ -86,7 +90,7 @@ impl Body {
             activity,
             charge: None,
             grpc: Messages::default(),
-            receiving: true,
+            receiving,
             failed: false,
         }
     }

@@ -168,31 +168,28 @@ pub struct Store {
     replicas: std::sync::Arc<replicas::Replicas>,
 }
 
+/// The libpq settings of a connection and its TLS connector.
+pub type Settings = (
+    tokio_postgres::Config,
+    tokio_postgres_rustls::MakeRustlsConnect,
+);
+
 /// The libpq settings and TLS connector of every connection the service opens to `url`: the
 /// start-up schema connection and the pool's alike (the pool's add `statement_timeout`,
 /// [`connection_settings`]): TLS as `sslmode` and `--postgres-ca` say, the connect timeout
 /// (which bounds the whole connect: TCP, TLS and the startup exchange), keepalives and
 /// `TCP_USER_TIMEOUT`, the application name.
-pub fn session_settings(
-    url: &PostgresUrl,
-    config: &StoreConfig,
-) -> Result<
-    (
-        tokio_postgres::Config,
-        tokio_postgres_rustls::MakeRustlsConnect,
-    ),
-    StoreError,
-> {
+pub fn session_settings(url: &PostgresUrl, config: &StoreConfig) -> Result<Settings, StoreError> {
+    Ok(settings(url, config)?.0)
+}
+
+/// [`session_settings`], and whether the server's certificate is verified.
+fn settings(url: &PostgresUrl, config: &StoreConfig) -> Result<(Settings, bool), StoreError> {
     let tls::Target {
         config: mut pg_config,
         tls,
         verified,
     } = tls::target(url, config.ca.as_deref())?;
-    if !verified {
-        // Said once per database, by the pool's settings (the start-up connection goes to the
-        // same one a moment earlier).
-        tracing::debug!("an unverified TLS certificate, or none");
-    }
     pg_config.connect_timeout(config.connect_timeout);
     // A peer gone without a word (a partition, a dead host) is found by the kernel: keepalive
     // probes on an idle connection, and a bound on unacknowledged data on a busy one. A URL's
@@ -210,22 +207,19 @@ pub fn session_settings(
     if pg_config.get_application_name().is_none() {
         pg_config.application_name("agent-auth");
     }
-    Ok((pg_config, tls))
+    Ok(((pg_config, tls), verified))
 }
 
 /// [`session_settings`] for the pool's connections: with `statement_timeout` in the startup
-/// packet (without a pooler; behind one it is a `SET` or the pooler's business).
+/// packet (without a pooler; behind one it is a `SET` or the pooler's business). An unverified
+/// server certificate is warned about here, once per database (the start-up connection goes to
+/// the primary a moment earlier).
 pub fn connection_settings(
     url: &PostgresUrl,
     config: &StoreConfig,
-) -> Result<
-    (
-        tokio_postgres::Config,
-        tokio_postgres_rustls::MakeRustlsConnect,
-    ),
-    StoreError,
-> {
-    let (mut pg_config, tls) = session_settings(url, config)?;
+) -> Result<Settings, StoreError> {
+    let ((mut pg_config, tls), verified) = settings(url, config)?;
+    tls::warn_if_unverified(&pg_config, verified);
     if config.pooler == Pooler::None {
         let mut options = pg_config.get_options().unwrap_or_default().to_owned();
         if !options.is_empty() {
@@ -292,14 +286,7 @@ impl Store {
     /// the primary). The empty query makes the server answer without executing a statement, so
     /// probes never show up in statement counts (`pg_stat_statements`,
     /// `agent_auth_db_queries_total`).
-    ///
-    /// A primary that answered statements within the stall limit (the statement timeout) needs
-    /// no round trip of its own: a database slow under load, but answering, stays ready
-    /// (a probe's own round trip would wait behind the statements queued on a connection).
     pub async fn ping(&self) -> Result<(), StoreError> {
-        if self.primary.answered_lately() {
-            return Ok(());
-        }
         let primary = ping(&self.primary).await;
         if primary.is_err() {
             for replica in self.replicas.usable() {
@@ -309,6 +296,13 @@ impl Store {
             }
         }
         primary
+    }
+
+    /// Whether the primary's connections answered statements within the stall limit (the
+    /// statement timeout): a database slow under load, but answering. Readiness asks this when
+    /// its own round trip timed out (it waits behind the statements queued on a connection).
+    pub fn answered_lately(&self) -> bool {
+        self.primary.answered_lately()
     }
 
     /// Whether read replicas are configured.

@@ -115,8 +115,10 @@ fn grpc_prefix(length: u32) -> [u8; 5] {
     [0, a, b, c, d]
 }
 
-/// An HTTP/2 client on `stream` (the h2 crate: it answers pings and SETTINGS itself).
-async fn h2_client(stream: TcpStream) -> Option<h2::client::SendRequest<Bytes>> {
+/// An HTTP/2 client from `source` to `port` (the h2 crate: it answers pings and SETTINGS
+/// itself); `None` when the server refused or closed the connection.
+async fn h2_from(source: u8, port: u16) -> Option<h2::client::SendRequest<Bytes>> {
+    let stream = connect_from(source, port).await?;
     let (client, connection) = h2::client::Builder::new()
         .initial_window_size(1 << 20)
         .handshake::<_, Bytes>(stream)
@@ -186,10 +188,7 @@ async fn attacker(shape: Shape, source: u8, grpc: u16, http: Option<u16>) {
             }
         }
         Shape::RareRequests => {
-            let Some(stream) = connect_from(source, grpc).await else {
-                return;
-            };
-            let Some(mut client) = h2_client(stream).await else {
+            let Some(mut client) = h2_from(source, grpc).await else {
                 return;
             };
             loop {
@@ -208,10 +207,7 @@ async fn attacker(shape: Shape, source: u8, grpc: u16, http: Option<u16>) {
             }
         }
         Shape::UnfinishedMessages => {
-            let Some(stream) = connect_from(source, grpc).await else {
-                return;
-            };
-            let Some(client) = h2_client(stream).await else {
+            let Some(client) = h2_from(source, grpc).await else {
                 return;
             };
             let _held = unfinished_streams(
@@ -225,10 +221,7 @@ async fn attacker(shape: Shape, source: u8, grpc: u16, http: Option<u16>) {
             std::future::pending::<()>().await
         }
         Shape::OversizedHealth => {
-            let Some(stream) = connect_from(source, grpc).await else {
-                return;
-            };
-            let Some(client) = h2_client(stream).await else {
+            let Some(client) = h2_from(source, grpc).await else {
                 return;
             };
             let _held = unfinished_streams(

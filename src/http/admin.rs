@@ -1,6 +1,7 @@
 //! Admin HTTP (DESIGN.md 3.2): `/healthz` answers 200 while the process runs; `/readyz` answers
-//! 200 only when the database answers within 1 s and the process is not draining, else 503
-//! with a one-line reason.
+//! 200 only when the database answers within 1 s (or, when that round trip only timed out, its
+//! connections answered statements within the statement timeout: slow, not gone) and the
+//! process is not draining, else 503 with a one-line reason.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};

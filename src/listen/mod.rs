@@ -2,13 +2,13 @@
 //!
 //! Every listener (gRPC, agent HTTP, admin) accepts through [`incoming`]:
 //! - a **connection cap** (a semaphore), kept below the open-file limit, which
-//!   [`raise_open_file_limit`] lifts to the hard limit at start-up, and by default below what
-//!   the container's memory limit holds ([`ConnectionLimits::agent_cap`]);
+//!   [`raise_open_file_limit`] lifts to the hard limit at start-up
+//!   ([`ConnectionLimits::agent_cap`]); memory is the budget's (below);
 //! - a **per-source share** of the cap: one client address never holds more than
 //!   `--max-connections-per-source` of it;
-//! - a **memory budget** ([`budget`]): a connection, a request and the bytes of a message or
-//!   body received so far are each charged before they are held; the admin listener has a
-//!   budget of its own;
+//! - a **memory budget** ([`budget`]): a connection, a request, a gRPC message (from its
+//!   prefix) and the bytes of an HTTP body are each charged before they are held; the admin
+//!   listener has a budget of its own;
 //! - **the idlest connection makes room**: with the cap reached (or the budget spent), the
 //!   connection that has gone longest without a request (or holds the most memory) and has no
 //!   request being worked on is closed (gracefully, HTTP/2 GOAWAY, unless requests are still

@@ -33,7 +33,7 @@ pub use url::PostgresUrl;
 
 use std::time::Duration;
 
-pub use pipeline::{SILENCE_GRACE, STALL_LIMIT_FLOOR};
+pub use pipeline::SILENCE_GRACE;
 pub use resolve::{Candidate, Resolution};
 
 /// `--db-pooler`: what sits between the service and PostgreSQL.

@@ -66,7 +66,7 @@ pub const SILENCE_GRACE: Duration = Duration::from_secs(2);
 /// fail UNAVAILABLE at the checkout timeout, instead of queueing behind it for the silence
 /// limit. A database that answers each statement within the statement timeout, however slowly,
 /// is never stalled by this rule.
-pub const STALL_LIMIT_FLOOR: Duration = Duration::from_secs(1);
+const STALL_LIMIT_FLOOR: Duration = Duration::from_secs(1);
 
 /// Reconnecting after a failed attempt waits this long at first, doubling (with jitter) to
 /// [`RECONNECT_MAX_DELAY`]; one attempt in flight per connection slot.

@@ -12,7 +12,8 @@
 //!   is dropped (the handler collects it whole).
 //!
 //! A charge the budget cannot take fails the body ([`BodyError::Spent`]) and makes room by
-//! closing the connection that holds the most; the router answers RESOURCE_EXHAUSTED or 503.
+//! closing the idlest connection whose requests are all still arriving; the router answers
+//! RESOURCE_EXHAUSTED or 503.
 //! The request counts as receiving (its connection may be closed to make room) until its first
 //! message is whole or its body ended, and as worked on from then until it is answered.
 
@@ -42,8 +43,8 @@ pub enum Framing {
 /// Why a request body could not be read.
 #[derive(Debug, thiserror::Error)]
 pub enum BodyError {
-    /// The memory budget has no room for what arrived: the connection holding the most was
-    /// asked to close; worth retrying.
+    /// The memory budget has no room for what arrived: the idlest connection whose requests
+    /// are still arriving was asked to close; worth retrying.
     #[error("the server's memory budget for requests is spent; retry")]
     Spent,
     /// A gRPC message's prefix announced more than the limit.
@@ -115,7 +116,7 @@ impl Body {
             None => self
                 .registry
                 .requests
-                .try_charge(&self.activity, more)
+                .try_charge(more)
                 .map(|charge| self.charge = Some(charge)),
         };
         grown.ok_or_else(|| {

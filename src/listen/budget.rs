@@ -10,18 +10,15 @@
 //!   that much; an HTTP body, its bytes as they arrive (`super::body`).
 //!
 //! A charge is given back when what it paid for is dropped. When the budget is spent, new work
-//! is refused at once and room is made by closing the connection that holds the most memory
-//! without a request being worked on (`super::Registry::make_room`): never the newcomer.
+//! is refused at once and room is made by closing the idlest connection without a request
+//! being worked on (`super::Registry`): never the newcomer.
 //!
 //! The admin listener has a budget of its own ([`admin_reserve`]), taken out of the whole, so
 //! that no agent or gRPC traffic can take what a probe or a scrape needs.
 
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
-
-use super::Activity;
 
 /// What an open connection costs at most, before any request: HTTP/2 or HTTP/1 state, its read
 /// and write buffers (the HTTP/1 read buffer is capped at [`HTTP1_READ_BUFFER`]), the serving
@@ -111,31 +108,23 @@ impl Budget {
         }
     }
 
-    /// `bytes` for `holder`, or `None` at once when the budget has not that much left.
-    pub fn try_charge(&self, holder: &Arc<Activity>, bytes: u64) -> Option<Charge> {
+    /// `bytes`, or `None` at once when the budget has not that much left.
+    pub fn try_charge(&self, bytes: u64) -> Option<Charge> {
         let permits = u32::try_from(bytes).ok()?;
         let permit = Arc::clone(&self.bytes)
             .try_acquire_many_owned(permits)
             .ok()?;
-        holder.held.fetch_add(bytes, Ordering::AcqRel);
-        Some(Charge {
-            permit,
-            holder: Arc::clone(holder),
-        })
+        Some(Charge { permit })
     }
 
-    /// `bytes` for `holder`, waiting for them to be given back.
-    pub async fn charge(&self, holder: &Arc<Activity>, bytes: u64) -> Option<Charge> {
+    /// `bytes`, waiting for them to be given back.
+    pub async fn charge(&self, bytes: u64) -> Option<Charge> {
         let permits = u32::try_from(bytes).ok()?;
         let permit = Arc::clone(&self.bytes)
             .acquire_many_owned(permits)
             .await
             .ok()?;
-        holder.held.fetch_add(bytes, Ordering::AcqRel);
-        Some(Charge {
-            permit,
-            holder: Arc::clone(holder),
-        })
+        Some(Charge { permit })
     }
 
     /// Bytes charged now.
@@ -145,10 +134,9 @@ impl Budget {
     }
 }
 
-/// Bytes of a [`Budget`] held for one connection (on its [`Activity`]), given back when dropped.
+/// Bytes of a [`Budget`] held for a connection, a request or a body, given back when dropped.
 pub struct Charge {
     permit: OwnedSemaphorePermit,
-    holder: Arc<Activity>,
 }
 
 impl Charge {
@@ -159,7 +147,6 @@ impl Charge {
         let added = Arc::clone(self.permit.semaphore())
             .try_acquire_many_owned(permits)
             .ok()?;
-        self.holder.held.fetch_add(more, Ordering::AcqRel);
         // The same semaphore, so merging cannot fail.
         self.permit.merge(added);
         Some(())
@@ -167,12 +154,6 @@ impl Charge {
 
     pub fn bytes(&self) -> u64 {
         self.permit.num_permits() as u64
-    }
-}
-
-impl Drop for Charge {
-    fn drop(&mut self) {
-        self.holder.held.fetch_sub(self.bytes(), Ordering::AcqRel);
     }
 }
 
@@ -191,19 +172,16 @@ mod tests {
     }
 
     #[test]
-    fn a_charge_holds_its_bytes_on_its_connection_until_dropped() {
+    fn a_charge_holds_its_bytes_until_dropped() {
         let budget = Budget::new(100_000);
-        let activity = Arc::new(Activity::new());
-        let mut charge = budget.try_charge(&activity, 60_000).unwrap();
-        assert!(budget.try_charge(&activity, 50_000).is_none());
+        let mut charge = budget.try_charge(60_000).unwrap();
+        assert!(budget.try_charge(50_000).is_none());
         assert!(charge.try_grow(50_000).is_none());
         assert_eq!(charge.bytes(), 60_000);
         charge.try_grow(40_000).unwrap();
         assert_eq!(charge.bytes(), 100_000);
-        assert_eq!(activity.held.load(Ordering::Acquire), 100_000);
         assert_eq!(budget.in_use(), 100_000);
         drop(charge);
-        assert_eq!(activity.held.load(Ordering::Acquire), 0);
         assert_eq!(budget.in_use(), 0);
     }
 }

@@ -10,8 +10,8 @@
 //!   prefix) and the bytes of an HTTP body are each charged before they are held; the admin
 //!   listener has a budget of its own;
 //! - **the idlest connection makes room**: with the cap reached (or the budget spent), the
-//!   connection that has gone longest without a request (or holds the most memory) and has no
-//!   request being worked on is closed (gracefully, HTTP/2 GOAWAY, unless requests are still
+//!   connection whose last sign of life is oldest (for requests' memory, one whose requests
+//!   are all still arriving) and that has no request being worked on is closed (gracefully, HTTP/2 GOAWAY, unless requests are still
 //!   arriving on it) and the newcomer takes its place, so a fresh caller, a probe or a scrape
 //!   always gets in while others merely hold connections or send requests slowly; the newcomer
 //!   itself is never the one chosen; only when every connection is being worked on is a
@@ -203,8 +203,6 @@ pub struct Activity {
     /// Of those, requests whose first message or body is still arriving ([`Body`]): not yet
     /// worked on, so they do not keep the connection from being closed to make room.
     receiving: AtomicUsize,
-    /// Bytes of the memory budget this connection holds (its own, its requests', their bodies').
-    held: AtomicU64,
     /// The connection sent its first bytes in full (the HTTP/2 preface): it can be told
     /// goodbye (GOAWAY); before, it is simply dropped.
     greeted: AtomicBool,
@@ -290,7 +288,7 @@ impl Drop for RequestGuard {
 }
 
 /// The open connections of the listeners that share one cap and one memory budget: who holds
-/// how many per source, which is the idlest, which holds the most.
+/// how many per source, and which is the idlest.
 pub struct Registry {
     inner: std::sync::Mutex<Members>,
     per_source: usize,
@@ -461,7 +459,7 @@ pub fn incoming<L: Listener>(listener: L, policy: Policy) -> ReceiverStream<Guar
                     let charge = policy
                         .registry
                         .connections
-                        .try_charge(&membership.activity, policy.connection_cost);
+                        .try_charge(policy.connection_cost);
                     match (permit, charge) {
                         (Some(permit), Some(charge)) => {
                             let guarded = Guarded::new(io, permit, charge, membership, &policy);
@@ -491,8 +489,8 @@ pub fn incoming<L: Listener>(listener: L, policy: Policy) -> ReceiverStream<Guar
     ReceiverStream::new(rx)
 }
 
-/// Over the cap or the budget: another connection is asked to close (the idlest, or the one
-/// holding the most memory) and the newcomer waits (a moment, in a task of its own) for its
+/// Over the cap or the budget: the idlest other connection is asked to close and the newcomer
+/// waits (a moment, in a task of its own) for its
 /// place and its memory; with none to close, or too many waiting, it is closed at once.
 fn make_room<Io: AsyncRead + AsyncWrite + Unpin + Send + 'static>(
     io: Io,
@@ -534,7 +532,7 @@ fn make_room<Io: AsyncRead + AsyncWrite + Unpin + Send + 'static>(
                     policy
                         .registry
                         .connections
-                        .charge(&membership.activity, policy.connection_cost)
+                        .charge(policy.connection_cost)
                         .await?
                 }
             };

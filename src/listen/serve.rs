@@ -14,8 +14,8 @@
 //!
 //! Each request is charged [`REQUEST_COST`] of the memory budget when it starts, and its body
 //! as it arrives ([`super::Body`]); with the budget spent it is refused at once
-//! (RESOURCE_EXHAUSTED on gRPC, 503 on HTTP, both retryable) and the connection holding the
-//! most memory makes room.
+//! (RESOURCE_EXHAUSTED on gRPC, 503 on HTTP, both retryable) and the idlest connection whose
+//! requests are all still arriving makes room.
 
 use std::future::Future;
 use std::sync::Arc;
@@ -330,11 +330,7 @@ impl<R: Router> tower::Service<http::Request<hyper::body::Incoming>> for Tracked
 
     fn call(&mut self, request: http::Request<hyper::body::Incoming>) -> Self::Future {
         let guard = self.activity.request();
-        let Some(charge) = self
-            .registry
-            .requests
-            .try_charge(&self.activity, REQUEST_COST)
-        else {
+        let Some(charge) = self.registry.requests.try_charge(REQUEST_COST) else {
             self.registry.make_room_for_requests();
             crate::metrics::record_memory_refused("request");
             return TrackedFuture {

@@ -146,7 +146,7 @@ async fn resolve_on(
     instance_id: &str,
 ) -> Result<Resolution, StoreError> {
     let (answer, answered) = tokio::sync::oneshot::channel();
-    let connections_limit = connections.login_limit();
+    let limit = connections.login_limit();
     let connections = Arc::clone(connections);
     let instance_id = instance_id.to_owned();
     // Boxed: the task is 2.7 kB (tokio-postgres's query future), and tokio moves a future
@@ -166,7 +166,6 @@ async fn resolve_on(
         db.operation = "resolve",
         db.target = target.label()
     );
-    let limit = connections_limit;
     tokio::spawn(tracing::Instrument::instrument(task, span));
     match tokio::time::timeout(limit, answered).await {
         Ok(answer) => {

@@ -56,10 +56,11 @@ pub struct LimitSettings {
     /// the messages and bodies received so far [default: half the container's memory limit
     /// when one is set, else 128MiB].
     ///
-    /// Each connection, request and received byte is charged before it is held; with the
-    /// budget spent, new work is refused at once (RESOURCE_EXHAUSTED, 503) and the connection
-    /// holding the most memory with nothing being worked on is closed to make room. The admin
-    /// listener keeps a reserve of its own out of it. At least 16MiB.
+    /// Each connection, request, gRPC message (from its length prefix) and received HTTP body
+    /// byte is charged before it is held; with the budget spent, new work is refused at once
+    /// (RESOURCE_EXHAUSTED, 503) and the idlest connection with nothing being worked on is
+    /// closed to make room. The admin listener keeps a reserve of its own out of it. At least
+    /// 16MiB.
     #[arg(
         long,
         env = "AGENT_AUTH_MEMORY_BUDGET",
